@@ -1,0 +1,20 @@
+"""LossLens core: tokenizer, the book's GPT model and the figure 5.7 loss pipeline.
+
+Importable without Streamlit; functions take and return plain data and tensors.
+"""
+
+from .errors import LossLensError
+from .loss import LossResult, compute_loss
+from .model import GPT_CONFIG_124M, GPTModel, build_untrained_model
+from .tokenizer import encode, get_tokenizer
+
+__all__ = [
+    "GPT_CONFIG_124M",
+    "GPTModel",
+    "LossLensError",
+    "LossResult",
+    "build_untrained_model",
+    "compute_loss",
+    "encode",
+    "get_tokenizer",
+]

@@ -1,0 +1,179 @@
+"""The book's GPT model (chapter 4), compact, with the same parameter names and init order.
+
+Building the submodules in the book's order makes `torch.manual_seed(123);
+GPTModel(GPT_CONFIG_124M)` draw exactly the book's weights. The forward pass uses fused
+kernels (scaled_dot_product_attention, layer_norm, tanh-GELU) that compute the same
+functions as the book's step-by-step code.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+# Section 5.1 shortens the context to 256 tokens to train on a laptop.
+GPT_CONFIG_124M = {
+    "vocab_size": 50257,
+    "context_length": 256,
+    "emb_dim": 768,
+    "n_heads": 12,
+    "n_layers": 12,
+    "drop_rate": 0.1,
+    "qkv_bias": False,
+}
+
+# OpenAI's released GPT-2 shapes (section 5.5): full 1024 context and biased q/k/v.
+GPT2_MODEL_CONFIGS = {
+    "gpt2-small (124M)": {"emb_dim": 768, "n_layers": 12, "n_heads": 12},
+    "gpt2-medium (355M)": {"emb_dim": 1024, "n_layers": 24, "n_heads": 16},
+    "gpt2-large (774M)": {"emb_dim": 1280, "n_layers": 36, "n_heads": 20},
+    "gpt2-xl (1558M)": {"emb_dim": 1600, "n_layers": 48, "n_heads": 25},
+}
+GPT2_SMALL_CONFIG = {
+    **GPT_CONFIG_124M,
+    **GPT2_MODEL_CONFIGS["gpt2-small (124M)"],
+    "context_length": 1024,
+    "qkv_bias": True,
+}
+
+
+class Linear(nn.Linear):
+    """nn.Linear (same parameters, same init) computing (W @ x^T)^T.
+
+    With few tokens (a sentence, not a training batch) MKL streams the weight matrix
+    about 3x faster in this orientation; the 50257-row out_head dominates a forward pass.
+    """
+
+    def forward(self, x):
+        x2d = x.reshape(-1, x.shape[-1]).t()
+        if self.bias is None:
+            y = torch.mm(self.weight, x2d)
+        else:
+            y = torch.addmm(self.bias[:, None], self.weight, x2d)
+        return y.t().reshape(*x.shape[:-1], self.out_features)
+
+
+class MultiHeadAttention(nn.Module):
+    def __init__(self, d_in, d_out, context_length, dropout, num_heads, qkv_bias=False):
+        super().__init__()
+        assert d_out % num_heads == 0, "d_out must be divisible by num_heads"
+        self.d_out = d_out
+        self.num_heads = num_heads
+        self.head_dim = d_out // num_heads
+        self.W_query = Linear(d_in, d_out, bias=qkv_bias)
+        self.W_key = Linear(d_in, d_out, bias=qkv_bias)
+        self.W_value = Linear(d_in, d_out, bias=qkv_bias)
+        self.out_proj = Linear(d_out, d_out)
+        self.dropout = nn.Dropout(dropout)
+        self.context_length = context_length
+
+    def forward(self, x, attn_mask=None):
+        b, num_tokens, _ = x.shape
+
+        def heads(t):  # (b, T, d_out) -> (b, heads, T, head_dim)
+            return t.view(b, num_tokens, self.num_heads, self.head_dim).transpose(1, 2)
+
+        q, k, v = heads(self.W_query(x)), heads(self.W_key(x)), heads(self.W_value(x))
+        # The book's masked softmax(QK^T / sqrt(d)) V, as one fused kernel.
+        ctx = F.scaled_dot_product_attention(
+            q, k, v,
+            attn_mask=attn_mask,
+            dropout_p=self.dropout.p if self.training else 0.0,
+            is_causal=attn_mask is None,
+        )
+        ctx = ctx.transpose(1, 2).reshape(b, num_tokens, self.d_out)
+        return self.out_proj(ctx)
+
+
+class LayerNorm(nn.Module):
+    def __init__(self, emb_dim):
+        super().__init__()
+        self.eps = 1e-5
+        self.scale = nn.Parameter(torch.ones(emb_dim))
+        self.shift = nn.Parameter(torch.zeros(emb_dim))
+
+    def forward(self, x):
+        # Biased variance, as the book: (x - mean) / sqrt(var + eps) * scale + shift.
+        return F.layer_norm(x, x.shape[-1:], self.scale, self.shift, self.eps)
+
+
+class GELU(nn.Module):
+    def forward(self, x):
+        # 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))), the GPT-2 approximation.
+        return F.gelu(x, approximate="tanh")
+
+
+class FeedForward(nn.Module):
+    def __init__(self, cfg):
+        super().__init__()
+        self.layers = nn.Sequential(
+            Linear(cfg["emb_dim"], 4 * cfg["emb_dim"]),
+            GELU(),
+            Linear(4 * cfg["emb_dim"], cfg["emb_dim"]),
+        )
+
+    def forward(self, x):
+        return self.layers(x)
+
+
+class TransformerBlock(nn.Module):
+    def __init__(self, cfg):
+        super().__init__()
+        self.att = MultiHeadAttention(
+            d_in=cfg["emb_dim"],
+            d_out=cfg["emb_dim"],
+            context_length=cfg["context_length"],
+            num_heads=cfg["n_heads"],
+            dropout=cfg["drop_rate"],
+            qkv_bias=cfg["qkv_bias"],
+        )
+        self.ff = FeedForward(cfg)
+        self.norm1 = LayerNorm(cfg["emb_dim"])
+        self.norm2 = LayerNorm(cfg["emb_dim"])
+        self.drop_shortcut = nn.Dropout(cfg["drop_rate"])
+
+    def forward(self, x, attn_mask=None):
+        x = x + self.drop_shortcut(self.att(self.norm1(x), attn_mask))
+        x = x + self.drop_shortcut(self.ff(self.norm2(x)))
+        return x
+
+
+class GPTModel(nn.Module):
+    def __init__(self, cfg):
+        super().__init__()
+        self.cfg = dict(cfg)
+        self.tok_emb = nn.Embedding(cfg["vocab_size"], cfg["emb_dim"])
+        self.pos_emb = nn.Embedding(cfg["context_length"], cfg["emb_dim"])
+        self.drop_emb = nn.Dropout(cfg["drop_rate"])
+        self.trf_blocks = nn.Sequential(*[TransformerBlock(cfg) for _ in range(cfg["n_layers"])])
+        self.final_norm = LayerNorm(cfg["emb_dim"])
+        self.out_head = Linear(cfg["emb_dim"], cfg["vocab_size"], bias=False)
+
+    @property
+    def context_length(self) -> int:
+        return self.cfg["context_length"]
+
+    def forward(self, in_idx):
+        _, seq_len = in_idx.shape
+        if seq_len > self.context_length:
+            raise ValueError(f"{seq_len} tokens exceed the context length {self.context_length}")
+        pos = torch.arange(seq_len, device=in_idx.device)
+        x = self.drop_emb(self.tok_emb(in_idx) + self.pos_emb(pos))
+        for block in self.trf_blocks:
+            x = block(x)
+        return self.out_head(self.final_norm(x))
+
+
+def build_untrained_model(seed: int = 123, cfg: dict | None = None) -> GPTModel:
+    """The book's untrained model: seed, build, eval mode, frozen (safe to share)."""
+    torch.manual_seed(seed)
+    model = GPTModel(cfg or GPT_CONFIG_124M)
+    return freeze(model)
+
+
+def freeze(model: nn.Module) -> nn.Module:
+    """Eval mode and no gradients: inference only, so one copy can serve every session."""
+    model.eval()
+    model.requires_grad_(False)
+    return model

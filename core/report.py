@@ -1,0 +1,108 @@
+"""Plain-data views of a LossResult: JSON for the CLI, cacheable values for the app.
+
+Only top-k and per-target values leave `core`; never a full-vocabulary array.
+"""
+
+from __future__ import annotations
+
+import math
+
+import tiktoken
+
+from .loss import LossResult
+from .tokenizer import get_tokenizer, token_piece
+
+STEPS = [
+    ("logits", "Logits", "logits = model(inputs)"),
+    ("probas", "Probabilities", "probas = torch.softmax(logits, dim=-1)"),
+    ("target_probas", "Target probabilities", "target_probas = probas[text_idx, [0, 1, 2], targets[text_idx]]"),
+    ("log_probas", "Log probabilities", "log_probas = torch.log(torch.cat((target_probas_1, target_probas_2)))"),
+    ("avg_log_probas", "Average log probability", "avg_log_probas = torch.mean(log_probas)"),
+    ("neg_avg_log_probas", "Negative average = loss", "neg_avg_log_probas = avg_log_probas * -1"),
+]
+
+
+def _f(x) -> float | None:
+    """A JSON-safe float: NaN and inf become None / strings the UI can label."""
+    x = float(x)
+    if math.isnan(x):
+        return None
+    if math.isinf(x):
+        return "inf" if x > 0 else "-inf"
+    return x
+
+
+def summarize(result: LossResult, tokenizer: tiktoken.Encoding | None = None) -> dict:
+    """Everything the views and `--json` show, as lists, numbers and strings."""
+    tokenizer = tokenizer or get_tokenizer()
+    batch = result.batch
+    texts = []
+    flat = 0
+    for row, ids in enumerate(batch.token_ids):
+        n = len(ids) - 1
+        positions = []
+        for t in range(n):
+            target = int(batch.targets[row, t])
+            positions.append(
+                {
+                    "position": t,
+                    "input_id": int(batch.inputs[row, t]),
+                    "input": token_piece(int(batch.inputs[row, t]), tokenizer).display,
+                    "context": [token_piece(i, tokenizer).display for i in ids[: t + 1]],
+                    "target_id": target,
+                    "target": token_piece(target, tokenizer).display,
+                    "target_logit": float(result.logits[row, t, target]),
+                    "target_proba": _f(result.target_probas[row, t]),
+                    "log_proba": _f(result.log_probas[flat + t]),
+                    "stable_log_proba": _f(result.stable_log_probas[flat + t]),
+                    "surprisal": _f(result.surprisal[row, t]),
+                    "rank": int(result.target_ranks[row, t]),
+                    "argmax_id": int(result.topk_ids[row, t, 0]),
+                    "top_k": [
+                        {
+                            "id": int(i),
+                            "piece": token_piece(int(i), tokenizer).display,
+                            "proba": float(p),
+                            "logit": float(result.logits[row, t, int(i)]),
+                        }
+                        for p, i in zip(result.topk_probas[row, t], result.topk_ids[row, t])
+                    ],
+                }
+            )
+        flat += n
+        pieces = [token_piece(i, tokenizer) for i in ids]
+        texts.append(
+            {
+                "text": batch.texts[row] if batch.texts else "",
+                "token_ids": list(ids),
+                "tokens": [p.display for p in pieces],
+                "byte_tokens": [p.is_bytes for p in pieces],
+                "positions": positions,
+            }
+        )
+    b, t, v = result.logits.shape
+    loss = float(result.loss)
+    return {
+        "temperature": result.temperature,
+        "top_k": int(result.topk_ids.shape[-1]),
+        "vocab_size": v,
+        "texts": texts,
+        "shapes": {
+            "inputs": [b, t],
+            "logits": [b, t, v],
+            "logits_flat": [b * t, v],
+            "targets": [b, t],
+            "targets_flat": [b * t],
+        },
+        "num_tokens": result.num_tokens,
+        "padded": result.num_tokens != b * t,
+        "log_probas": [_f(x) for x in result.log_probas],
+        "avg_log_probas": _f(result.avg_log_probas),
+        "neg_avg_log_probas": _f(result.neg_avg_log_probas),
+        "loss": loss,
+        "difference": _f(result.difference),
+        "perplexity": result.perplexity,
+        "bits_per_token": loss / math.log(2),
+        "uniform_loss": math.log(v),
+        "uniform_perplexity": v,
+    }

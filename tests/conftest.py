@@ -1,0 +1,41 @@
+"""Shared fixtures: the real tokenizer, the book's untrained model, the shared corpus."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+VERDICT_PATH = ROOT.parent / "shared" / "data" / "the-verdict.txt"
+BOOK_TEXTS = ["every effort moves you", "I really like chocolate"]
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _isolated_cache(tmp_path_factory):
+    """Keep downloads and trained weights of the test run out of the user's cache."""
+    os.environ["LOSSLENS_CACHE_DIR"] = str(tmp_path_factory.mktemp("losslens-cache"))
+    yield
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    from core.tokenizer import get_tokenizer
+
+    return get_tokenizer()
+
+
+@pytest.fixture(scope="session")
+def model():
+    """torch.manual_seed(123); GPTModel(GPT_CONFIG_124M), in eval mode (shared, read-only)."""
+    from core.model import build_untrained_model
+
+    return build_untrained_model(123)
+
+
+@pytest.fixture(scope="session")
+def verdict_path() -> Path:
+    if not VERDICT_PATH.is_file():
+        pytest.fail(f"The shared corpus is missing at {VERDICT_PATH}")
+    return VERDICT_PATH
