@@ -1,0 +1,162 @@
+"""End-to-end fixtures: a real `streamlit run app.py` server driven by the system Chromium.
+
+Playwright's own browser download cannot work here, so the PyPI `playwright` package drives
+Debian's Chromium through `executable_path`. Every page records console errors, uncaught
+page errors and dialogs; a test fails if any occurred or a Streamlit exception box is on the
+page, and leaves a screenshot in test-artifacts/.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+from pathlib import Path
+
+import pytest
+from e2e_helpers import (
+    APP_TIMEOUT,
+    ARTIFACTS,
+    CHROMIUM_ARGS,
+    VERDICT_PATH,
+    PageProblems,
+    StreamlitServer,
+    find_chromium,
+    server_env,
+    wait_for_app,
+)
+
+# ---------------------------------------------------------------------------------------
+# Fixtures
+
+
+@pytest.fixture(scope="session")
+def chromium_path() -> str:
+    path = find_chromium()
+    if path is None:
+        reason = (
+            "no Chromium found for the browser tests: install it (Debian/Ubuntu: "
+            "`sudo apt-get install chromium`) or set LOSSLENS_CHROMIUM to its path"
+        )
+        if os.environ.get("CI"):
+            pytest.fail(reason + " (CI is set: the browser tests must run)")
+        pytest.skip(reason)
+    return path
+
+
+@pytest.fixture(scope="session")
+def playwright_instance(chromium_path):
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        reason = "the browser tests need `pip install playwright` (requirements-dev.txt)"
+        if os.environ.get("CI"):
+            pytest.fail(reason)
+        pytest.skip(reason)
+    with sync_playwright() as p:
+        yield p
+
+
+@pytest.fixture(scope="session")
+def browser(playwright_instance, chromium_path):
+    browser = playwright_instance.chromium.launch(executable_path=chromium_path, args=CHROMIUM_ARGS)
+    yield browser
+    browser.close()
+
+
+@pytest.fixture(scope="session")
+def verdict_file() -> Path:
+    if not VERDICT_PATH.is_file():
+        pytest.fail(f"The shared corpus is missing at {VERDICT_PATH}")
+    return VERDICT_PATH
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory, chromium_path, verdict_file):
+    """The app with The Verdict available from the shared folder and an empty cache."""
+    work = tmp_path_factory.mktemp("e2e-server")
+    srv = StreamlitServer(server_env(work / "cache", verdict_file), work).start()
+    yield srv
+    srv.stop()
+
+
+def _artifact_name(request) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", request.node.name).strip("_")[:120] + ".png"
+
+
+@pytest.fixture
+def new_page(browser, request):
+    """Factory: a fresh browser context + page whose problems are checked after the test.
+
+    Several pages (or pages of different servers) can be opened in one test.
+    """
+    opened = []
+
+    def make(viewport=None):
+        context = browser.new_context(viewport=viewport or {"width": 1400, "height": 1000})
+        page = context.new_page()
+        page.set_default_timeout(APP_TIMEOUT)
+        problems = PageProblems()
+        problems.attach(page)
+        page.problems = problems
+        opened.append((context, page, problems))
+        return page
+
+    yield make
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    failures = []
+    for n, (context, page, problems) in enumerate(opened):
+        name = _artifact_name(request)
+        if n:
+            name = name[:-4] + f"-{n + 1}.png"
+        try:
+            page.screenshot(path=str(ARTIFACTS / name), full_page=True)
+        except Exception as error:  # noqa: BLE001 - a closed page has no screenshot
+            failures.append(f"screenshot failed: {error}")
+        try:
+            exceptions = page.locator('[data-testid="stException"]')
+            if exceptions.count():
+                failures.append("Streamlit exception box: " + exceptions.first.inner_text()[:2000])
+        except Exception:  # noqa: BLE001 - page closed by the test
+            pass
+        failures += problems.report()
+        context.close()
+    if failures:
+        message = "browser problems:\n" + "\n".join(failures)
+        if getattr(request.node, "_e2e_failed", False):
+            print(message, file=sys.stderr)  # the test already failed: add context, not an error
+        else:
+            pytest.fail(message, pytrace=False)
+
+
+@pytest.fixture
+def page(new_page, server):
+    """A page of the default server, opened on the app and waited for."""
+    page = new_page()
+    page.goto(server.url)
+    wait_for_app(page)
+    return page
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item, call):
+    report = yield
+    if report.when == "call" and report.failed:
+        item._e2e_failed = True  # the call already failed: don't pile a teardown error on it
+    return report
+
+
+def pytest_collection_modifyitems(config, items):
+    here = Path(__file__).parent
+    for item in items:
+        if here in Path(str(item.fspath)).parents:
+            item.add_marker(pytest.mark.e2e)
+
+
+@pytest.fixture(scope="session")
+def core_model():
+    """The app's default model, for computing expected numbers in the test process."""
+    from core.model import build_untrained_model
+
+    return build_untrained_model(123)

@@ -1,0 +1,215 @@
+"""Helpers shared by the browser tests and bench/load_sessions.py: the server and page waits."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+VERDICT_PATH = ROOT.parent / "shared" / "data" / "the-verdict.txt"
+ARTIFACTS = ROOT / "test-artifacts"
+BOOK_TEXTS = ["every effort moves you", "I really like chocolate"]
+
+CHROMIUM_ARGS = [
+    "--no-sandbox",  # CI runs as root, where Chromium's sandbox refuses to start
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-dev-shm-usage",
+]
+SERVER_START_TIMEOUT = 120  # s: import torch + streamlit on a busy 2-core machine
+APP_TIMEOUT = 120_000  # ms: first run builds the 124M model
+DONE_STATES = ("notRunning", "compilationError")
+
+
+def find_chromium() -> str | None:
+    """$LOSSLENS_CHROMIUM, else Debian's /usr/bin/chromium, else chromium(-browser) on PATH."""
+    candidates = [os.environ.get("LOSSLENS_CHROMIUM"), "/usr/bin/chromium"]
+    candidates += [shutil.which("chromium"), shutil.which("chromium-browser")]
+    for path in candidates:
+        if path and os.path.isfile(path) and os.access(path, os.X_OK):
+            return path
+    return None
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _get(url: str, timeout: float = 5) -> str:
+    # No proxy: the server is on loopback and the machine may have a proxy for registries.
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    with opener.open(url, timeout=timeout) as response:
+        return response.read().decode()
+
+
+class StreamlitServer:
+    """`streamlit run app.py` on a free loopback port, with its own environment and log."""
+
+    def __init__(self, env: dict[str, str], log_dir: Path, port: int | None = None):
+        self.env = env
+        self.log_path = log_dir / "streamlit.log"
+        self.port = port or free_port()
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def start(self) -> StreamlitServer:
+        cmd = [
+            sys.executable, "-m", "streamlit", "run", "app.py",
+            "--server.headless", "true",
+            "--server.port", str(self.port),
+            "--server.address", "127.0.0.1",
+            "--browser.gatherUsageStats", "false",
+            # The server under test must not rerun when a source file changes mid-run.
+            "--server.fileWatcherType", "none",
+        ]  # fmt: skip
+        log = open(self.log_path, "ab")  # noqa: SIM115 - closed with the process
+        self.proc = subprocess.Popen(cmd, cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT)
+        log.close()
+        deadline = time.monotonic() + SERVER_START_TIMEOUT
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"streamlit exited with {self.proc.returncode}:\n{self.log_tail()}")
+            try:
+                if _get(f"{self.url}/_stcore/health", timeout=2).strip() == "ok":
+                    return self
+            except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
+                pass
+            time.sleep(0.3)
+        self.stop()
+        raise RuntimeError(f"streamlit not healthy after {SERVER_START_TIMEOUT} s:\n{self.log_tail()}")
+
+    def stop(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(timeout=15)
+
+    def restart(self) -> StreamlitServer:
+        """Stop and start again on the same port, so the same URLs reopen."""
+        self.stop()
+        return self.start()
+
+    def log_tail(self, chars: int = 4000) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-chars:]
+        except OSError:
+            return ""
+
+
+def server_env(cache_dir: Path, verdict: Path | None = VERDICT_PATH) -> dict[str, str]:
+    env = dict(os.environ)
+    env["LOSSLENS_CACHE_DIR"] = str(cache_dir)
+    env.pop("LOSSLENS_VERDICT_PATH", None)
+    if verdict is not None:
+        env["LOSSLENS_VERDICT_PATH"] = str(verdict)
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def wait_for_app(page, timeout: float = APP_TIMEOUT) -> None:
+    """Wait until Streamlit is connected and its script run has finished.
+
+    After an input the rerun may not have started yet, so first give it a moment to begin.
+    """
+    app = '[data-testid="stApp"]'
+    page.wait_for_selector(f'{app}[data-test-connection-state="CONNECTED"]', timeout=timeout)
+    try:
+        page.wait_for_selector(f'{app}[data-test-script-state="running"]', timeout=700)
+    except Exception:  # noqa: BLE001 - the run may already be over
+        pass
+    page.wait_for_function(
+        """(states) => {
+            const app = document.querySelector('[data-testid="stApp"]');
+            return app && states.includes(app.getAttribute('data-test-script-state'));
+        }""",
+        arg=list(DONE_STATES),
+        timeout=timeout,
+    )
+
+
+def metric_value(page, label: str, timeout: float = APP_TIMEOUT) -> str:
+    """The text of the st.metric whose label contains `label` (first match)."""
+    metric = page.locator('[data-testid="stMetric"]').filter(
+        has=page.locator('[data-testid="stMetricLabel"]', has_text=label)
+    )
+    metric.first.wait_for(timeout=timeout)
+    return metric.first.locator('[data-testid="stMetricValue"]').inner_text().strip()
+
+
+def first_number(text: str) -> float:
+    match = re.search(r"-?\d[\d,]*(?:\.\d+)?(?:[eE][-+]?\d+)?", text)
+    assert match, f"no number in {text!r}"
+    return float(match.group(0).replace(",", ""))
+
+
+class PageProblems:
+    """What the browser reported while a test ran: all of it fails the test."""
+
+    def __init__(self):
+        self.console_errors: list[str] = []
+        self.page_errors: list[str] = []
+        self.dialogs: list[str] = []
+
+    def attach(self, page) -> None:
+        page.on("console", self._on_console)
+        page.on("pageerror", lambda error: self.page_errors.append(str(error)))
+        page.on("dialog", self._on_dialog)
+
+    def _on_console(self, message) -> None:
+        if message.type == "error":
+            self.console_errors.append(f"{message.text} @ {message.location}")
+
+    def _on_dialog(self, dialog) -> None:
+        self.dialogs.append(f"{dialog.type}: {dialog.message}")
+        dialog.dismiss()
+
+    def clear(self) -> None:
+        self.console_errors.clear()
+        self.page_errors.clear()
+        self.dialogs.clear()
+
+    def report(self) -> list[str]:
+        return (
+            [f"console error: {e}" for e in self.console_errors]
+            + [f"page error: {e}" for e in self.page_errors]
+            + [f"dialog opened: {d}" for d in self.dialogs]
+        )
+
+
+def expected_loss(model, texts: list[str]) -> tuple[float, float]:
+    from core.loss import compute_loss
+
+    result = compute_loss(model, texts)
+    return float(result.loss), result.perplexity
+
+
+def tmp_text_file(directory: Path, name: str, data: bytes) -> Path:
+    path = Path(tempfile.mkdtemp(dir=directory)) / name
+    path.write_bytes(data)
+    return path
