@@ -1,0 +1,39 @@
+"""The browser harness itself: it must see what it is meant to catch, or every other test is blind."""
+
+from __future__ import annotations
+
+import os
+import stat
+
+import e2e_helpers
+
+
+def test_records_console_errors_page_errors_and_dialogs(new_page):
+    page = new_page()
+    page.set_content("<p>harness</p>")
+    page.evaluate("console.error('harness console error')")
+    page.evaluate("setTimeout(() => { throw new Error('harness uncaught') }, 0)")
+    page.evaluate("alert('harness dialog')")  # dismissed by the recorder, so this returns
+    page.wait_for_timeout(200)
+    report = page.problems.report()
+    assert any("harness console error" in line for line in report), report
+    assert any("harness uncaught" in line for line in report), report
+    assert any("harness dialog" in line for line in report), report
+    page.problems.clear()  # caught on purpose: the teardown check must not fail this test
+
+
+def test_find_chromium_honours_env(tmp_path, monkeypatch):
+    fake = tmp_path / "my-chromium"
+    fake.write_text("#!/bin/sh\n")
+    fake.chmod(fake.stat().st_mode | stat.S_IXUSR)
+    monkeypatch.setenv("LOSSLENS_CHROMIUM", str(fake))
+    assert e2e_helpers.find_chromium() == str(fake)
+    monkeypatch.setenv("LOSSLENS_CHROMIUM", str(tmp_path / "missing"))
+    found = e2e_helpers.find_chromium()
+    assert found != str(tmp_path / "missing")
+    assert found is None or os.access(found, os.X_OK)
+
+
+def test_server_is_healthy_on_loopback(server):
+    assert server.url.startswith("http://127.0.0.1:")
+    assert e2e_helpers._get(f"{server.url}/_stcore/health").strip() == "ok"
