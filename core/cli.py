@@ -59,7 +59,59 @@ def cmd_loss(args) -> int:
     return 0
 
 
-COMMANDS = [add_loss]
+def add_dataset(sub) -> None:
+    p = sub.add_parser("dataset", help="training and validation loss over a corpus (section 5.1.3)")
+    p.add_argument("--corpus", metavar="PATH", help="a UTF-8 text file (default: The Verdict, cached or downloaded)")
+    p.add_argument("--train-ratio", type=float, default=0.9, help="share of characters for training (book: 0.9)")
+    p.add_argument("--context-length", type=int, default=256, help="window length, the loaders' max_length (book: 256)")
+    p.add_argument("--stride", type=int, default=256, help="tokens between window starts (book: 256)")
+    p.add_argument("--batch-size", type=int, default=2, help="windows per batch (book: 2)")
+    p.add_argument("--num-batches", type=int, default=None, help="only the first N batches of each split")
+    p.add_argument("--seed", type=int, default=123, help="seed of the untrained model and the shuffle (book: 123)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of text")
+    p.set_defaults(func=cmd_dataset)
+
+
+def cmd_dataset(args) -> int:
+    from .corpus import load_verdict, read_corpus_file
+    from .data import LoaderSettings
+    from .evaluate import evaluate_dataset
+    from .model import build_untrained_model
+
+    settings = LoaderSettings(args.train_ratio, args.context_length, args.stride, args.batch_size, args.seed)
+    settings.validate()  # fail fast, before reading the corpus or building the model
+    text = read_corpus_file(args.corpus) if args.corpus else load_verdict()
+    model = build_untrained_model(args.seed)
+
+    def progress(done, total, split):
+        print(f"\r{split:>5} batches {done}/{total}", end="\n" if done == total else "", file=sys.stderr, flush=True)
+
+    result = evaluate_dataset(model, text, settings, num_batches=args.num_batches, progress=progress)
+    summary = {"model": f"untrained GPT-2 124M, seed {args.seed}", "corpus": args.corpus or "The Verdict", **result.to_dict()}
+    if args.json:
+        print(json.dumps(summary, indent=2, ensure_ascii=False))
+        return 0
+    s = result.data
+    out = [
+        f"Model: {summary['model']}   corpus: {summary['corpus']}",
+        f"Characters: {s.characters:,}   tokens: {s.tokens:,}",
+        f"Settings: train ratio {settings.train_ratio}, context length {settings.context_length}, "
+        f"stride {settings.stride}, batch size {settings.batch_size}"
+        + (f", first {args.num_batches} batches" if args.num_batches else ""),
+        f"{'split':<11}{'chars':>9}{'tokens':>9}{'windows':>9}{'batches':>9}{'batch tokens':>14}{'loss':>12}{'perplexity':>13}",
+    ]
+    for c, loss, ppl in ((s.train, result.train_loss, result.train_perplexity), (s.val, result.val_loss, result.val_perplexity)):
+        out.append(
+            f"{c.name:<11}{c.characters:>9,}{c.tokens:>9,}{c.windows:>9,}{c.batches:>9,}{c.batch_tokens:>14,}"
+            f"{loss:>12.6f}{ppl:>13.1f}"
+        )
+    out.append(f"Training tokens: {s.train_tokens:,}   validation tokens: {s.val_tokens:,}")
+    out += [f"warning: {w}" for w in s.warnings]
+    print("\n".join(out))
+    return 0
+
+
+COMMANDS = [add_loss, add_dataset]
 
 
 def run(args) -> int:

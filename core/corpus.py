@@ -1,0 +1,150 @@
+"""Corpora: The Verdict (downloaded once, checked, cached) or any UTF-8 text the user gives.
+
+The Verdict is looked for in this order: an explicit path, $LOSSLENS_VERDICT_PATH, the
+per-user cache (core.paths.cache_dir()), then a download from the book's repository whose
+sha256 must match before anything is written to the cache.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from .errors import CorpusError
+from .paths import cache_dir
+
+VERDICT_URL = (
+    "https://raw.githubusercontent.com/rasbt/LLMs-from-scratch/main/ch02/01_main-chapter-code/the-verdict.txt"
+)
+VERDICT_SHA256 = "b41e41a68f0398a3154ae69e2e4c0e2694e17fe0d66730536837f1b01935b31f"
+VERDICT_FILENAME = "the-verdict.txt"
+VERDICT_ENV = "LOSSLENS_VERDICT_PATH"
+DOWNLOAD_TIMEOUT = 20.0  # seconds; a workshop's wifi may be slow, but never hang the page
+
+# 20 MB of UTF-8 is ~5 million tokens: the token ids fit easily in memory, and a full pass
+# would take hours on a CPU, so anything larger is surely a mistake.
+MAX_CORPUS_BYTES = 20_000_000
+MAX_CORPUS_LABEL = "20 MB"
+
+HOW_TO_PROVIDE = (
+    "Upload the file or paste its text, or point LossLens to a local copy: "
+    f"`--corpus PATH` on the command line or the environment variable {VERDICT_ENV}=PATH. "
+    f"The file is at {VERDICT_URL}"
+)
+
+# Characters that do not occur in text: C0 controls other than tab, newline, form feed, CR.
+_CONTROL = {c for c in range(32) if c not in (9, 10, 12, 13)} | {127}
+_MAX_CONTROL_SHARE = 0.01
+
+
+def sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def validate_corpus_text(text: str, name: str = "The text") -> str:
+    """Return `text` unchanged if it can be a corpus; raise CorpusError saying why not."""
+    if not isinstance(text, str):
+        raise CorpusError(f"{name} must be text, got {type(text).__name__}.")
+    if len(text) > MAX_CORPUS_BYTES or len(text.encode("utf-8", "surrogatepass")) > MAX_CORPUS_BYTES:
+        raise CorpusError(f"{name} is larger than {MAX_CORPUS_LABEL}, the largest corpus LossLens accepts.")
+    if not text.strip():
+        raise CorpusError(f"{name} is empty: give a text of at least a few hundred words.")
+    if "\x00" in text:
+        raise CorpusError(f"{name} contains NUL bytes: it looks like a binary file, not text.")
+    controls = sum(text.count(chr(c)) for c in _CONTROL)
+    if controls > _MAX_CONTROL_SHARE * len(text):
+        raise CorpusError(
+            f"{name} is {controls / len(text):.0%} control characters: it looks like a binary file, not text."
+        )
+    return text
+
+
+def decode_corpus_bytes(data: bytes, name: str = "upload") -> str:
+    """Decode an uploaded or read file as UTF-8 text, refusing empty, binary or huge input."""
+    if len(data) > MAX_CORPUS_BYTES:
+        raise CorpusError(
+            f"{name} is {len(data) / 1e6:.1f} MB; the largest corpus LossLens accepts is {MAX_CORPUS_LABEL}."
+        )
+    if not data.strip():
+        raise CorpusError(f"{name} is empty.")
+    if b"\x00" in data:
+        raise CorpusError(f"{name} contains NUL bytes: it is a binary file, not UTF-8 text.")
+    try:
+        text = data.decode("utf-8-sig")  # a leading byte-order mark is not part of the text
+    except UnicodeDecodeError as e:
+        raise CorpusError(
+            f"{name} is not UTF-8 text (invalid byte 0x{data[e.start]:02X} at offset {e.start}). "
+            "Save it as UTF-8 and try again."
+        ) from None
+    return validate_corpus_text(text, name)
+
+
+def read_corpus_file(path: str | os.PathLike) -> str:
+    """Read a corpus file, checking its size before reading it."""
+    path = Path(path).expanduser()
+    try:
+        if not path.is_file():
+            raise CorpusError(f"No corpus file at {path}.")
+        size = path.stat().st_size
+        if size > MAX_CORPUS_BYTES:
+            raise CorpusError(
+                f"{path.name} is {size / 1e6:.1f} MB; the largest corpus LossLens accepts is {MAX_CORPUS_LABEL}."
+            )
+        data = path.read_bytes()
+    except OSError as e:
+        raise CorpusError(f"Cannot read {path}: {e.strerror or e}.") from None
+    return decode_corpus_bytes(data, path.name)
+
+
+def verdict_cache_path() -> Path:
+    return cache_dir() / VERDICT_FILENAME
+
+
+def download_verdict(timeout: float = DOWNLOAD_TIMEOUT, url: str = VERDICT_URL) -> str:
+    """Download The Verdict, check its sha256, write it atomically into the cache."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            data = response.read(MAX_CORPUS_BYTES + 1)
+    except (urllib.error.URLError, OSError, ValueError) as e:
+        reason = getattr(e, "reason", None) or e
+        raise CorpusError(f"Could not download The Verdict ({reason}). {HOW_TO_PROVIDE}") from None
+    digest = sha256_hex(data)
+    if digest != VERDICT_SHA256:
+        raise CorpusError(
+            f"The downloaded Verdict does not match its published hash (sha256 {digest[:12]}..., "
+            f"expected {VERDICT_SHA256[:12]}...), so it was not used. {HOW_TO_PROVIDE}"
+        )
+    target = verdict_cache_path()
+    # Write to a temporary file in the same folder, then rename: readers never see half a file.
+    fd, tmp = tempfile.mkstemp(prefix=".verdict-", dir=target.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, target)
+    except OSError:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return decode_corpus_bytes(data, VERDICT_FILENAME)
+
+
+def load_verdict(
+    path: str | os.PathLike | None = None, *, download: bool = True, timeout: float = DOWNLOAD_TIMEOUT
+) -> str:
+    """The Verdict's text: from `path`, $LOSSLENS_VERDICT_PATH, the cache, or a download."""
+    if path is not None:
+        return read_corpus_file(path)
+    if os.environ.get(VERDICT_ENV):
+        return read_corpus_file(os.environ[VERDICT_ENV])
+    cached = verdict_cache_path()
+    if cached.is_file():
+        data = cached.read_bytes()
+        if sha256_hex(data) == VERDICT_SHA256:
+            return decode_corpus_bytes(data, VERDICT_FILENAME)
+        cached.unlink(missing_ok=True)  # damaged: fetch it again
+    if not download:
+        raise CorpusError(f"The Verdict is not in the cache ({cached}) and downloading is off. {HOW_TO_PROVIDE}")
+    return download_verdict(timeout)

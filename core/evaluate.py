@@ -1,0 +1,214 @@
+"""Section 5.1.3: the loss over whole data sets, with progress reporting and a stop button.
+
+calc_loss_batch and calc_loss_loader keep the book's semantics (the loader loss is the
+mean of the per-batch losses; NaN for a loader without batches). evaluate_dataset runs
+both splits for the app and the CLI and explains, rather than returns NaN, when a split
+has no batch.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from .data import DataSplit, LoaderSettings, make_loaders
+from .errors import NoBatchesError
+
+Progress = Callable[[int, int], None]
+Cancel = Callable[[], bool]
+
+
+class EvaluationCancelled(Exception):
+    """cancel() returned True; `batch_losses` holds the losses computed before that."""
+
+    def __init__(self, batch_losses: list[float]):
+        super().__init__(f"cancelled after {len(batch_losses)} batches")
+        self.batch_losses = batch_losses
+
+
+def _head_weight(model) -> torch.Tensor | None:
+    """The out_head weight when `model` can give its final hidden states (core.model.GPTModel)."""
+    head = getattr(model, "out_head", None)
+    if hasattr(model, "hidden_states") and head is not None and head.bias is None:
+        return head.weight
+    return None
+
+
+def calc_loss_batch(input_batch, target_batch, model, device="cpu"):
+    """Cross entropy of one batch over its flattened logits and targets (the book's)."""
+    input_batch, target_batch = input_batch.to(device), target_batch.to(device)
+    weight = _head_weight(model)
+    if weight is None:
+        logits = model(input_batch)
+        return F.cross_entropy(logits.flatten(0, 1), target_batch.flatten())
+    # Same function, faster: the logits are computed transposed, [vocab, tokens], which
+    # MKL does faster for this shape, and cross_entropy reads that layout as it is
+    # (class dimension 1 of a [1, vocab, tokens] input) instead of copying 100 MB.
+    hidden = model.hidden_states(input_batch).flatten(0, 1)  # [tokens, emb]
+    logits_t = torch.mm(weight, hidden.t())  # [vocab, tokens]
+    return F.cross_entropy(logits_t.unsqueeze(0), target_batch.reshape(1, -1))
+
+
+def _batch_losses(data_loader, model, device, num_batches) -> Iterator[float]:
+    with torch.inference_mode():
+        for i, (input_batch, target_batch) in enumerate(data_loader):
+            if i >= num_batches:
+                break
+            yield calc_loss_batch(input_batch, target_batch, model, device).item()
+
+
+def _num_batches(data_loader, num_batches) -> int:
+    if num_batches is None:
+        return len(data_loader)
+    # The book: more batches than the loader has means all of them.
+    return min(num_batches, len(data_loader))
+
+
+def calc_loss_loader(data_loader, model, device="cpu", num_batches=None, progress=None, cancel=None):
+    """Mean batch loss over the first `num_batches` batches (all by default); NaN if none.
+
+    progress(done, total) is called after each batch (and once with 0 before the first);
+    cancel() is checked before each batch and raises EvaluationCancelled when it is True.
+    """
+    if len(data_loader) == 0:
+        return float("nan")
+    total = _num_batches(data_loader, num_batches)
+    losses: list[float] = []
+    if progress:
+        progress(0, total)
+    for _ in _run(data_loader, model, device, total, cancel, losses):
+        if progress:
+            progress(len(losses), total)
+    return sum(losses) / total
+
+
+def _run(data_loader, model, device, total, cancel, losses) -> Iterator[float]:
+    """Yield each batch loss, appended to `losses`; stop cooperatively when cancel() says so."""
+    if cancel and cancel():
+        raise EvaluationCancelled(losses)
+    for loss in _batch_losses(data_loader, model, device, total):
+        losses.append(loss)
+        yield loss
+        if len(losses) < total and cancel and cancel():
+            raise EvaluationCancelled(losses)
+
+
+@dataclass
+class DatasetLosses:
+    data: DataSplit  # counts, settings and warnings (the loaders too)
+    train_loss: float | None  # None when cancelled before the split finished
+    val_loss: float | None
+    train_batch_losses: list[float] = field(default_factory=list)
+    val_batch_losses: list[float] = field(default_factory=list)
+    num_batches: int | None = None
+    cancelled: bool = False
+
+    @property
+    def train_perplexity(self) -> float | None:
+        return _perplexity(self.train_loss)
+
+    @property
+    def val_perplexity(self) -> float | None:
+        return _perplexity(self.val_loss)
+
+    @property
+    def warnings(self) -> list[str]:
+        return self.data.warnings
+
+    def to_dict(self) -> dict:
+        return {
+            **self.data.to_dict(),
+            "num_batches": self.num_batches,
+            "train_loss": self.train_loss,
+            "val_loss": self.val_loss,
+            "train_perplexity": self.train_perplexity,
+            "val_perplexity": self.val_perplexity,
+            "train_batch_losses": list(self.train_batch_losses),
+            "val_batch_losses": list(self.val_batch_losses),
+            "cancelled": self.cancelled,
+        }
+
+
+def _perplexity(loss: float | None) -> float | None:
+    if loss is None:
+        return None
+    try:
+        return math.exp(loss)
+    except OverflowError:
+        return math.inf
+
+
+def _check_batches(data: DataSplit) -> None:
+    s = data.settings
+    for split, label, fix in (
+        (data.train, "training", "a higher train ratio"),
+        (data.val, "validation", "a lower train ratio"),
+    ):
+        if split.batches:
+            continue
+        need = s.context_length + 1 + (s.batch_size - 1) * s.stride if split.name == "train" else s.context_length + 1
+        what = f"a full batch of {s.batch_size} windows" if split.name == "train" else "one window"
+        raise NoBatchesError(
+            f"The {label} split has no batch: its {split.characters:,} characters are {split.tokens:,} tokens, "
+            f"and {what} of context length {s.context_length} needs at least {need:,} tokens. "
+            f"Use a longer text, a shorter context length, or {fix}."
+        )
+
+
+def evaluate_dataset(
+    model,
+    text: str,
+    settings: LoaderSettings | None = None,
+    num_batches: int | None = None,
+    progress: Callable[[int, int, str], None] | None = None,
+    cancel: Cancel | None = None,
+    tokenizer=None,
+) -> DatasetLosses:
+    """Training and validation loss of `model` on `text` with the book's loaders.
+
+    progress(done, total, split) counts batches over both splits together (training
+    first, then validation), so one progress bar covers the whole pass; `split` is
+    "train" or "val". cancel() is checked between batches; a cancelled run returns
+    what it has with cancelled=True. Raises NoBatchesError when a split has no batch.
+    """
+    from .corpus import validate_corpus_text
+
+    settings = settings or LoaderSettings()
+    if model.training:
+        raise RuntimeError("evaluate_dataset needs a model in eval mode (dropout off)")
+    settings.validate(getattr(model, "context_length", None))
+    if num_batches is not None and (isinstance(num_batches, bool) or not isinstance(num_batches, int) or num_batches < 1):
+        from .errors import InvalidParameterError
+
+        raise InvalidParameterError(f"The number of batches must be a whole number >= 1, got {num_batches!r}.")
+    validate_corpus_text(text)
+    data = make_loaders(text, settings, tokenizer)
+    _check_batches(data)
+
+    n_train = _num_batches(data.train_loader, num_batches)
+    n_val = _num_batches(data.val_loader, num_batches)
+    total = n_train + n_val
+    result = DatasetLosses(data, None, None, num_batches=num_batches)
+    if progress:
+        progress(0, total, "train")
+    for name, loader, n, losses, offset in (
+        ("train", data.train_loader, n_train, result.train_batch_losses, 0),
+        ("val", data.val_loader, n_val, result.val_batch_losses, n_train),
+    ):
+        try:
+            for _ in _run(loader, model, "cpu", n, cancel, losses):
+                if progress:
+                    progress(offset + len(losses), total, name)
+        except EvaluationCancelled:
+            result.cancelled = True
+            return result
+        mean = sum(losses) / n
+        if name == "train":
+            result.train_loss = mean
+        else:
+            result.val_loss = mean
+    return result
