@@ -1,6 +1,29 @@
-"""LossLens: GPT-2's next-token probabilities become the cross-entropy loss, step by step."""
+"""LossLens: GPT-2's next-token probabilities become the cross-entropy loss, step by step.
+
+Streamlit runs this file on every interaction: sidebar -> plain inputs -> the chosen view.
+All maths lives in `core`; each view is a page file in `components/` with a render(inputs).
+"""
 
 import streamlit as st
 
-st.set_page_config(page_title="LossLens", layout="wide")
-st.title("LossLens")
+from components import common, sidebar
+
+# One line per view: (page file, title, icon, URL path). The first opens at "/".
+VIEWS = [
+    ("components/tokens.py", "Tokens", ":material/token:", "tokens"),
+    ("components/probabilities.py", "Next-token probabilities", ":material/bar_chart:", "probabilities"),
+    ("components/figure57.py", "Figure 5.7, step by step", ":material/footprint:", "figure-5-7"),
+    ("components/cross_entropy.py", "Cross entropy", ":material/functions:", "cross-entropy"),
+    ("components/per_token.py", "Per-token loss", ":material/format_color_text:", "per-token-loss"),
+]
+
+st.set_page_config(page_title="LossLens", page_icon=":material/search_insights:", layout="wide")
+with common.friendly_errors():
+    inputs = sidebar.render()
+    common.set_current_inputs(inputs)
+    common.apply_style(inputs.presentation)
+    pages = [
+        st.Page(file, title=title, icon=icon, url_path=path, default=n == 0)
+        for n, (file, title, icon, path) in enumerate(VIEWS)
+    ]
+    st.navigation(pages).run()

@@ -32,6 +32,14 @@ def _f(x) -> float | None:
     return x
 
 
+def perplexity(loss: float) -> float | str:
+    """exp(loss); "inf" past float range (a low temperature can push the loss into the thousands)."""
+    try:
+        return math.exp(loss)
+    except OverflowError:
+        return "inf"
+
+
 def summarize(result: LossResult, tokenizer: tiktoken.Encoding | None = None) -> dict:
     """Everything the views and `--json` show, as lists, numbers and strings."""
     tokenizer = tokenizer or get_tokenizer()
@@ -101,7 +109,7 @@ def summarize(result: LossResult, tokenizer: tiktoken.Encoding | None = None) ->
         "neg_avg_log_probas": _f(result.neg_avg_log_probas),
         "loss": loss,
         "difference": _f(result.difference),
-        "perplexity": result.perplexity,
+        "perplexity": perplexity(loss),
         "bits_per_token": loss / math.log(2),
         "uniform_loss": math.log(v),
         "uniform_perplexity": v,

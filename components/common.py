@@ -1,0 +1,255 @@
+"""Shared by the views: the current inputs, cached calls into `core`, formatting, safe HTML."""
+
+from __future__ import annotations
+
+import contextlib
+import html
+import json
+import logging
+from dataclasses import dataclass
+
+import streamlit as st
+
+from core.errors import LossLensError
+from core.loss import compute_loss
+from core.registry import get_spec, load_model
+from core.report import summarize
+from core.tokenizer import get_tokenizer
+
+log = logging.getLogger("losslens")
+
+# Viridis: sequential, colour-blind safe, still ordered when printed in grey.
+VIRIDIS = ["#440154", "#482878", "#3e4989", "#31688e", "#26828e", "#1f9e89", "#35b779", "#6ece58", "#b5de2b", "#fde725"]
+ACCENT = "#d55e00"  # Okabe-Ito vermillion: the target token, everywhere
+NEUTRAL = "#0072b2"  # Okabe-Ito blue: the other top-k tokens
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """What the sidebar chose: plain values, so they key the caches."""
+
+    model: str
+    seed: int
+    texts: tuple[str, ...]
+    top_k: int
+    temperature: float
+    presentation: bool = False
+
+
+# --- cached calls into core --------------------------------------------------------
+
+
+@st.cache_resource(max_entries=2, show_spinner="Building the model (first time only)…")
+def get_model(key: str, seed: int):
+    """One shared, frozen model per (key, seed); inference only, so threads can share it.
+    Two entries: a seed change keeps the previous model for a quick switch back (~650 MB each)."""
+    return load_model(key, seed)
+
+
+@st.cache_resource
+def tokenizer():
+    return get_tokenizer()
+
+
+@st.cache_data(max_entries=256, show_spinner=False)
+def loss_summary(key: str, seed: int, texts: tuple[str, ...], top_k: int, temperature: float) -> dict:
+    """The six steps as plain data (top-k only, never a full-vocabulary array)."""
+    result = compute_loss(get_model(key, seed), list(texts), top_k, temperature, tokenizer())
+    return summarize(result, tokenizer())
+
+
+def summary(inputs: Inputs, temperature: float | None = None) -> dict:
+    seed = inputs.seed if get_spec(inputs.model).seeded else 0
+    t = inputs.temperature if temperature is None else temperature
+    return loss_summary(inputs.model, seed, inputs.texts, inputs.top_k, t)
+
+
+# --- errors ------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def friendly_errors():
+    """Input errors become a message saying what to do; anything else a short apology."""
+    try:
+        yield
+    except LossLensError as e:
+        st.error(f"{e}", icon=":material/error:")
+        st.caption("Fix the input in the sidebar; the views update as soon as it is valid.")
+    except MemoryError:
+        st.error("Out of memory: use fewer or shorter texts.", icon=":material/memory:")
+    except Exception:  # noqa: BLE001 - the page must never show a traceback
+        log.exception("unexpected error")
+        st.error(
+            "Something unexpected went wrong while computing this view. Try another input or "
+            "reload the page; the details are in the server log.",
+            icon=":material/bug_report:",
+        )
+
+
+# --- formatting ----------------------------------------------------------------------
+
+
+def num(x, digits: int = 4) -> str:
+    """A value from core.report: floats, or None / "inf" / "-inf" where float ran out."""
+    if x is None:
+        return "n/a"
+    if isinstance(x, str):
+        return {"inf": "∞", "-inf": "−∞"}.get(x, x)
+    return f"{x:.{digits}f}"
+
+
+def ppl(x) -> str:
+    if isinstance(x, str):
+        return num(x)
+    return f"{x:.1f}" if x < 1e9 else f"{x:.3e}"
+
+
+def proba(p) -> str:
+    if p is None or isinstance(p, str):
+        return num(p)
+    return f"{p:.4%}" if p >= 1e-4 else f"{p:.3e}"
+
+
+def esc(text: str) -> str:
+    return html.escape(str(text), quote=True)
+
+
+def label(summary_: dict, row: int, pos: int) -> str:
+    """'Text 1 · every → ␣effort' (plain text: shown by widgets that do not parse HTML)."""
+    p = summary_["texts"][row]["positions"][pos]
+    return f"Text {row + 1} · position {pos} · {p['input']} → {p['target']}"
+
+
+def to_float(x) -> float:
+    if x is None:
+        return float("nan")
+    if isinstance(x, str):
+        return float(x)
+    return float(x)
+
+
+# --- charts and downloads ------------------------------------------------------------
+
+
+def plotly_config(filename: str) -> dict:
+    """Plotly's toolbar saves the chart; SVG for slides, at twice the pixels for PNG."""
+    return {
+        "displaylogo": False,
+        "toImageButtonOptions": {"format": "svg", "filename": f"losslens-{filename}", "scale": 2},
+        "modeBarButtonsToRemove": ["lasso2d", "select2d"],
+    }
+
+
+def chart(fig, filename: str, presentation: bool = False) -> None:
+    fig.update_layout(
+        margin=dict(l=10, r=10, t=40, b=10),
+        font=dict(size=20 if presentation else 14),
+        hoverlabel=dict(font_size=16 if presentation else 13),
+    )
+    st.plotly_chart(fig, config=plotly_config(filename), width="stretch")
+
+
+def downloads(name: str, rows: list[dict], payload: dict | None = None, key: str | None = None) -> None:
+    """CSV of the table shown and JSON of the values behind the view."""
+    import pandas as pd
+
+    c1, c2, _ = st.columns([1, 1, 3])
+    c1.download_button(
+        "Download CSV",
+        pd.DataFrame(rows).to_csv(index=False).encode("utf-8"),
+        file_name=f"losslens-{name}.csv",
+        mime="text/csv",
+        key=f"csv-{key or name}",
+        icon=":material/download:",
+    )
+    c2.download_button(
+        "Download JSON",
+        json.dumps(payload if payload is not None else rows, indent=1, ensure_ascii=False).encode("utf-8"),
+        file_name=f"losslens-{name}.json",
+        mime="application/json",
+        key=f"json-{key or name}",
+        icon=":material/download:",
+    )
+
+
+def metrics(s: dict) -> None:
+    """The two numbers of section 5.1, on top of every text view."""
+    c1, c2, c3, c4 = st.columns(4)
+    c1.metric("Loss (cross entropy)", num(s["loss"]), help="torch.nn.functional.cross_entropy(logits_flat, targets_flat)")
+    c2.metric("Perplexity", ppl(s["perplexity"]), help="exp(loss)")
+    c3.metric("Predicted tokens", f"{s['num_tokens']}", help="Each token but the first of every text is a target.")
+    c4.metric("Bits per token", num(s["bits_per_token"], 3), help="loss / ln 2")
+
+
+# --- styling -------------------------------------------------------------------------
+
+_BASE_CSS = """
+<style>
+.ll-chip{display:inline-flex;flex-direction:column;align-items:center;margin:3px 2px;padding:4px 8px;
+  border-radius:8px;border:1px solid rgba(0,114,178,.35);background:rgba(0,114,178,.07);
+  font-family:ui-monospace,SFMono-Regular,Menlo,monospace;line-height:1.2;vertical-align:top}
+.ll-chip .p{font-size:1.05em;white-space:pre}
+.ll-chip .i{font-size:.72em;opacity:.7}
+.ll-chip.bytes{border-style:dashed;border-color:#cc79a7;background:rgba(204,121,167,.10)}
+.ll-chip.special{border-color:#e69f00;background:rgba(230,159,0,.14)}
+.ll-chip.target{border-color:#d55e00;background:rgba(213,94,0,.10)}
+.ll-chip.empty{visibility:hidden}
+.ll-shift{border-collapse:separate;border-spacing:2px 0;margin:.3em 0 1em 0}
+.ll-shift td{padding:0;text-align:center;vertical-align:middle}
+.ll-shift th{text-align:right;padding-right:10px;font-weight:600;white-space:nowrap;font-size:.9em}
+.ll-arrow{color:#d55e00;font-size:1.2em;line-height:1}
+.ll-flow{display:flex;flex-wrap:wrap;align-items:stretch;gap:6px;margin:.4em 0 1em 0}
+.ll-step{flex:1 1 130px;border-radius:10px;padding:8px 10px;border:2px solid rgba(128,128,128,.35);
+  font-size:.9em;opacity:.7}
+.ll-step.done{opacity:.9}
+.ll-step.now{border-color:#d55e00;background:rgba(213,94,0,.10);opacity:1;box-shadow:0 0 0 2px rgba(213,94,0,.25)}
+.ll-step b{display:block;font-size:1.02em}
+.ll-step code{font-size:.85em}
+.ll-flow .ar{align-self:center;font-size:1.4em;opacity:.6}
+.ll-heat{line-height:2.3;font-family:ui-monospace,SFMono-Regular,Menlo,monospace;font-size:1.05em}
+.ll-heat span{padding:3px 2px;border-radius:4px;white-space:pre;cursor:help}
+.ll-legend{display:flex;align-items:center;gap:8px;font-size:.85em;margin:.5em 0}
+.ll-legend .bar{width:260px;height:12px;border-radius:6px;
+  background:linear-gradient(90deg,#440154,#3e4989,#26828e,#35b779,#b5de2b,#fde725)}
+</style>
+"""
+
+_PRESENTATION_CSS = """
+<style>
+html, body, [data-testid="stAppViewContainer"] {font-size: 22px;}
+[data-testid="stMetricValue"] {font-size: 3.2rem !important;}
+[data-testid="stMetricLabel"] p {font-size: 1.25rem !important;}
+[data-testid="stHeader"], [data-testid="stToolbar"], [data-testid="stDecoration"], footer {display: none !important;}
+.block-container {padding-top: 1rem !important; max-width: 100% !important;}
+.ll-presentation-hide {display: none;}
+</style>
+"""
+
+
+def apply_style(presentation: bool) -> None:
+    st.html(_BASE_CSS + (_PRESENTATION_CSS if presentation else ""))
+
+
+def html_block(body: str) -> None:
+    """Render HTML built from escaped pieces (callers html.escape every user string)."""
+    st.html(body)
+
+
+def chip(piece: str, token_id: int | None, kind: str = "", title: str = "") -> str:
+    """One token as a chip: the visible piece over its id. `piece` is escaped here."""
+    tid = "" if token_id is None else f'<span class="i">{token_id}</span>'
+    t = f' title="{esc(title)}"' if title else ""
+    return f'<span class="ll-chip {kind}"{t}><span class="p">{esc(piece)}</span>{tid}</span>'
+
+
+def chip_kind(token_id: int, is_bytes: bool) -> str:
+    return "special" if token_id == 50256 else ("bytes" if is_bytes else "")
+
+
+def set_current_inputs(inputs: Inputs) -> None:
+    st.session_state["_inputs"] = inputs
+
+
+def current_inputs() -> Inputs:
+    """The sidebar's choice of this run (app.py sets it before running the page)."""
+    return st.session_state["_inputs"]

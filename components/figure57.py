@@ -1,0 +1,192 @@
+"""View 3: figure 5.7 step by step, on the user's own texts, with Previous / Next / Play."""
+
+from __future__ import annotations
+
+import time
+
+import plotly.graph_objects as go
+import streamlit as st
+
+from components import common
+from core.report import STEPS
+
+PLAY_SECONDS = 2.0  # long enough to read a step aloud
+
+
+def _advance() -> None:
+    """Play: move one step before the step widget exists in this run (Streamlit's rule)."""
+    if st.session_state.get("playing") and st.session_state.get("_play_tick"):
+        st.session_state._play_tick = False
+        step = int(st.session_state.get("step", 1))
+        if step < len(STEPS):
+            st.session_state.step = step + 1
+        if st.session_state.step >= len(STEPS):
+            st.session_state.playing = False
+
+
+def _go(delta: int) -> None:
+    st.session_state.playing = False
+    st.session_state.step = min(len(STEPS), max(1, int(st.session_state.get("step", 1)) + delta))
+
+
+def _play() -> None:
+    if st.session_state.get("playing"):
+        st.session_state.playing = False
+        return
+    st.session_state.playing = True
+    st.session_state._play_tick = False
+    if int(st.session_state.get("step", 1)) >= len(STEPS):
+        st.session_state.step = 1
+
+
+def _positions(s: dict) -> list[tuple[str, dict]]:
+    return [
+        (f"{r + 1}·{p['position']} {common.esc(p['input'])}→{common.esc(p['target'])}", p)
+        for r, t in enumerate(s["texts"])
+        for p in t["positions"]
+    ]
+
+
+def diagram(s: dict, step: int) -> str:
+    b, t, v = s["shapes"]["logits"]
+    n = s["num_tokens"]
+    facts = [
+        f"[{b}, {t}, {v:,}]",
+        f"[{b}, {t}, {v:,}], rows sum to 1",
+        f"{n} values, one per target",
+        f"[{n}]",
+        common.num(s["avg_log_probas"]),
+        common.num(s["neg_avg_log_probas"]),
+    ]
+    parts = []
+    for k, ((_, title, _), fact) in enumerate(zip(STEPS, facts, strict=True), 1):
+        state = "now" if k == step else ("done" if k < step else "")
+        parts.append(f'<div class="ll-step {state}"><b>{k}. {common.esc(title)}</b><code>{common.esc(fact)}</code></div>')
+    return '<div class="ll-flow">' + '<span class="ar">→</span>'.join(parts) + "</div>"
+
+
+def figure(s: dict, step: int) -> go.Figure:
+    pos = _positions(s)
+    x = [name for name, _ in pos]
+    ps = [p for _, p in pos]
+    uniform = 1 / s["vocab_size"]
+    fig = go.Figure()
+    if step == 1:
+        fig.add_bar(x=x, y=[p["top_k"][0]["logit"] for p in ps], name="highest logit", marker_color=common.NEUTRAL)
+        fig.add_bar(x=x, y=[p["target_logit"] for p in ps], name="target's logit", marker_color=common.ACCENT)
+        fig.update_yaxes(title="logit (unnormalized score)")
+    elif step == 2:
+        fig.add_bar(x=x, y=[p["top_k"][0]["proba"] for p in ps], name="highest probability", marker_color=common.NEUTRAL)
+        fig.add_bar(x=x, y=[common.to_float(p["target_proba"]) for p in ps], name="target's probability", marker_color=common.ACCENT)
+        fig.add_hline(y=uniform, line_dash="dot", annotation_text=f"uniform 1/{s['vocab_size']:,}")
+        fig.update_yaxes(title="probability", tickformat=".1e")
+    elif step == 3:
+        fig.add_bar(x=x, y=[common.to_float(p["target_proba"]) for p in ps], name="target_probas", marker_color=common.ACCENT)
+        fig.add_hline(y=uniform, line_dash="dot", annotation_text="uniform")
+        fig.update_yaxes(title="target probability (log scale)", type="log", exponentformat="e")
+    else:
+        logs = [common.to_float(v) for v in s["log_probas"]]
+        sign = -1 if step == 6 else 1
+        fig.add_bar(
+            x=x, y=[sign * v for v in logs],
+            name="-log_probas" if step == 6 else "log_probas",
+            marker_color=common.VIRIDIS[3] if step == 4 else "rgba(49,104,142,.45)",
+        )
+        if step >= 5:
+            level = common.to_float(s["neg_avg_log_probas"] if step == 6 else s["avg_log_probas"])
+            fig.add_hline(
+                y=level, line_color=common.ACCENT, line_width=4,
+                annotation_text=("loss = " if step == 6 else "mean = ") + common.num(level),
+                annotation_font_color=common.ACCENT,
+            )
+        fig.update_yaxes(title="−log probability (nats)" if step == 6 else "log probability (nats)")
+    fig.update_layout(barmode="group", height=420, legend=dict(orientation="h", y=1.12), title=STEPS[step - 1][1])
+    return fig
+
+
+def _e(x) -> str:
+    return f"{common.to_float(x):.4e}"
+
+
+def _values(s: dict, step: int) -> tuple[str, list[dict]]:
+    """The step's tensor printed as the book prints it, and a table of its values."""
+    rows = []
+    for r, t in enumerate(s["texts"]):
+        for p in t["positions"]:
+            rows.append({
+                "text": r + 1, "position": p["position"], "input": p["input"], "target": p["target"],
+                "target_id": p["target_id"], "target_logit": p["target_logit"],
+                "highest_logit": p["top_k"][0]["logit"], "target_proba": p["target_proba"],
+                "log_proba": p["log_proba"],
+            })
+    fmt = lambda v: common.num(v, 4)  # noqa: E731
+    if step == 1:
+        shape = s["shapes"]["logits"]
+        text = f"logits.shape = torch.Size({shape})\n" + "\n".join(
+            f"logits[{r['text'] - 1}, {r['position']}, {r['target_id']}] = {r['target_logit']:.4f}   # target {r['target']}"
+            for r in rows
+        )
+    elif step == 2:
+        text = "\n".join(
+            f"probas[{r['text'] - 1}, {r['position']}, {r['target_id']}] = {common.proba(r['target_proba'])}" for r in rows
+        )
+    elif step == 3:
+        text = "\n".join(
+            f"target_probas_{i + 1}: tensor([{', '.join(_e(p['target_proba']) for p in t['positions'])}])"
+            for i, t in enumerate(s["texts"])
+        )
+    elif step == 4:
+        text = f"log_probas: tensor([{', '.join(fmt(v) for v in s['log_probas'])}])"
+    elif step == 5:
+        text = (
+            f"torch.mean(tensor([{', '.join(fmt(v) for v in s['log_probas'])}]))\n"
+            f"avg_log_probas: tensor({fmt(s['avg_log_probas'])})"
+        )
+    else:
+        text = (
+            f"-({' + '.join(fmt(v) for v in s['log_probas'])}) / {len(s['log_probas'])}\n"
+            f"neg_avg_log_probas: tensor({fmt(s['neg_avg_log_probas'])})"
+        )
+    return text, rows
+
+
+def render(inputs: common.Inputs) -> None:
+    st.header("Figure 5.7, step by step", anchor=False)
+    with common.friendly_errors():
+        s = common.summary(inputs)
+        if not inputs.presentation:
+            common.metrics(s)
+        _advance()
+        step = st.select_slider("Step", options=list(range(1, len(STEPS) + 1)), value=1, key="step", bind="query-params")
+        c1, c2, c3, _ = st.columns([1, 1, 1, 4])
+        c1.button("Previous", on_click=_go, args=(-1,), disabled=step <= 1, icon=":material/arrow_back:", width="stretch")
+        c2.button("Next", on_click=_go, args=(1,), disabled=step >= len(STEPS), icon=":material/arrow_forward:", width="stretch")
+        playing = bool(st.session_state.get("playing"))
+        c3.button("Pause" if playing else "Play", on_click=_play, icon=":material/pause:" if playing else ":material/play_arrow:", width="stretch")
+
+        common.html_block(diagram(s, step))
+        key, title, code = STEPS[step - 1]
+        st.subheader(f"Step {step} of {len(STEPS)}: {title}", anchor=False)
+        st.code(code, language="python")
+        if step == len(STEPS):
+            c1, c2 = st.columns(2)
+            c1.metric("neg_avg_log_probas (by hand)", common.num(s["neg_avg_log_probas"]))
+            c2.metric("Loss (cross entropy)", common.num(s["loss"]), help="torch.nn.functional.cross_entropy")
+        common.chart(figure(s, step), f"figure-5-7-step{step}-{key}", inputs.presentation)
+        text, rows = _values(s, step)
+        st.code(text, language="text")
+        if not inputs.presentation:
+            with st.expander("All values of this batch"):
+                st.dataframe(rows, hide_index=True)
+            common.downloads("figure-5-7", rows, {"steps": [list(x) for x in STEPS], **{
+                k: s[k] for k in ("log_probas", "avg_log_probas", "neg_avg_log_probas", "loss", "perplexity", "shapes")
+            }, "positions": rows})
+
+    if st.session_state.get("playing"):
+        time.sleep(PLAY_SECONDS)
+        st.session_state._play_tick = True
+        st.rerun()
+
+
+if __name__ == "__main__":  # run as a page of app.py's st.navigation
+    render(common.current_inputs())

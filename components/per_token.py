@@ -1,0 +1,75 @@
+"""View 5: the text coloured by each token's surprisal; hover for probability, rank, alternatives."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from components import common
+
+
+def _colour(x: float, lo: float, hi: float) -> tuple[str, str]:
+    """Viridis background and a text colour that stays readable on it."""
+    f = 0.0 if hi <= lo else min(1.0, max(0.0, (x - lo) / (hi - lo)))
+    i = round(f * (len(common.VIRIDIS) - 1))
+    return common.VIRIDIS[i], ("#000000" if i >= 5 else "#ffffff")
+
+
+def heat(t: dict, lo: float, hi: float) -> str:
+    first = t["tokens"][0]
+    out = [f'<span style="background:transparent;border:1px dashed #999" title="{common.esc("first token: nothing predicts it")}">{common.esc(first)}</span>']
+    for p in t["positions"]:
+        x = common.to_float(p["surprisal"])
+        bg, fg = _colour(x, lo, hi)
+        alts = ", ".join(f"{c['piece']} {common.proba(c['proba'])}" for c in p["top_k"][:5])
+        tip = (
+            f"{p['target']} (id {p['target_id']})\n"
+            f"surprisal {common.num(p['surprisal'], 3)} nats\n"
+            f"probability {common.proba(p['target_proba'])}\n"
+            f"rank {p['rank']:,}\n"
+            f"top alternatives: {alts}"
+        )
+        out.append(f'<span style="background:{bg};color:{fg}" title="{common.esc(tip)}">{common.esc(p["target"])}</span>')
+    return '<div class="ll-heat">' + "".join(out) + "</div>"
+
+
+def render(inputs: common.Inputs) -> None:
+    st.header("Per-token loss", anchor=False)
+    with common.friendly_errors():
+        s = common.summary(inputs)
+        common.metrics(s)
+        values = [common.to_float(p["surprisal"]) for t in s["texts"] for p in t["positions"]]
+        finite = [x for x in values if x == x and x != float("inf")]
+        lo, hi = (min(finite), max(finite)) if finite else (0.0, 1.0)
+        st.caption(
+            "Each token coloured by its surprisal −log p(token | the tokens before it), in nats: the "
+            "term it adds to the loss, which is their average. Hover a token for its probability, rank "
+            "and the model's top alternatives."
+        )
+        common.html_block(
+            f'<div class="ll-legend"><span>{lo:.2f} nats (expected)</span><span class="bar"></span>'
+            f"<span>{hi:.2f} nats (surprising)</span></div>"
+        )
+        rows = []
+        for r, t in enumerate(s["texts"]):
+            st.markdown(f"**Text {r + 1}**")
+            common.html_block(heat(t, lo, hi))
+            for p in t["positions"]:
+                rows.append({
+                    "text": r + 1, "position": p["position"], "token": p["target"], "token_id": p["target_id"],
+                    "surprisal": p["surprisal"], "probability": p["target_proba"], "rank": p["rank"],
+                    "top1": p["top_k"][0]["piece"],
+                })
+        st.subheader("Most surprising tokens", anchor=False)
+        st.dataframe(
+            sorted(rows, key=lambda r: -common.to_float(r["surprisal"])),
+            hide_index=True,
+            column_config={
+                "surprisal": st.column_config.ProgressColumn("surprisal (nats)", format="%.3f", min_value=0.0, max_value=max(hi, 1e-9)),
+                "probability": st.column_config.NumberColumn(format="%.3e"),
+            },
+        )
+        common.downloads("per-token-loss", rows)
+
+
+if __name__ == "__main__":  # run as a page of app.py's st.navigation
+    render(common.current_inputs())

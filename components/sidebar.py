@@ -1,0 +1,122 @@
+"""The controls. Every one is bound to the URL, so a link reopens the same state."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from core.loss import MAX_TEXTS
+from core.registry import available_models
+
+from .common import Inputs
+
+BOOK_TEXT = "every effort moves you\nI really like chocolate"
+PRESETS = {
+    "Book example (figure 5.7)": BOOK_TEXT,
+    "Book, first text only": "every effort moves you",
+    "The Verdict, first sentence": (
+        "I HAD always thought Jack Gisburn rather a cheap genius--though a good fellow "
+        "enough--so it was no great surprise to me to hear that, in the height of his glory, "
+        "he had dropped his painting, married a rich widow, and established himself in a "
+        "villa on the Riviera."
+    ),
+    "Repetition (a trained model finds it easy)": "the cat sat on the mat. the cat sat on the mat. the cat sat on the mat.",
+    "Ragged batch (padding)": "Hi there\nThe quick brown fox jumps over the lazy dog",
+    "Whitespace, emoji, bytes": "Hello,   world!\ttab\n🙂 café naïve 😀 漢字",
+}
+CUSTOM = "Custom text"
+MAX_TOP_K = 50  # the charts show top-k bars; more is unreadable (and heavier to send)
+
+
+def _match(text: str) -> str:
+    return next((name for name, value in PRESETS.items() if value == text), CUSTOM)
+
+
+def _on_preset() -> None:
+    name = st.session_state.get("preset")
+    if name in PRESETS:
+        st.session_state.text = PRESETS[name]
+
+
+def _on_text() -> None:
+    st.session_state.preset = _match(st.session_state.get("text", ""))
+
+
+def split_texts(text: str) -> tuple[str, ...]:
+    """One text per line; blank lines are ignored (a trailing newline is no new text)."""
+    return tuple(line for line in (text or "").replace("\r\n", "\n").split("\n") if line.strip())
+
+
+def render() -> Inputs:
+    sb = st.sidebar
+    # A shared link may name only a preset: its text is what the link means.
+    if "text" not in st.session_state and "text" not in st.query_params:
+        name = st.query_params.get("preset")
+        if name in PRESETS and name != next(iter(PRESETS)):
+            st.session_state.text = PRESETS[name]
+
+    models = available_models()
+    model = sb.selectbox(
+        "Model",
+        list(models),
+        format_func=lambda k: models[k].label,
+        key="model",
+        bind="query-params",
+        help="Models come from core.registry; trained models appear here once saved.",
+    )
+    sb.selectbox(
+        "Preset",
+        [*PRESETS, CUSTOM],
+        key="preset",
+        bind="query-params",
+        on_change=_on_preset,
+        help="The book example is figure 5.7's batch of two texts.",
+    )
+    text = sb.text_area(
+        "Texts (one per line)",
+        value=BOOK_TEXT,
+        key="text",
+        bind="query-params",
+        on_change=_on_text,
+        height=130,
+        help=f"Each line is one row of the batch (at most {MAX_TEXTS}). Press Ctrl+Enter to apply.",
+    )
+    c1, c2 = sb.columns(2)
+    top_k = c1.number_input("Top-k", 1, MAX_TOP_K, 10, step=1, key="top_k", bind="query-params")
+    temperature = c2.number_input(
+        "Temperature",
+        min_value=0.001,
+        max_value=100.0,
+        value=1.0,
+        step=0.1,
+        format="%.3f",
+        key="temperature",
+        bind="query-params",
+        help="Divides the logits before the softmax. Low values sharpen, high values flatten.",
+    )
+    seeded = models[model].seeded if model in models else True
+    seed = sb.number_input(
+        "Seed",
+        0,
+        2**31 - 1,
+        123,
+        step=1,
+        key="seed",
+        bind="query-params",
+        disabled=not seeded,
+        help="torch.manual_seed(seed) before building the untrained model; the book uses 123.",
+    )
+    presentation = sb.toggle(
+        "Presentation mode",
+        key="presentation",
+        bind="query-params",
+        help="Larger type and less chrome for a projector; figure 5.7 goes one step at a time.",
+    )
+    sb.caption(models[model].description if model in models else "")
+    return Inputs(
+        model=model,
+        seed=int(seed),
+        texts=split_texts(text),
+        top_k=int(top_k),
+        temperature=float(temperature),
+        presentation=bool(presentation),
+    )

@@ -1,0 +1,67 @@
+"""View 1: the texts as tokens, and the shift by one that makes inputs and targets."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from components import common
+
+
+def _shift_table(t: dict) -> str:
+    ids, pieces, is_bytes = t["token_ids"], t["tokens"], t["byte_tokens"]
+    n = len(ids) - 1
+    chips = [common.chip(p, i, common.chip_kind(i, b)) for p, i, b in zip(pieces, ids, is_bytes, strict=True)]
+    blank = '<span class="ll-chip empty"><span class="p"> </span></span>'
+    rows = [
+        ("tokens", chips),
+        ("inputs = tokens[:-1]", chips[:n] + [blank]),
+        ("", ['<span class="ll-arrow" title="predicts">↓</span>'] * n + [""]),
+        ("targets = tokens[1:]", [c.replace("ll-chip ", "ll-chip target ", 1) for c in chips[1:]] + [blank]),
+    ]
+    body = "".join(
+        f"<tr><th>{common.esc(name)}</th>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>" for name, cells in rows
+    )
+    return f'<table class="ll-shift">{body}</table>'
+
+
+def render(inputs: common.Inputs) -> None:
+    st.header("Tokens", anchor=False)
+    with common.friendly_errors():
+        s = common.summary(inputs)
+        common.metrics(s)
+        st.caption(
+            "GPT-2's byte-pair encoding splits each text into tokens (␣ marks a space, ↵ a newline; "
+            "dashed chips are pieces of a multi-byte character). The model reads `inputs` and must "
+            "predict `targets`: the same tokens shifted left by one, so each position predicts the "
+            "token after it."
+        )
+        rows = []
+        for r, t in enumerate(s["texts"]):
+            st.subheader(f"Text {r + 1}: {len(t['token_ids'])} tokens, {len(t['positions'])} predictions", anchor=False)
+            st.text(t["text"])
+            common.html_block(_shift_table(t))
+            rows += [
+                {"text": r + 1, "position": p["position"], "input_id": p["input_id"], "input": p["input"],
+                 "target_id": p["target_id"], "target": p["target"]}
+                for p in t["positions"]
+            ]
+        shapes = s["shapes"]
+        width = shapes["inputs"][1]
+        inputs_rows = [[p["input_id"] for p in t["positions"]] for t in s["texts"]]
+        target_rows = [[p["target_id"] for p in t["positions"]] for t in s["texts"]]
+        pad = " (shorter texts padded: inputs with 50256, targets with -100, which the loss ignores)" if s["padded"] else ""
+        st.markdown(f"**As tensors**, shape {shapes['inputs']}{pad}:")
+        st.code(
+            "inputs = torch.tensor(" + _fmt(inputs_rows, width, 50256) + ")\n"
+            "targets = torch.tensor(" + _fmt(target_rows, width, -100) + ")",
+            language="python",
+        )
+        common.downloads("tokens", rows)
+
+
+def _fmt(rows: list[list[int]], width: int, pad: int) -> str:
+    return "[\n" + "".join(f"    {r + [pad] * (width - len(r))},\n" for r in rows) + "]"
+
+
+if __name__ == "__main__":  # run as a page of app.py's st.navigation
+    render(common.current_inputs())
