@@ -15,6 +15,7 @@ VIEWS = [
     ("components/figure57.py", "Figure 5.7, step by step", ":material/footprint:", "figure-5-7"),
     ("components/cross_entropy.py", "Cross entropy", ":material/functions:", "cross-entropy"),
     ("components/per_token.py", "Per-token loss", ":material/format_color_text:", "per-token-loss"),
+    ("components/dataset.py", "Dataset losses", ":material/dataset:", "dataset"),
 ]
 
 st.set_page_config(page_title="LossLens", page_icon=":material/search_insights:", layout="wide")

@@ -12,7 +12,7 @@ import streamlit as st
 
 from core.errors import LossLensError
 from core.loss import compute_loss
-from core.registry import get_spec, load_model
+from core.registry import get_spec, load_model  # noqa: F401 (get_spec: views use it)
 from core.report import summarize
 from core.tokenizer import get_tokenizer
 

@@ -1,0 +1,185 @@
+"""View 6: the loss over a whole corpus, split into training and validation (section 5.1.3)."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import asdict
+
+import plotly.graph_objects as go
+import streamlit as st
+
+from components import common
+from core.corpus import MAX_CORPUS_LABEL, decode_corpus_bytes, load_verdict, validate_corpus_text
+from core.data import LoaderSettings, make_loaders
+from core.errors import CorpusError
+from core.evaluate import evaluate_dataset
+
+SOURCES = ["The Verdict", "Upload a file", "Paste text"]
+MAX_STORED = 32  # finished results kept for every visitor: a workshop computes the same thing
+
+
+@st.cache_data(show_spinner="Loading The Verdict…", ttl=3600)
+def verdict() -> str:
+    return load_verdict()
+
+
+@st.cache_data(max_entries=16, show_spinner=False)
+def counts(text: str, settings: tuple) -> dict:
+    """Token, window and batch counts of the loaders (cheap: no model)."""
+    data = make_loaders(text, LoaderSettings(*settings), common.tokenizer())
+    return data.to_dict()
+
+
+@st.cache_resource
+def results() -> dict:
+    """Finished evaluations, shared by all sessions: returning to the view recomputes nothing."""
+    return {}
+
+
+def _corpus() -> tuple[str, str] | None:
+    source = st.radio("Corpus", SOURCES, horizontal=True, key="corpus", bind="query-params")
+    if source == SOURCES[0]:
+        try:
+            return verdict(), "The Verdict"
+        except CorpusError as e:
+            st.error(f"{e}", icon=":material/cloud_off:")
+            st.caption("Or choose “Upload a file” or “Paste text” above.")
+            return None
+    if source == SOURCES[1]:
+        up = st.file_uploader(f"Upload a UTF-8 text file (at most {MAX_CORPUS_LABEL})", type=None, key="corpus_file")
+        if up is None:
+            st.info("Upload a plain-text file to compute its loss.", icon=":material/upload_file:")
+            return None
+        return decode_corpus_bytes(up.getvalue(), up.name), up.name
+    text = st.text_area("Corpus text", key="corpus_text", height=200, placeholder="Paste a few thousand words…")
+    if not text.strip():
+        st.info("Paste a text of at least a few hundred words.", icon=":material/content_paste:")
+        return None
+    return validate_corpus_text(text, "The pasted text"), "pasted text"
+
+
+def _settings(context_length: int) -> tuple[LoaderSettings, int | None]:
+    d = LoaderSettings()
+    with st.expander("Split and loader settings (the book's defaults)", expanded=False):
+        c1, c2, c3 = st.columns(3)
+        ratio = c1.number_input("Train ratio", 0.05, 0.95, d.train_ratio, step=0.05, key="ds_ratio")
+        length = c2.number_input("Context length", 2, context_length, min(d.context_length, context_length), step=1, key="ds_len")
+        stride = c3.number_input("Stride", 1, 4096, d.stride, step=1, key="ds_stride")
+        c4, c5, c6 = st.columns(3)
+        batch = c4.number_input("Batch size", 1, 64, d.batch_size, step=1, key="ds_batch")
+        seed = c5.number_input("Shuffle seed", 0, 2**31 - 1, d.seed, step=1, key="ds_seed")
+        n = c6.number_input("Batches per split (0 = all)", 0, 100_000, 0, step=1, key="ds_batches")
+    settings = LoaderSettings(float(ratio), int(length), int(stride), int(batch), int(seed))
+    return settings.validate(context_length), (int(n) or None)
+
+
+def figure(r: dict) -> go.Figure:
+    fig = go.Figure()
+    for name, key, colour in (("training", "train", common.NEUTRAL), ("validation", "val", common.ACCENT)):
+        losses = r[f"{key}_batch_losses"]
+        fig.add_scatter(x=list(range(1, len(losses) + 1)), y=losses, mode="lines+markers", name=f"{name} batches",
+                        line=dict(color=colour))
+        if r[f"{key}_loss"] is not None:
+            fig.add_hline(y=r[f"{key}_loss"], line_dash="dot", line_color=colour,
+                          annotation_text=f"{name} mean {r[f'{key}_loss']:.4f}", annotation_font_color=colour)
+    fig.update_xaxes(title="batch", dtick=1 if max(len(r["train_batch_losses"]), len(r["val_batch_losses"])) < 25 else None)
+    fig.update_yaxes(title="cross entropy (nats)")
+    fig.update_layout(height=380, title="Loss per batch", legend=dict(orientation="h", y=1.12))
+    return fig
+
+
+def _show(r: dict, presentation: bool) -> None:
+    c1, c2, c3, c4 = st.columns(4)
+    c1.metric("Training loss", common.num(r["train_loss"]))
+    c2.metric("Validation loss", common.num(r["val_loss"]))
+    c3.metric("Training perplexity", common.ppl(r["train_perplexity"]) if r["train_perplexity"] is not None else "n/a")
+    c4.metric("Validation perplexity", common.ppl(r["val_perplexity"]) if r["val_perplexity"] is not None else "n/a")
+    common.chart(figure(r), "dataset-batch-losses", presentation)
+    rows = [{"split": "train", "batch": i + 1, "loss": x} for i, x in enumerate(r["train_batch_losses"])]
+    rows += [{"split": "val", "batch": i + 1, "loss": x} for i, x in enumerate(r["val_batch_losses"])]
+    common.downloads("dataset", rows, r)
+
+
+def _n(k: int, noun: str) -> str:
+    return f"{k:,} {noun}" + ("" if k == 1 else "es" if noun.endswith("ch") else "s")
+
+
+def _counts_table(c: dict) -> None:
+    st.dataframe(
+        [
+            {"split": "whole text", "characters": c["characters"], "tokens": c["tokens"], "windows": None,
+             "batches": None, "tokens in batches": None},
+            *[
+                {"split": s, "characters": c[s]["characters"], "tokens": c[s]["tokens"], "windows": c[s]["windows"],
+                 "batches": c[s]["batches"], "tokens in batches": c[s]["batch_tokens"]}
+                for s in ("train", "val")
+            ],
+        ],
+        hide_index=True,
+    )
+
+
+def render(inputs: common.Inputs) -> None:
+    st.header("Dataset losses", anchor=False)
+    st.caption(
+        "Section 5.1.3: split the corpus into training and validation text, cut each into windows of "
+        "`context_length` tokens with `create_dataloader_v1`, and average `calc_loss_batch` over the "
+        "batches (`calc_loss_loader`)."
+    )
+    with common.friendly_errors():
+        corpus = _corpus()
+        if corpus is None:
+            return
+        text, name = corpus
+        model = common.get_model(inputs.model, inputs.seed if common.get_spec(inputs.model).seeded else 0)
+        settings, num_batches = _settings(model.context_length)
+        c = counts(text, tuple(asdict(settings).values()))
+        st.markdown(
+            f"**{name}**: {c['characters']:,} characters, {c['tokens']:,} tokens; "
+            f"training {_n(c['train']['batches'], 'batch')} ({c['train_tokens']:,} tokens), "
+            f"validation {_n(c['val']['batches'], 'batch')} ({c['val_tokens']:,} tokens)."
+        )
+        for w in c["warnings"]:
+            st.warning(w, icon=":material/warning:")
+        with st.expander("Token and batch counts"):
+            _counts_table(c)
+
+        sha = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+        key = (inputs.model, inputs.seed, sha, tuple(asdict(settings).values()), num_batches)
+        store = results()
+        stopped = st.session_state.pop("_ds_running", None)
+        if stopped and key not in store:
+            st.warning(f"Stopped after {stopped} batches; press Compute to start again.", icon=":material/stop_circle:")
+        if key not in store:
+            if not st.button("Compute", type="primary", icon=":material/calculate:", key="ds_compute"):
+                st.info("Press Compute to run the model over both splits.", icon=":material/info:")
+                return
+            _compute(model, text, settings, num_batches, key, store)
+        if key in store:
+            st.caption("Computed once and kept: coming back to this view shows it again at once.")
+            _show(store[key], inputs.presentation)
+
+
+def _compute(model, text, settings, num_batches, key, store) -> None:
+    bar = st.progress(0.0, text="Starting…")
+    # Any click reruns the page, which interrupts this loop at the next progress update.
+    st.button("Stop", icon=":material/stop:", key="ds_stop")
+    split_name = {"train": "training", "val": "validation"}
+
+    def progress(done: int, total: int, split: str) -> None:
+        st.session_state._ds_running = f"{done} of {total}"  # read by the run a Stop click starts
+        bar.progress(done / max(total, 1), text=f"{split_name[split]} batches: {done} of {total}")
+
+    r = evaluate_dataset(model, text, settings, num_batches, progress=progress, tokenizer=common.tokenizer())
+    st.session_state.pop("_ds_running", None)
+    bar.empty()
+    if r.cancelled:
+        st.warning("Stopped before the end; press Compute to start again.", icon=":material/stop_circle:")
+        return
+    if len(store) >= MAX_STORED:
+        store.pop(next(iter(store)))
+    store[key] = r.to_dict()
+
+
+if __name__ == "__main__":  # run as a page of app.py's st.navigation
+    render(common.current_inputs())
