@@ -12,51 +12,75 @@ def _fmt(x) -> str:
     return "—" if x is None else (x if isinstance(x, str) else f"{x:.4f}" if abs(x) >= 1e-3 else f"{x:.4e}")
 
 
+def _fmt_e(x) -> str:
+    return x if isinstance(x, str) else f"{x:.2e}"
+
+
 def add_loss(sub) -> None:
     p = sub.add_parser("loss", help="the six steps of figure 5.7 and the loss for one or more texts")
     p.add_argument("texts", nargs="+", metavar="TEXT", help="one text per batch row")
-    p.add_argument("--top-k", type=int, default=5)
-    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--top-k", type=int, default=5, help="next tokens listed per position (1..50257)")
+    p.add_argument("--temperature", type=float, default=1.0, help="divides the logits before every step (> 0)")
     p.add_argument("--seed", type=int, default=123, help="seed of the untrained model (book: 123)")
     p.add_argument("--json", action="store_true", help="print JSON instead of tables")
     p.set_defaults(func=cmd_loss)
 
 
 def cmd_loss(args) -> int:
+    from .errors import InvalidParameterError
     from .loss import compute_loss, validate_options
-    from .model import build_untrained_model
+    from .model import GPT_CONFIG_124M, build_untrained_model
     from .report import summarize
 
-    validate_options(args.top_k, args.temperature, 50257)  # fail fast, before building the model
+    # Fail fast, before building the model (a few seconds).
+    validate_options(args.top_k, args.temperature, GPT_CONFIG_124M["vocab_size"])
+    if not 0 <= args.seed < 2**63:
+        raise InvalidParameterError(f"The seed must be a whole number from 0 to 2**63 - 1, got {args.seed}.")
     model = build_untrained_model(args.seed)
     summary = summarize(compute_loss(model, args.texts, args.top_k, args.temperature))
     summary["model"] = f"untrained GPT-2 124M, seed {args.seed}"
     if args.json:
         print(json.dumps(summary, indent=2, ensure_ascii=False))
         return 0
-    out = [f"Model: {summary['model']}   temperature {summary['temperature']}   top-k {summary['top_k']}"]
+    print(format_loss(summary))
+    return 0
+
+
+def format_loss(summary: dict) -> str:
+    """The readable tables of `python -m core loss`: one row per prediction, then the six steps."""
+    k = summary["top_k"]
+    out = [f"Model: {summary['model']}   temperature {summary['temperature']}   top-k {k}"]
     for n, text in enumerate(summary["texts"], 1):
-        out.append(f"\nText {n}: {text['text']!r}")
-        out.append("  tokens: " + " | ".join(f"{t} ({i})" for t, i in zip(text["tokens"], text["token_ids"])))
-        out.append(f"  {'input':>14} -> {'target':<14} {'logit':>9} {'proba':>11} {'log proba':>10} {'rank':>6}   top-k")
+        out.append(f"\nText {n}: {text['text']!r}  ({len(text['token_ids'])} tokens, {len(text['positions'])} predictions)")
+        out.append("  tokens: " + " | ".join(f"{t} ({i})" for t, i in zip(text["tokens"], text["token_ids"], strict=True)))
+        out.append(
+            f"  {'pos':>3}  {'input':<14} -> {'target':<14} {'logit':>9} {'target_proba':>12} {'log_proba':>10} "
+            f"{'rank':>6}   top-{k} next tokens (proba)"
+        )
         for p in text["positions"]:
-            top = ", ".join(f"{k['piece']!r} {k['proba']:.2e}" for k in p["top_k"])
+            top = ", ".join(f"{t['piece']} {t['proba']:.2e}" for t in p["top_k"])
             out.append(
-                f"  {p['input']!r:>14} -> {p['target']!r:<14} {p['target_logit']:9.4f} "
-                f"{_fmt(p['target_proba']):>11} {_fmt(p['log_proba']):>10} {p['rank']:>6}   {top}"
+                f"  {p['position']:>3}  {p['input']:<14} -> {p['target']:<14} {p['target_logit']:9.4f} "
+                f"{_fmt(p['target_proba']):>12} {_fmt(p['log_proba']):>10} {p['rank']:>6}   {top}"
             )
     s = summary["shapes"]
+    ppl = summary["perplexity"] if isinstance(summary["perplexity"], str) else f"{summary['perplexity']:.1f}"
+    inputs = [[p["input_id"] for p in t["positions"]] for t in summary["texts"]]
+    targets = [[p["target_id"] for p in t["positions"]] for t in summary["texts"]]
     out += [
         "",
-        f"logits {s['logits']} -> flattened {s['logits_flat']}; targets {s['targets']} -> {s['targets_flat']}",
+        f"inputs              {inputs}",
+        f"targets             {targets}",
+        f"logits {s['logits']} -> flattened {s['logits_flat']}; targets {s['targets']} -> {s['targets_flat']}"
+        + ("  (padded; padding ignored)" if summary["padded"] else ""),
         "log_probas          " + ", ".join(_fmt(x) for x in summary["log_probas"]),
         f"avg_log_probas      {_fmt(summary['avg_log_probas'])}",
-        f"neg_avg_log_probas  {_fmt(summary['neg_avg_log_probas'])}   (manual cross entropy)",
-        f"F.cross_entropy     {summary['loss']:.4f}   (built-in; difference {summary['difference']})",
-        f"perplexity          {summary['perplexity']:.1f}   (uniform over the vocabulary: {summary['uniform_perplexity']})",
+        f"neg_avg_log_probas  {_fmt(summary['neg_avg_log_probas'])}   (cross entropy by hand"
+        + ("; a target proba underflowed to 0, so log gave -inf)" if summary["neg_avg_log_probas"] == "inf" else ")"),
+        f"F.cross_entropy     {_fmt(summary['loss'])}   (built-in; difference {_fmt_e(summary['difference'])})",
+        f"perplexity          {ppl}   = exp(loss); a uniform guess over the vocabulary: {summary['uniform_perplexity']}",
     ]
-    print("\n".join(out))
-    return 0
+    return "\n".join(out)
 
 
 def add_dataset(sub) -> None:

@@ -65,7 +65,10 @@ class LossResult:
 
     @property
     def perplexity(self) -> float:
-        return math.exp(float(self.loss))
+        try:
+            return math.exp(float(self.loss))
+        except OverflowError:  # a loss above ~709.8 nats (tiny temperatures): beyond float range
+            return math.inf
 
     @property
     def logits_flat(self) -> torch.Tensor:
@@ -106,7 +109,9 @@ def prepare_batch(
     tokenizer = tokenizer or get_tokenizer()
     token_ids = []
     for n, text in enumerate(texts, 1):
-        if not isinstance(text, str) or not text.strip():
+        if not isinstance(text, str):
+            raise InvalidParameterError(f"Text {n} is {type(text).__name__}, not text: decode it first.")
+        if not text.strip():
             raise EmptyTextError(f"Text {n} is empty: type a sentence of at least two tokens.")
         if len(text) > MAX_CHARS:
             raise ContextLengthError(

@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import threading
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -120,14 +121,25 @@ class TokenPiece:
     is_special: bool
 
 
+# Control (Cc), format (Cf: zero-width, bidi, soft hyphen), other spaces (Zs: no-break
+# space), line/paragraph separators, private-use, surrogate and unassigned characters would
+# be invisible, look like a plain space, or reorder the page: they are shown as escapes.
+_ESCAPED_CATEGORIES = {"Cc", "Cf", "Zs", "Zl", "Zp", "Co", "Cs", "Cn"}
+
+
+def _escape(ch: str) -> str:
+    o = ord(ch)
+    return f"\\x{o:02x}" if o <= 0xFF else f"\\u{o:04x}" if o <= 0xFFFF else f"\\U{o:08x}"
+
+
 def _visible(text: str) -> str:
     out = []
     for ch in text:
         if ch in _VISIBLE:
             out.append(_VISIBLE[ch])
-        elif ord(ch) < 32 or 0x7F <= ord(ch) < 0xA0 or ch in "\u200b\u200c\u200d\u2060\ufeff\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069":
-            # Control, zero-width and bidi characters would be invisible or reorder the page.
-            out.append(f"\\u{ord(ch):04x}" if ord(ch) > 0xFF else f"\\x{ord(ch):02x}")
+        elif ch == "\ufffd" or unicodedata.category(ch) in _ESCAPED_CATEGORIES:
+            # A real U+FFFD in the text is escaped too: shown as is, it would look like a failed decode.
+            out.append(_escape(ch))
         else:
             out.append(ch)
     return "".join(out)
