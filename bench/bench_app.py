@@ -1,0 +1,136 @@
+"""How fast the app answers: rerun time after a text edit (AppTest), cold start and RSS (real server).
+
+    python bench/bench_app.py            # reruns per view, against core alone
+    python bench/bench_app.py --server   # also: process start -> first complete page, server RSS
+
+Prints figures; the target is a median rerun <= 300 ms once the model is cached.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+BOOK = "every effort moves you\nI really like chocolate"
+WORDS = ["today", "again", "slowly", "here", "now", "too", "well", "first", "later", "fast", "soon", "once"]
+VIEWS = ["tokens", "probabilities", "figure57", "cross_entropy", "per_token"]
+
+
+def edits(n: int, start: int = 0) -> list[str]:
+    """Texts that differ from each other, like a learner typing: every one a cache miss."""
+    return [
+        BOOK.replace("you", f"you {WORDS[i % len(WORDS)]}" + " more" * (i // len(WORDS))) for i in range(start, start + n)
+    ]
+
+
+def bench_reruns(n: int) -> None:
+    from streamlit.testing.v1 import AppTest
+
+    from core.loss import compute_loss
+    from core.registry import load_model
+    from core.report import summarize
+
+    model = load_model("untrained-124m", 123)
+    core_times = []
+    for text in edits(n):
+        t = time.perf_counter()
+        summarize(compute_loss(model, text.split("\n"), 10, 1.0))
+        core_times.append(time.perf_counter() - t)
+    core_ms = 1000 * statistics.median(core_times)
+    print(f"core alone (compute_loss + summarize, book example): median {core_ms:.0f} ms")
+
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=300)
+    t = time.perf_counter()
+    at.run()
+    print(f"first run (builds the model): {time.perf_counter() - t:.1f} s")
+    for k, view in enumerate(VIEWS, 1):
+        at.switch_page(f"components/{view}.py").run()
+        times = []
+        for text in edits(n, start=k * n):
+            at.text_area(key="text").set_value(text)
+            t = time.perf_counter()
+            at.run()
+            times.append(time.perf_counter() - t)
+            assert not at.exception, at.exception
+        same = []
+        for _ in range(5):
+            t = time.perf_counter()
+            at.run()
+            same.append(time.perf_counter() - t)
+        med = 1000 * statistics.median(times)
+        print(
+            f"{view}: rerun after a text edit median {med:.0f} ms (max {1000 * max(times):.0f} ms, "
+            f"{med / core_ms:.2f}x core alone); rerun with nothing changed {1000 * statistics.median(same):.0f} ms"
+        )
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def bench_server() -> None:
+    from playwright.sync_api import sync_playwright
+
+    port = _free_port()
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true", "--server.port", str(port)],
+        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        with sync_playwright() as p:
+            browser = p.chromium.launch(
+                executable_path="/usr/bin/chromium",
+                args=["--no-sandbox", "--headless", "--disable-gpu", "--disable-background-networking",
+                      "--disable-component-update", "--disable-sync", "--no-first-run"],
+            )
+            page = browser.new_page()
+            while True:
+                try:
+                    page.goto(f"http://127.0.0.1:{port}/", timeout=5000)
+                    break
+                except Exception:  # noqa: BLE001 - the server is not listening yet
+                    time.sleep(0.2)
+            page.get_by_text("48725.8").first.wait_for(timeout=300_000)
+            cold = time.perf_counter() - t0
+            print(f"cold start (process start -> book numbers on the page): {cold:.1f} s")
+            print(f"server RSS after the first page: {_rss_mb(proc.pid):.0f} MB")
+            page.goto(f"http://127.0.0.1:{port}/figure-5-7?step=6")
+            page.get_by_text("Step 6 of 6").first.wait_for(timeout=60_000)
+            t = time.perf_counter()
+            page.goto(f"http://127.0.0.1:{port}/")
+            page.get_by_text("48725.8").first.wait_for(timeout=60_000)
+            print(f"warm page load in a new visit: {time.perf_counter() - t:.2f} s")
+            print(f"server RSS after visiting two views: {_rss_mb(proc.pid):.0f} MB")
+            browser.close()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("-n", type=int, default=15, help="text edits per view")
+    ap.add_argument("--server", action="store_true", help="also measure cold start and RSS with a real server")
+    args = ap.parse_args()
+    bench_reruns(args.n)
+    if args.server:
+        bench_server()
