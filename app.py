@@ -18,7 +18,8 @@ VIEWS = [
     ("components/dataset.py", "Dataset losses", ":material/dataset:", "dataset"),
 ]
 
-st.set_page_config(page_title="LossLens", page_icon=":material/search_insights:", layout="wide")
+# An emoji favicon is drawn locally; a :material/...: one is fetched from a font CDN (fails offline).
+st.set_page_config(page_title="LossLens", page_icon="🔎", layout="wide")
 with common.friendly_errors():
     inputs = sidebar.render()
     common.set_current_inputs(inputs)
