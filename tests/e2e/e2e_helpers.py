@@ -31,6 +31,7 @@ CHROMIUM_ARGS = [
 SERVER_START_TIMEOUT = 120  # s: import torch + streamlit on a busy 2-core machine
 APP_TIMEOUT = 120_000  # ms: first run builds the 124M model
 DONE_STATES = ("notRunning", "compilationError")
+_BASE_PATH_PROBE = re.compile(r"^http://127\.0\.0\.1:\d+/[^?#]+/_stcore/(health|host-config)$")
 
 
 def find_chromium() -> str | None:
@@ -132,25 +133,34 @@ def server_env(cache_dir: Path, verdict: Path | None = VERDICT_PATH) -> dict[str
     return env
 
 
-def wait_for_app(page, timeout: float = APP_TIMEOUT) -> None:
-    """Wait until Streamlit is connected and its script run has finished.
+_IDLE_JS = """(states) => {
+    const app = document.querySelector('[data-testid="stApp"]');
+    return !!app && app.getAttribute('data-test-connection-state') === 'CONNECTED'
+        && states.includes(app.getAttribute('data-test-script-state'))
+        && !document.querySelector('[data-testid="stAppSkeleton"], [data-testid="stSkeleton"]')
+        && !document.querySelector('[data-testid="stStatusWidgetRunningIcon"], [data-testid="stStatusWidgetRunningManIcon"]');
+}"""
 
-    After an input the rerun may not have started yet, so first give it a moment to begin.
+
+def wait_for_app(page, timeout: float = APP_TIMEOUT, settle: float = 500) -> None:
+    """Wait until Streamlit is connected, its script run has finished and nothing is pending.
+
+    After an input the rerun may not have started yet, and a page load can chain a second
+    run, so the idle state must hold for `settle` ms before it counts.
     """
-    app = '[data-testid="stApp"]'
-    page.wait_for_selector(f'{app}[data-test-connection-state="CONNECTED"]', timeout=timeout)
     try:
-        page.wait_for_selector(f'{app}[data-test-script-state="running"]', timeout=700)
-    except Exception:  # noqa: BLE001 - the run may already be over
+        page.wait_for_selector('[data-testid="stApp"][data-test-script-state="running"]', timeout=500)
+    except Exception:  # noqa: BLE001 - the run may be over already, or not started yet
         pass
-    page.wait_for_function(
-        """(states) => {
-            const app = document.querySelector('[data-testid="stApp"]');
-            return app && states.includes(app.getAttribute('data-test-script-state'));
-        }""",
-        arg=list(DONE_STATES),
-        timeout=timeout,
-    )
+    deadline = time.monotonic() + timeout / 1000
+    while True:
+        remaining = max(1.0, (deadline - time.monotonic()) * 1000)
+        page.wait_for_function(_IDLE_JS, arg=list(DONE_STATES), timeout=remaining)
+        page.wait_for_timeout(settle)
+        if page.evaluate(_IDLE_JS, list(DONE_STATES)):
+            return
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"Streamlit did not settle within {timeout / 1000:.0f} s")
 
 
 def metric_value(page, label: str, timeout: float = APP_TIMEOUT) -> str:
@@ -182,8 +192,15 @@ class PageProblems:
         page.on("dialog", self._on_dialog)
 
     def _on_console(self, message) -> None:
-        if message.type == "error":
+        if message.type == "error" and not self.benign(message.text, message.location.get("url", "")):
             self.console_errors.append(f"{message.text} @ {message.location}")
+
+    @staticmethod
+    def benign(text: str, url: str) -> bool:
+        """Streamlit's own probe, not an app error: a page opened at /<page> may be served under
+        a base path, so the frontend first asks /<page>/_stcore/health (and host-config), gets
+        404, then connects at the root. Only that exact 404 is ignored."""
+        return "404" in text and bool(_BASE_PATH_PROBE.match(url))
 
     def _on_dialog(self, dialog) -> None:
         self.dialogs.append(f"{dialog.type}: {dialog.message}")
@@ -213,3 +230,33 @@ def tmp_text_file(directory: Path, name: str, data: bytes) -> Path:
     path = Path(tempfile.mkdtemp(dir=directory)) / name
     path.write_bytes(data)
     return path
+
+
+TEXT_LABEL = "Texts (one per line)"
+LOSS_LABEL = "Loss (cross entropy)"
+PERPLEXITY_LABEL = "Perplexity"
+
+
+def text_box(page):
+    return page.get_by_role("textbox", name=TEXT_LABEL, exact=True)
+
+
+def set_text(page, text: str) -> None:
+    """Replace the texts in the sidebar and apply them (Ctrl+Enter, as a user would)."""
+    box = text_box(page)
+    box.fill(text)
+    box.press("Control+Enter")
+    wait_for_app(page)
+
+
+def wait_for_metric(page, label: str, expected: str, timeout: float = APP_TIMEOUT) -> None:
+    """Wait until the metric `label` reads `expected` (Streamlit reruns asynchronously)."""
+    page.wait_for_function(
+        """([label, expected]) => [...document.querySelectorAll('[data-testid="stMetric"]')].some(m => {
+            const l = m.querySelector('[data-testid="stMetricLabel"]');
+            const v = m.querySelector('[data-testid="stMetricValue"]');
+            return l && v && l.innerText.includes(label) && v.innerText.replace(/,/g, '').includes(expected);
+        })""",
+        arg=[label, expected],
+        timeout=timeout,
+    )

@@ -1,0 +1,153 @@
+"""The app as a person uses it: the book's numbers, edits, figure 5.7, every view, links, presentation."""
+
+from __future__ import annotations
+
+import urllib.parse
+
+import pytest
+from e2e_helpers import (
+    LOSS_LABEL,
+    PERPLEXITY_LABEL,
+    expected_loss,
+    metric_value,
+    set_text,
+    text_box,
+    wait_for_app,
+    wait_for_metric,
+)
+
+BOOK_TEXT = "every effort moves you\nI really like chocolate"
+# (URL path, whether the view draws Plotly charts)
+VIEWS = [
+    ("", False),  # Tokens: the default page, at "/"
+    ("probabilities", True),
+    ("figure-5-7", True),
+    ("cross-entropy", False),
+    ("per-token-loss", False),
+]
+
+
+def open_url(page, server, path: str = "", **params) -> None:
+    query = urllib.parse.urlencode(params, quote_via=urllib.parse.quote)
+    page.goto(f"{server.url}/{path}" + (f"?{query}" if query else ""))
+    wait_for_app(page)
+
+
+def step_heading(page, step: int):
+    return page.get_by_role("heading", name=f"Step {step} of 6")
+
+
+def test_opens_on_the_book_example_with_the_books_numbers(page):
+    assert text_box(page).input_value() == BOOK_TEXT
+    assert metric_value(page, LOSS_LABEL) == "10.7940"
+    assert metric_value(page, PERPLEXITY_LABEL).replace(",", "") == "48725.8"
+    # The tokens view shows the chips of both texts: "every" and " chocolate" among them.
+    chips = page.locator(".ll-chip .p")
+    pieces = chips.all_inner_texts()
+    assert "every" in pieces
+    assert any("chocolate" in p for p in pieces)
+
+
+def test_typing_new_text_updates_the_numbers(page, core_model):
+    texts = ["The quick brown fox jumps over the lazy dog", "Hello world, this is a test"]
+    loss, perplexity = expected_loss(core_model, texts)
+    set_text(page, "\n".join(texts))
+    wait_for_metric(page, LOSS_LABEL, f"{loss:.4f}")
+    assert metric_value(page, PERPLEXITY_LABEL).replace(",", "") == f"{perplexity:.1f}"
+    assert f"{loss:.4f}" != "10.7940"
+    # The text travels in the URL, so the state can be shared.
+    assert "quick" in urllib.parse.unquote_plus(page.url)
+
+
+def test_next_walks_figure_5_7_to_the_final_loss(new_page, server):
+    page = new_page()
+    open_url(page, server, "figure-5-7")
+    step_heading(page, 1).wait_for()
+    assert page.get_by_role("button", name="Previous").is_disabled()
+    for step in range(2, 7):
+        page.get_by_role("button", name="Next").click()
+        step_heading(page, step).wait_for()
+        wait_for_app(page)
+        assert page.locator(".ll-step.now").inner_text().startswith(f"{step}.")
+        assert page.locator(".js-plotly-plot").count() >= 1
+        assert f"step={step}" in page.url
+    assert page.get_by_role("button", name="Next").is_disabled()
+    assert metric_value(page, "neg_avg_log_probas") == "10.7940"
+    assert metric_value(page, LOSS_LABEL) == "10.7940"
+    # The printed values are the book's: log_probas then their negated mean.
+    code = " ".join(page.locator('[data-testid="stCode"]').all_inner_texts())
+    assert "neg_avg_log_probas: tensor(10.7940)" in code
+    page.get_by_role("button", name="Previous").click()
+    step_heading(page, 5).wait_for()
+
+
+def test_play_runs_figure_5_7_to_the_end(new_page, server):
+    page = new_page()
+    open_url(page, server, "figure-5-7")
+    step_heading(page, 1).wait_for()
+    page.get_by_role("button", name="Play").click()
+    page.get_by_role("button", name="Pause").wait_for(timeout=15_000)
+    step_heading(page, 6).wait_for(timeout=60_000)
+    page.get_by_role("button", name="Play").wait_for(timeout=30_000)  # stops by itself at the end
+    wait_for_app(page)
+    assert metric_value(page, LOSS_LABEL) == "10.7940"
+
+
+@pytest.mark.parametrize("path,has_charts", VIEWS)
+def test_each_view_renders(new_page, server, path, has_charts):
+    page = new_page()
+    open_url(page, server, path)
+    assert page.locator('[data-testid="stHeader"], h1, h2').count() >= 1
+    assert page.locator('[data-testid="stMainBlockContainer"] h2').first.inner_text().strip()
+    if has_charts:
+        page.locator(".js-plotly-plot").first.wait_for()
+        plot = page.locator(".js-plotly-plot").first
+        assert plot.bounding_box()["height"] > 100
+        assert plot.locator("g.point, g.trace, path.point").count() >= 1  # the bars were drawn
+    if path != "cross-entropy":
+        assert metric_value(page, LOSS_LABEL) == "10.7940"
+
+
+def test_a_shared_url_reopens_the_same_view_step_and_text(new_page, server, core_model):
+    texts = ["Shared links keep the state", "for the whole workshop"]
+    loss, _ = expected_loss(core_model, texts)
+    first = new_page()
+    open_url(first, server, "figure-5-7", text="\n".join(texts), step=4)
+    step_heading(first, 4).wait_for()
+    wait_for_metric(first, LOSS_LABEL, f"{loss:.4f}")
+    link = first.url
+    # Somebody else opens the link in a fresh browser.
+    second = new_page()
+    second.goto(link)
+    wait_for_app(second)
+    step_heading(second, 4).wait_for()
+    assert text_box(second).input_value() == "\n".join(texts)
+    wait_for_metric(second, LOSS_LABEL, f"{loss:.4f}")
+    assert second.locator(".ll-step.now").inner_text().startswith("4.")
+
+
+def _font_px(page, selector: str) -> float:
+    return page.locator(selector).first.evaluate("e => parseFloat(getComputedStyle(e).fontSize)")
+
+
+def test_presentation_mode_enlarges_and_hides_chrome(new_page, server):
+    page = new_page()
+    open_url(page, server, "figure-5-7")
+    normal_heading = _font_px(page, '[data-testid="stMainBlockContainer"] h2')
+    assert page.locator('[data-testid="stHeader"]').is_visible()
+    page.get_by_text("Presentation mode").click()
+    wait_for_app(page)
+    page.wait_for_function(
+        "() => !location.search.includes('presentation=false') && location.search.includes('presentation')"
+    )
+    assert _font_px(page, '[data-testid="stMainBlockContainer"] h2') > normal_heading
+    assert not page.locator('[data-testid="stHeader"]').is_visible()
+    # Step at a time: the figure still walks with Next.
+    page.get_by_role("button", name="Next").click()
+    step_heading(page, 2).wait_for()
+    # The link carries presentation mode to the projector's browser.
+    projector = new_page()
+    projector.goto(page.url)
+    wait_for_app(projector)
+    step_heading(projector, 2).wait_for()
+    assert not projector.locator('[data-testid="stHeader"]').is_visible()
