@@ -198,8 +198,8 @@ _BASE_CSS = """
 .ll-shift td{padding:0;text-align:center;vertical-align:middle}
 .ll-shift th{text-align:right;padding-right:10px;font-weight:600;white-space:nowrap;font-size:.9em}
 .ll-arrow{color:#d55e00;font-size:1.2em;line-height:1}
-.ll-flow{display:flex;flex-wrap:wrap;align-items:stretch;gap:6px;margin:.4em 0 1em 0}
-.ll-step{flex:1 1 130px;border-radius:10px;padding:8px 10px;border:2px solid rgba(128,128,128,.35);
+.ll-flow{display:flex;flex-wrap:nowrap;align-items:stretch;gap:4px;margin:.4em 0 1em 0}
+.ll-step{flex:1 1 0;min-width:0;overflow-wrap:anywhere;border-radius:10px;padding:8px 10px;border:2px solid rgba(128,128,128,.35);
   font-size:.9em;opacity:.7}
 .ll-step.done{opacity:.9}
 .ll-step.now{border-color:#d55e00;background:rgba(213,94,0,.10);opacity:1;box-shadow:0 0 0 2px rgba(213,94,0,.25)}
@@ -207,7 +207,7 @@ _BASE_CSS = """
 .ll-step code{font-size:.85em}
 .ll-flow .ar{align-self:center;font-size:1.4em;opacity:.6}
 .ll-heat{line-height:2.3;font-family:ui-monospace,SFMono-Regular,Menlo,monospace;font-size:1.05em}
-.ll-heat span{padding:3px 2px;border-radius:4px;white-space:pre;cursor:help}
+.ll-heat span{display:inline-block;padding:0 2px;margin:2px 0;border-radius:4px;white-space:pre;cursor:help;line-height:1.7}
 .ll-legend{display:flex;align-items:center;gap:8px;font-size:.85em;margin:.5em 0}
 .ll-legend .bar{width:260px;height:12px;border-radius:6px;
   background:linear-gradient(90deg,#440154,#3e4989,#26828e,#35b779,#b5de2b,#fde725)}

@@ -15,6 +15,12 @@ def _full(x) -> str:
     return common.num(x) if x is None or isinstance(x, str) else repr(float(x))
 
 
+def _diff(d) -> str:
+    if d is None or isinstance(d, str):
+        return common.num(d)
+    return "0 (identical)" if d == 0 else f"{d:+.2e}"
+
+
 def render(inputs: common.Inputs) -> None:
     st.header("Cross entropy", anchor=False)
     with common.friendly_errors():
@@ -26,8 +32,7 @@ def render(inputs: common.Inputs) -> None:
         c1, c2, c3 = st.columns(3)
         c1.metric("Six steps by hand", common.num(s["neg_avg_log_probas"]), help="neg_avg_log_probas")
         c2.metric("F.cross_entropy", common.num(s["loss"]), help="torch.nn.functional.cross_entropy(logits_flat, targets_flat)")
-        c3.metric("Difference", common.num(s["difference"], 10) if not isinstance(s["difference"], str) else common.num(s["difference"]),
-                  help="float32 rounding: the two sum in a different order")
+        c3.metric("Difference", _diff(s["difference"]), help="float32 rounding: the two sum in a different order")
         st.code(
             f"neg_avg_log_probas = {_full(s['neg_avg_log_probas'])}\n"
             f"loss               = {_full(s['loss'])}\n"

@@ -65,6 +65,12 @@ def diagram(s: dict, step: int) -> str:
     return '<div class="ll-flow">' + '<span class="ar">→</span>'.join(parts) + "</div>"
 
 
+def _uniform(fig: go.Figure, x: list[str], uniform: float) -> None:
+    # A trace, not add_hline: its label stays right on a log axis too.
+    fig.add_scatter(x=x, y=[uniform] * len(x), mode="lines", name=f"uniform 1/{round(1 / uniform):,}",
+                    line=dict(color="#666666", dash="dot"), hoverinfo="skip")
+
+
 def figure(s: dict, step: int) -> go.Figure:
     pos = _positions(s)
     x = [name for name, _ in pos]
@@ -78,11 +84,11 @@ def figure(s: dict, step: int) -> go.Figure:
     elif step == 2:
         fig.add_bar(x=x, y=[p["top_k"][0]["proba"] for p in ps], name="highest probability", marker_color=common.NEUTRAL)
         fig.add_bar(x=x, y=[common.to_float(p["target_proba"]) for p in ps], name="target's probability", marker_color=common.ACCENT)
-        fig.add_hline(y=uniform, line_dash="dot", annotation_text=f"uniform 1/{s['vocab_size']:,}")
+        _uniform(fig, x, uniform)
         fig.update_yaxes(title="probability", tickformat=".1e")
     elif step == 3:
         fig.add_bar(x=x, y=[common.to_float(p["target_proba"]) for p in ps], name="target_probas", marker_color=common.ACCENT)
-        fig.add_hline(y=uniform, line_dash="dot", annotation_text="uniform")
+        _uniform(fig, x, uniform)
         fig.update_yaxes(title="target probability (log scale)", type="log", exponentformat="e")
     else:
         logs = [common.to_float(v) for v in s["log_probas"]]
@@ -157,12 +163,12 @@ def render(inputs: common.Inputs) -> None:
         if not inputs.presentation:
             common.metrics(s)
         _advance()
-        step = st.select_slider("Step", options=list(range(1, len(STEPS) + 1)), value=1, key="step", bind="query-params")
-        c1, c2, c3, _ = st.columns([1, 1, 1, 4])
-        c1.button("Previous", on_click=_go, args=(-1,), disabled=step <= 1, icon=":material/arrow_back:", width="stretch")
-        c2.button("Next", on_click=_go, args=(1,), disabled=step >= len(STEPS), icon=":material/arrow_forward:", width="stretch")
+        step = st.select_slider("Step", options=list(range(1, len(STEPS) + 1)), key="step", bind="query-params")
         playing = bool(st.session_state.get("playing"))
-        c3.button("Pause" if playing else "Play", on_click=_play, icon=":material/pause:" if playing else ":material/play_arrow:", width="stretch")
+        with st.container(horizontal=True):
+            st.button("Previous", on_click=_go, args=(-1,), disabled=step <= 1, icon=":material/arrow_back:")
+            st.button("Next", on_click=_go, args=(1,), disabled=step >= len(STEPS), icon=":material/arrow_forward:")
+            st.button("Pause" if playing else "Play", on_click=_play, icon=":material/pause:" if playing else ":material/play_arrow:")
 
         common.html_block(diagram(s, step))
         key, title, code = STEPS[step - 1]

@@ -33,7 +33,15 @@ def main(base: str, only: list[str]) -> None:
             if only and name not in only:
                 continue
             page.goto(base.rstrip("/") + path)
-            page.get_by_text("Loss (cross entropy)").first.wait_for(timeout=120_000) if "dataset" not in name else None
+            if name == "dataset.png":
+                compute = page.get_by_role("button", name="Compute")
+                compute.wait_for(timeout=120_000)
+                compute.click()
+                page.get_by_text("Validation perplexity").first.wait_for(timeout=600_000)
+            elif "presentation" in path:
+                page.get_by_text("Step 3 of 6").first.wait_for(timeout=120_000)
+            else:
+                page.get_by_text("Loss (cross entropy)").first.wait_for(timeout=120_000)
             page.wait_for_timeout(2500)  # charts finish their first animation
             page.screenshot(path=str(HERE / name), full_page=False)
             print("saved", HERE / name)
