@@ -1,0 +1,238 @@
+"""The book example, ours against the book's own code, in the same run.
+
+Figure 5.7 on "every effort moves you" / "I really like chocolate" with the untrained
+GPT_CONFIG_124M model after torch.manual_seed(123):
+
+- ours: core.loss.compute_loss, i.e. everything the app needs per request: tokenize, check,
+  forward, the six steps, F.cross_entropy, log-softmax surprisal, full-vocabulary ranks, top-k.
+- reference: the book's code (PyPI llms-from-scratch, installed with --no-deps):
+  llms_from_scratch.ch04.GPTModel, the batch from ch02.create_dataloader_v1 (which calls
+  tiktoken.get_encoding("gpt2"), pointed at the same vocab files through TIKTOKEN_CACHE_DIR),
+  then as in section 5.1: torch.no_grad forward, softmax, target probas, log, mean, negate,
+  F.cross_entropy, and topk.
+
+The two are timed alternately (so a busy machine slows both alike) and their numbers must
+agree: loss to 1e-6. Start-up time (imports + tokenizer + model init) and peak RSS are
+measured in fresh subprocesses.
+
+    pip install --no-deps llms-from-scratch==1.0.19 && pip install matplotlib tqdm
+    python bench/bench_loss.py                 # 50 timed runs after 5 warm-up runs
+    python bench/bench_loss.py --runs 200 --startup-runs 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+TEXTS = ["every effort moves you", "I really like chocolate"]
+TOP_K = 5
+TARGET_RATIO = 1.5
+
+# Run in a fresh interpreter: time imports + tokenizer + model init, then one request; peak RSS.
+# Peak RSS of this process: VmHWM. ru_maxrss would also count the pages of the parent that
+# forked it (Linux keeps the pre-exec high-water mark), i.e. this benchmark's two models.
+PEAK_RSS = """
+import resource
+
+def peak_rss_kib():
+    try:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
+    except OSError:
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+"""
+STARTUP_OURS = PEAK_RSS + """
+import json, time
+t0 = time.perf_counter()
+import torch
+from core.loss import compute_loss
+from core.model import build_untrained_model
+from core.tokenizer import get_tokenizer
+tok = get_tokenizer()
+model = build_untrained_model(123)
+t1 = time.perf_counter()
+result = compute_loss(model, {texts!r}, top_k={top_k})
+t2 = time.perf_counter()
+print(json.dumps({{"startup": t1 - t0, "first": t2 - t1, "loss": float(result.loss), "maxrss_kib": peak_rss_kib()}}))
+"""
+STARTUP_REFERENCE = PEAK_RSS + """
+import json, time
+t0 = time.perf_counter()
+import tiktoken
+import torch
+from llms_from_scratch.ch04 import GPTModel
+tok = tiktoken.get_encoding("gpt2")
+torch.manual_seed(123)
+model = GPTModel({cfg!r})
+model.eval()
+t1 = time.perf_counter()
+inputs = torch.tensor([tok.encode(t)[:-1] for t in {texts!r}])
+targets = torch.tensor([tok.encode(t)[1:] for t in {texts!r}])
+with torch.no_grad():
+    logits = model(inputs)
+loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), targets.flatten())
+t2 = time.perf_counter()
+print(json.dumps({{"startup": t1 - t0, "first": t2 - t1, "loss": float(loss), "maxrss_kib": peak_rss_kib()}}))
+"""
+
+
+def reference_batch(create_dataloader_v1):
+    """The book's loader, one window per text: inputs = tokens[:-1], targets = tokens[1:]."""
+    import tiktoken
+    import torch
+
+    tok = tiktoken.get_encoding("gpt2")
+    inputs, targets = [], []
+    for text in TEXTS:
+        n = len(tok.encode(text)) - 1
+        loader = create_dataloader_v1(text, batch_size=1, max_length=n, stride=n, shuffle=False, drop_last=False)
+        x, y = next(iter(loader))
+        inputs.append(x)
+        targets.append(y)
+    return torch.cat(inputs), torch.cat(targets)
+
+
+def reference_request(model, tok, texts):
+    """Section 5.1 as printed, from the texts to the loss, plus top-k."""
+    import torch
+
+    ids = [tok.encode(t) for t in texts]
+    inputs = torch.tensor([i[:-1] for i in ids])
+    targets = torch.tensor([i[1:] for i in ids])
+    with torch.no_grad():
+        logits = model(inputs)
+    probas = torch.softmax(logits, dim=-1)
+    target_probas = [probas[b, torch.arange(inputs.shape[1]), targets[b]] for b in range(len(texts))]
+    log_probas = torch.log(torch.cat(target_probas))
+    avg_log_probas = torch.mean(log_probas)
+    neg_avg_log_probas = avg_log_probas * -1
+    loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), targets.flatten())
+    topk = torch.topk(probas, TOP_K, dim=-1)
+    return {"logits": logits, "target_probas": torch.stack(target_probas), "log_probas": log_probas,
+            "neg_avg_log_probas": neg_avg_log_probas, "loss": loss, "topk_ids": topk.indices}  # fmt: skip
+
+
+def timed(fn, runs: int, warmup: int) -> list[float]:
+    for _ in range(warmup):
+        fn()
+    out = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - t0)
+    return out
+
+
+def startup(script: str, env: dict, runs: int) -> dict:
+    results = []
+    for _ in range(runs):
+        proc = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True,
+                              timeout=600, check=True)  # fmt: skip
+        results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+    return {
+        "startup": statistics.median(r["startup"] for r in results),
+        "first": statistics.median(r["first"] for r in results),
+        "maxrss_mib": max(r["maxrss_kib"] for r in results) / 1024,
+        "loss": results[0]["loss"],
+    }
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runs", type=int, default=50, help="timed runs of each (median reported)")
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--startup-runs", type=int, default=3, help="fresh processes per start-up measurement")
+    args = parser.parse_args(argv)
+
+    import torch
+
+    from core.loss import compute_loss
+    from core.model import GPT_CONFIG_124M, build_untrained_model
+    from core.tokenizer import get_tokenizer, seed_tiktoken_cache
+
+    cache = tempfile.TemporaryDirectory(prefix="losslens-tiktoken-")
+    os.environ["TIKTOKEN_CACHE_DIR"] = str(seed_tiktoken_cache(Path(cache.name)))
+    try:
+        import tiktoken
+        from llms_from_scratch.ch02 import create_dataloader_v1
+        from llms_from_scratch.ch04 import GPTModel as ReferenceGPTModel
+    except ImportError as e:
+        print(f"reference code missing ({e}): pip install --no-deps llms-from-scratch==1.0.19", file=sys.stderr)
+        return 2
+
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs")
+    tok_ref = tiktoken.get_encoding("gpt2")
+    torch.manual_seed(123)
+    reference = ReferenceGPTModel(GPT_CONFIG_124M).eval()
+    ours = build_untrained_model(123)
+    tokenizer = get_tokenizer()
+
+    # Same input and same numbers first.
+    ref_inputs, ref_targets = reference_batch(create_dataloader_v1)
+    r = compute_loss(ours, TEXTS, top_k=TOP_K, tokenizer=tokenizer)
+    ref = reference_request(reference, tok_ref, TEXTS)
+    checks = {
+        "same inputs and targets": torch.equal(r.batch.inputs, ref_inputs) and torch.equal(r.batch.targets, ref_targets),
+        "loss equal to 1e-6": abs(float(r.loss) - float(ref["loss"])) <= 1e-6,
+        "manual loss equal to 1e-6": abs(float(r.neg_avg_log_probas) - float(ref["neg_avg_log_probas"])) <= 1e-6,
+        "target probas equal (rel 1e-5)": torch.allclose(r.target_probas, ref["target_probas"], rtol=1e-5, atol=0),
+        "same top-k ids": torch.equal(r.topk_ids, ref["topk_ids"]),
+    }
+    print(f"loss: ours {float(r.loss):.7f}, reference {float(ref['loss']):.7f} "
+          f"(|diff| {abs(float(r.loss) - float(ref['loss'])):.1e}); max |logit diff| "
+          f"{float((r.logits - ref['logits']).abs().max()):.1e}; perplexity {r.perplexity:.1f}")  # fmt: skip
+    for name, ok in checks.items():
+        print(f"  {'ok  ' if ok else 'FAIL'} {name}")
+
+    # Alternate the two so that load from other processes hits both alike.
+    t_ours, t_ref = [], []
+    for _ in range(args.warmup):
+        compute_loss(ours, TEXTS, top_k=TOP_K, tokenizer=tokenizer)
+        reference_request(reference, tok_ref, TEXTS)
+    for _ in range(args.runs):
+        t_ours += timed(lambda: compute_loss(ours, TEXTS, top_k=TOP_K, tokenizer=tokenizer), 1, 0)
+        t_ref += timed(lambda: reference_request(reference, tok_ref, TEXTS), 1, 0)
+    m_ours, m_ref = statistics.median(t_ours), statistics.median(t_ref)
+
+    def q(ts):
+        qs = statistics.quantiles(ts, n=4)
+        return f"p25 {qs[0] * 1e3:6.1f}  p75 {qs[2] * 1e3:6.1f}"
+
+    print(f"\nrequest (tokenize + forward + six steps + cross entropy + top-{TOP_K}), median of {args.runs}:")
+    print(f"  ours       {m_ours * 1e3:7.1f} ms   ({q(t_ours)})  also surprisal and full-vocabulary ranks")
+    print(f"  reference  {m_ref * 1e3:7.1f} ms   ({q(t_ref)})")
+    ratio = m_ref / m_ours
+    paired = statistics.median(r / o for r, o in zip(t_ref, t_ours, strict=True))
+    print(f"  speed-up   {ratio:.2f}x   (target >= {TARGET_RATIO}x: {'met' if ratio >= TARGET_RATIO else 'NOT met'})")
+    print(f"  median of the paired ratios {paired:.2f}x; best run {min(t_ours) * 1e3:.1f} ms vs "
+          f"{min(t_ref) * 1e3:.1f} ms = {min(t_ref) / min(t_ours):.2f}x")
+
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    s_ours = startup(STARTUP_OURS.format(texts=TEXTS, top_k=TOP_K), env, args.startup_runs)
+    s_ref = startup(STARTUP_REFERENCE.format(texts=TEXTS, cfg=GPT_CONFIG_124M), env, args.startup_runs)
+    print(f"\nstart-up in a fresh process (imports + tokenizer + model init), median of {args.startup_runs}:")
+    for name, s in (("ours", s_ours), ("reference", s_ref)):
+        print(f"  {name:<10} {s['startup']:6.2f} s   first request {s['first'] * 1e3:7.1f} ms   "
+              f"peak RSS {s['maxrss_mib']:7.1f} MiB   loss {s['loss']:.4f}")  # fmt: skip
+
+    ok = all(checks.values()) and abs(s_ours["loss"] - s_ref["loss"]) <= 1e-6
+    print(f"\nsummary: numbers {'equal' if ok else 'DIFFER'}; ours {m_ours * 1e3:.1f} ms vs reference "
+          f"{m_ref * 1e3:.1f} ms = {ratio:.2f}x; start-up {s_ours['startup']:.2f} s vs {s_ref['startup']:.2f} s; "
+          f"peak RSS {s_ours['maxrss_mib']:.0f} MiB vs {s_ref['maxrss_mib']:.0f} MiB")  # fmt: skip
+    cache.cleanup()
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
