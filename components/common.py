@@ -194,9 +194,13 @@ _BASE_CSS = """
 .ll-chip.special{border-color:#e69f00;background:rgba(230,159,0,.14)}
 .ll-chip.target{border-color:#d55e00;background:rgba(213,94,0,.10)}
 .ll-chip.empty{visibility:hidden}
-.ll-shift{border-collapse:separate;border-spacing:2px 0;margin:.3em 0 1em 0}
-.ll-shift td{padding:0;text-align:center;vertical-align:middle}
-.ll-shift th{text-align:right;padding-right:10px;font-weight:600;white-space:nowrap;font-size:.9em}
+[data-testid="stMainBlockContainer"]{padding-top:2.5rem}
+.ll-row{display:flex;flex-wrap:wrap;align-items:flex-start;gap:2px;margin:.2em 0 .6em 0}
+.ll-rowname{font-weight:600;font-size:.9em;align-self:center;margin-right:8px}
+.ll-shift{gap:6px 3px;margin-bottom:1.2em}
+.ll-col{display:flex;flex-direction:column;align-items:center}
+.ll-head{align-items:flex-end;justify-content:space-between;font-weight:600;font-size:.9em;
+  margin-right:8px;padding:10px 0;align-self:stretch}
 .ll-arrow{color:#d55e00;font-size:1.2em;line-height:1}
 .ll-flow{display:flex;flex-wrap:nowrap;align-items:stretch;gap:4px;margin:.4em 0 1em 0}
 .ll-step{flex:1 1 0;min-width:0;overflow-wrap:anywhere;border-radius:10px;padding:8px 10px;border:2px solid rgba(128,128,128,.35);

@@ -8,20 +8,23 @@ from components import common
 
 
 def _shift_table(t: dict) -> str:
+    """All tokens, then one column per position: the input over the target it must predict.
+    Columns wrap, so a long text stays readable."""
     ids, pieces, is_bytes = t["token_ids"], t["tokens"], t["byte_tokens"]
-    n = len(ids) - 1
     chips = [common.chip(p, i, common.chip_kind(i, b)) for p, i, b in zip(pieces, ids, is_bytes, strict=True)]
-    blank = '<span class="ll-chip empty"><span class="p"> </span></span>'
-    rows = [
-        ("tokens", chips),
-        ("inputs = tokens[:-1]", chips[:n] + [blank]),
-        ("", ['<span class="ll-arrow" title="predicts">↓</span>'] * n + [""]),
-        ("targets = tokens[1:]", [c.replace("ll-chip ", "ll-chip target ", 1) for c in chips[1:]] + [blank]),
-    ]
-    body = "".join(
-        f"<tr><th>{common.esc(name)}</th>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>" for name, cells in rows
+    targets = [c.replace("ll-chip ", "ll-chip target ", 1) for c in chips[1:]]
+    head = (
+        '<div class="ll-col ll-head"><span>inputs = tokens[:-1]</span><span class="ll-arrow"> </span>'
+        "<span>targets = tokens[1:]</span></div>"
     )
-    return f'<table class="ll-shift">{body}</table>'
+    cols = "".join(
+        f'<div class="ll-col" title="position {n}">{inp}<span class="ll-arrow">↓</span>{tgt}</div>'
+        for n, (inp, tgt) in enumerate(zip(chips[:-1], targets, strict=True))
+    )
+    return (
+        f'<div class="ll-row"><span class="ll-rowname">tokens</span>{"".join(chips)}</div>'
+        f'<div class="ll-row ll-shift">{head}{cols}</div>'
+    )
 
 
 def render(inputs: common.Inputs) -> None:
