@@ -86,6 +86,7 @@ def create_dataloader_v1(
     """The book's loader. With `seed`, a shuffled order equals the book's after
     torch.manual_seed(seed); without it, shuffling uses the global generator as the book's."""
     dataset = GPTDatasetV1(txt, tokenizer, max_length, stride, token_ids=token_ids)
+    shuffle = shuffle and len(dataset) > 0  # RandomSampler refuses an empty dataset
     if shuffle and seed is not None:
         return DataLoader(
             dataset,
@@ -231,7 +232,12 @@ def make_loaders(
             f"Not enough tokens for the validation loader: {total_tokens} tokens x {1 - settings.train_ratio:.2f} "
             f"< context length {L}. Try a lower context length or a lower train ratio."
         )
-    if train.dropped_windows:
+    if train.dropped_windows and not train.batches:
+        warnings.append(
+            f"The training loader has no batch: its {train.windows} window(s) do not fill one batch of {B} "
+            "(drop_last=True keeps only full batches)."
+        )
+    elif train.dropped_windows:
         warnings.append(
             f"The training loader drops {train.dropped_windows} of its {train.windows} windows "
             f"(drop_last=True keeps only full batches of {B})."

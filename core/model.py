@@ -45,13 +45,20 @@ class Linear(nn.Linear):
     about 3x faster in this orientation; the 50257-row out_head dominates a forward pass.
     """
 
+    # Rows made contiguous again: scaled_dot_product_attention's fused CPU kernel needs
+    # unit stride along the head dimension (else it falls back to the slow math path).
+    # The out_head turns this off: copying [tokens, 50257] logits costs more than its
+    # matmul saves, and softmax and cross_entropy read either layout.
+    contiguous_output = True
+
     def forward(self, x):
         x2d = x.reshape(-1, x.shape[-1]).t()
         if self.bias is None:
             y = torch.mm(self.weight, x2d)
         else:
             y = torch.addmm(self.bias[:, None], self.weight, x2d)
-        return y.t().reshape(*x.shape[:-1], self.out_features)
+        y = y.t().contiguous() if self.contiguous_output else y.t()
+        return y.reshape(*x.shape[:-1], self.out_features)
 
 
 class MultiHeadAttention(nn.Module):
@@ -149,6 +156,7 @@ class GPTModel(nn.Module):
         self.trf_blocks = nn.Sequential(*[TransformerBlock(cfg) for _ in range(cfg["n_layers"])])
         self.final_norm = LayerNorm(cfg["emb_dim"])
         self.out_head = Linear(cfg["emb_dim"], cfg["vocab_size"], bias=False)
+        self.out_head.contiguous_output = False
 
     @property
     def context_length(self) -> int:
