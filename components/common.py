@@ -203,8 +203,8 @@ _BASE_CSS = """
   margin-right:8px;padding:10px 0;align-self:stretch}
 .ll-arrow{color:#d55e00;font-size:1.2em;line-height:1}
 .ll-flow{display:flex;flex-wrap:nowrap;align-items:stretch;gap:4px;margin:.4em 0 1em 0}
-.ll-step{flex:1 1 0;min-width:0;overflow-wrap:anywhere;border-radius:10px;padding:8px 10px;border:2px solid rgba(128,128,128,.35);
-  font-size:.9em;opacity:.7}
+.ll-step{flex:1 1 0;min-width:0;border-radius:10px;padding:8px 10px;border:2px solid rgba(128,128,128,.35);
+  font-size:.85em;opacity:.7;hyphens:auto}
 .ll-step.done{opacity:.9}
 .ll-step.now{border-color:#d55e00;background:rgba(213,94,0,.10);opacity:1;box-shadow:0 0 0 2px rgba(213,94,0,.25)}
 .ll-step b{display:block;font-size:1.02em}
@@ -225,7 +225,7 @@ html, body, [data-testid="stAppViewContainer"] {font-size: 22px;}
 [data-testid="stMetricLabel"] p {font-size: 1.25rem !important;}
 [data-testid="stHeader"], [data-testid="stToolbar"], [data-testid="stDecoration"], footer {display: none !important;}
 .block-container {padding-top: 1rem !important; max-width: 100% !important;}
-.ll-presentation-hide {display: none;}
+.ll-step {font-size: .62em; padding: 6px 8px;}
 </style>
 """
 

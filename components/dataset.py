@@ -84,7 +84,7 @@ def figure(r: dict) -> go.Figure:
                           annotation_text=f"{name} mean {r[f'{key}_loss']:.4f}", annotation_font_color=colour)
     fig.update_xaxes(title="batch", dtick=1 if max(len(r["train_batch_losses"]), len(r["val_batch_losses"])) < 25 else None)
     fig.update_yaxes(title="cross entropy (nats)")
-    fig.update_layout(height=380, title="Loss per batch", legend=dict(orientation="h", y=1.12))
+    fig.update_layout(height=380, title="Loss per batch", legend=dict(orientation="h", yanchor="top", y=-0.18))
     return fig
 
 
@@ -151,9 +151,11 @@ def render(inputs: common.Inputs) -> None:
         if stopped and key not in store:
             st.warning(f"Stopped after {stopped} batches; press Compute to start again.", icon=":material/stop_circle:")
         if key not in store:
-            if not st.button("Compute", type="primary", icon=":material/calculate:", key="ds_compute"):
+            slot = st.empty()
+            if not slot.button("Compute", type="primary", icon=":material/calculate:", key="ds_compute"):
                 st.info("Press Compute to run the model over both splits.", icon=":material/info:")
                 return
+            slot.empty()
             _compute(model, text, settings, num_batches, key, store)
         if key in store:
             st.caption("Computed once and kept: coming back to this view shows it again at once.")
@@ -163,7 +165,8 @@ def render(inputs: common.Inputs) -> None:
 def _compute(model, text, settings, num_batches, key, store) -> None:
     bar = st.progress(0.0, text="Starting…")
     # Any click reruns the page, which interrupts this loop at the next progress update.
-    st.button("Stop", icon=":material/stop:", key="ds_stop")
+    stop = st.empty()
+    stop.button("Stop", icon=":material/stop:", key="ds_stop")
     split_name = {"train": "training", "val": "validation"}
 
     def progress(done: int, total: int, split: str) -> None:
@@ -173,6 +176,7 @@ def _compute(model, text, settings, num_batches, key, store) -> None:
     r = evaluate_dataset(model, text, settings, num_batches, progress=progress, tokenizer=common.tokenizer())
     st.session_state.pop("_ds_running", None)
     bar.empty()
+    stop.empty()
     if r.cancelled:
         st.warning("Stopped before the end; press Compute to start again.", icon=":material/stop_circle:")
         return

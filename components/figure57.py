@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 
 import plotly.graph_objects as go
@@ -41,7 +42,7 @@ def _play() -> None:
 
 def _positions(s: dict) -> list[tuple[str, dict]]:
     return [
-        (f"{r + 1}·{p['position']} {common.esc(p['input'])}→{common.esc(p['target'])}", p)
+        (f"{common.esc(p['input'])} → {common.esc(p['target'])}<br>text {r + 1}, pos {p['position']}", p)
         for r, t in enumerate(s["texts"])
         for p in t["positions"]
     ]
@@ -89,7 +90,10 @@ def figure(s: dict, step: int) -> go.Figure:
     elif step == 3:
         fig.add_bar(x=x, y=[common.to_float(p["target_proba"]) for p in ps], name="target_probas", marker_color=common.ACCENT)
         _uniform(fig, x, uniform)
-        fig.update_yaxes(title="target probability (log scale)", type="log", exponentformat="e")
+        values = [v for v in (common.to_float(p["target_proba"]) for p in ps) if v > 0] + [uniform]
+        lo, hi = math.log10(min(values)), math.log10(max(values))
+        fig.update_yaxes(title="target probability (log scale)", type="log", dtick=1, exponentformat="power",
+                         range=[math.floor(lo - 0.3), math.ceil(hi + 0.3)])
     else:
         logs = [common.to_float(v) for v in s["log_probas"]]
         sign = -1 if step == 6 else 1
@@ -106,7 +110,8 @@ def figure(s: dict, step: int) -> go.Figure:
                 annotation_font_color=common.ACCENT,
             )
         fig.update_yaxes(title="−log probability (nats)" if step == 6 else "log probability (nats)")
-    fig.update_layout(barmode="group", height=420, legend=dict(orientation="h", y=1.12), title=STEPS[step - 1][1])
+    fig.update_xaxes(tickangle=0)
+    fig.update_layout(barmode="group", height=420, legend=dict(orientation="h", yanchor="top", y=-0.18), title=STEPS[step - 1][1])
     return fig
 
 
