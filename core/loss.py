@@ -28,6 +28,9 @@ PAD_ID = ENDOFTEXT_ID  # what padded input positions hold (their logits are igno
 MAX_TEXTS = 16  # rows of one batch
 MAX_POSITIONS = 1024  # rows x padded length; bounds the [B, T, 50257] tensors (~200 MB each)
 MAX_CHARS = 200_000  # refuse a huge paste before tokenizing it
+# Listed next tokens (predictions x top-k): bounds the lists that leave core (JSON, UI); the
+# book example with the whole vocabulary (6 x 50257) fits.
+MAX_TOPK_ENTRIES = 500_000
 
 
 @dataclass
@@ -213,6 +216,11 @@ def compute_loss(
     """
     validate_options(top_k, temperature, model.cfg["vocab_size"])
     batch = prepare_batch(texts, model.cfg["context_length"], tokenizer)
+    if top_k * batch.inputs.numel() > MAX_TOPK_ENTRIES:
+        raise InvalidParameterError(
+            f"top-k {top_k} x {batch.inputs.numel()} positions = {top_k * batch.inputs.numel():,} listed "
+            f"tokens; at most {MAX_TOPK_ENTRIES:,}. Lower top-k or use shorter texts."
+        )
     if model.training:
         raise RuntimeError("compute_loss needs a model in eval mode (dropout off)")
     with torch.inference_mode():

@@ -145,6 +145,7 @@ def _visible(text: str) -> str:
     return "".join(out)
 
 
+@functools.lru_cache(maxsize=1 << 17)  # pieces are immutable; a long top-k list repeats them
 def token_piece(token_id: int, tokenizer: tiktoken.Encoding | None = None) -> TokenPiece:
     tokenizer = tokenizer or get_tokenizer()
     if token_id == ENDOFTEXT_ID:

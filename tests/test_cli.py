@@ -155,6 +155,7 @@ def test_padded_batch_and_hard_texts(same_model, capsys):
         (["hello there"] * (MAX_TEXTS + 1), f"at most {MAX_TEXTS} fit in one batch"),
         (["a" + " a" * 255] * 5, "at most 1024 fit in one batch"),
         (["x" * (MAX_CHARS + 1)], "200,001 characters; at most 200,000"),
+        (["a" + " a" * 255, "--top-k", "2000"], "top-k 2000 x 255 positions = 510,000 listed tokens"),
     ],
 )
 def test_bad_texts(same_model, capsys, texts, message):

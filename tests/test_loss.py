@@ -22,6 +22,7 @@ from core.loss import (
     MAX_CHARS,
     MAX_POSITIONS,
     MAX_TEXTS,
+    MAX_TOPK_ENTRIES,
     PAD_ID,
     compute_loss,
     loss_from_logits,
@@ -186,6 +187,11 @@ def test_summary_rows_line_up_with_padding(padded):
             assert p["log_proba"] == pytest.approx(math.log(float(padded.target_probas[row, t])), rel=1e-5)
             assert p["rank"] == int(padded.target_ranks[row, t])
             assert p["top_k"][0]["id"] == p["argmax_id"] == int(padded.topk_ids[row, t, 0])
+            assert len(p["top_k"]) == 10
+            for j, entry in enumerate(p["top_k"]):
+                assert entry["id"] == int(padded.topk_ids[row, t, j])
+                assert entry["proba"] == float(padded.topk_probas[row, t, j])
+                assert entry["logit"] == float(padded.logits[row, t, entry["id"]])
 
 
 # --- temperature ------------------------------------------------------------------------
@@ -352,6 +358,14 @@ def test_invalid_top_k(model, top_k):
 def test_invalid_temperature(model, temperature):
     with pytest.raises(InvalidParameterError, match="temperature must be"):
         compute_loss(model, BOOK_TEXTS, temperature=temperature)
+
+
+def test_top_k_lists_are_bounded(model):
+    long = "a" + " a" * 255  # 255 predictions
+    limit = MAX_TOPK_ENTRIES // 255
+    assert len(summarize(compute_loss(model, [long], top_k=limit))["texts"][0]["positions"][-1]["top_k"]) == limit
+    with pytest.raises(InvalidParameterError, match=f"top-k {limit + 1} x 255 positions.*at most 500,000"):
+        compute_loss(model, [long], top_k=limit + 1)
 
 
 def test_errors_are_typed_value_errors():
