@@ -271,3 +271,23 @@ def test_dataset_view_pasted_text_and_bad_corpus(model):
     at.text_area(key="corpus_text").set_value("binary\x00data " * 20).run()
     assert not at.exception
     assert "NUL" in " ".join(e.value for e in at.error)
+
+
+def test_every_preset_renders_on_every_view(model):
+    from components.sidebar import PRESETS, split_texts
+
+    at = app()
+    for name, text in PRESETS.items():
+        at.selectbox(key="preset").set_value(name).run()
+        expected = f"{float(compute_loss(model, list(split_texts(text))).loss):.4f}"
+        for page in ("tokens", "probabilities", "figure57", "cross_entropy", "per_token"):
+            at.switch_page(f"components/{page}.py").run()
+            assert not at.exception and not at.error, (name, page, at.exception, [e.value for e in at.error])
+            assert metric(at, "Loss (cross entropy)") == expected, (name, page)
+
+
+@pytest.mark.parametrize("query", [{"step": "9"}, {"top_k": "100000"}, {"temperature": "-1"}, {"model": "nope"}])
+def test_a_broken_link_still_opens(query):
+    at = app("figure57", **query)
+    assert not at.exception
+    assert metric(at, "Loss (cross entropy)") == "10.7940"
