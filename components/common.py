@@ -6,6 +6,7 @@ import contextlib
 import html
 import json
 import logging
+import re
 from dataclasses import dataclass
 
 import streamlit as st
@@ -73,7 +74,7 @@ def friendly_errors():
     try:
         yield
     except LossLensError as e:
-        st.error(f"{e}", icon=":material/error:")
+        st.error(md(e), icon=":material/error:")
         st.caption("Fix the input in the sidebar; the views update as soon as it is valid.")
     except MemoryError:
         st.error("Out of memory: use fewer or shorter texts.", icon=":material/memory:")
@@ -112,6 +113,15 @@ def proba(p) -> str:
 
 def esc(text: str) -> str:
     return html.escape(str(text), quote=True)
+
+
+_MD_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+\-.!|$<>~:&])")
+
+
+def md(text: str) -> str:
+    """User text (a file name, an error quoting the input) inside st.markdown / st.error:
+    backslash-escaped so it shows literally, never as Markdown, LaTeX or HTML."""
+    return _MD_SPECIAL.sub(r"\\\1", str(text))
 
 
 def label(summary_: dict, row: int, pos: int) -> str:

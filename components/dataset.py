@@ -42,7 +42,7 @@ def _corpus() -> tuple[str, str] | None:
         try:
             return verdict(), "The Verdict"
         except CorpusError as e:
-            st.error(f"{e}", icon=":material/cloud_off:")
+            st.error(common.md(e), icon=":material/cloud_off:")
             st.caption("Or choose “Upload a file” or “Paste text” above.")
             return None
     if source == SOURCES[1]:
@@ -135,7 +135,7 @@ def render(inputs: common.Inputs) -> None:
         settings, num_batches = _settings(model.context_length)
         c = counts(text, tuple(asdict(settings).values()))
         st.markdown(
-            f"**{name}**: {c['characters']:,} characters, {c['tokens']:,} tokens; "
+            f"**{common.md(name)}**: {c['characters']:,} characters, {c['tokens']:,} tokens; "
             f"training {_n(c['train']['batches'], 'batch')} ({c['train_tokens']:,} tokens), "
             f"validation {_n(c['val']['batches'], 'batch')} ({c['val_tokens']:,} tokens)."
         )
