@@ -260,3 +260,54 @@ def wait_for_metric(page, label: str, expected: str, timeout: float = APP_TIMEOU
         arg=[label, expected],
         timeout=timeout,
     )
+
+
+# The issue's hostile input: HTML, script, style, Markdown/LaTeX control characters, emoji,
+# right-to-left text, zero-width characters and the special token, one per line.
+HOSTILE_LINES = [
+    "<img src=x onerror=alert(1)> tail",
+    "<script>window.__pwned = 1; alert(1)</script>",
+    "<style>*{display:none}</style> hidden?",
+    "**bold** $$x^2$$ # heading `code` _it_ [link](javascript:alert(1))",
+    "emoji 😀🙂👍🏽 and café",
+    "right to left: שלום עולם مرحبا بالعالم",
+    "zero\u200bwidth\u200djoin\ufeffbom",
+    "special <|endoftext|> token",
+]
+INJECTION_MARKERS = ["<img src=x onerror=alert(1)>", "<script>", "<style>*{display:none}</style>"]
+
+
+def injected(page) -> list[str]:
+    """What user text would have added to the page if it were treated as code or style."""
+    found = page.evaluate(
+        """() => {
+        const out = [];
+        if (window.__pwned) out.push('a <script> from user text ran');
+        if (document.querySelector('img[src="x"]')) out.push('an <img src=x> element exists');
+        for (const s of document.querySelectorAll('style'))
+            if (s.textContent.includes('*{display:none}')) out.push('a user <style> element exists');
+        for (const s of document.querySelectorAll('script'))
+            if (s.textContent.includes('__pwned')) out.push('a user <script> element exists');
+        for (const a of document.querySelectorAll('a[href^="javascript:"]')) out.push('a javascript: link exists');
+        const app = document.querySelector('[data-testid="stApp"]');
+        if (getComputedStyle(document.body).display === 'none' || !app || getComputedStyle(app).display === 'none')
+            out.push('the page was hidden by a style');
+        return out;
+    }"""
+    )
+    return found
+
+
+def choose_corpus(page, source: str) -> None:
+    """Pick a corpus source in the dataset view ("The Verdict", "Upload a file", "Paste text")."""
+    page.get_by_text(source, exact=True).click()
+    wait_for_app(page)
+
+
+def upload(page, path) -> None:
+    page.locator('[data-testid="stFileUploader"] input[type="file"]').set_input_files(str(path))
+    wait_for_app(page)
+
+
+def alerts(page) -> str:
+    return "\n".join(page.locator('[data-testid="stAlert"]').all_inner_texts())
