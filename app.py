@@ -9,6 +9,8 @@ import streamlit as st
 from components import common, sidebar
 
 # One line per view: (page file, title, icon, URL path). The first opens at "/".
+# A page file defines render(inputs) and ends with
+#     if __name__ == "__main__": render(common.current_inputs())
 VIEWS = [
     ("components/tokens.py", "Tokens", ":material/token:", "tokens"),
     ("components/probabilities.py", "Next-token probabilities", ":material/bar_chart:", "probabilities"),

@@ -73,7 +73,7 @@ def render(inputs: common.Inputs) -> None:
         st.caption(f"Uniform baseline: ln({v:,}) = {math.log(v):.4f}; bits per token = loss / ln 2.")
 
         st.subheader("Why the built-in works from logits", anchor=False)
-        low = common.summary(inputs, temperature=LOW_TEMPERATURE)
+        low = common.summary(common.Inputs(**{**inputs.__dict__, "top_k": 1}), temperature=LOW_TEMPERATURE)
         naive, stable = low["neg_avg_log_probas"], low["loss"]
         st.markdown(
             f"At temperature {LOW_TEMPERATURE} the logits are multiplied by {1 / LOW_TEMPERATURE:,.0f}. "

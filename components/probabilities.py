@@ -58,7 +58,7 @@ def render(inputs: common.Inputs) -> None:
         )
         p = s["texts"][r]["positions"][i]
         c1, c2, c3 = st.columns(3)
-        c1.metric("Target token", p["target"], help=f"token id {p['target_id']}")
+        c1.metric("Target token", common.md(p["target"]), help=f"token id {p['target_id']}")  # metric values are Markdown
         c2.metric("Target probability", common.proba(p["target_proba"]))
         c3.metric("Target rank", f"{p['rank']:,} of {s['vocab_size']:,}", help="1 = the model's favourite")
         st.caption("Context the model has read:")
