@@ -42,7 +42,7 @@ def _play() -> None:
 
 def _positions(s: dict) -> list[tuple[str, dict]]:
     return [
-        (f"{common.esc(p['input'])} → {common.esc(p['target'])}<br>text {r + 1}, pos {p['position']}", p)
+        (f"{common.esc(p['input'])} → {common.esc(p['target'])}<br>{r + 1}·{p['position']}", p)
         for r, t in enumerate(s["texts"])
         for p in t["positions"]
     ]
@@ -110,7 +110,7 @@ def figure(s: dict, step: int) -> go.Figure:
                 annotation_font_color=common.ACCENT,
             )
         fig.update_yaxes(title="−log probability (nats)" if step == 6 else "log probability (nats)")
-    fig.update_xaxes(tickangle=0)
+    fig.update_xaxes(tickangle=0, title="input → target (text·position)")
     fig.update_layout(barmode="group", height=420, legend=dict(orientation="h", yanchor="top", y=-0.18), title=STEPS[step - 1][1])
     return fig
 
