@@ -291,3 +291,13 @@ def test_a_broken_link_still_opens(query):
     at = app("figure57", **query)
     assert not at.exception
     assert metric(at, "Loss (cross entropy)") == "10.7940"
+
+
+@pytest.mark.parametrize("text", ["**", "$$"])
+def test_error_messages_quote_the_input_literally(text):
+    """A one-token text is quoted in the message; Markdown/LaTeX in it must not render."""
+    at = app()
+    set_text(at, text)
+    (error,) = at.error
+    escaped = "".join("\\" + ch for ch in text)
+    assert "single token" in error.value and escaped in error.value
