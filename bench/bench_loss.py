@@ -18,6 +18,7 @@ measured in fresh subprocesses.
     pip install --no-deps llms-from-scratch==1.0.19 && pip install matplotlib tqdm
     python bench/bench_loss.py                 # 50 timed runs after 5 warm-up runs
     python bench/bench_loss.py --runs 200 --startup-runs 5
+    python bench/bench_loss.py --threads 1        # steadier on a machine shared with other work
 """
 
 from __future__ import annotations
@@ -153,9 +154,13 @@ def main(argv=None) -> int:
     parser.add_argument("--runs", type=int, default=50, help="timed runs of each (median reported)")
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--startup-runs", type=int, default=3, help="fresh processes per start-up measurement")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads for both (default: torch's choice)")
     args = parser.parse_args(argv)
 
     import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     from core.loss import compute_loss
     from core.model import GPT_CONFIG_124M, build_untrained_model
