@@ -62,3 +62,53 @@ register(
         seeded=True,
     )
 )
+
+
+def _register_pretrained() -> None:
+    """OpenAI's GPT-2 releases, downloaded from the Hugging Face Hub on first use (core.weights)."""
+    from .weights import HF_REPOS, MEMORY, SIZE_NAMES, memory_warning
+
+    for size in HF_REPOS:
+        warning = memory_warning(size)
+        register(
+            ModelSpec(
+                key=f"gpt2-{size.lower()}",
+                label=f"Pretrained {SIZE_NAMES[size]} (OpenAI weights)",
+                description=f"OpenAI's GPT-2 weights ({HF_REPOS[size]}, {MEMORY[size][0]} download on first use), "
+                "context 1024, qkv_bias True (section 5.5)." + (f" {warning}" if warning else ""),
+                load=lambda seed, size=size: _load_pretrained(size),
+                needs_download=True,
+            )
+        )
+
+
+def _load_pretrained(size: str) -> GPTModel:
+    from .weights import load_pretrained_gpt2
+
+    return load_pretrained_gpt2(size)
+
+
+def _trained_models() -> list[ModelSpec]:
+    """Models trained with `python -m core train` or in the app, saved in the cache."""
+    from .train import list_trained_models, load_trained_model
+
+    specs = []
+    for path, meta in list_trained_models():
+        s, cfg = meta["state"], meta["config"]
+        val = f", val loss {s['val_losses'][-1]:.3f}" if s.get("val_losses") else ""
+        done = "" if not s.get("stopped") else " (stopped, resumable)"
+        specs.append(
+            ModelSpec(
+                key=f"trained-{meta['name']}",
+                label=f"Trained: {meta['name']} ({meta['preset']} preset, {s['epoch']} epochs{val}){done}",
+                description=f"Trained on a corpus by train_model_simple (section 5.2): {cfg['n_layers']} layers, "
+                f"width {cfg['emb_dim']}, context {cfg['context_length']}, {s['global_step'] + 1} steps, "
+                f"{s['tokens_seen']:,} tokens seen; saved {meta.get('saved_at', '')}.",
+                load=lambda seed, path=path: load_trained_model(path),
+            )
+        )
+    return specs
+
+
+_register_pretrained()
+register_provider(_trained_models)

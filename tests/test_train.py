@@ -1,0 +1,196 @@
+"""Training (section 5.2) on a tiny configuration: the book's loop, stop/resume, saving, the registry."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+
+import pytest
+import torch
+
+from core.data import LoaderSettings
+from core.errors import InvalidParameterError, LossLensError, NoBatchesError, WeightsError
+from core.model import GPTModel
+from core.train import (
+    Preset,
+    TrainingRun,
+    TrainState,
+    generate_text_simple,
+    get_preset,
+    list_trained_models,
+    load_trained_model,
+    make_train_loaders,
+    model_path,
+    run_training,
+    text_to_token_ids,
+    token_ids_to_text,
+    train_model_simple,
+)
+
+TINY_CFG = {"vocab_size": 50257, "context_length": 32, "emb_dim": 32, "n_heads": 2, "n_layers": 2,
+            "drop_rate": 0.1, "qkv_bias": False}
+TINY = Preset(
+    name="tiny",
+    description="test configuration",
+    cfg=TINY_CFG,
+    settings=LoaderSettings(train_ratio=0.9, context_length=32, stride=32, batch_size=4, seed=123),
+    num_epochs=2,
+    lr=0.004,
+    eval_freq=2,
+    eval_iter=2,
+)
+
+
+@pytest.fixture(scope="module")
+def text(verdict_path):
+    return verdict_path.read_text(encoding="utf-8")[:6000]
+
+
+def _fresh(preset=TINY):
+    torch.manual_seed(preset.seed)
+    model = GPTModel(preset.cfg)
+    return model, torch.optim.AdamW(model.parameters(), lr=preset.lr, weight_decay=preset.weight_decay)
+
+
+def test_a_few_steps_lower_the_loss(text, tokenizer):
+    train_loader, val_loader = make_train_loaders(text, TINY.settings, tokenizer)
+    model, optimizer = _fresh()
+    lines = []
+    train_losses, val_losses, tokens = train_model_simple(
+        model, train_loader, val_loader, optimizer, "cpu", 2, 2, 2, "Every effort moves you", tokenizer, log=lines.append)
+    assert len(train_losses) == len(val_losses) == len(tokens) >= 4
+    assert train_losses[0] > math.log(50257) - 0.5  # untrained: about uniform over the vocabulary
+    assert train_losses[-1] < train_losses[0] - 1.0 and val_losses[-1] < val_losses[0] - 0.5
+    assert tokens == sorted(tokens) and tokens[0] == 4 * 32  # one batch of 4 x 32 tokens at step 0
+    assert lines[0].startswith("Ep 1 (Step 000000): Train loss ") and ", Val loss " in lines[0]
+    assert sum(line.startswith("Every effort moves you") for line in lines) == 2  # a sample per epoch
+
+
+def test_same_log_as_the_books_reference_code(text, tokenizer, capsys):
+    """llms_from_scratch's train_model_simple on the same model, loaders and seed gives our numbers."""
+    ch05 = pytest.importorskip("llms_from_scratch.ch05")
+    train_loader, val_loader = make_train_loaders(text, TINY.settings, tokenizer)
+    model, optimizer = _fresh()
+    ours = train_model_simple(model, train_loader, val_loader, optimizer, "cpu", 1, 2, 2,
+                              "Every effort moves you", tokenizer, log=None)
+    model, optimizer = _fresh()
+    book = ch05.train_model_simple(model, train_loader, val_loader, optimizer, "cpu", 1, 2, 2,
+                                   "Every effort moves you", tokenizer)
+    capsys.readouterr()
+    assert book[2] == ours[2]
+    for a, b in zip(book[0] + book[1], ours[0] + ours[1], strict=True):
+        assert a == pytest.approx(b, abs=1e-4)
+
+
+def test_should_stop_ends_after_the_current_step(text, tokenizer):
+    train_loader, val_loader = make_train_loaders(text, TINY.settings, tokenizer)
+    model, optimizer = _fresh()
+    state = TrainState()
+    train_model_simple(model, train_loader, val_loader, optimizer, "cpu", 5, 2, 2, "Every", tokenizer,
+                       state=state, should_stop=lambda: state.global_step >= 2, log=None)
+    assert state.stopped and state.global_step == 2 and state.epoch == 0 and state.batch == 3
+    assert state.tokens_seen == 3 * 4 * 32 and state.eval_steps == [0, 2]
+
+
+def test_stop_and_resume_equals_an_uninterrupted_run(text):
+    full = run_training(TINY, text, "uninterrupted", log=None)
+    assert full.finished and full.state.global_step + 1 == 2 * full.steps_per_epoch
+    steps = []
+    part = run_training(TINY, text, "resumed", log=None, on_step=lambda s: steps.append(s.global_step),
+                        should_stop=lambda: len(steps) >= full.steps_per_epoch + 2)  # mid epoch 2
+    assert not part.finished and part.state.epoch == 1 and part.state.batch == 2
+    # Resume from the files alone (weights, AdamW moments, generator states).
+    done = run_training(TINY, text, "resumed", resume=True, log=None)
+    assert done.finished and done.state.global_step == full.state.global_step
+    assert done.state.train_losses == full.state.train_losses and done.state.val_losses == full.state.val_losses
+    assert done.state.samples == full.state.samples
+    a = load_trained_model(full.path).state_dict()
+    b = load_trained_model(done.path).state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_resume_checks_corpus_and_preset(text):
+    run_training(TINY, text, "checked", log=None, should_stop=lambda: True)
+    with pytest.raises(InvalidParameterError, match="another text"):
+        run_training(TINY, text[:5000], "checked", resume=True, log=None)
+    with pytest.raises(InvalidParameterError, match="preset"):
+        run_training(replace(TINY, name="other"), text, "checked", resume=True, log=None)
+    with pytest.raises(WeightsError):
+        run_training(TINY, text, "never-saved", resume=True, log=None)
+
+
+def test_saved_model_round_trip_and_registry(text, tokenizer):
+    from core.registry import available_models, load_model
+
+    result = run_training(replace(TINY, num_epochs=1), text, "roundtrip", log=None)
+    model = load_trained_model(result.path)
+    assert not model.training and not any(p.requires_grad for p in model.parameters())
+    ids = text_to_token_ids("Every effort moves you", tokenizer)
+    spec = available_models()["trained-roundtrip"]
+    assert "tiny preset" in spec.label and "1 epochs" in spec.label
+    with torch.no_grad():
+        torch.testing.assert_close(load_model("trained-roundtrip")(ids), model(ids), rtol=0, atol=0)
+    assert any(path == result.path for path, _ in list_trained_models())
+    # The stored sample is what the loaded weights generate greedily.
+    out = token_ids_to_text(generate_text_simple(model, ids, 50, 32), tokenizer).replace("\n", " ")
+    assert out == result.state.samples[-1]
+
+
+def test_damaged_or_foreign_files_are_not_offered(tmp_path):
+    from safetensors.torch import save_file
+
+    folder = model_path("x").parent
+    (folder / "junk.safetensors").write_bytes(b"not a safetensors file")
+    save_file({"w": torch.zeros(2)}, str(folder / "foreign.safetensors"))
+    names = [p.name for p, _ in list_trained_models()]
+    assert "junk.safetensors" not in names and "foreign.safetensors" not in names
+    with pytest.raises(WeightsError):
+        load_trained_model(folder / "foreign.safetensors")
+
+
+def test_generate_text_simple_is_greedy_and_matches_the_book(tokenizer):
+    ch04 = pytest.importorskip("llms_from_scratch.ch04")
+    model, _ = _fresh()
+    model.eval()
+    idx = text_to_token_ids("Hello, I am", tokenizer)
+    out = generate_text_simple(model, idx, 6, 32)
+    assert torch.equal(out, generate_text_simple(model, idx, 6, 32))
+    assert torch.equal(out, ch04.generate_text_simple(model, idx, 6, 32))
+    with torch.no_grad():
+        assert out[0, 4].item() == model(idx)[0, -1].argmax().item()
+
+
+def test_bad_inputs_are_typed_errors(text):
+    with pytest.raises(InvalidParameterError):
+        get_preset("huge")
+    with pytest.raises(InvalidParameterError):
+        get_preset("quick", num_epochs=0)
+    for name in ("", "../escape", "a/b", "x" * 65, "bad name"):
+        with pytest.raises(InvalidParameterError):
+            run_training(TINY, text, name, log=None)
+    with pytest.raises(NoBatchesError):
+        run_training(TINY, text[:300], "short", log=None)
+    with pytest.raises(LossLensError):
+        run_training(TINY, "   ", "blank", log=None)
+
+
+def test_training_run_in_a_thread_can_be_stopped(text):
+    run = TrainingRun(replace(TINY, num_epochs=50), text, "threaded").start()
+    deadline = 120
+    import time
+
+    t0 = time.time()
+    while run.snapshot()["step"] < 3 and time.time() - t0 < deadline:
+        time.sleep(0.05)
+    run.stop()
+    run.join(deadline)
+    snap = run.snapshot()
+    assert not snap["running"] and snap["error"] is None and snap["stopped"] and not snap["finished"]
+    assert 3 <= snap["step"] < snap["total_steps"] and snap["evals"][0]["step"] == 0
+    assert model_path("threaded").is_file()
+
+
+def test_training_run_reports_errors_instead_of_raising(text):
+    run = TrainingRun(TINY, text[:300], "too-short").start()
+    run.join(60)
+    assert "NoBatchesError" in run.snapshot()["error"]
