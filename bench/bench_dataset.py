@@ -1,0 +1,98 @@
+"""Section 5.1.3's full pass (training + validation loss on The Verdict), ours vs the book's.
+
+The reference is the book's own code from llms_from_scratch: ch02.create_dataloader_v1,
+ch04.GPTModel and ch05.calc_loss_loader, seeded exactly as the ch05 notebook. Both passes
+run in the same process, alternately, and the best of --repeats runs of each is kept, so
+the ratio holds on a busy machine. Both timings include building the loaders.
+
+    python bench/bench_dataset.py [--corpus PATH] [--repeats 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+
+from core.corpus import load_verdict  # noqa: E402
+from core.data import LoaderSettings  # noqa: E402
+from core.evaluate import evaluate_dataset  # noqa: E402
+from core.model import GPT_CONFIG_124M, build_untrained_model  # noqa: E402
+from core.tokenizer import seed_tiktoken_cache  # noqa: E402
+
+
+def matmul_flops(cfg: dict, batches: list[tuple[int, int]]) -> float:
+    """Multiply-add FLOPs of the forward passes: the linear layers, the attention
+    products QK^T and AV (full T x T, as the book's code computes them) and the out_head."""
+    d, L, V = cfg["emb_dim"], cfg["n_layers"], cfg["vocab_size"]
+    total = 0
+    for b, t in batches:
+        n = b * t
+        total += L * (2 * n * 12 * d * d + 4 * b * t * t * d) + 2 * n * d * V
+    return float(total)
+
+
+def reference_pass(text: str):
+    from llms_from_scratch.ch02 import create_dataloader_v1
+    from llms_from_scratch.ch04 import GPTModel
+    from llms_from_scratch.ch05 import calc_loss_loader
+
+    torch.manual_seed(123)
+    model = GPTModel(GPT_CONFIG_124M).eval()
+    start = time.perf_counter()
+    split = int(0.9 * len(text))
+    torch.manual_seed(123)
+    train = create_dataloader_v1(text[:split], batch_size=2, max_length=256, stride=256, drop_last=True, shuffle=True)
+    val = create_dataloader_v1(text[split:], batch_size=2, max_length=256, stride=256, drop_last=False, shuffle=False)
+    torch.manual_seed(123)
+    with torch.no_grad():
+        losses = calc_loss_loader(train, model, "cpu"), calc_loss_loader(val, model, "cpu")
+    shapes = [tuple(x.shape) for loader in (train, val) for x, _ in loader]
+    return time.perf_counter() - start, losses, shapes
+
+
+def our_pass(text: str):
+    model = build_untrained_model(123)
+    start = time.perf_counter()
+    r = evaluate_dataset(model, text, LoaderSettings())
+    return time.perf_counter() - start, (r.train_loss, r.val_loss)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--corpus", help="The Verdict's path (default: $LOSSLENS_VERDICT_PATH, cache or download)")
+    p.add_argument("--repeats", type=int, default=2)
+    args = p.parse_args()
+
+    os.environ["TIKTOKEN_CACHE_DIR"] = str(seed_tiktoken_cache(Path(tempfile.mkdtemp())))
+    text = load_verdict(args.corpus)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, load average {os.getloadavg()[0]:.1f}")
+    ref_times, our_times = [], []
+    for i in range(args.repeats):
+        t_ref, ref_losses, shapes = reference_pass(text)
+        t_our, our_losses = our_pass(text)
+        ref_times.append(t_ref)
+        our_times.append(t_our)
+        print(f"run {i + 1}: reference {t_ref:6.2f} s   ours {t_our:6.2f} s")
+
+    flops = matmul_flops(GPT_CONFIG_124M, shapes)
+    t_ref, t_our = min(ref_times), min(our_times)
+    diff = max(abs(a - b) for a, b in zip(ref_losses, our_losses, strict=True))
+    print(f"batches {len(shapes)} {sorted(set(shapes))}, matmul work {flops / 1e12:.3f} TFLOP")
+    print(f"reference  train {ref_losses[0]:.10f}  val {ref_losses[1]:.10f}")
+    print(f"ours       train {our_losses[0]:.10f}  val {our_losses[1]:.10f}   max |difference| {diff:.1e}")
+    print(f"reference  {t_ref:6.2f} s  {flops / t_ref / 1e9:6.1f} GFLOPS")
+    print(f"ours       {t_our:6.2f} s  {flops / t_our / 1e9:6.1f} GFLOPS")
+    print(f"speed-up   {t_ref / t_our:.2f}x   (target >= 1.3x, losses equal to 1e-6: {'yes' if diff <= 1e-6 else 'NO'})")
+    return 0 if diff <= 1e-6 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
