@@ -7,11 +7,12 @@ import html
 import json
 import logging
 import re
+import time
 from dataclasses import dataclass
 
 import streamlit as st
 
-from core.errors import LossLensError
+from core.errors import LossLensError, WeightsError
 from core.loss import compute_loss
 from core.registry import get_spec, load_model  # noqa: F401 (get_spec: views use it)
 from core.report import summarize
@@ -40,11 +41,32 @@ class Inputs:
 # --- cached calls into core --------------------------------------------------------
 
 
-@st.cache_resource(max_entries=2, show_spinner="Building the model (first time only)…")
-def get_model(key: str, seed: int):
+RETRY_AFTER = 60  # seconds before a failed model load (e.g. a download offline) is tried again
+
+
+@st.cache_resource(max_entries=2, show_spinner="Loading the model (once; a pretrained one downloads first)…")
+def _cached_model(key: str, seed: int):
     """One shared, frozen model per (key, seed); inference only, so threads can share it.
     Two entries: a seed change keeps the previous model for a quick switch back (~650 MB each)."""
     return load_model(key, seed)
+
+
+@st.cache_resource
+def _failed_loads() -> dict:
+    return {}
+
+
+def get_model(key: str, seed: int):
+    """The cached model; a load that just failed fails again at once instead of retrying a
+    download on every click (offline that takes ~25 s each time)."""
+    failed = _failed_loads()
+    if (key, seed) in failed and time.monotonic() - failed[(key, seed)][0] < RETRY_AFTER:
+        raise WeightsError(failed[(key, seed)][1])
+    try:
+        return _cached_model(key, seed)
+    except LossLensError as e:
+        failed[(key, seed)] = (time.monotonic(), str(e))
+        raise
 
 
 @st.cache_resource

@@ -55,14 +55,20 @@ def render() -> Inputs:
             st.session_state.text = PRESETS[name]
 
     models = available_models()
+    # The URL carries the model's stable key, not its label (a trained model's label changes).
+    if "model" not in st.session_state and st.query_params.get("model") in models:
+        st.session_state.model = st.query_params["model"]
     model = sb.selectbox(
         "Model",
         list(models),
         format_func=lambda k: models[k].label,
         key="model",
-        bind="query-params",
         help="Models come from core.registry; trained models appear here once saved.",
     )
+    if model == next(iter(models)):
+        st.query_params.pop("model", None)
+    else:
+        st.query_params["model"] = model
     sb.selectbox(
         "Preset",
         [*PRESETS, CUSTOM],

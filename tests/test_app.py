@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 
 import pytest
 from conftest import BOOK_TEXTS, ROOT, VERDICT_PATH
@@ -46,6 +47,11 @@ def metric(at: AppTest, label: str) -> str:
     values = [m.value for m in at.metric if m.label == label]
     assert values, f"no metric {label!r} in {[m.label for m in at.metric]}"
     return values[0]
+
+
+def errors(at: AppTest) -> str:
+    """The error messages as the page shows them (Markdown backslash escapes removed)."""
+    return " ".join(re.sub(r"\\(.)", r"\1", e.value) for e in at.error)
 
 
 def html_bodies(at: AppTest) -> str:
@@ -301,3 +307,28 @@ def test_error_messages_quote_the_input_literally(text):
     (error,) = at.error
     escaped = "".join("\\" + ch for ch in text)
     assert "single token" in error.value and escaped in error.value
+
+
+def test_a_model_that_cannot_download_gives_a_message_once(monkeypatch):
+    """Offline (the network mocked): a clear message, and no new download try on every click."""
+    import huggingface_hub
+
+    calls = []
+
+    def offline(*args, **kwargs):
+        calls.append(kwargs.get("repo_id"))
+        raise OSError("Name or service not known")
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", offline)
+    for name in [n for n in os.environ if n.startswith("LOSSLENS_GPT2_")]:
+        monkeypatch.delenv(name)
+    at = app()
+    at.selectbox(key="model").set_value("gpt2-124m").run()
+    assert not at.exception
+    assert "Could not download GPT-2 124M" in errors(at)
+    assert at.query_params["model"] in ("gpt2-124m", ["gpt2-124m"])
+    at.number_input(key="top_k").set_value(3).run()
+    assert at.error and len(calls) == 1
+    at.selectbox(key="model").set_value("untrained-124m").run()
+    assert metric(at, "Loss (cross entropy)") == "10.7940"
+    assert "model" not in at.query_params
