@@ -332,3 +332,24 @@ def test_a_model_that_cannot_download_gives_a_message_once(monkeypatch):
     at.selectbox(key="model").set_value("untrained-124m").run()
     assert metric(at, "Loss (cross entropy)") == "10.7940"
     assert "model" not in at.query_params
+
+
+def test_a_rerun_that_changes_nothing_computes_nothing(monkeypatch):
+    import components.common as common
+
+    calls = []
+    real = common.compute_loss
+
+    def counting(*args, **kwargs):
+        calls.append(args[1])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(common, "compute_loss", counting)
+    at = app()
+    assert calls == [BOOK_TEXTS]
+    at.run()
+    at.switch_page("components/figure57.py").run()
+    at.button[1].click().run()  # Next: a new step, the same numbers
+    assert len(calls) == 1
+    set_text(at, "a new text to read")
+    assert calls[-1] == ["a new text to read"] and len(calls) == 2
