@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import statistics
 import sys
 import tempfile
@@ -55,6 +56,12 @@ def proc_kib(pid: int, field: str) -> int:
         if line.startswith(field + ":"):
             return int(line.split()[1])
     raise KeyError(field)
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (/proc/<pid>/stat fields 14 and 15)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def tree_rss_kib(pid: int) -> int:
@@ -181,10 +188,13 @@ async def main_async(args) -> int:
                 rss.append(("after warm-up", tree_rss_kib(server.pid)))
             rounds = []
             for r in range(args.rounds):
+                cpu0 = cpu_seconds(server.pid) if server else float("nan")
+                load0 = os.getloadavg()[0]
                 t0 = time.perf_counter()
                 outs = await run_round(browser, url, texts, expected)
                 wall = time.perf_counter() - t0
-                rounds.append((outs, wall))
+                cpu = (cpu_seconds(server.pid) if server else float("nan")) - cpu0
+                rounds.append((outs, wall, cpu, max(load0, os.getloadavg()[0])))
                 if server:
                     rss.append((f"after round {r + 1}", tree_rss_kib(server.pid)))
             await browser.close()
@@ -197,7 +207,7 @@ async def main_async(args) -> int:
     print(f"warm-up session: open {warm[0].get('open', float('nan')):.2f} s, errors {len(warm[0]['errors'])}")
     total_errors = 0
     all_results = []
-    for r, (outs, wall) in enumerate(rounds, 1):
+    for r, (outs, wall, cpu, load) in enumerate(rounds, 1):
         opens = [o["open"] for o in outs if "open" in o]
         results = [o["result"] for o in outs if "result" in o]
         errors = [e for o in outs for e in o["errors"]]
@@ -209,6 +219,10 @@ async def main_async(args) -> int:
             f"{percentile(results, 0.5):.2f} s p95 {percentile(results, 0.95):.2f} s "
             f"max {max(results, default=float('nan')):.2f} s | sessions with own number "
             f"{len(results)}/{len(outs)} | errors {len(errors)}"
+        )
+        print(
+            f"         server CPU {cpu:.1f} s ({cpu / len(outs):.2f} s per session: page run + edit rerun) "
+            f"on {os.cpu_count()} cores, machine load average {load:.1f}"
         )
         for e in errors[:10]:
             print("   ", e)
