@@ -18,6 +18,8 @@ VIEWS = [
     ("components/cross_entropy.py", "Cross entropy", ":material/functions:", "cross-entropy"),
     ("components/per_token.py", "Per-token loss", ":material/format_color_text:", "per-token-loss"),
     ("components/dataset.py", "Dataset losses", ":material/dataset:", "dataset"),
+    ("components/training.py", "Training", ":material/model_training:", "training"),
+    ("components/compare.py", "Compare models", ":material/compare_arrows:", "compare"),
 ]
 
 # An emoji favicon is drawn locally; a :material/...: one is fetched from a font CDN (fails offline).

@@ -135,7 +135,53 @@ def cmd_dataset(args) -> int:
     return 0
 
 
-COMMANDS = [add_loss, add_dataset]
+def add_train(sub) -> None:
+    p = sub.add_parser("train", help="pretrain a GPT on a corpus with the book's train_model_simple (section 5.2)")
+    p.add_argument("--preset", choices=["quick", "book"], default="quick",
+                   help="quick: a small GPT in under a minute; book: GPT_CONFIG_124M for 10 epochs")
+    p.add_argument("--corpus", metavar="PATH", help="a UTF-8 text file (default: The Verdict, cached or downloaded)")
+    p.add_argument("--epochs", type=int, default=None, help="number of epochs (default: the preset's)")
+    p.add_argument("--out", metavar="NAME", default=None, help="save as NAME in the cache (default: the preset's name)")
+    p.add_argument("--resume", action="store_true", help="continue the stopped run saved as NAME")
+    p.add_argument("--estimate", action="store_true", help="only measure a few steps and print the time estimate")
+    p.set_defaults(func=cmd_train)
+
+
+def cmd_train(args) -> int:
+    import signal
+
+    from .corpus import load_verdict, read_corpus_file
+    from .train import check_name, estimate_time, get_preset, run_training
+
+    preset = get_preset(args.preset, num_epochs=args.epochs)
+    name = check_name(args.out or preset.name)  # fail fast, before reading the corpus
+    text = read_corpus_file(args.corpus) if args.corpus else load_verdict()
+    print(f"Preset {preset.name}: {preset.description}", flush=True)
+    if args.estimate or preset.name == "book":
+        e = estimate_time(preset, text)
+        print(
+            f"Measured on this machine ({e['threads']} threads): {e['step_s']:.2f} s per step, "
+            f"{e['steps_per_epoch']} steps per epoch -> about {e['epoch_s']:.0f} s per epoch, "
+            f"{e['total_s'] / 60:.1f} min for {preset.num_epochs} epochs (with evaluations and samples).",
+            flush=True,
+        )
+        if args.estimate:
+            return 0
+    stop = []
+    previous = signal.signal(signal.SIGINT, lambda *_: stop.append(True))  # Ctrl-C: stop after this step, save
+    try:
+        result = run_training(preset, text, name, resume=args.resume, should_stop=lambda: bool(stop),
+                              log=lambda line: print(line, flush=True))
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    s = result.state
+    status = "finished" if result.finished else f"stopped at step {s.global_step}; continue with --resume --out {name}"
+    print(f"{status}: {s.global_step + 1} steps, {s.tokens_seen:,} tokens seen, {result.elapsed_s:.1f} s "
+          f"({result.elapsed_s / max(s.global_step + 1, 1):.2f} s per step incl. evaluation). Saved {result.path}")
+    return 0
+
+
+COMMANDS = [add_loss, add_dataset, add_train]
 
 
 def run(args) -> int:

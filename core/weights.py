@@ -132,6 +132,22 @@ def download_gpt2_safetensors(size: str = "124M", cache_dir: str | Path | None =
         ) from e
 
 
+def cached_gpt2_path(size: str = "124M", cache_dir: str | Path | None = None) -> Path | None:
+    """The local model.safetensors for `size` if it is already here (no network), else None."""
+    try:
+        local = os.environ.get(weights_env(check_size(size)))
+        if local:
+            return Path(local) if Path(local).is_file() else None
+        from huggingface_hub import try_to_load_from_cache
+
+        from .paths import cache_dir as default_cache
+
+        found = try_to_load_from_cache(HF_REPOS[size], FILENAME, cache_dir=str(cache_dir or default_cache() / "huggingface"))
+        return Path(found) if isinstance(found, str) else None
+    except (OSError, ValueError):
+        return None
+
+
 def read_safetensors(path: str | Path) -> dict[str, torch.Tensor]:
     """All tensors of a safetensors file; anything else (pickle .bin/.pt, a truncated file) is refused."""
     path = Path(path)

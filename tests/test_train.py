@@ -194,3 +194,17 @@ def test_training_run_reports_errors_instead_of_raising(text):
     run = TrainingRun(TINY, text[:300], "too-short").start()
     run.join(60)
     assert "NoBatchesError" in run.snapshot()["error"]
+
+
+def test_cli_train_prints_the_book_log_and_saves(tmp_path, verdict_path, capsys):
+    from core.__main__ import main
+
+    corpus = tmp_path / "slice.txt"
+    corpus.write_text(verdict_path.read_text(encoding="utf-8")[:8000], encoding="utf-8")
+    assert main(["train", "--preset", "quick", "--corpus", str(corpus), "--epochs", "1", "--out", "cli-quick"]) == 0
+    out = capsys.readouterr().out
+    assert "Ep 1 (Step 000000): Train loss " in out and "\nEvery effort moves you" in out
+    assert "finished: " in out and model_path("cli-quick").is_file()
+    assert main(["train", "--out", "no/slash"]) == 2
+    assert "error: Model name" in capsys.readouterr().err
+    assert main(["train", "--preset", "quick", "--epochs", "0"]) == 2

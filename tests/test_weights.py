@@ -8,6 +8,7 @@ import torch.nn.functional as F
 
 from core.errors import WeightsError
 from core.weights import (
+    cached_gpt2_path,
     download_gpt2_safetensors,
     load_gpt2_weights,
     map_gpt2_state_dict,
@@ -150,6 +151,8 @@ def test_offline_mode_reads_the_hub_cache_without_network(monkeypatch, tmp_path,
     (repo / "refs" / "main").write_text(commit)
     path = download_gpt2_safetensors("124M", cache_dir=tmp_path)
     assert path.read_bytes() == hf_checkpoint[1].read_bytes()
+    assert cached_gpt2_path("124M", cache_dir=tmp_path) == path
+    assert cached_gpt2_path("355M", cache_dir=tmp_path) is None
 
 
 def test_local_file_via_environment(monkeypatch, tmp_path, hf_checkpoint):

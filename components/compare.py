@@ -1,0 +1,145 @@
+"""View: the same text through several models side by side: loss, perplexity, top-k, dataset losses.
+
+Untrained, trained (quick or book preset) and pretrained GPT-2 read the sidebar's texts;
+the numbers come from the same cached core calls as every other view, so they agree with them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import asdict
+
+import plotly.graph_objects as go
+import streamlit as st
+
+from components import common
+from core.data import LoaderSettings
+from core.errors import LossLensError
+from core.registry import available_models
+
+MAX_MODELS = 4  # each model is loaded in turn; a 124M model takes a few seconds
+
+
+def _default(models: dict) -> list[str]:
+    from core.weights import cached_gpt2_path
+
+    keys = ["untrained-124m"] if "untrained-124m" in models else []
+    keys += [k for k in models if k.startswith("trained-")][:2]
+    if "gpt2-124m" in models and cached_gpt2_path("124M") is not None:  # no download without asking
+        keys.append("gpt2-124m")
+    return keys[:MAX_MODELS]
+
+
+def _seed(key: str, seed: int) -> int:
+    return seed if common.get_spec(key).seeded else 0
+
+
+def _summaries(inputs: common.Inputs, keys: list[str]) -> dict[str, dict | str]:
+    out: dict[str, dict | str] = {}
+    bar = st.progress(0.0, text="Running the models…")
+    for n, key in enumerate(keys):
+        bar.progress(n / len(keys), text=f"{common.get_spec(key).label}…")
+        try:
+            out[key] = common.loss_summary(key, _seed(key, inputs.seed), inputs.texts, inputs.top_k, inputs.temperature)
+        except LossLensError as e:  # e.g. pretrained weights offline, or a text longer than a small context
+            out[key] = str(e)
+    bar.empty()
+    return out
+
+
+def _loss_chart(labels: list[str], losses: list[float], presentation: bool) -> None:
+    fig = go.Figure(go.Bar(x=labels, y=losses, marker_color=common.VIRIDIS[2], text=[f"{x:.3f}" for x in losses],
+                           textposition="outside"))
+    fig.update_yaxes(title="cross entropy (nats)")
+    fig.update_layout(height=360, title="Loss on the sidebar's texts")
+    common.chart(fig, "compare-loss", presentation)
+
+
+def _dataset_losses(keys: list[str], inputs: common.Inputs) -> None:
+    """Training and validation loss on The Verdict, shared with the Dataset view's results."""
+    from components.dataset import results, verdict
+    from core.evaluate import evaluate_dataset
+
+    st.subheader("Dataset losses (The Verdict, the book's loaders)", anchor=False)
+    text = verdict()
+    sha = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+    store = results()
+    rows, todo = [], []
+    for key in keys:
+        ctx = common.get_spec(key)  # settings must fit the model's context (a quick model reads 64 tokens)
+        try:
+            model = common.get_model(key, _seed(key, inputs.seed))
+        except LossLensError as e:
+            rows.append({"model": ctx.label, "note": str(e)})
+            continue
+        length = min(256, model.context_length)
+        settings = LoaderSettings(context_length=length, stride=length)
+        skey = (key, _seed(key, inputs.seed), sha, tuple(asdict(settings).values()), None)
+        if skey in store:
+            r = store[skey]
+            rows.append({"model": ctx.label, "context length": length, "training loss": r["train_loss"],
+                         "validation loss": r["val_loss"], "training perplexity": r["train_perplexity"],
+                         "validation perplexity": r["val_perplexity"]})
+        else:
+            todo.append((key, model, settings, skey))
+            rows.append({"model": ctx.label, "context length": length, "note": "not computed yet"})
+    if todo and st.button(f"Compute for {len(todo)} model(s)", icon=":material/calculate:", key="cmp_dataset"):
+        bar = st.progress(0.0)
+        for n, (key, model, settings, skey) in enumerate(todo):
+            bar.progress(n / len(todo), text=f"{common.get_spec(key).label}…")
+            store[skey] = evaluate_dataset(model, text, settings, tokenizer=common.tokenizer()).to_dict()
+        st.rerun()
+    st.dataframe(rows, hide_index=True)
+    st.caption("The validation loss is the honest one: a model trained on The Verdict has seen its training "
+               "split, and a low training loss with a high validation loss is memorisation.")
+
+
+def render(inputs: common.Inputs) -> None:
+    st.header("Compare models", anchor=False)
+    st.caption("The sidebar's texts through each model: the same six steps, side by side. An untrained model "
+               "is near the uniform guess (ln 50257 ≈ 10.82); training lowers the loss on text like its corpus.")
+    with common.friendly_errors():
+        models = available_models()
+        keys = st.multiselect("Models", list(models), default=_default(models), max_selections=MAX_MODELS,
+                              format_func=lambda k: models[k].label, key="cmp_models")
+        if not keys:
+            st.info("Choose one or more models. Train one in the Training view.", icon=":material/info:")
+            return
+        pending = [k for k in keys if models[k].needs_download]
+        if pending:
+            st.caption("Pretrained GPT-2 downloads once from the Hugging Face Hub (offline: a message says how "
+                       "to provide the file).")
+        res = _summaries(inputs, keys)
+        ok = {k: v for k, v in res.items() if isinstance(v, dict)}
+        for k, v in res.items():
+            if isinstance(v, str):
+                st.warning(f"{common.md(models[k].label)}: {common.md(v)}", icon=":material/warning:")
+        if not ok:
+            return
+        cols = st.columns(len(ok))
+        for col, (k, s) in zip(cols, ok.items(), strict=True):
+            col.metric(models[k].label, common.num(s["loss"]), help="cross entropy (loss)")
+            col.caption(f"perplexity {common.ppl(s['perplexity'])} · {s['bits_per_token']:.3f} bits per token")
+        _loss_chart([models[k].label for k in ok], [common.to_float(s["loss"]) for s in ok.values()],
+                    inputs.presentation)
+
+        st.subheader("Next-token predictions", anchor=False)
+        first = next(iter(ok.values()))
+        for row, text in enumerate(first["texts"]):
+            st.markdown(f"**Text {row + 1}**")
+            table = []
+            for pos, p in enumerate(text["positions"]):
+                line = {"input → target": f"{p['input']} → {p['target']}"}
+                for k, s in ok.items():
+                    q = s["texts"][row]["positions"][pos]
+                    top = ", ".join(f"{t['piece']} {common.proba(t['proba'])}" for t in q["top_k"])
+                    line[models[k].label] = f"p(target) {common.proba(q['target_proba'])} · rank {q['rank']} · top: {top}"
+                table.append(line)
+            st.dataframe(table, hide_index=True)  # a dataframe shows user text literally
+        rows = [{"model": models[k].label, "key": k, "loss": s["loss"], "perplexity": s["perplexity"]} for k, s in ok.items()]
+        common.downloads("compare", rows, {k: {"loss": s["loss"], "perplexity": s["perplexity"]} for k, s in ok.items()})
+        _dataset_losses(list(ok), inputs)
+
+
+if __name__ == "__main__":  # run as a page of app.py's st.navigation
+    render(common.current_inputs())

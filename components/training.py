@@ -1,0 +1,209 @@
+"""View: pretrain a GPT on The Verdict with the book's train_model_simple (section 5.2), live.
+
+The run is a core.train.TrainingRun: a background thread of this session that trains its
+own fresh model (never the shared cached one). A fragment polls it every second for the
+progress bar, the loss curves and the samples. One run at a time per server: training
+takes every core the server has.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import plotly.graph_objects as go
+import streamlit as st
+
+from components import common
+from core.errors import LossLensError
+from core.train import (
+    PRESETS,
+    TrainingRun,
+    check_name,
+    check_training_memory,
+    estimate_time,
+    get_preset,
+    list_trained_models,
+    resume_path,
+    training_memory_gb,
+)
+
+POLL_S = 1.0
+
+
+@st.cache_resource
+def _server() -> dict:
+    """The one training run this server allows at a time, shared by all sessions."""
+    return {"lock": threading.Lock(), "run": None}
+
+
+@st.cache_data(show_spinner="Loading The Verdict…", ttl=3600)
+def _verdict() -> str:
+    from core.corpus import load_verdict
+
+    return load_verdict()
+
+
+@st.cache_resource(show_spinner="Timing a few training steps on this server…", max_entries=4)
+def _estimate(preset_name: str) -> dict:
+    return estimate_time(get_preset(preset_name), _verdict())
+
+
+def figure(evals: list[dict], title: str = "Training and validation loss") -> go.Figure:
+    fig = go.Figure()
+    x = [e["tokens_seen"] for e in evals]
+    steps = [e["step"] for e in evals]
+    for name, key, colour, dash in (("training", "train_loss", common.NEUTRAL, "solid"),
+                                    ("validation", "val_loss", common.ACCENT, "dashdot")):
+        fig.add_scatter(x=x, y=[e[key] for e in evals], customdata=steps, mode="lines+markers", name=f"{name} loss",
+                        line=dict(color=colour, dash=dash),
+                        hovertemplate="step %{customdata}<br>%{x:,} tokens seen<br>loss %{y:.3f}<extra></extra>")
+    fig.update_xaxes(title="tokens seen")
+    fig.update_yaxes(title="cross entropy (nats)")
+    fig.update_layout(height=400, title=title, legend=dict(orientation="h", yanchor="top", y=-0.2))
+    return fig
+
+
+def _forget_cached(name: str) -> None:
+    """A model saved again under its name (a resumed run) must not be served from the caches."""
+    from components.dataset import results
+
+    key = f"trained-{name}"
+    common._cached_model.clear(key, 0)
+    common.loss_summary.clear()
+    store = results()
+    for k in [k for k in list(store) if k[0] == key]:
+        store.pop(k, None)
+
+
+def _samples(samples: list) -> None:
+    if not samples:
+        return
+    st.markdown("**Greedy samples from “Every effort moves you”, after each epoch**")
+    for epoch, text in samples:
+        st.text(f"Epoch {epoch}: {text}")  # st.text: shown literally, never as Markdown
+
+
+def _show(snap: dict, presentation: bool) -> None:
+    total = snap["total_steps"] or 0
+    done = snap["step"]
+    evals = snap["evals"]
+    if total:
+        status = "stopping…" if snap["stopping"] and snap["running"] else f"step {done} of {total}"
+        st.progress(min(done / total, 1.0), text=f"{snap['name']} ({snap['preset']} preset): {status}, "
+                                                  f"{snap['elapsed_s']:.0f} s")
+    if evals:
+        last = evals[-1]
+        c1, c2, c3, c4 = st.columns(4)
+        c1.metric("Training loss", f"{last['train_loss']:.3f}",
+                  delta=f"{last['train_loss'] - evals[0]['train_loss']:+.3f}", delta_color="inverse")
+        c2.metric("Validation loss", f"{last['val_loss']:.3f}",
+                  delta=f"{last['val_loss'] - evals[0]['val_loss']:+.3f}", delta_color="inverse")
+        c3.metric("Gap (val − train)", f"{last['val_loss'] - last['train_loss']:.3f}",
+                  help="Grows when the model memorises the training text: overfitting.")
+        c4.metric("Tokens seen", f"{last['tokens_seen']:,}")
+        common.chart(figure(evals), "training-loss", presentation)
+    _samples(snap["samples"])
+
+
+@st.fragment(run_every=POLL_S)
+def _live(presentation: bool) -> None:
+    run: TrainingRun | None = st.session_state.get("_train_run")
+    if run is None:
+        return
+    snap = run.snapshot()
+    if not snap["running"]:
+        st.rerun(scope="app")  # finished or stopped: the full page shows the result and the picker updates
+    if st.button("Stop", icon=":material/stop:", key="train_stop", disabled=snap["stopping"]):
+        run.stop()
+        snap = run.snapshot()
+    _show(snap, presentation)
+
+
+def _finished(run: TrainingRun, presentation: bool) -> None:
+    snap = run.snapshot()
+    if snap["error"]:
+        st.error(common.md(snap["error"]), icon=":material/error:")
+    elif snap["finished"]:
+        st.success(f"Finished and saved. “Trained: {common.md(run.name)}” is now in the model picker, "
+                   "so every view can use it.", icon=":material/check_circle:")
+    elif snap["stopped"]:
+        st.warning(f"Stopped at step {snap['step']} and saved: “Trained: {common.md(run.name)}” is in the model "
+                   "picker, and Resume continues exactly where it stopped.", icon=":material/stop_circle:")
+    if not st.session_state.get("_train_acknowledged"):
+        st.session_state["_train_acknowledged"] = True
+        _forget_cached(run.name)
+    _show(snap, presentation)
+
+
+def _start(preset, name: str, resume: bool) -> None:
+    server = _server()
+    with server["lock"]:
+        other = server["run"]
+        if other is not None and other.running:
+            st.warning("Another training run is using this server right now; start yours when it has finished.",
+                       icon=":material/hourglass_top:")
+            return
+        run = TrainingRun(preset, _verdict(), name, resume=resume).start()
+        server["run"] = run
+    st.session_state["_train_run"] = run
+    st.session_state["_train_acknowledged"] = False
+    st.rerun()
+
+
+def render(inputs: common.Inputs) -> None:
+    st.header("Training", anchor=False)
+    st.caption(
+        "Section 5.2: `torch.manual_seed(123)`, a fresh `GPTModel`, AdamW (lr 0.0004, weight decay 0.1 in the "
+        "book preset), and `train_model_simple` on The Verdict: an evaluation every `eval_freq` steps over "
+        "`eval_iter` batches, and a greedy sample after each epoch. Watch the training loss fall and the "
+        "validation loss stop following it."
+    )
+    with common.friendly_errors():
+        run: TrainingRun | None = st.session_state.get("_train_run")
+        if run is not None and run.running:
+            _live(inputs.presentation)
+            return
+
+        c1, c2, c3 = st.columns([2, 1, 2])
+        preset_name = c1.radio("Preset", list(PRESETS), horizontal=True, key="train_preset",
+                               format_func=lambda n: {"quick": "quick (small GPT, < 1 min)", "book": "book (124M)"}[n])
+        base = get_preset(preset_name)
+        epochs = c2.number_input("Epochs", 1, 100, base.num_epochs, step=1, key=f"train_epochs_{preset_name}")
+        name = c3.text_input("Save as", value=preset_name, max_chars=64, key=f"train_name_{preset_name}").strip()
+        preset = get_preset(preset_name, num_epochs=int(epochs))
+        st.caption(common.md(preset.description) + f" Needs about {training_memory_gb(preset):.1f} GB of RAM.")
+        check_name(name)
+
+        if preset_name == "book":
+            if st.button("Estimate the time on this server", icon=":material/timer:", key="train_estimate"):
+                e = _estimate(preset_name)
+                st.info(
+                    f"Measured here: {e['step_s']:.2f} s per training step, {e['steps_per_epoch']} steps per epoch "
+                    f"→ about {e['epoch_s'] / 60:.1f} min per epoch, {e['epoch_s'] * preset.num_epochs / 60:.0f} min for "
+                    f"{preset.num_epochs} epochs (the book: about 5 min for 10 epochs on an M3 MacBook Air).",
+                    icon=":material/timer:",
+                )
+
+        saved = {meta["name"]: meta for _, meta in list_trained_models()}
+        resumable = name in saved and saved[name]["state"].get("stopped") and resume_path(name).is_file()
+        b1, b2, _ = st.columns([1, 1, 3])
+        start = b1.button("Train", type="primary", icon=":material/play_arrow:", key="train_start")
+        resume = b2.button("Resume", icon=":material/resume:", key="train_resume", disabled=not resumable,
+                           help="Continue the stopped run saved under this name." if resumable else
+                           "No stopped run is saved under this name.")
+        if start:
+            if name in saved:
+                raise LossLensError(f"A model named {name!r} is already saved; choose another name.")
+            check_training_memory(preset)
+            _start(preset, name, resume=False)
+        if resume:
+            saved_preset = get_preset(saved[name]["preset"], num_epochs=saved[name]["num_epochs"])
+            check_training_memory(saved_preset)
+            _start(saved_preset, name, resume=True)
+
+        if run is not None:
+            _finished(run, inputs.presentation)
+
+
+if __name__ == "__main__":  # run as a page of app.py's st.navigation
+    render(common.current_inputs())
