@@ -88,7 +88,8 @@ def figure(s: dict, step: int) -> go.Figure:
         _uniform(fig, x, uniform)
         fig.update_yaxes(title="probability", tickformat=".1e")
     elif step == 3:
-        fig.add_bar(x=x, y=[common.to_float(p["target_proba"]) for p in ps], name="target_probas", marker_color=common.ACCENT)
+        fig.add_bar(x=x, y=[common.to_float(p["target_proba"]) for p in ps], name="target_probas", marker_color=common.ACCENT,
+                    text=[_e(p["target_proba"]) for p in ps], textposition="auto")
         _uniform(fig, x, uniform)
         values = [v for v in (common.to_float(p["target_proba"]) for p in ps) if v > 0] + [uniform]
         lo, hi = math.log10(min(values)), math.log10(max(values))
@@ -98,7 +99,7 @@ def figure(s: dict, step: int) -> go.Figure:
         logs = [common.to_float(v) for v in s["log_probas"]]
         sign = -1 if step == 6 else 1
         fig.add_bar(
-            x=x, y=[sign * v for v in logs],
+            x=x, y=[sign * v for v in logs], text=[common.num(sign * v, 2) for v in logs], textposition="auto",
             name="-log_probas" if step == 6 else "log_probas",
             marker_color=common.VIRIDIS[3] if step == 4 else "rgba(49,104,142,.45)",
         )

@@ -353,3 +353,19 @@ def test_a_rerun_that_changes_nothing_computes_nothing(monkeypatch):
     assert len(calls) == 1
     set_text(at, "a new text to read")
     assert calls[-1] == ["a new text to read"] and len(calls) == 2
+
+
+def test_underflow_at_low_temperature_is_drawn_not_crashed():
+    """At T = 0.001 the target probabilities are 0 and log_probas -inf: every step still draws,
+    and every chart is strict JSON (no Infinity/NaN literals, which a browser cannot parse)."""
+
+    def strict(constant):
+        raise ValueError(constant)
+
+    at = app("figure57", temperature=0.001)
+    for step in range(1, len(STEPS) + 1):
+        at.select_slider(key="step").set_value(step).run()
+        assert not at.exception and not at.error, step
+        for spec in (e.proto.spec for e in at.get("plotly_chart")):
+            json.loads(spec, parse_constant=strict)
+    assert metric(at, "neg_avg_log_probas (by hand)") == "∞"
