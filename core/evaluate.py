@@ -54,11 +54,14 @@ def calc_loss_batch(input_batch, target_batch, model, device="cpu"):
 
 
 def _batch_losses(data_loader, model, device, num_batches) -> Iterator[float]:
-    with torch.inference_mode():
-        for i, (input_batch, target_batch) in enumerate(data_loader):
-            if i >= num_batches:
-                break
-            yield calc_loss_batch(input_batch, target_batch, model, device).item()
+    for i, (input_batch, target_batch) in enumerate(data_loader):
+        if i >= num_batches:
+            break
+        # Entered per batch, not around the loop: grad mode is thread-local, and it must
+        # not stay off in the caller while this generator waits (or is abandoned).
+        with torch.inference_mode():
+            loss = calc_loss_batch(input_batch, target_batch, model, device).item()
+        yield loss
 
 
 def _num_batches(data_loader, num_batches) -> int:

@@ -129,8 +129,14 @@ def test_empty_loader_is_nan_like_the_book(tiny_model):
 
 def test_loader_progress_and_cancel(tiny_model, verdict):
     loader = create_dataloader_v1(verdict[:3000], batch_size=2, max_length=32, stride=32, shuffle=False)
-    calls = []
-    calc_loss_loader(loader, tiny_model, num_batches=4, progress=lambda *a: calls.append(a))
+    calls, modes = [], []
+
+    def progress(*args):
+        calls.append(args)
+        modes.append(torch.is_inference_mode_enabled())
+
+    calc_loss_loader(loader, tiny_model, num_batches=4, progress=progress)
+    assert modes == [False] * 5  # the UI's callback runs in the caller's grad mode
     assert calls == [(0, 4), (1, 4), (2, 4), (3, 4), (4, 4)]
 
     checks = []
@@ -142,6 +148,8 @@ def test_loader_progress_and_cancel(tiny_model, verdict):
     with pytest.raises(EvaluationCancelled) as e:
         calc_loss_loader(loader, tiny_model, num_batches=10, cancel=cancel)
     assert len(e.value.batch_losses) == 3
+    # Stopping half-way leaves this thread's grad mode as it was.
+    assert torch.is_grad_enabled() and not torch.is_inference_mode_enabled()
 
 
 # --- evaluate_dataset ------------------------------------------------------------
