@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 import torch.nn.functional as F
@@ -102,7 +102,7 @@ def _run(data_loader, model, device, total, cancel, losses) -> Iterator[float]:
 
 @dataclass
 class DatasetLosses:
-    data: DataSplit  # counts, settings and warnings (the loaders too)
+    data: DataSplit  # counts, settings and warnings (without the loaders)
     train_loss: float | None  # None when cancelled before the split finished
     val_loss: float | None
     train_batch_losses: list[float] = field(default_factory=list)
@@ -195,7 +195,8 @@ def evaluate_dataset(
     n_train = _num_batches(data.train_loader, num_batches)
     n_val = _num_batches(data.val_loader, num_batches)
     total = n_train + n_val
-    result = DatasetLosses(data, None, None, num_batches=num_batches)
+    # The result keeps the counts, not the loaders: small, and picklable for a UI cache.
+    result = DatasetLosses(replace(data, train_loader=None, val_loader=None), None, None, num_batches=num_batches)
     if progress:
         progress(0, total, "train")
     for name, loader, n, losses, offset in (

@@ -4,6 +4,7 @@ book's printed training and validation losses, progress, cancel and the no-batch
 from __future__ import annotations
 
 import math
+import pickle
 
 import pytest
 import torch
@@ -66,6 +67,9 @@ def test_book_losses(book_run):
     d = result.to_dict()
     assert (d["characters"], d["tokens"], d["train_tokens"], d["val_tokens"]) == (20479, 5145, 4608, 512)
     assert d["train_loss"] == result.train_loss and d["val_perplexity"] == result.val_perplexity
+    # Small and picklable, so a UI can cache it.
+    assert result.data.train_loader is None
+    assert pickle.loads(pickle.dumps(result)).to_dict() == d
 
 
 def test_progress_counts_both_splits(book_run):
