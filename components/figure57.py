@@ -172,9 +172,13 @@ def render(inputs: common.Inputs) -> None:
         step = st.select_slider("Step", options=list(range(1, len(STEPS) + 1)), key="step", bind="query-params")
         playing = bool(st.session_state.get("playing"))
         with st.container(horizontal=True):
-            st.button("Previous", on_click=_go, args=(-1,), disabled=step <= 1, icon=":material/arrow_back:")
-            st.button("Next", on_click=_go, args=(1,), disabled=step >= len(STEPS), icon=":material/arrow_forward:")
-            st.button("Pause" if playing else "Play", on_click=_play, icon=":material/pause:" if playing else ":material/play_arrow:")
+            # PageUp / PageDown: what a presentation clicker sends.
+            st.button("Previous", on_click=_go, args=(-1,), disabled=step <= 1, icon=":material/arrow_back:",
+                      shortcut="PageUp")
+            st.button("Next", on_click=_go, args=(1,), disabled=step >= len(STEPS), icon=":material/arrow_forward:",
+                      shortcut="PageDown")
+            st.button("Pause" if playing else "Play", on_click=_play, icon=":material/pause:" if playing else ":material/play_arrow:",
+                      shortcut="P")
 
         common.html_block(diagram(s, step))
         key, title, code = STEPS[step - 1]
