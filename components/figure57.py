@@ -99,7 +99,7 @@ def figure(s: dict, step: int) -> go.Figure:
         logs = [common.to_float(v) for v in s["log_probas"]]
         sign = -1 if step == 6 else 1
         fig.add_bar(
-            x=x, y=[sign * v for v in logs], text=[common.num(sign * v, 2) for v in logs], textposition="auto",
+            x=x, y=[sign * v for v in logs], text=[common.num(sign * v, 2) for v in logs], textposition="inside", insidetextanchor="middle",
             name="-log_probas" if step == 6 else "log_probas",
             marker_color=common.VIRIDIS[3] if step == 4 else "rgba(49,104,142,.45)",
         )
@@ -107,7 +107,7 @@ def figure(s: dict, step: int) -> go.Figure:
             level = common.to_float(s["neg_avg_log_probas"] if step == 6 else s["avg_log_probas"])
             fig.add_hline(
                 y=level, line_color=common.ACCENT, line_width=4,
-                annotation_text=("loss = " if step == 6 else "mean = ") + common.num(level),
+                annotation_text=("loss = " if step == 6 else "mean = ") + common.num(level), annotation_position="top left",
                 annotation_font_color=common.ACCENT,
             )
         fig.update_yaxes(title="−log probability (nats)" if step == 6 else "log probability (nats)")
