@@ -30,27 +30,16 @@ class EvaluationCancelled(Exception):
         self.batch_losses = batch_losses
 
 
-def _head_weight(model) -> torch.Tensor | None:
-    """The out_head weight when `model` can give its final hidden states (core.model.GPTModel)."""
-    head = getattr(model, "out_head", None)
-    if hasattr(model, "hidden_states") and head is not None and head.bias is None:
-        return head.weight
-    return None
-
-
 def calc_loss_batch(input_batch, target_batch, model, device="cpu"):
-    """Cross entropy of one batch over its flattened logits and targets (the book's)."""
+    """Cross entropy of one batch over its flattened logits and targets (the book's code).
+
+    With core.model.GPTModel the logits arrive as a transposed view of a [vocab, tokens]
+    matmul (the faster orientation for MKL); flattening keeps it a view, and cross_entropy
+    reads it as it is, rounding exactly as on the book's layout.
+    """
     input_batch, target_batch = input_batch.to(device), target_batch.to(device)
-    weight = _head_weight(model)
-    if weight is None:
-        logits = model(input_batch)
-        return F.cross_entropy(logits.flatten(0, 1), target_batch.flatten())
-    # Same function, faster: the logits are computed transposed, [vocab, tokens], which
-    # MKL does faster for this shape, and cross_entropy reads the transposed view as it
-    # is instead of copying 100 MB (and rounds exactly as on the book's layout).
-    hidden = model.hidden_states(input_batch).flatten(0, 1)  # [tokens, emb]
-    logits_t = torch.mm(weight, hidden.t())  # [vocab, tokens]
-    return F.cross_entropy(logits_t.t(), target_batch.flatten())
+    logits = model(input_batch)
+    return F.cross_entropy(logits.flatten(0, 1), target_batch.flatten())
 
 
 def _batch_losses(data_loader, model, device, num_batches) -> Iterator[float]:

@@ -167,8 +167,7 @@ class GPTModel(nn.Module):
     def context_length(self) -> int:
         return self.cfg["context_length"]
 
-    def hidden_states(self, in_idx):
-        """The final-norm outputs [B, T, emb]: everything but the out_head."""
+    def forward(self, in_idx):
         _, seq_len = in_idx.shape
         if seq_len > self.context_length:
             raise ValueError(f"{seq_len} tokens exceed the context length {self.context_length}")
@@ -176,10 +175,7 @@ class GPTModel(nn.Module):
         x = self.drop_emb(self.tok_emb(in_idx) + self.pos_emb(pos))
         for block in self.trf_blocks:
             x = block(x)
-        return self.final_norm(x)
-
-    def forward(self, in_idx):
-        return self.out_head(self.hidden_states(in_idx))
+        return self.out_head(self.final_norm(x))
 
 
 def build_untrained_model(seed: int = 123, cfg: dict | None = None) -> GPTModel:
