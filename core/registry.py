@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from typing import Callable
 
@@ -17,6 +18,11 @@ class ModelSpec:
     seeded: bool = False  # the seed changes the weights (untrained models only)
     needs_download: bool = False
 
+
+# torch has one global generator per process. Whoever draws from it for a result that must be
+# reproducible (the untrained model's seeded init, a training step in a server thread) holds
+# this lock, so two threads never interleave their draws.
+RNG_LOCK = threading.RLock()
 
 _REGISTRY: dict[str, ModelSpec] = {}
 _PROVIDERS: list[Callable[[], list[ModelSpec]]] = []
@@ -58,10 +64,15 @@ register(
         label="Untrained GPT-2 124M (book, section 5.1)",
         description="GPT_CONFIG_124M with random weights from torch.manual_seed(seed); "
         "the book's numbers come from seed 123.",
-        load=lambda seed: build_untrained_model(seed),
+        load=lambda seed: _build_untrained(seed),
         seeded=True,
     )
 )
+
+
+def _build_untrained(seed: int) -> GPTModel:
+    with RNG_LOCK:  # the book's weights need torch.manual_seed(seed) and the init back to back
+        return build_untrained_model(seed)
 
 
 def _register_pretrained() -> None:

@@ -13,6 +13,7 @@ state and the generator states.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import re
@@ -28,6 +29,7 @@ from .data import LoaderSettings, create_dataloader_v1, split_text
 from .errors import InvalidParameterError, WeightsError
 from .evaluate import calc_loss_batch, calc_loss_loader
 from .model import GPT_CONFIG_124M, GPTModel, freeze
+from .registry import RNG_LOCK
 from .tokenizer import ENDOFTEXT, get_tokenizer
 
 START_CONTEXT = "Every effort moves you"
@@ -102,6 +104,24 @@ class TrainState:
         return d
 
 
+@contextlib.contextmanager
+def own_rng(state: TrainState):
+    """Run a piece of training on this run's own random stream.
+
+    torch has one global generator per process; a server trains in a thread while other
+    sessions seed it to build the untrained model. Under RNG_LOCK, each piece of training
+    swaps its stream in and out, so neither disturbs the other: the untrained model keeps
+    the book's weights and the run keeps the book's shuffle and dropout masks.
+    """
+    with RNG_LOCK:
+        if state.rng_now is not None:
+            torch.set_rng_state(state.rng_now)
+        try:
+            yield
+        finally:
+            state.rng_now = torch.get_rng_state()
+
+
 def train_model_simple(model, train_loader, val_loader, optimizer, device, num_epochs,
                        eval_freq, eval_iter, start_context, tokenizer, *,
                        state: TrainState | None = None,
@@ -122,33 +142,40 @@ def train_model_simple(model, train_loader, val_loader, optimizer, device, num_e
 
         raise NoBatchesError("The training loader has no batch: use a longer text or a shorter context length.")
 
-    if state.rng_now is not None and state.batch == 0:
-        torch.set_rng_state(state.rng_now)  # resumed at an epoch boundary
     for epoch in range(state.epoch, num_epochs):
         model.train()
-        if state.batch == 0:
-            state.rng_epoch_start = torch.get_rng_state()
-            batches = iter(train_loader)
-        else:
-            # Resume mid-epoch: replay this epoch's shuffle, skip the batches already done,
-            # then continue from the generator state saved at the stop.
-            torch.set_rng_state(state.rng_epoch_start)
-            batches = iter(train_loader)
-            for _ in range(state.batch):
-                next(batches)
-            torch.set_rng_state(state.rng_now)
+        with own_rng(state):
+            if state.batch == 0:
+                state.rng_epoch_start = torch.get_rng_state()
+                batches = iter(train_loader)
+            else:
+                # Resume mid-epoch: replay this epoch's shuffle, skip the batches already
+                # done, then continue from the generator state saved at the stop.
+                now = torch.get_rng_state()
+                torch.set_rng_state(state.rng_epoch_start)
+                batches = iter(train_loader)
+                for _ in range(state.batch):
+                    next(batches)
+                torch.set_rng_state(now)
 
-        for input_batch, target_batch in batches:
-            optimizer.zero_grad()
-            loss = calc_loss_batch(input_batch, target_batch, model, device)
-            loss.backward()
-            optimizer.step()
-            state.tokens_seen += input_batch.numel()
-            state.global_step += 1
-            state.batch += 1
-
-            if state.global_step % eval_freq == 0:
-                train_loss, val_loss = evaluate_model(model, train_loader, val_loader, device, eval_iter)
+        while True:
+            with own_rng(state):  # the shuffle is drawn at the first next(), dropout in the forward pass
+                batch = next(batches, None)
+                if batch is None:
+                    break
+                input_batch, target_batch = batch
+                optimizer.zero_grad()
+                loss = calc_loss_batch(input_batch, target_batch, model, device)
+                loss.backward()
+                optimizer.step()
+                state.tokens_seen += input_batch.numel()
+                state.global_step += 1
+                state.batch += 1
+                evaluated = None
+                if state.global_step % eval_freq == 0:
+                    evaluated = evaluate_model(model, train_loader, val_loader, device, eval_iter)
+            if evaluated is not None:
+                train_loss, val_loss = evaluated
                 train_losses.append(train_loss)
                 val_losses.append(val_loss)
                 track_tokens_seen.append(state.tokens_seen)
@@ -161,11 +188,10 @@ def train_model_simple(model, train_loader, val_loader, optimizer, device, num_e
             if on_step:
                 on_step(state)
             if state.batch < len(train_loader) and should_stop and should_stop():
-                state.rng_now = torch.get_rng_state()
                 state.stopped = True
                 return train_losses, val_losses, track_tokens_seen
 
-        sample = generate_sample(model, tokenizer, start_context)
+        sample = generate_sample(model, tokenizer, start_context)  # greedy: draws no random numbers
         state.samples.append(sample)
         if log:
             log(sample)
@@ -173,11 +199,9 @@ def train_model_simple(model, train_loader, val_loader, optimizer, device, num_e
             on_sample(epoch + 1, sample)
         state.epoch, state.batch = epoch + 1, 0
         if epoch + 1 < num_epochs and should_stop and should_stop():
-            state.rng_now = torch.get_rng_state()
             state.stopped = True
             return train_losses, val_losses, track_tokens_seen
 
-    state.rng_now = torch.get_rng_state()
     state.stopped = False
     return train_losses, val_losses, track_tokens_seen
 
@@ -480,10 +504,11 @@ def run_training(preset: Preset, text: str, name: str, *, resume: bool = False,
         elapsed = meta.get("elapsed_s", 0.0)
         state.stopped = False
     else:
-        torch.manual_seed(preset.seed)
-        model = GPTModel(preset.cfg)
-        optimizer = torch.optim.AdamW(model.parameters(), lr=preset.lr, weight_decay=preset.weight_decay)
         state = TrainState()
+        with own_rng(state):  # the book: torch.manual_seed(123); model = GPTModel(GPT_CONFIG_124M)
+            torch.manual_seed(preset.seed)
+            model = GPTModel(preset.cfg)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=preset.lr, weight_decay=preset.weight_decay)
     if preset.settings.context_length > model.context_length:
         raise InvalidParameterError("The loaders' context length exceeds the model's.")
     t0 = time.perf_counter()
@@ -504,6 +529,11 @@ def estimate_time(preset: Preset, text: str, steps: int = 2, tokenizer=None) -> 
     """
     tokenizer = tokenizer or get_tokenizer()
     train_loader, val_loader = make_train_loaders(text, preset.settings, tokenizer)
+    with RNG_LOCK:  # a throwaway model: measured on a copy of the generator, which is then put back
+        return _estimate_time(preset, train_loader, val_loader, steps, tokenizer)
+
+
+def _estimate_time(preset, train_loader, val_loader, steps, tokenizer) -> dict:
     rng = torch.get_rng_state()
     try:
         model = GPTModel(preset.cfg)

@@ -208,3 +208,31 @@ def test_cli_train_prints_the_book_log_and_saves(tmp_path, verdict_path, capsys)
     assert main(["train", "--out", "no/slash"]) == 2
     assert "error: Model name" in capsys.readouterr().err
     assert main(["train", "--preset", "quick", "--epochs", "0"]) == 2
+
+
+def test_training_in_a_thread_and_seeded_draws_elsewhere_do_not_disturb_each_other(text):
+    """A server trains in one thread while other sessions seed torch to build the untrained
+    model: under RNG_LOCK each keeps its own random stream."""
+    import threading
+    import time
+
+    from core.registry import RNG_LOCK
+
+    alone = run_training(TINY, text, "alone", log=None)
+    with RNG_LOCK:
+        torch.manual_seed(7)
+        expected = torch.rand(1000)
+    result = {}
+    worker = threading.Thread(target=lambda: result.update(r=run_training(TINY, text, "busy", log=None)))
+    worker.start()
+    draws = 0
+    while worker.is_alive():
+        with RNG_LOCK:  # what the registry does around build_untrained_model(seed)
+            torch.manual_seed(7)
+            assert torch.equal(torch.rand(1000), expected)
+        draws += 1
+        time.sleep(0.01)
+    worker.join()
+    assert draws > 1
+    assert result["r"].state.train_losses == alone.state.train_losses
+    assert result["r"].state.val_losses == alone.state.val_losses
