@@ -81,7 +81,9 @@ def server(tmp_path_factory, chromium_path, verdict_file):
 
 
 def _artifact_name(request) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", request.node.name).strip("_")[:120] + ".png"
+    # Parameters like "**" or "$" must not collapse to the same name: spell them in hex.
+    name = request.node.name.replace("[", "_").rstrip("]")
+    return re.sub(r"[^A-Za-z0-9_.-]", lambda m: f"x{ord(m.group(0)):x}", name)[:120] + ".png"
 
 
 @pytest.fixture

@@ -25,6 +25,8 @@ VIEWS = [
     ("cross-entropy", False),
     ("per-token-loss", False),
 ]
+# Pages without the loss metrics on top; they must still open cleanly.
+OTHER_PAGES = ["dataset", "training", "compare"]
 
 
 def open_url(page, server, path: str = "", **params) -> None:
@@ -106,6 +108,14 @@ def test_each_view_renders(new_page, server, path, has_charts):
         assert plot.locator("g.point, g.trace, path.point").count() >= 1  # the bars were drawn
     if path != "cross-entropy":
         assert metric_value(page, LOSS_LABEL) == "10.7940"
+
+
+@pytest.mark.parametrize("path", OTHER_PAGES)
+def test_other_pages_open_cleanly(new_page, server, path):
+    page = new_page()
+    open_url(page, server, path)
+    assert page.locator('[data-testid="stMainBlockContainer"] h2').first.inner_text().strip()
+    assert "does not seem to exist" not in page.locator("body").inner_text()
 
 
 def test_a_shared_url_reopens_the_same_view_step_and_text(new_page, server, core_model):
