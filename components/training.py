@@ -165,7 +165,7 @@ def render(inputs: common.Inputs) -> None:
             return
 
         c1, c2, c3 = st.columns([2, 1, 2])
-        preset_name = c1.radio("Preset", list(PRESETS), horizontal=True, key="train_preset",
+        preset_name = c1.radio("Preset", sorted(PRESETS, key=lambda n: n != "quick"), horizontal=True, key="train_preset",
                                format_func=lambda n: {"quick": "quick (small GPT, < 1 min)", "book": "book (124M)"}[n])
         base = get_preset(preset_name)
         epochs = c2.number_input("Epochs", 1, 100, base.num_epochs, step=1, key=f"train_epochs_{preset_name}")
