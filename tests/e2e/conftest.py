@@ -21,7 +21,7 @@ from e2e_helpers import (
     VERDICT_PATH,
     PageProblems,
     StreamlitServer,
-    find_chromium,
+    require_chromium,
     server_env,
     wait_for_app,
 )
@@ -32,16 +32,7 @@ from e2e_helpers import (
 
 @pytest.fixture(scope="session")
 def chromium_path() -> str:
-    path = find_chromium()
-    if path is None:
-        reason = (
-            "no Chromium found for the browser tests: install it (Debian/Ubuntu: "
-            "`sudo apt-get install chromium`) or set LOSSLENS_CHROMIUM to its path"
-        )
-        if os.environ.get("CI"):
-            pytest.fail(reason + " (CI is set: the browser tests must run)")
-        pytest.skip(reason)
-    return path
+    return require_chromium()
 
 
 @pytest.fixture(scope="session")

@@ -44,6 +44,22 @@ def find_chromium() -> str | None:
     return None
 
 
+def require_chromium() -> str:
+    """The Chromium path; skip the browser tests with how to install it, but fail in CI."""
+    import pytest
+
+    path = find_chromium()
+    if path is None:
+        reason = (
+            "no Chromium found for the browser tests: install it (Debian/Ubuntu: "
+            "`sudo apt-get install chromium`) or set LOSSLENS_CHROMIUM to its path"
+        )
+        if os.environ.get("CI"):
+            pytest.fail(reason + " (CI is set: the browser tests must run)")
+        pytest.skip(reason)
+    return path
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))

@@ -6,6 +6,7 @@ import os
 import stat
 
 import e2e_helpers
+import pytest
 
 
 def test_records_console_errors_page_errors_and_dialogs(new_page):
@@ -37,3 +38,13 @@ def test_find_chromium_honours_env(tmp_path, monkeypatch):
 def test_server_is_healthy_on_loopback(server):
     assert server.url.startswith("http://127.0.0.1:")
     assert e2e_helpers._get(f"{server.url}/_stcore/health").strip() == "ok"
+
+
+def test_without_chromium_skip_with_install_hint_but_fail_in_ci(monkeypatch):
+    monkeypatch.setattr(e2e_helpers, "find_chromium", lambda: None)
+    monkeypatch.delenv("CI", raising=False)
+    with pytest.raises(pytest.skip.Exception, match="apt-get install chromium"):
+        e2e_helpers.require_chromium()
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="CI is set"):
+        e2e_helpers.require_chromium()
