@@ -48,11 +48,11 @@ def split_texts(text: str) -> tuple[str, ...]:
 
 def render() -> Inputs:
     sb = st.sidebar
-    # A shared link may name only a preset: its text is what the link means.
-    if "text" not in st.session_state and "text" not in st.query_params:
-        name = st.query_params.get("preset")
-        if name in PRESETS and name != next(iter(PRESETS)):
-            st.session_state.text = PRESETS[name]
+    if "text" not in st.session_state:  # first run of a session: the link decides
+        if "text" in st.query_params:  # the text wins; the preset shown must match it
+            st.session_state.preset = _match(st.query_params["text"])
+        elif st.query_params.get("preset") in PRESETS:  # a link may name only a preset
+            st.session_state.text = PRESETS[st.query_params["preset"]]
 
     models = available_models()
     # The URL carries the model's stable key, not its label (a trained model's label changes).

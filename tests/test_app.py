@@ -369,3 +369,17 @@ def test_underflow_at_low_temperature_is_drawn_not_crashed():
         for spec in (e.proto.spec for e in at.get("plotly_chart")):
             json.loads(spec, parse_constant=strict)
     assert metric(at, "neg_avg_log_probas (by hand)") == "∞"
+
+
+@pytest.mark.parametrize(
+    "query, preset",
+    [
+        ({"text": "a text of my own"}, "Custom text"),
+        ({"text": "every effort moves you"}, "Book, first text only"),
+        ({"text": "a text of my own", "preset": "Book example (figure 5.7)"}, "Custom text"),
+    ],
+)
+def test_a_link_with_a_text_shows_the_matching_preset(query, preset):
+    at = app(**query)
+    assert at.text_area(key="text").value == query["text"]
+    assert at.selectbox(key="preset").value == preset
