@@ -14,7 +14,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from e2e_helpers import (
+
+from .e2e_helpers import (
     APP_TIMEOUT,
     ARTIFACTS,
     CHROMIUM_ARGS,

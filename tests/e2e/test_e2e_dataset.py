@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import pytest
-from e2e_helpers import (
+
+from .e2e_helpers import (
     HOSTILE_LINES,
     alerts,
     choose_corpus,

@@ -5,8 +5,9 @@ from __future__ import annotations
 import os
 import stat
 
-import e2e_helpers
 import pytest
+
+from . import e2e_helpers
 
 
 def test_records_console_errors_page_errors_and_dialogs(new_page):

@@ -6,7 +6,8 @@ from __future__ import annotations
 import urllib.parse
 
 import pytest
-from e2e_helpers import (
+
+from .e2e_helpers import (
     LOSS_LABEL,
     PERPLEXITY_LABEL,
     StreamlitServer,

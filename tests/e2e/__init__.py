@@ -1,0 +1,1 @@
+"""End-to-end tests: a package, so its conftest does not shadow tests/conftest.py."""
