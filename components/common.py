@@ -74,11 +74,17 @@ def tokenizer():
     return get_tokenizer()
 
 
-@st.cache_data(max_entries=256, show_spinner=False)
+@st.cache_data(max_entries=64, ttl=3600, show_spinner=False)
 def loss_summary(key: str, seed: int, texts: tuple[str, ...], top_k: int, temperature: float) -> dict:
     """The six steps as plain data (top-k only, never a full-vocabulary array)."""
     result = compute_loss(get_model(key, seed), list(texts), top_k, temperature, tokenizer())
-    return summarize(result, tokenizer())
+    s = summarize(result, tokenizer())
+    for t in s["texts"]:
+        for p in t["positions"]:
+            # Each position's context is the text's tokens[: position + 1]: kept once, not n times
+            # (a 257-token text would otherwise cache 33,000 strings).
+            del p["context"]
+    return s
 
 
 def summary(inputs: Inputs, temperature: float | None = None) -> dict:

@@ -62,7 +62,7 @@ def render(inputs: common.Inputs) -> None:
         c2.metric("Target probability", common.proba(p["target_proba"]))
         c3.metric("Target rank", f"{p['rank']:,} of {s['vocab_size']:,}", help="1 = the model's favourite")
         st.caption("Context the model has read:")
-        common.html_block("".join(common.chip(c, None) for c in p["context"]))
+        common.html_block("".join(common.chip(c, None) for c in s["texts"][r]["tokens"][: i + 1]))
         common.chart(figure(p, s["temperature"]), f"top{s['top_k']}-text{r + 1}-pos{i}", inputs.presentation)
         st.caption(
             f"Bars: the {s['top_k']} most likely next tokens (change top-k in the sidebar); the "
