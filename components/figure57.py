@@ -12,6 +12,19 @@ from components import common
 from core.report import STEPS
 
 PLAY_SECONDS = 2.0  # long enough to read a step aloud
+EXPLAIN = [
+    "The model scores every one of the 50,257 vocabulary tokens at every input position: "
+    "unnormalized numbers (logits). The bars show the highest score and the one the actual next token got.",
+    "Softmax turns each position's scores into probabilities that sum to 1 over the whole vocabulary. "
+    "An untrained model spreads them almost evenly, close to 1/50,257.",
+    "Of each position's 50,257 probabilities, only one matters for the loss: the one given to the token "
+    "that actually comes next (the target). Training pushes these up towards 1.",
+    "Logarithms turn the products of small probabilities into sums of manageable negative numbers: "
+    "log 1 = 0 for a perfect prediction, more negative the less likely the target was.",
+    "One number for the whole batch: the mean of the log probabilities of all targets, of all texts.",
+    "Negate, so that lower is better and a perfect model scores 0: this is the cross-entropy loss, "
+    "the number training minimizes. `torch.nn.functional.cross_entropy` computes it from the logits in one call.",
+]
 
 
 def _advance() -> None:
@@ -184,6 +197,7 @@ def render(inputs: common.Inputs) -> None:
         key, title, code = STEPS[step - 1]
         st.subheader(f"Step {step} of {len(STEPS)}: {title}", anchor=False)
         st.code(code, language="python")
+        st.markdown(EXPLAIN[step - 1])
         if step == len(STEPS):
             c1, c2 = st.columns(2)
             c1.metric("neg_avg_log_probas (by hand)", common.num(s["neg_avg_log_probas"]))
