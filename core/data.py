@@ -68,7 +68,9 @@ class BookShuffle(Sampler):
         g = torch.Generator().manual_seed(self.seed)
         torch.empty((), dtype=torch.int64).random_(generator=g)  # the DataLoader's base seed
         perm_seed = int(torch.empty((), dtype=torch.int64).random_(generator=g).item())
-        yield from torch.randperm(self.n, generator=torch.Generator().manual_seed(perm_seed)).tolist()
+        perm = torch.randperm(self.n, generator=torch.Generator().manual_seed(perm_seed))
+        for start in range(0, self.n, 65536):  # a Python list of every index would cost ~36 B each
+            yield from perm[start : start + 65536].tolist()
 
 
 def create_dataloader_v1(
