@@ -39,6 +39,9 @@ def cmd_loss(args) -> int:
     model = build_untrained_model(args.seed)
     summary = summarize(compute_loss(model, args.texts, args.top_k, args.temperature))
     summary["model"] = f"untrained GPT-2 124M, seed {args.seed}"
+    if hasattr(sys.stdout, "reconfigure"):
+        # A console or pipe that cannot encode "␣" or the user's emoji gets escapes, not a traceback.
+        sys.stdout.reconfigure(errors="backslashreplace")
     if args.json:
         print(json.dumps(summary, indent=2, ensure_ascii=False))
         return 0

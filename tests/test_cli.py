@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -139,6 +140,17 @@ def test_padded_batch_and_hard_texts(same_model, capsys):
     assert main(["loss", *texts]) == 0
     out = capsys.readouterr().out
     assert "(padded; padding ignored)" in out and "\ufffd" not in out
+
+
+def test_output_to_an_ascii_pipe():
+    """A pipe or console without UTF-8 gets escapes instead of a UnicodeEncodeError."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "core", "loss", "I 💜 chocolate", "every effort moves you"],
+        cwd=ROOT, capture_output=True, timeout=300, env={**os.environ, "PYTHONIOENCODING": "ascii"},
+    )
+    assert proc.returncode == 0, proc.stderr.decode("ascii", "replace")
+    out = proc.stdout.decode("ascii")
+    assert "\\u2423effort (3626)" in out and "perplexity" in out
 
 
 # --- bad input --------------------------------------------------------------------------
