@@ -149,8 +149,6 @@ def pytest_collection_modifyitems(config, items):
 
 
 @pytest.fixture(scope="session")
-def core_model():
-    """The app's default model, for computing expected numbers in the test process."""
-    from core.model import build_untrained_model
-
-    return build_untrained_model(123)
+def core_model(model):
+    """The app's default model (tests/conftest.py's seed-123 124M), for expected numbers."""
+    return model

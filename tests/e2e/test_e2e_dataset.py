@@ -166,6 +166,7 @@ def test_hostile_text_in_the_upload_path(new_page, server, tmp_path):
     assert injected(page) == []
     set_number(page, "Context length", 64)
     set_number(page, "Stride", 64)
+    set_number(page, "Batches per split (0 = all)", 2)  # enough to run the payload through the model
     page.get_by_role("button", name="Compute").click()
     page.locator('[data-testid="stMetricLabel"]', has_text="Validation loss").wait_for(timeout=300_000)
     wait_for_app(page)

@@ -89,7 +89,7 @@ def test_play_runs_figure_5_7_to_the_end(new_page, server):
     open_url(page, server, "figure-5-7")
     step_heading(page, 1).wait_for()
     page.get_by_role("button", name="Play").click()
-    page.get_by_role("button", name="Pause").wait_for(timeout=15_000)
+    page.get_by_role("button", name="Pause").wait_for(timeout=60_000)
     step_heading(page, 6).wait_for(timeout=60_000)
     page.get_by_role("button", name="Play").wait_for(timeout=30_000)  # stops by itself at the end
     wait_for_app(page)
