@@ -148,9 +148,8 @@ def cached_gpt2_path(size: str = "124M", cache_dir: str | Path | None = None) ->
         return None
 
 
-def read_safetensors(path: str | Path) -> dict[str, torch.Tensor]:
-    """All tensors of a safetensors file; anything else (pickle .bin/.pt, a truncated file) is refused."""
-    path = Path(path)
+def _check_safetensors_file(path: Path) -> None:
+    """Refuse anything but safetensors (pickle .bin/.pt files above all) before any parser sees it."""
     if not path.is_file():
         raise WeightsError(f"Weights file not found: {path}")
     with open(path, "rb") as f:
@@ -158,6 +157,12 @@ def read_safetensors(path: str | Path) -> dict[str, torch.Tensor]:
     header_len = int.from_bytes(head[:8], "little") if len(head) >= 8 else -1
     if not (0 < header_len < SAFETENSORS_MAGIC_MAX_HEADER) or head[8:9] != b"{":
         raise WeightsError(f"{path.name} is not a safetensors file; only safetensors weights are loaded (never pickle).")
+
+
+def read_safetensors(path: str | Path) -> dict[str, torch.Tensor]:
+    """All tensors of a safetensors file; anything else (pickle .bin/.pt, a truncated file) is refused."""
+    path = Path(path)
+    _check_safetensors_file(path)
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
@@ -165,6 +170,31 @@ def read_safetensors(path: str | Path) -> dict[str, torch.Tensor]:
         return load_file(str(path))
     except (SafetensorError, OSError, ValueError) as e:
         raise WeightsError(f"{path.name} is not a valid safetensors file: {e}") from e
+
+
+class _LazyTensors:
+    """The tensors of an open safetensors file, read one at a time as the mapping takes them:
+    each original is freed right after its transposed copy is made, so loading GPT-2 peaks
+    near the model's own size instead of file + model."""
+
+    def __init__(self, handle):
+        self._f = handle
+        self._names = {k.removeprefix("transformer."): k for k in handle.keys()}  # noqa: SIM118
+
+    def __contains__(self, key) -> bool:
+        return key in self._names
+
+    def __iter__(self):
+        return iter(list(self._names))
+
+    def shape(self, key: str) -> tuple[int, ...]:
+        return tuple(self._f.get_slice(self._names[key]).get_shape())
+
+    def get(self, key: str, default=None):
+        return self._f.get_tensor(self._names[key]) if key in self._names else default
+
+    def pop(self, key: str) -> torch.Tensor:
+        return self._f.get_tensor(self._names.pop(key))
 
 
 def _hf_config(path: Path) -> dict | None:
@@ -178,17 +208,21 @@ def _hf_config(path: Path) -> dict | None:
 
 def infer_config(state_dict: Mapping[str, torch.Tensor], hf_config: dict | None = None) -> dict:
     """GPTModel config from the tensor shapes; every GPT-2 size has 64-dim heads."""
-    sd = _strip_prefix(state_dict)
+    sd = state_dict if isinstance(state_dict, _LazyTensors) else _strip_prefix(state_dict)
     for key in ("wte.weight", "wpe.weight"):
         if key not in sd:
             raise WeightsError(f"Not GPT-2 weights: tensor {key!r} is missing.")
-    vocab_size, emb_dim = sd["wte.weight"].shape
+
+    def shape(key):
+        return sd.shape(key) if isinstance(sd, _LazyTensors) else tuple(sd[key].shape)
+
+    vocab_size, emb_dim = shape("wte.weight")
     layers = {int(m.group(1)) for k in sd if (m := re.match(r"h\.(\d+)\.", k))}
     n_heads = (hf_config or {}).get("n_head") or emb_dim // 64
     return {
         **GPT2_SMALL_CONFIG,
         "vocab_size": int(vocab_size),
-        "context_length": int(sd["wpe.weight"].shape[0]),
+        "context_length": int(shape("wpe.weight")[0]),
         "emb_dim": int(emb_dim),
         "n_heads": int(n_heads),
         "n_layers": len(layers),
@@ -211,29 +245,32 @@ def map_gpt2_state_dict(hf: Mapping[str, torch.Tensor], cfg: dict, consume: bool
     d = cfg["emb_dim"]
     out: dict[str, torch.Tensor] = {}
 
-    def take(key: str, shape: tuple[int, ...]) -> torch.Tensor:
+    def take(key: str, shape: tuple[int, ...], copy: bool = True) -> torch.Tensor:
         if key not in sd:
             raise WeightsError(f"GPT-2 weights are missing {key!r} (is the config right? {cfg['n_layers']} layers expected).")
         t = sd.pop(key)
         if tuple(t.shape) != shape:
             raise WeightsError(f"GPT-2 tensor {key!r} has shape {tuple(t.shape)}, the model expects {shape}.")
-        return t.float()
+        # Own memory: a tensor read from safetensors may be a view of the file's mapping, which
+        # would keep the whole file resident; the caller's tensors must not be frozen in place.
+        t = t.float()
+        return t.clone() if copy and t.dtype == torch.float32 else t
 
     out["tok_emb.weight"] = take("wte.weight", (cfg["vocab_size"], d))
     out["pos_emb.weight"] = take("wpe.weight", (cfg["context_length"], d))
     for i in range(cfg["n_layers"]):
         h, b = f"h.{i}.", f"trf_blocks.{i}."
         # Conv1D stores (in, out): columns [0:d] are the query, [d:2d] the key, [2d:3d] the value.
-        w_qkv = take(h + "attn.c_attn.weight", (d, 3 * d))
-        b_qkv = take(h + "attn.c_attn.bias", (3 * d,))
+        w_qkv = take(h + "attn.c_attn.weight", (d, 3 * d), copy=False)
+        b_qkv = take(h + "attn.c_attn.bias", (3 * d,), copy=False)
         for j, name in enumerate(("W_query", "W_key", "W_value")):
             out[b + f"att.{name}.weight"] = w_qkv[:, j * d:(j + 1) * d].t().contiguous()
             out[b + f"att.{name}.bias"] = b_qkv[j * d:(j + 1) * d].clone()
-        out[b + "att.out_proj.weight"] = take(h + "attn.c_proj.weight", (d, d)).t().contiguous()
+        out[b + "att.out_proj.weight"] = take(h + "attn.c_proj.weight", (d, d), copy=False).t().contiguous()
         out[b + "att.out_proj.bias"] = take(h + "attn.c_proj.bias", (d,))
-        out[b + "ff.layers.0.weight"] = take(h + "mlp.c_fc.weight", (d, 4 * d)).t().contiguous()
+        out[b + "ff.layers.0.weight"] = take(h + "mlp.c_fc.weight", (d, 4 * d), copy=False).t().contiguous()
         out[b + "ff.layers.0.bias"] = take(h + "mlp.c_fc.bias", (4 * d,))
-        out[b + "ff.layers.2.weight"] = take(h + "mlp.c_proj.weight", (4 * d, d)).t().contiguous()
+        out[b + "ff.layers.2.weight"] = take(h + "mlp.c_proj.weight", (4 * d, d), copy=False).t().contiguous()
         out[b + "ff.layers.2.bias"] = take(h + "mlp.c_proj.bias", (d,))
         for ln, norm in (("ln_1", "norm1"), ("ln_2", "norm2")):
             out[b + f"{norm}.scale"] = take(h + f"{ln}.weight", (d,))
@@ -250,9 +287,19 @@ def map_gpt2_state_dict(hf: Mapping[str, torch.Tensor], cfg: dict, consume: bool
 def load_gpt2_weights(source: str | Path | Mapping[str, torch.Tensor], cfg: dict | None = None) -> GPTModel:
     """A frozen GPTModel holding GPT-2 weights from a safetensors path or a state dict."""
     if isinstance(source, Mapping):
-        sd, hf_config = _strip_prefix(source), None
-    else:
-        sd, hf_config = _strip_prefix(read_safetensors(source)), _hf_config(Path(source))
+        return _build(_strip_prefix(source), cfg, None)
+    path = Path(source)
+    _check_safetensors_file(path)
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return _build(_LazyTensors(f), cfg, _hf_config(path))
+    except SafetensorError as e:
+        raise WeightsError(f"{path.name} is not a valid safetensors file: {e}") from e
+
+
+def _build(sd, cfg: dict | None, hf_config: dict | None) -> GPTModel:
     cfg = dict(cfg) if cfg is not None else infer_config(sd, hf_config)
     lm_head = sd.get("lm_head.weight")
     mapped = map_gpt2_state_dict(sd, cfg, consume=True)
