@@ -188,13 +188,23 @@ def chart(fig, filename: str, presentation: bool = False) -> None:
 
 
 def downloads(name: str, rows: list[dict], payload: dict | None = None, key: str | None = None) -> None:
-    """CSV of the table shown and JSON of the values behind the view."""
-    import pandas as pd
+    """CSV of the table shown and JSON of the values behind the view.
+
+    The files are made on click (callables): no file is stored on every rerun, and a quick
+    rerun cannot remove a file the browser is still checking (a 404 under load)."""
+
+    def csv() -> bytes:
+        import pandas as pd
+
+        return pd.DataFrame(rows).to_csv(index=False).encode("utf-8")
+
+    def as_json() -> bytes:
+        return json.dumps(payload if payload is not None else rows, indent=1, ensure_ascii=False).encode("utf-8")
 
     c1, c2, _ = st.columns([1, 1, 3])
     c1.download_button(
         "Download CSV",
-        pd.DataFrame(rows).to_csv(index=False).encode("utf-8"),
+        csv,
         file_name=f"losslens-{name}.csv",
         mime="text/csv",
         key=f"csv-{key or name}",
@@ -202,7 +212,7 @@ def downloads(name: str, rows: list[dict], payload: dict | None = None, key: str
     )
     c2.download_button(
         "Download JSON",
-        json.dumps(payload if payload is not None else rows, indent=1, ensure_ascii=False).encode("utf-8"),
+        as_json,
         file_name=f"losslens-{name}.json",
         mime="application/json",
         key=f"json-{key or name}",

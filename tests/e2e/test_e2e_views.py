@@ -162,3 +162,20 @@ def test_presentation_mode_enlarges_and_hides_chrome(new_page, server):
     wait_for_app(projector)
     step_heading(projector, 2).wait_for()
     assert not projector.locator('[data-testid="stHeader"]').is_visible()
+
+
+def test_downloads_hold_the_values_shown(page):
+    with page.expect_download() as info:
+        page.get_by_role("button", name="Download CSV").first.click()
+    download = info.value
+    assert download.suggested_filename.endswith(".csv")
+    lines = open(download.path(), encoding="utf-8").read().splitlines()
+    assert len(lines) == 1 + 6  # header + the book example's 6 predictions
+    assert "effort" in lines[1] and "3626" in lines[1]
+    with page.expect_download() as info:
+        page.get_by_role("button", name="Download JSON").first.click()
+    import json
+
+    data = json.load(open(info.value.path(), encoding="utf-8"))
+    assert "every" in json.dumps(data, ensure_ascii=False)
+    wait_for_app(page)
