@@ -64,6 +64,25 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def descendants_cpu_seconds(pid: int, exclude: int | None = None) -> float:
+    """CPU time of every live descendant of `pid` (here: the browser), but not `exclude`'s tree."""
+    parents = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            parents[int(stat.parent.name)] = (int(fields[1]), (int(fields[11]) + int(fields[12])))
+        except (OSError, ValueError, IndexError):
+            pass
+    total, todo = 0, [pid]
+    while todo:
+        p = todo.pop()
+        for child, (ppid, ticks) in parents.items():
+            if ppid == p and child != exclude:
+                total += ticks
+                todo.append(child)
+    return total / os.sysconf("SC_CLK_TCK")
+
+
 def tree_rss_kib(pid: int) -> int:
     """RSS of the server and its children (Streamlit runs in one process, but be honest)."""
     total = proc_kib(pid, "VmRSS")
@@ -189,12 +208,16 @@ async def main_async(args) -> int:
             rounds = []
             for r in range(args.rounds):
                 cpu0 = cpu_seconds(server.pid) if server else float("nan")
+                browser0 = descendants_cpu_seconds(os.getpid(), exclude=server.pid if server else None)
                 load0 = os.getloadavg()[0]
                 t0 = time.perf_counter()
                 outs = await run_round(browser, url, texts, expected)
                 wall = time.perf_counter() - t0
                 cpu = (cpu_seconds(server.pid) if server else float("nan")) - cpu0
-                rounds.append((outs, wall, cpu, max(load0, os.getloadavg()[0])))
+                browser_cpu = (
+                    descendants_cpu_seconds(os.getpid(), exclude=server.pid if server else None) - browser0
+                )
+                rounds.append((outs, wall, cpu, browser_cpu, max(load0, os.getloadavg()[0])))
                 if server:
                     rss.append((f"after round {r + 1}", tree_rss_kib(server.pid)))
             await browser.close()
@@ -207,7 +230,7 @@ async def main_async(args) -> int:
     print(f"warm-up session: open {warm[0].get('open', float('nan')):.2f} s, errors {len(warm[0]['errors'])}")
     total_errors = 0
     all_results = []
-    for r, (outs, wall, cpu, load) in enumerate(rounds, 1):
+    for r, (outs, wall, cpu, browser_cpu, load) in enumerate(rounds, 1):
         opens = [o["open"] for o in outs if "open" in o]
         results = [o["result"] for o in outs if "result" in o]
         errors = [e for o in outs for e in o["errors"]]
@@ -222,7 +245,8 @@ async def main_async(args) -> int:
         )
         print(
             f"         server CPU {cpu:.1f} s ({cpu / len(outs):.2f} s per session: page run + edit rerun) "
-            f"on {os.cpu_count()} cores, machine load average {load:.1f}"
+            f"on {os.cpu_count()} cores; the browsers on the same machine {browser_cpu:.1f} s; "
+            f"machine load average {load:.1f}"
         )
         for e in errors[:10]:
             print("   ", e)
