@@ -110,8 +110,12 @@ def cmd_dataset(args) -> int:
     text = read_corpus_file(args.corpus) if args.corpus else load_verdict()
     model = build_untrained_model(args.seed)
 
+    tty = sys.stderr.isatty()  # a terminal gets one updating line, a log one line per batch
+
     def progress(done, total, split):
-        print(f"\r{split:>5} batches {done}/{total}", end="\n" if done == total else "", file=sys.stderr, flush=True)
+        end = "\n" if done == total or not tty else ""
+        print(f"\r{split:>5} batches {done}/{total}" if tty else f"{split} batches {done}/{total}", end=end,
+              file=sys.stderr, flush=True)
 
     result = evaluate_dataset(model, text, settings, num_batches=args.num_batches, progress=progress)
     summary = {"model": f"untrained GPT-2 124M, seed {args.seed}", "corpus": args.corpus or "The Verdict", **result.to_dict()}
