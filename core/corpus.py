@@ -118,17 +118,23 @@ def download_verdict(timeout: float = DOWNLOAD_TIMEOUT, url: str = VERDICT_URL) 
             f"The downloaded Verdict does not match its published hash (sha256 {digest[:12]}..., "
             f"expected {VERDICT_SHA256[:12]}...), so it was not used. {HOW_TO_PROVIDE}"
         )
-    target = verdict_cache_path()
-    # Write to a temporary file in the same folder, then rename: readers never see half a file.
-    fd, tmp = tempfile.mkstemp(prefix=".verdict-", dir=target.parent)
+    _write_cache(data)
+    return decode_corpus_bytes(data, VERDICT_FILENAME)
+
+
+def _write_cache(data: bytes) -> None:
+    """Write to a temporary file in the cache folder, then rename: readers never see half a
+    file. A read-only or full disk only costs the cache, not the text."""
+    tmp = None
     try:
+        target = verdict_cache_path()
+        fd, tmp = tempfile.mkstemp(prefix=".verdict-", dir=target.parent)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
         os.replace(tmp, target)
     except OSError:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return decode_corpus_bytes(data, VERDICT_FILENAME)
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
 
 
 def load_verdict(
@@ -139,12 +145,16 @@ def load_verdict(
         return read_corpus_file(path)
     if os.environ.get(VERDICT_ENV):
         return read_corpus_file(os.environ[VERDICT_ENV])
-    cached = verdict_cache_path()
-    if cached.is_file():
-        data = cached.read_bytes()
-        if sha256_hex(data) == VERDICT_SHA256:
-            return decode_corpus_bytes(data, VERDICT_FILENAME)
-        cached.unlink(missing_ok=True)  # damaged: fetch it again
+    cached = None
+    try:
+        cached = verdict_cache_path()
+        if cached.is_file():
+            data = cached.read_bytes()
+            if sha256_hex(data) == VERDICT_SHA256:
+                return decode_corpus_bytes(data, VERDICT_FILENAME)
+            cached.unlink(missing_ok=True)  # damaged: fetch it again
+    except OSError:
+        pass  # an unusable cache folder: download without it
     if not download:
         raise CorpusError(f"The Verdict is not in the cache ({cached}) and downloading is off. {HOW_TO_PROVIDE}")
     return download_verdict(timeout)

@@ -217,3 +217,13 @@ def test_no_cache_and_no_download(fresh_cache, monkeypatch):
     mock_urlopen(monkeypatch, error=AssertionError("no download expected"))
     with pytest.raises(CorpusError, match="not in the cache.*Upload"):
         load_verdict(download=False)
+
+
+def test_unusable_cache_folder_still_gives_the_text(tmp_path, verdict_bytes, monkeypatch):
+    not_a_folder = tmp_path / "cache"
+    not_a_folder.write_text("a file where the cache folder should be")
+    monkeypatch.setenv("LOSSLENS_CACHE_DIR", str(not_a_folder))
+    monkeypatch.delenv(VERDICT_ENV, raising=False)
+    calls = mock_urlopen(monkeypatch, payload=verdict_bytes)
+    assert len(load_verdict()) == 20479
+    assert len(calls) == 1 and not_a_folder.is_file()
