@@ -166,7 +166,7 @@ def render(inputs: common.Inputs) -> None:
 
         c1, c2, c3 = st.columns([2, 1, 2])
         preset_name = c1.radio("Preset", sorted(PRESETS, key=lambda n: n != "quick"), horizontal=True, key="train_preset",
-                               format_func=lambda n: {"quick": "quick (small GPT, < 1 min)", "book": "book (124M)"}[n])
+                               format_func=lambda n: {"quick": "quick (small GPT)", "book": "book (124M, section 5.2)"}[n])
         base = get_preset(preset_name)
         epochs = c2.number_input("Epochs", 1, 100, base.num_epochs, step=1, key=f"train_epochs_{preset_name}")
         name = c3.text_input("Save as", value=preset_name, max_chars=64, key=f"train_name_{preset_name}").strip()
@@ -174,15 +174,16 @@ def render(inputs: common.Inputs) -> None:
         st.caption(common.md(preset.description) + f" Needs about {training_memory_gb(preset):.1f} GB of RAM.")
         check_name(name)
 
-        if preset_name == "book":
-            if st.button("Estimate the time on this server", icon=":material/timer:", key="train_estimate"):
-                e = _estimate(preset_name)
-                st.info(
-                    f"Measured here: {e['step_s']:.2f} s per training step, {e['steps_per_epoch']} steps per epoch "
-                    f"→ about {e['epoch_s'] / 60:.1f} min per epoch, {e['epoch_s'] * preset.num_epochs / 60:.0f} min for "
-                    f"{preset.num_epochs} epochs (the book: about 5 min for 10 epochs on an M3 MacBook Air).",
-                    icon=":material/timer:",
-                )
+        if st.button("Estimate the time on this server", icon=":material/timer:", key="train_estimate",
+                     help="Times a few real training steps here (a busy server is slower)."):
+            e = _estimate(preset_name)
+            st.info(
+                f"Measured here: {e['step_s']:.2f} s per training step, {e['steps_per_epoch']} steps per epoch "
+                f"→ about {e['epoch_s'] / 60:.1f} min per epoch, {e['epoch_s'] * preset.num_epochs / 60:.1f} min for "
+                f"{preset.num_epochs} epochs with evaluations and samples"
+                + (" (the book: about 5 min for 10 epochs on an M3 MacBook Air)." if preset_name == "book" else "."),
+                icon=":material/timer:",
+            )
 
         saved = {meta["name"]: meta for _, meta in list_trained_models()}
         resumable = name in saved and saved[name]["state"].get("stopped") and resume_path(name).is_file()
