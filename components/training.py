@@ -94,10 +94,11 @@ def _show(snap: dict, presentation: bool) -> None:
     if evals:
         last = evals[-1]
         c1, c2, c3, c4 = st.columns(4)
-        c1.metric("Training loss", f"{last['train_loss']:.3f}",
-                  delta=f"{last['train_loss'] - evals[0]['train_loss']:+.3f}", delta_color="inverse")
-        c2.metric("Validation loss", f"{last['val_loss']:.3f}",
-                  delta=f"{last['val_loss'] - evals[0]['val_loss']:+.3f}", delta_color="inverse")
+        first = evals[0] if len(evals) > 1 else None  # the change since the first evaluation
+        c1.metric("Training loss", f"{last['train_loss']:.3f}", delta_color="inverse",
+                  delta=f"{last['train_loss'] - first['train_loss']:+.3f}" if first else None)
+        c2.metric("Validation loss", f"{last['val_loss']:.3f}", delta_color="inverse",
+                  delta=f"{last['val_loss'] - first['val_loss']:+.3f}" if first else None)
         c3.metric("Gap (val − train)", f"{last['val_loss'] - last['train_loss']:.3f}",
                   help="Grows when the model memorises the training text: overfitting.")
         c4.metric("Tokens seen", f"{last['tokens_seen']:,}")
@@ -127,7 +128,7 @@ def _finished(run: TrainingRun, presentation: bool) -> None:
         st.success(f"Finished and saved. “Trained: {common.md(run.name)}” is now in the model picker, "
                    "so every view can use it.", icon=":material/check_circle:")
     elif snap["stopped"]:
-        st.warning(f"Stopped at step {snap['step']} and saved: “Trained: {common.md(run.name)}” is in the model "
+        st.warning(f"Stopped after {snap['step']} steps and saved: “Trained: {common.md(run.name)}” is in the model "
                    "picker, and Resume continues exactly where it stopped.", icon=":material/stop_circle:")
     if not st.session_state.get("_train_acknowledged"):
         st.session_state["_train_acknowledged"] = True
@@ -169,7 +170,11 @@ def render(inputs: common.Inputs) -> None:
                                format_func=lambda n: {"quick": "quick (small GPT)", "book": "book (124M, section 5.2)"}[n])
         base = get_preset(preset_name)
         epochs = c2.number_input("Epochs", 1, 100, base.num_epochs, step=1, key=f"train_epochs_{preset_name}")
-        name = c3.text_input("Save as", value=preset_name, max_chars=64, key=f"train_name_{preset_name}").strip()
+        # Widgets not drawn during a live run lose their state: the chosen name is kept here.
+        names = st.session_state.setdefault("_train_names", {})
+        name = c3.text_input("Save as", value=names.get(preset_name, preset_name), max_chars=64,
+                             key=f"train_name_{preset_name}").strip()
+        names[preset_name] = name
         preset = get_preset(preset_name, num_epochs=int(epochs))
         st.caption(common.md(preset.description) + f" Needs about {training_memory_gb(preset):.1f} GB of RAM.")
         check_name(name)

@@ -107,11 +107,11 @@ def _trained_models() -> list[ModelSpec]:
     for path, meta in list_trained_models():
         s, cfg = meta["state"], meta["config"]
         val = f", val loss {s['val_losses'][-1]:.3f}" if s.get("val_losses") else ""
-        done = "" if not s.get("stopped") else " (stopped, resumable)"
+        progress = f"stopped after {s['global_step'] + 1} steps" if s.get("stopped") else f"{s['epoch']} epochs"
         specs.append(
             ModelSpec(
                 key=f"trained-{meta['name']}",
-                label=f"Trained: {meta['name']} ({meta['preset']} preset, {s['epoch']} epochs{val}){done}",
+                label=f"Trained: {meta['name']} ({meta['preset']} preset, {progress}{val})",
                 description=f"Trained on a corpus by train_model_simple (section 5.2): {cfg['n_layers']} layers, "
                 f"width {cfg['emb_dim']}, context {cfg['context_length']}, {s['global_step'] + 1} steps, "
                 f"{s['tokens_seen']:,} tokens seen; saved {meta.get('saved_at', '')}.",

@@ -1,0 +1,29 @@
+"""The Training view in the browser: a run in the background with a live chart, stopped, then in the picker."""
+
+from __future__ import annotations
+
+from .e2e_helpers import wait_for_app
+
+
+def test_train_live_stop_and_pick(new_page, server):
+    page = new_page()
+    page.goto(f"{server.url}/training")
+    wait_for_app(page)
+    page.get_by_role("heading", name="Training").wait_for()
+    name = page.get_by_label("Save as")
+    name.fill("e2e-quick")
+    name.press("Enter")
+    wait_for_app(page)
+    page.get_by_role("button", name="Train").click()
+    # The fragment polls the training thread: the progress bar, then the first evaluation.
+    page.locator('[data-testid="stProgress"]').wait_for(timeout=120_000)
+    page.get_by_text("Training loss").first.wait_for(timeout=300_000)
+    page.locator('[data-testid="stPlotlyChart"]').first.wait_for(timeout=60_000)
+    page.get_by_role("button", name="Stop").click()
+    page.get_by_text("Stopped after").wait_for(timeout=300_000)
+    wait_for_app(page)
+    assert page.get_by_label("Save as").input_value() == "e2e-quick"
+    assert page.get_by_role("button", name="Resume").is_enabled()
+    # The saved run is a model of the sidebar's picker.
+    page.locator('[data-testid="stSidebar"] [data-testid="stSelectbox"]').first.click()
+    page.get_by_role("option", name="Trained: e2e-quick", exact=False).wait_for(timeout=30_000)
