@@ -27,3 +27,11 @@ def test_train_live_stop_and_pick(new_page, server):
     # The saved run is a model of the sidebar's picker.
     page.locator('[data-testid="stSidebar"] [data-testid="stSelectbox"]').first.click()
     page.get_by_role("option", name="Trained: e2e-quick", exact=False).wait_for(timeout=30_000)
+    page.keyboard.press("Escape")
+    # The comparison puts it beside the untrained model: the book's 10.7940 next to its loss.
+    page.goto(f"{server.url}/compare")
+    wait_for_app(page)
+    page.get_by_role("heading", name="Compare models").wait_for()
+    page.locator('[data-testid="stMetricValue"]', has_text="10.7940").first.wait_for(timeout=300_000)
+    labels = page.locator('[data-testid="stMetricLabel"]').all_inner_texts()
+    assert any("e2e-quick" in label for label in labels), labels
