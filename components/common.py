@@ -191,7 +191,8 @@ def downloads(name: str, rows: list[dict], payload: dict | None = None, key: str
     """CSV of the table shown and JSON of the values behind the view.
 
     The files are made on click (callables): no file is stored on every rerun, and a quick
-    rerun cannot remove a file the browser is still checking (a 404 under load)."""
+    rerun cannot remove a file the browser is still checking (a 404 under load). A click does
+    not rerun the page, so clicking one button right after the other finds its file."""
 
     def csv() -> bytes:
         import pandas as pd
@@ -208,6 +209,7 @@ def downloads(name: str, rows: list[dict], payload: dict | None = None, key: str
         file_name=f"losslens-{name}.csv",
         mime="text/csv",
         key=f"csv-{key or name}",
+        on_click="ignore",  # no rerun: the other button's file stays valid
         icon=":material/download:",
     )
     c2.download_button(
@@ -216,6 +218,7 @@ def downloads(name: str, rows: list[dict], payload: dict | None = None, key: str
         file_name=f"losslens-{name}.json",
         mime="application/json",
         key=f"json-{key or name}",
+        on_click="ignore",  # no rerun: the other button's file stays valid
         icon=":material/download:",
     )
 
