@@ -98,7 +98,13 @@ def create_dataloader_v1(
             num_workers=num_workers,
             generator=torch.Generator(),  # keeps the DataLoader's own draw off the global generator
         )
-    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, drop_last=drop_last, num_workers=num_workers)
+    # With a seed the caller wants isolation: even an unshuffled DataLoader draws a base seed
+    # from the global generator on every pass, which would disturb other sessions' seeding.
+    generator = torch.Generator() if seed is not None else None
+    return DataLoader(
+        dataset, batch_size=batch_size, shuffle=shuffle, drop_last=drop_last, num_workers=num_workers,
+        generator=generator,
+    )
 
 
 def split_text(text: str, train_ratio: float = 0.9) -> tuple[str, str]:
@@ -216,7 +222,8 @@ def make_loaders(
         tokenizer=tokenizer, seed=settings.seed,
     )
     val_loader = create_dataloader_v1(
-        val_text, batch_size=B, max_length=L, stride=S, shuffle=False, drop_last=False, tokenizer=tokenizer
+        val_text, batch_size=B, max_length=L, stride=S, shuffle=False, drop_last=False, tokenizer=tokenizer,
+        seed=settings.seed,
     )
     total_tokens = len(token_tensor(text, tokenizer))
     train = _counts("train", train_text, train_loader, settings, drop_last=True)

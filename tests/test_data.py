@@ -150,6 +150,15 @@ def test_shuffle_repeats_and_leaves_the_global_generator_alone():
     assert torch.equal(torch.get_rng_state(), state)
 
 
+def test_make_loaders_leave_the_global_generator_alone(verdict):
+    """Evaluating in one session must not shift another session's seeded model build."""
+    split = make_loaders(verdict, LoaderSettings())
+    state = torch.get_rng_state()
+    for loader in (split.train_loader, split.val_loader):
+        assert sum(1 for _ in loader) > 0
+    assert torch.equal(torch.get_rng_state(), state)
+
+
 def test_create_dataloader_v1_defaults(verdict):
     loader = create_dataloader_v1(verdict, shuffle=False)
     x, y = next(iter(loader))
