@@ -202,25 +202,17 @@ def downloads(name: str, rows: list[dict], payload: dict | None = None, key: str
     def as_json() -> bytes:
         return json.dumps(payload if payload is not None else rows, indent=1, ensure_ascii=False).encode("utf-8")
 
-    c1, c2, _ = st.columns([1, 1, 3])
-    c1.download_button(
-        "Download CSV",
-        csv,
-        file_name=f"losslens-{name}.csv",
-        mime="text/csv",
-        key=f"csv-{key or name}",
-        on_click="ignore",  # no rerun: the other button's file stays valid
-        icon=":material/download:",
-    )
-    c2.download_button(
-        "Download JSON",
-        as_json,
-        file_name=f"losslens-{name}.json",
-        mime="application/json",
-        key=f"json-{key or name}",
-        on_click="ignore",  # no rerun: the other button's file stays valid
-        icon=":material/download:",
-    )
+    formats = [("CSV", csv, "text/csv"), ("JSON", as_json, "application/json")]
+    for column, (kind, data, mime) in zip(st.columns([1, 1, 3])[:2], formats, strict=True):
+        column.download_button(
+            f"Download {kind}",
+            data,
+            file_name=f"losslens-{name}.{kind.lower()}",
+            mime=mime,
+            key=f"{kind.lower()}-{key or name}",
+            on_click="ignore",  # no rerun: the other button's file stays valid
+            icon=":material/download:",
+        )
 
 
 def metrics(s: dict) -> None:
