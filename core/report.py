@@ -59,6 +59,8 @@ def summarize(result: LossResult, tokenizer: tiktoken.Encoding | None = None) ->
     flat = 0
     for row, ids in enumerate(batch.token_ids):
         n = len(ids) - 1
+        pieces = [token_piece(i, tokenizer) for i in ids]  # once per text, sliced per position
+        shown = [p.display for p in pieces]
         positions = []
         for t in range(n):
             target = int(batch.targets[row, t])
@@ -66,10 +68,10 @@ def summarize(result: LossResult, tokenizer: tiktoken.Encoding | None = None) ->
                 {
                     "position": t,
                     "input_id": int(batch.inputs[row, t]),
-                    "input": token_piece(int(batch.inputs[row, t]), tokenizer).display,
-                    "context": [token_piece(i, tokenizer).display for i in ids[: t + 1]],
+                    "input": shown[t],
+                    "context": shown[: t + 1],
                     "target_id": target,
-                    "target": token_piece(target, tokenizer).display,
+                    "target": shown[t + 1],
                     "target_logit": float(result.logits[row, t, target]),
                     "target_proba": _f(result.target_probas[row, t]),
                     "log_proba": _f(result.log_probas[flat + t]),
@@ -81,12 +83,11 @@ def summarize(result: LossResult, tokenizer: tiktoken.Encoding | None = None) ->
                 }
             )
         flat += n
-        pieces = [token_piece(i, tokenizer) for i in ids]
         texts.append(
             {
                 "text": batch.texts[row] if batch.texts else "",
                 "token_ids": list(ids),
-                "tokens": [p.display for p in pieces],
+                "tokens": shown,
                 "byte_tokens": [p.is_bytes for p in pieces],
                 "positions": positions,
             }
