@@ -39,3 +39,15 @@ def verdict_path() -> Path:
     if not VERDICT_PATH.is_file():
         pytest.fail(f"The shared corpus is missing at {VERDICT_PATH}")
     return VERDICT_PATH
+
+
+@pytest.fixture
+def app_env(monkeypatch, verdict_path):
+    """For AppTest: The Verdict from the shared copy, and an empty result cache before and
+    after each test (the model stays cached: it is only read)."""
+    import streamlit as st
+
+    monkeypatch.setenv("LOSSLENS_VERDICT_PATH", str(verdict_path))
+    st.cache_data.clear()
+    yield
+    st.cache_data.clear()

@@ -21,15 +21,7 @@ from core.report import STEPS
 TIMEOUT = 180
 
 
-@pytest.fixture(autouse=True)
-def _fresh_caches():
-    """Each test starts from an empty result cache; the model stays (it is only read)."""
-    import streamlit as st
-
-    os.environ["LOSSLENS_VERDICT_PATH"] = str(VERDICT_PATH)
-    st.cache_data.clear()
-    yield
-    st.cache_data.clear()
+pytestmark = pytest.mark.usefixtures("app_env")
 
 
 def app(page: str | None = None, **query) -> AppTest:

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import os
 import re
 
 import pytest
-from conftest import BOOK_TEXTS, ROOT, VERDICT_PATH
+from conftest import BOOK_TEXTS, ROOT
 from streamlit.testing.v1 import AppTest
 
 from core.loss import compute_loss
@@ -15,13 +14,7 @@ from core.train import load_trained_model, model_path, run_training
 TIMEOUT = 300
 
 
-@pytest.fixture(autouse=True)
-def _verdict():
-    import streamlit as st
-
-    os.environ["LOSSLENS_VERDICT_PATH"] = str(VERDICT_PATH)
-    st.cache_data.clear()
-    yield
+pytestmark = pytest.mark.usefixtures("app_env")
 
 
 def page(name: str) -> AppTest:
