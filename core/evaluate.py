@@ -8,7 +8,6 @@ has no batch.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 
@@ -17,6 +16,7 @@ import torch.nn.functional as F
 
 from .data import DataSplit, LoaderSettings, make_loaders
 from .errors import NoBatchesError
+from .loss import perplexity
 
 Progress = Callable[[int, int], None]
 Cancel = Callable[[], bool]
@@ -126,12 +126,7 @@ class DatasetLosses:
 
 
 def _perplexity(loss: float | None) -> float | None:
-    if loss is None:
-        return None
-    try:
-        return math.exp(loss)
-    except OverflowError:
-        return math.inf
+    return None if loss is None else perplexity(loss)
 
 
 def _check_batches(data: DataSplit) -> None:

@@ -33,6 +33,14 @@ MAX_CHARS = 200_000  # refuse a huge paste before tokenizing it
 MAX_TOPK_ENTRIES = 500_000
 
 
+def perplexity(loss: float) -> float:
+    """exp(loss), and inf for a loss above ~709.8 nats (tiny temperatures): beyond float range."""
+    try:
+        return math.exp(loss)
+    except OverflowError:
+        return math.inf
+
+
 @dataclass
 class Batch:
     """Texts as the book batches them: inputs = tokens[:-1], targets = tokens[1:]."""
@@ -68,10 +76,7 @@ class LossResult:
 
     @property
     def perplexity(self) -> float:
-        try:
-            return math.exp(float(self.loss))
-        except OverflowError:  # a loss above ~709.8 nats (tiny temperatures): beyond float range
-            return math.inf
+        return perplexity(float(self.loss))
 
     @property
     def logits_flat(self) -> torch.Tensor:

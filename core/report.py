@@ -9,7 +9,7 @@ import math
 
 import tiktoken
 
-from .loss import LossResult
+from .loss import LossResult, perplexity
 from .tokenizer import get_tokenizer, token_piece
 
 STEPS = [
@@ -30,14 +30,6 @@ def _f(x) -> float | None:
     if math.isinf(x):
         return "inf" if x > 0 else "-inf"
     return x
-
-
-def perplexity(loss: float) -> float | str:
-    """exp(loss); "inf" past float range (a low temperature can push the loss into the thousands)."""
-    try:
-        return math.exp(loss)
-    except OverflowError:
-        return "inf"
 
 
 def _top_k(result: LossResult, row: int, t: int, tokenizer: tiktoken.Encoding) -> list[dict]:
@@ -113,7 +105,7 @@ def summarize(result: LossResult, tokenizer: tiktoken.Encoding | None = None) ->
         "neg_avg_log_probas": _f(result.neg_avg_log_probas),
         "loss": loss,
         "difference": _f(result.difference),
-        "perplexity": perplexity(loss),
+        "perplexity": _f(perplexity(loss)),  # "inf" past float range
         "bits_per_token": loss / math.log(2),
         "uniform_loss": math.log(v),
         "uniform_perplexity": v,
