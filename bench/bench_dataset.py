@@ -69,7 +69,7 @@ def our_pass(text: str):
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--corpus", help="The Verdict's path (default: $LOSSLENS_VERDICT_PATH, cache or download)")
+    p.add_argument("--corpus", help="The Verdict's path (default: $LOSSLENS_VERDICT_PATH, else the packaged copy)")
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
     args = p.parse_args()

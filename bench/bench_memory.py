@@ -55,7 +55,7 @@ print(len(ds), time.perf_counter() - t, hwm / 1024)
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--corpus", help="The Verdict's path (default: $LOSSLENS_VERDICT_PATH, cache or download)")
+    p.add_argument("--corpus", help="The Verdict's path (default: $LOSSLENS_VERDICT_PATH, else the packaged copy)")
     p.add_argument("--megabytes", type=float, default=10.0)
     p.add_argument("--num-batches", type=int, default=8, help="batches per split (a full pass takes hours)")
     p.add_argument("--reference", action="store_true", help="also measure the book's GPTDatasetV1 in a child process")

@@ -47,12 +47,13 @@ def main() -> int:
     ap.add_argument("--preset", choices=["quick", "book", "both"], default="both")
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--threads", type=int, default=None)
-    ap.add_argument("--corpus", default=str(ROOT.parent / "shared" / "data" / "the-verdict.txt"))
+    ap.add_argument("--corpus", default=None, help="a UTF-8 text file (default: The Verdict that ships with LossLens)")
     args = ap.parse_args()
 
     import torch
     import torch.nn.functional as F
 
+    from core.corpus import load_verdict
     from core.evaluate import calc_loss_batch
     from core.model import GPTModel
     from core.train import estimate_time, get_preset, make_train_loaders
@@ -63,7 +64,7 @@ def main() -> int:
         from llms_from_scratch.ch04 import GPTModel as BookGPTModel
     except ImportError:
         BookGPTModel = None
-    text = Path(args.corpus).read_text(encoding="utf-8")
+    text = load_verdict(args.corpus)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, load average {os.getloadavg()[0]:.1f} "
           f"on {os.cpu_count()} CPUs")
 

@@ -30,7 +30,6 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests" / "e2e")]
 from e2e_helpers import (  # noqa: E402
     CHROMIUM_ARGS,
     DONE_STATES,
-    VERDICT_PATH,
     StreamlitServer,
     find_chromium,
     server_env,
@@ -193,7 +192,7 @@ async def main_async(args) -> int:
     url = args.url
     if url is None:
         work = Path(tempfile.mkdtemp(prefix="losslens-load-"))
-        server = StreamlitServer(server_env(work / "cache", VERDICT_PATH), work).start()
+        server = StreamlitServer(server_env(work / "cache"), work).start()
         url = server.url
     try:
         async with async_playwright() as p:

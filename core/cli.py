@@ -88,7 +88,7 @@ def format_loss(summary: dict) -> str:
 
 def add_dataset(sub) -> None:
     p = sub.add_parser("dataset", help="training and validation loss over a corpus (section 5.1.3)")
-    p.add_argument("--corpus", metavar="PATH", help="a UTF-8 text file (default: The Verdict, cached or downloaded)")
+    p.add_argument("--corpus", metavar="PATH", help="a UTF-8 text file (default: The Verdict that ships with LossLens)")
     p.add_argument("--train-ratio", type=float, default=0.9, help="share of characters for training (book: 0.9)")
     p.add_argument("--context-length", type=int, default=256, help="window length, the loaders' max_length (book: 256)")
     p.add_argument("--stride", type=int, default=256, help="tokens between window starts (book: 256)")
@@ -146,7 +146,7 @@ def add_train(sub) -> None:
     p = sub.add_parser("train", help="pretrain a GPT on a corpus with the book's train_model_simple (section 5.2)")
     p.add_argument("--preset", choices=["quick", "book"], default="quick",
                    help="quick: a small GPT in under a minute; book: GPT_CONFIG_124M for 10 epochs")
-    p.add_argument("--corpus", metavar="PATH", help="a UTF-8 text file (default: The Verdict, cached or downloaded)")
+    p.add_argument("--corpus", metavar="PATH", help="a UTF-8 text file (default: The Verdict that ships with LossLens)")
     p.add_argument("--epochs", type=int, default=None, help="number of epochs (default: the preset's)")
     p.add_argument("--out", metavar="NAME", default=None, help="save as NAME in the cache (default: the preset's name)")
     p.add_argument("--resume", action="store_true", help="continue the stopped run saved as NAME")

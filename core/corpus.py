@@ -1,29 +1,23 @@
-"""Corpora: The Verdict (downloaded once, checked, cached) or any UTF-8 text the user gives.
+"""Corpora: The Verdict (shipped with LossLens, checked) or any UTF-8 text the user gives.
 
-The Verdict is looked for in this order: an explicit path, $LOSSLENS_VERDICT_PATH, the
-per-user cache (core.paths.cache_dir()), then a download from the book's repository whose
-sha256 must match before anything is written to the cache.
+The Verdict is looked for in this order: an explicit path, $LOSSLENS_VERDICT_PATH, then the
+copy that ships as package data (core/data/the-verdict.txt). Every copy of The Verdict read
+without an explicit path is checked against the book's sha256, so a damaged install says so
+instead of giving other numbers than the book's.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 from .errors import CorpusError
-from .paths import cache_dir
 
-VERDICT_URL = (
-    "https://raw.githubusercontent.com/rasbt/LLMs-from-scratch/main/ch02/01_main-chapter-code/the-verdict.txt"
-)
 VERDICT_SHA256 = "b41e41a68f0398a3154ae69e2e4c0e2694e17fe0d66730536837f1b01935b31f"
 VERDICT_FILENAME = "the-verdict.txt"
+VERDICT_PACKAGED = Path(__file__).resolve().parent / "data" / VERDICT_FILENAME
 VERDICT_ENV = "LOSSLENS_VERDICT_PATH"
-DOWNLOAD_TIMEOUT = 20.0  # seconds; a workshop's wifi may be slow, but never hang the page
 
 # 20 MB of UTF-8 is ~5 million tokens: the token ids fit easily in memory, and a full pass
 # would take hours on a CPU, so anything larger is surely a mistake.
@@ -32,8 +26,7 @@ MAX_CORPUS_LABEL = "20 MB"
 
 HOW_TO_PROVIDE = (
     "Upload the file or paste its text, or point LossLens to a local copy: "
-    f"`--corpus PATH` on the command line or the environment variable {VERDICT_ENV}=PATH. "
-    f"The file is at {VERDICT_URL}"
+    f"`--corpus PATH` on the command line or the environment variable {VERDICT_ENV}=PATH."
 )
 
 # Characters that do not occur in text: C0 controls other than tab, newline, form feed, CR.
@@ -100,61 +93,23 @@ def read_corpus_file(path: str | os.PathLike) -> str:
     return decode_corpus_bytes(data, path.name)
 
 
-def verdict_cache_path() -> Path:
-    return cache_dir() / VERDICT_FILENAME
-
-
-def download_verdict(timeout: float = DOWNLOAD_TIMEOUT, url: str = VERDICT_URL) -> str:
-    """Download The Verdict, check its sha256, write it atomically into the cache."""
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:
-            data = response.read(MAX_CORPUS_BYTES + 1)
-    except (urllib.error.URLError, OSError, ValueError) as e:
-        reason = getattr(e, "reason", None) or e
-        raise CorpusError(f"Could not download The Verdict ({reason}). {HOW_TO_PROVIDE}") from None
-    digest = sha256_hex(data)
-    if digest != VERDICT_SHA256:
-        raise CorpusError(
-            f"The downloaded Verdict does not match its published hash (sha256 {digest[:12]}..., "
-            f"expected {VERDICT_SHA256[:12]}...), so it was not used. {HOW_TO_PROVIDE}"
-        )
-    _write_cache(data)
-    return decode_corpus_bytes(data, VERDICT_FILENAME)
-
-
-def _write_cache(data: bytes) -> None:
-    """Write to a temporary file in the cache folder, then rename: readers never see half a
-    file. A read-only or full disk only costs the cache, not the text."""
-    tmp = None
-    try:
-        target = verdict_cache_path()
-        fd, tmp = tempfile.mkstemp(prefix=".verdict-", dir=target.parent)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, target)
-    except OSError:
-        if tmp is not None:
-            Path(tmp).unlink(missing_ok=True)
-
-
-def load_verdict(
-    path: str | os.PathLike | None = None, *, download: bool = True, timeout: float = DOWNLOAD_TIMEOUT
-) -> str:
-    """The Verdict's text: from `path`, $LOSSLENS_VERDICT_PATH, the cache, or a download."""
+def load_verdict(path: str | os.PathLike | None = None) -> str:
+    """The Verdict's text: from `path`, $LOSSLENS_VERDICT_PATH, or the packaged copy (checked)."""
     if path is not None:
         return read_corpus_file(path)
     if os.environ.get(VERDICT_ENV):
         return read_corpus_file(os.environ[VERDICT_ENV])
-    cached = None
     try:
-        cached = verdict_cache_path()
-        if cached.is_file():
-            data = cached.read_bytes()
-            if sha256_hex(data) == VERDICT_SHA256:
-                return decode_corpus_bytes(data, VERDICT_FILENAME)
-            cached.unlink(missing_ok=True)  # damaged: fetch it again
-    except OSError:
-        pass  # an unusable cache folder: download without it
-    if not download:
-        raise CorpusError(f"The Verdict is not in the cache ({cached}) and downloading is off. {HOW_TO_PROVIDE}")
-    return download_verdict(timeout)
+        data = VERDICT_PACKAGED.read_bytes()
+    except OSError as e:
+        raise CorpusError(
+            f"The Verdict that ships with LossLens is missing ({VERDICT_PACKAGED}: {e.strerror or e}). "
+            f"Reinstall LossLens, or: {HOW_TO_PROVIDE}"
+        ) from None
+    digest = sha256_hex(data)
+    if digest != VERDICT_SHA256:
+        raise CorpusError(
+            f"The Verdict that ships with LossLens is damaged (sha256 {digest[:12]}..., expected "
+            f"{VERDICT_SHA256[:12]}...), so it was not used. Reinstall LossLens, or: {HOW_TO_PROVIDE}"
+        )
+    return decode_corpus_bytes(data, VERDICT_FILENAME)

@@ -1,4 +1,4 @@
-"""Shared fixtures: the real tokenizer, the book's untrained model, the shared corpus."""
+"""Shared fixtures: the real tokenizer, the book's untrained model, the packaged corpus."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-VERDICT_PATH = ROOT.parent / "shared" / "data" / "the-verdict.txt"
+VERDICT_PATH = ROOT / "core" / "data" / "the-verdict.txt"  # the copy LossLens ships
 BOOK_TEXTS = ["every effort moves you", "I really like chocolate"]
 
 
@@ -37,17 +37,17 @@ def model():
 @pytest.fixture(scope="session")
 def verdict_path() -> Path:
     if not VERDICT_PATH.is_file():
-        pytest.fail(f"The shared corpus is missing at {VERDICT_PATH}")
+        pytest.fail(f"The packaged corpus is missing at {VERDICT_PATH}")
     return VERDICT_PATH
 
 
 @pytest.fixture
 def app_env(monkeypatch, verdict_path):
-    """For AppTest: The Verdict from the shared copy, and an empty result cache before and
-    after each test (the model stays cached: it is only read)."""
+    """For AppTest: The Verdict from the packaged copy (no override), and an empty result cache
+    before and after each test (the model stays cached: it is only read)."""
     import streamlit as st
 
-    monkeypatch.setenv("LOSSLENS_VERDICT_PATH", str(verdict_path))
+    monkeypatch.delenv("LOSSLENS_VERDICT_PATH", raising=False)
     st.cache_data.clear()
     yield
     st.cache_data.clear()

@@ -1,11 +1,10 @@
-"""Corpus loading: The Verdict from a path, the env var, the cache or a (mocked) download;
+"""Corpus loading: The Verdict from a path, the env var or the packaged copy (checked);
 bad uploads refused with a message that says why."""
 
 from __future__ import annotations
 
 import hashlib
-import io
-import urllib.error
+from pathlib import Path
 
 import pytest
 
@@ -13,13 +12,12 @@ from core import corpus
 from core.corpus import (
     MAX_CORPUS_BYTES,
     VERDICT_ENV,
+    VERDICT_PACKAGED,
     VERDICT_SHA256,
-    VERDICT_URL,
     decode_corpus_bytes,
     load_verdict,
     read_corpus_file,
     validate_corpus_text,
-    verdict_cache_path,
 )
 from core.errors import CorpusError, LossLensError
 
@@ -29,36 +27,7 @@ def verdict_bytes(verdict_path) -> bytes:
     return verdict_path.read_bytes()
 
 
-@pytest.fixture
-def fresh_cache(tmp_path, monkeypatch):
-    """An empty cache folder and no env var override."""
-    monkeypatch.setenv("LOSSLENS_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.delenv(VERDICT_ENV, raising=False)
-    return tmp_path / "cache"
-
-
-class FakeResponse(io.BytesIO):
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-
-
-def mock_urlopen(monkeypatch, payload=None, error=None):
-    calls = []
-
-    def urlopen(url, timeout=None):
-        calls.append((url, timeout))
-        if error is not None:
-            raise error
-        return FakeResponse(payload)
-
-    monkeypatch.setattr(corpus.urllib.request, "urlopen", urlopen)
-    return calls
-
-
-# --- the shared file -------------------------------------------------------------
+# --- the packaged file------------------------------------------------------------
 
 
 def test_read_verdict_file(verdict_path, verdict_bytes):
@@ -140,90 +109,72 @@ def test_pasted_text_with_nul_is_refused():
 # --- where The Verdict comes from ------------------------------------------------
 
 
-def test_explicit_path_wins(fresh_cache, verdict_path, tmp_path, monkeypatch):
+def test_explicit_path_wins(verdict_path, tmp_path, monkeypatch):
     other = tmp_path / "other.txt"
     other.write_text("a different corpus " * 10, encoding="utf-8")
     monkeypatch.setenv(VERDICT_ENV, str(other))
-    calls = mock_urlopen(monkeypatch, error=AssertionError("no download expected"))
     assert len(load_verdict(verdict_path)) == 20479
     assert load_verdict() == other.read_text(encoding="utf-8")  # then the env var
-    assert calls == []
 
 
-def test_env_var_points_to_a_local_copy(fresh_cache, verdict_path, monkeypatch):
-    monkeypatch.setenv(VERDICT_ENV, str(verdict_path))
-    calls = mock_urlopen(monkeypatch, error=AssertionError("no download expected"))
-    assert len(load_verdict()) == 20479
-    assert calls == []
-    assert not verdict_cache_path().exists()
-
-
-def test_env_var_to_a_missing_file_says_so(fresh_cache, tmp_path, monkeypatch):
+def test_env_var_to_a_missing_file_says_so(tmp_path, monkeypatch):
     monkeypatch.setenv(VERDICT_ENV, str(tmp_path / "missing.txt"))
     with pytest.raises(CorpusError, match="missing.txt"):
         load_verdict()
 
 
-def test_download_verifies_and_caches(fresh_cache, verdict_bytes, monkeypatch):
-    calls = mock_urlopen(monkeypatch, payload=verdict_bytes)
-    text = load_verdict(timeout=3.5)
-    assert calls == [(VERDICT_URL, 3.5)]
-    assert len(text) == 20479
-    cached = verdict_cache_path()
-    assert cached.parent == fresh_cache
-    assert hashlib.sha256(cached.read_bytes()).hexdigest() == VERDICT_SHA256
-    assert [p.name for p in fresh_cache.iterdir()] == ["the-verdict.txt"]  # no temp file left
-
-    # Second use: from the cache, no network.
-    calls.clear()
-    mock_urlopen(monkeypatch, error=AssertionError("no download expected"))
-    assert load_verdict() == text
+def test_the_packaged_copy_is_the_default_and_is_the_books(monkeypatch, verdict_bytes):
+    monkeypatch.delenv(VERDICT_ENV, raising=False)
+    text = load_verdict()
+    assert VERDICT_PACKAGED.parent.name == "data" and VERDICT_PACKAGED.parent.parent.name == "core"
+    assert hashlib.sha256(VERDICT_PACKAGED.read_bytes()).hexdigest() == VERDICT_SHA256
+    assert len(text) == 20479 and text.encode("utf-8") == verdict_bytes
+    assert text.startswith("I HAD always thought Jack Gisburn")
 
 
-def test_offline_gives_a_how_to_message(fresh_cache, monkeypatch):
-    mock_urlopen(monkeypatch, error=urllib.error.URLError("Name or service not known"))
+def test_no_network_is_needed(monkeypatch):
+    """The default path opens no socket: a workshop's wifi can be down."""
+    import socket
+
+    def refuse(*a, **k):
+        raise AssertionError("load_verdict tried the network")
+
+    monkeypatch.delenv(VERDICT_ENV, raising=False)
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    assert len(load_verdict()) == 20479
+
+
+def test_a_damaged_packaged_copy_is_refused(tmp_path, monkeypatch, verdict_bytes):
+    damaged = tmp_path / "the-verdict.txt"
+    damaged.write_bytes(verdict_bytes.replace(b"Gisburn", b"Gisborn", 1))
+    monkeypatch.delenv(VERDICT_ENV, raising=False)
+    monkeypatch.setattr(corpus, "VERDICT_PACKAGED", damaged)
     with pytest.raises(CorpusError) as e:
         load_verdict()
     message = str(e.value)
-    assert "Could not download The Verdict (Name or service not known)" in message
+    assert "damaged" in message and VERDICT_SHA256[:12] in message
     for hint in ("Upload", "paste", "--corpus", VERDICT_ENV):
         assert hint in message
-    assert not verdict_cache_path().exists()
 
 
-def test_timeout_gives_a_how_to_message(fresh_cache, monkeypatch):
-    mock_urlopen(monkeypatch, error=TimeoutError("timed out"))
-    with pytest.raises(CorpusError, match="timed out.*Upload"):
-        load_verdict()
-
-
-def test_hash_mismatch_is_refused_and_not_cached(fresh_cache, verdict_bytes, monkeypatch):
-    tampered = verdict_bytes.replace(b"Gisburn", b"Gisborn", 1)
-    mock_urlopen(monkeypatch, payload=tampered)
-    with pytest.raises(CorpusError, match="does not match its published hash.*Upload"):
-        load_verdict()
-    assert list(fresh_cache.iterdir()) == []
-
-
-def test_damaged_cache_is_downloaded_again(fresh_cache, verdict_bytes, monkeypatch):
-    verdict_cache_path().write_bytes(b"half a file")
-    calls = mock_urlopen(monkeypatch, payload=verdict_bytes)
-    assert len(load_verdict()) == 20479
-    assert len(calls) == 1
-    assert verdict_cache_path().read_bytes() == verdict_bytes
-
-
-def test_no_cache_and_no_download(fresh_cache, monkeypatch):
-    mock_urlopen(monkeypatch, error=AssertionError("no download expected"))
-    with pytest.raises(CorpusError, match="not in the cache.*Upload"):
-        load_verdict(download=False)
-
-
-def test_unusable_cache_folder_still_gives_the_text(tmp_path, verdict_bytes, monkeypatch):
-    not_a_folder = tmp_path / "cache"
-    not_a_folder.write_text("a file where the cache folder should be")
-    monkeypatch.setenv("LOSSLENS_CACHE_DIR", str(not_a_folder))
+def test_a_missing_packaged_copy_says_how_to_provide_one(tmp_path, monkeypatch):
     monkeypatch.delenv(VERDICT_ENV, raising=False)
-    calls = mock_urlopen(monkeypatch, payload=verdict_bytes)
-    assert len(load_verdict()) == 20479
-    assert len(calls) == 1 and not_a_folder.is_file()
+    monkeypatch.setattr(corpus, "VERDICT_PACKAGED", tmp_path / "gone.txt")
+    with pytest.raises(CorpusError, match="missing.*Reinstall.*Upload"):
+        load_verdict()
+
+
+def test_nothing_in_the_repository_reads_a_folder_beside_it():
+    """A bare clone has nothing beside it: no code, test or bench may look there."""
+    root = Path(corpus.__file__).resolve().parents[1]
+    offenders = []
+    for path in root.rglob("*"):
+        if path.suffix not in (".py", ".sh", ".toml", ".txt") and path.name != "run":
+            continue
+        if ".git" in path.parts or "data" in path.relative_to(root).parts[:2]:
+            continue
+        text = path.read_text(encoding="utf-8", errors="replace")
+        if '"' + "shared" + '" / "data"' in text or "../" + "shared" in text:
+            offenders.append(str(path.relative_to(root)))
+    assert offenders == []

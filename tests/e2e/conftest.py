@@ -59,15 +59,15 @@ def browser(playwright_instance, chromium_path):
 @pytest.fixture(scope="session")
 def verdict_file() -> Path:
     if not VERDICT_PATH.is_file():
-        pytest.fail(f"The shared corpus is missing at {VERDICT_PATH}")
+        pytest.fail(f"The packaged corpus is missing at {VERDICT_PATH}")
     return VERDICT_PATH
 
 
 @pytest.fixture(scope="session")
 def server(tmp_path_factory, chromium_path, verdict_file):
-    """The app with The Verdict available from the shared folder and an empty cache."""
+    """The app as a user starts it (The Verdict from the packaged copy) with an empty cache."""
     work = tmp_path_factory.mktemp("e2e-server")
-    srv = StreamlitServer(server_env(work / "cache", verdict_file), work).start()
+    srv = StreamlitServer(server_env(work / "cache"), work).start()
     yield srv
     srv.stop()
 

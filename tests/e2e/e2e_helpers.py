@@ -15,7 +15,7 @@ import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-VERDICT_PATH = ROOT.parent / "shared" / "data" / "the-verdict.txt"
+VERDICT_PATH = ROOT / "core" / "data" / "the-verdict.txt"  # the copy LossLens ships
 ARTIFACTS = ROOT / "test-artifacts"
 BOOK_TEXTS = ["every effort moves you", "I really like chocolate"]
 
@@ -139,7 +139,8 @@ class StreamlitServer:
             return ""
 
 
-def server_env(cache_dir: Path, verdict: Path | None = VERDICT_PATH) -> dict[str, str]:
+def server_env(cache_dir: Path, verdict: Path | None = None) -> dict[str, str]:
+    """The server's environment: its own cache; The Verdict from `verdict`, else the packaged copy."""
     env = dict(os.environ)
     env["LOSSLENS_CACHE_DIR"] = str(cache_dir)
     env.pop("LOSSLENS_VERDICT_PATH", None)

@@ -1,5 +1,5 @@
-"""Offline operation and restarts: no request leaves the machine, a missing corpus says what to
-do, and a server restart loses nothing that the URL carries."""
+"""Offline operation and restarts: no request leaves the machine, The Verdict needs no file or
+network, and a server restart loses nothing that the URL carries."""
 
 from __future__ import annotations
 
@@ -11,7 +11,6 @@ from .e2e_helpers import (
     LOSS_LABEL,
     PERPLEXITY_LABEL,
     StreamlitServer,
-    alerts,
     choose_corpus,
     expected_loss,
     metric_value,
@@ -28,8 +27,8 @@ DEAD_PROXY = "http://127.0.0.1:9"  # the discard port: nothing listens, every do
 
 @pytest.fixture(scope="module")
 def offline_server(tmp_path_factory, chromium_path):
-    """No corpus path, an empty cache, and every download routed to a dead loopback proxy: the
-    network is "mocked" as down even on a machine that has one."""
+    """No corpus path (the packaged Verdict), an empty cache, and every download routed to a dead
+    loopback proxy: the network is "mocked" as down even on a machine that has one."""
     work = tmp_path_factory.mktemp("e2e-offline")
     env = server_env(work / "cache", verdict=None)
     for name in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
@@ -71,17 +70,20 @@ def test_the_default_path_works_completely_offline(new_page, offline_server):
     assert outside == [], f"the page asked the network for {outside}"
 
 
-def test_a_missing_corpus_offers_upload_paste_and_path(new_page, offline_server):
+def test_the_verdict_losses_offline_with_no_file_provided(new_page, offline_server):
+    """The Verdict ships with the app: no path, no cache, no network, and the book's losses."""
     page = new_page()
+    outside = block_the_network(page)
     page.goto(f"{offline_server.url}/dataset")
     wait_for_app(page)
-    page.locator('[data-testid="stAlert"]', has_text="The Verdict").first.wait_for()
-    message = alerts(page)
-    assert "Could not download The Verdict" in message, message
-    for way in ("Upload", "paste", "LOSSLENS_VERDICT_PATH"):
-        assert way in message, (way, message)
-    assert page.get_by_role("button", name="Compute").count() == 0
-    # The alternative works: paste a corpus and its counts appear.
+    page.get_by_text("20,479 characters, 5,145 tokens").wait_for()
+    page.get_by_role("button", name="Compute").click()
+    page.locator('[data-testid="stMetricLabel"]', has_text="Training loss").wait_for(timeout=300_000)
+    wait_for_app(page)
+    assert metric_value(page, "Training loss") == "10.9876"  # the book: 10.98758347829183
+    assert metric_value(page, "Validation loss") == "10.9811"  # the book: 10.98110580444336
+    assert outside == [], f"the page asked the network for {outside}"
+    # The alternative sources work offline too: paste a corpus and its counts appear.
     choose_corpus(page, "Paste text")
     box = page.get_by_role("textbox", name="Corpus text")
     box.fill("The painter sold his last picture and moved to the coast. " * 120)
