@@ -12,7 +12,7 @@ from dataclasses import asdict
 import plotly.graph_objects as go
 import streamlit as st
 
-from components import common
+from components import a11y, common
 from core.data import LoaderSettings
 from core.errors import LossLensError
 from core.registry import available_models
@@ -52,7 +52,7 @@ def _loss_chart(labels: list[str], losses: list[float], presentation: bool) -> N
                            textposition="outside"))
     fig.update_yaxes(title="cross entropy (nats)")
     fig.update_layout(height=360, title="Loss on the sidebar's texts")
-    common.chart(fig, "compare-loss", presentation)
+    common.chart(fig, "compare-loss", presentation, a11y.describe_losses(labels, losses))
 
 
 def _dataset_losses(keys: list[str], inputs: common.Inputs) -> None:

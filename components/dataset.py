@@ -8,7 +8,7 @@ from dataclasses import asdict
 import plotly.graph_objects as go
 import streamlit as st
 
-from components import common
+from components import a11y, common
 from core.corpus import MAX_CORPUS_LABEL, decode_corpus_bytes, load_verdict, validate_corpus_text
 from core.data import LoaderSettings, make_loaders
 from core.errors import CorpusError
@@ -81,7 +81,8 @@ def figure(r: dict) -> go.Figure:
                         line=dict(color=colour))
         if r[f"{key}_loss"] is not None:
             fig.add_hline(y=r[f"{key}_loss"], line_dash="dot", line_color=colour,
-                          annotation_text=f"{name} mean {r[f'{key}_loss']:.4f}", annotation_font_color=colour)
+                          annotation_text=f"{name} mean {r[f'{key}_loss']:.4f}",
+                          annotation_font_color=common.ACCENT_TEXT if colour == common.ACCENT else colour)
     fig.update_xaxes(title="batch", dtick=1 if max(len(r["train_batch_losses"]), len(r["val_batch_losses"])) < 25 else None)
     fig.update_yaxes(title="cross entropy (nats)")
     fig.update_layout(height=380, title="Loss per batch", legend=dict(orientation="h", yanchor="top", y=-0.18))
@@ -94,7 +95,7 @@ def _show(r: dict, presentation: bool) -> None:
     c2.metric("Validation loss", common.num(r["val_loss"]))
     c3.metric("Training perplexity", common.ppl(r["train_perplexity"]) if r["train_perplexity"] is not None else "n/a")
     c4.metric("Validation perplexity", common.ppl(r["val_perplexity"]) if r["val_perplexity"] is not None else "n/a")
-    common.chart(figure(r), "dataset-batch-losses", presentation)
+    common.chart(figure(r), "dataset-batch-losses", presentation, a11y.describe_dataset(r))
     rows = [{"split": "train", "batch": i + 1, "loss": x} for i, x in enumerate(r["train_batch_losses"])]
     rows += [{"split": "val", "batch": i + 1, "loss": x} for i, x in enumerate(r["val_batch_losses"])]
     common.downloads("dataset", rows, r)

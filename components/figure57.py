@@ -8,7 +8,7 @@ import time
 import plotly.graph_objects as go
 import streamlit as st
 
-from components import common
+from components import a11y, common
 from core.report import STEPS
 
 PLAY_SECONDS = 2.0  # long enough to read a step aloud
@@ -75,8 +75,12 @@ def diagram(s: dict, step: int) -> str:
     parts = []
     for k, ((_, title, _), fact) in enumerate(zip(STEPS, facts, strict=True), 1):
         state = "now" if k == step else ("done" if k < step else "")
-        parts.append(f'<div class="ll-step {state}"><b>{k}. {common.esc(title)}</b><code>{common.esc(fact)}</code></div>')
-    return '<div class="ll-flow">' + '<span class="ar">→</span>'.join(parts) + "</div>"
+        current = ' aria-current="step"' if k == step else ""
+        here = '<span class="ll-sr">, current step</span>' if k == step else ""
+        parts.append(f'<li class="ll-step {state}"{current}><b>{k}. {common.esc(title)}</b>'
+                     f"<code>{common.esc(fact)}</code>{here}</li>")
+    # An ordered list: a screen reader hears "list, 6 items" and the steps in order.
+    return '<ol class="ll-flow" aria-label="The six steps of figure 5.7">' + "".join(parts) + "</ol>"
 
 
 def _uniform(fig: go.Figure, x: list[str], uniform: float) -> None:
@@ -121,7 +125,7 @@ def figure(s: dict, step: int) -> go.Figure:
             fig.add_hline(
                 y=level, line_color=common.ACCENT, line_width=4,
                 annotation_text=("loss = " if step == 6 else "mean = ") + common.num(level), annotation_position="top left",
-                annotation_font_color=common.ACCENT,
+                annotation_font_color=common.ACCENT_TEXT,
             )
         fig.update_yaxes(title="−log probability (nats)" if step == 6 else "log probability (nats)")
     fig.update_xaxes(tickangle=0, title="input → target (text·position)")
@@ -186,23 +190,26 @@ def render(inputs: common.Inputs) -> None:
         playing = bool(st.session_state.get("playing"))
         with st.container(horizontal=True):
             # PageUp / PageDown: what a presentation clicker sends.
+            # Fixed keys: a button keeps its identity (and the keyboard focus) when its label or state changes.
             st.button("Previous", on_click=_go, args=(-1,), disabled=step <= 1, icon=":material/arrow_back:",
-                      shortcut="PageUp")
+                      shortcut="PageUp", key="step_previous")
             st.button("Next", on_click=_go, args=(1,), disabled=step >= len(STEPS), icon=":material/arrow_forward:",
-                      shortcut="PageDown")
+                      shortcut="PageDown", key="step_next")
             st.button("Pause" if playing else "Play", on_click=_play, icon=":material/pause:" if playing else ":material/play_arrow:",
-                      shortcut="P")
+                      shortcut="P", key="step_play")
 
         common.html_block(diagram(s, step))
         key, title, code = STEPS[step - 1]
         st.subheader(f"Step {step} of {len(STEPS)}: {title}", anchor=False)
+        description = a11y.describe_step(s, step)
+        a11y.announce(f"Step {step} of {len(STEPS)}: {title}. {description}")
         st.code(code, language="python")
         st.markdown(EXPLAIN[step - 1])
         if step == len(STEPS):
             c1, c2 = st.columns(2)
             c1.metric("neg_avg_log_probas (by hand)", common.num(s["neg_avg_log_probas"]))
             c2.metric("Loss (cross entropy)", common.num(s["loss"]), help="torch.nn.functional.cross_entropy")
-        common.chart(figure(s, step), f"figure-5-7-step{step}-{key}", inputs.presentation)
+        common.chart(figure(s, step), f"figure-5-7-step{step}-{key}", inputs.presentation, description)
         text, rows = _values(s, step)
         st.code(text, language="text")
         if not inputs.presentation:

@@ -4,19 +4,24 @@ from __future__ import annotations
 
 import streamlit as st
 
-from components import common
+from components import a11y, common
 
 
 def _colour(x: float, lo: float, hi: float) -> tuple[str, str]:
     """Viridis background and a text colour that stays readable on it."""
     f = 0.0 if hi <= lo else min(1.0, max(0.0, (x - lo) / (hi - lo)))
     i = round(f * (len(common.VIRIDIS) - 1))
-    return common.VIRIDIS[i], ("#000000" if i >= 5 else "#ffffff")
+    # Black from index 4 (#26828e: 4.7:1 with black, 4.5:1 with white): at least 4.5:1 on every colour.
+    return common.VIRIDIS[i], ("#000000" if i >= 4 else "#ffffff")
 
 
-def heat(t: dict, lo: float, hi: float) -> str:
+def heat(t: dict, lo: float, hi: float, row: int = 0) -> str:
+    """The text as tokens on their surprisal colour. Each token is focusable and named with its
+    text, id and values (role img + aria-label), and shows the same details on hover and on focus."""
     first = t["tokens"][0]
-    out = [f'<span style="background:transparent;border:1px dashed #999" title="{common.esc("first token: nothing predicts it")}">{common.esc(first)}</span>']
+    first_tip = f"{first} (id {t['token_ids'][0]}): the first token, nothing predicts it"
+    out = [f'<span class="tok" style="background:transparent;border:1px dashed #767676" role="img" tabindex="0" '
+           f'aria-label="{common.esc(first_tip)}" data-tip="{common.esc(first_tip)}">{common.esc(first)}</span>']
     for p in t["positions"]:
         x = common.to_float(p["surprisal"])
         bg, fg = _colour(x, lo, hi)
@@ -28,8 +33,11 @@ def heat(t: dict, lo: float, hi: float) -> str:
             f"rank {p['rank']:,}\n"
             f"top alternatives: {alts}"
         )
-        out.append(f'<span style="background:{bg};color:{fg}" title="{common.esc(tip)}">{common.esc(p["target"])}</span>')
-    return '<div class="ll-heat">' + "".join(out) + "</div>"
+        name = tip.replace("\n", ", ")
+        out.append(f'<span class="tok" style="--heat:{bg};background:{bg};color:{fg}" role="img" tabindex="0" '
+                   f'aria-label="{common.esc(name)}" data-tip="{common.esc(tip)}">{common.esc(p["target"])}</span>')
+    label = f"Text {row + 1} coloured by surprisal; each token is focusable and names its values"
+    return f'<div class="ll-heat" role="group" aria-label="{label}">' + "".join(out) + "</div>"
 
 
 def render(inputs: common.Inputs) -> None:
@@ -42,8 +50,8 @@ def render(inputs: common.Inputs) -> None:
         lo, hi = (min(finite), max(finite)) if finite else (0.0, 1.0)
         st.caption(
             "Each token coloured by its surprisal −log p(token | the tokens before it), in nats: the "
-            "term it adds to the loss, which is their average. Hover a token for its probability, rank "
-            "and the model's top alternatives."
+            "term it adds to the loss, which is their average. Hover or Tab to a token for its probability, "
+            "rank and the model's top alternatives."
         )
         common.html_block(
             f'<div class="ll-legend"><span>{lo:.2f} nats (expected)</span><span class="bar"></span>'
@@ -52,7 +60,8 @@ def render(inputs: common.Inputs) -> None:
         rows = []
         for r, t in enumerate(s["texts"]):
             st.markdown(f"**Text {r + 1}**")
-            common.html_block(heat(t, lo, hi))
+            common.html_block(heat(t, lo, hi, r))
+            st.caption(common.md(a11y.describe_heat(t, r)))
             for p in t["positions"]:
                 rows.append({
                     "text": r + 1, "position": p["position"], "token": p["target"], "token_id": p["target_id"],

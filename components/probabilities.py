@@ -5,7 +5,7 @@ from __future__ import annotations
 import plotly.graph_objects as go
 import streamlit as st
 
-from components import common
+from components import a11y, common
 
 
 def _plot_label(piece: str, token_id: int) -> str:
@@ -63,7 +63,8 @@ def render(inputs: common.Inputs) -> None:
         c3.metric("Target rank", f"{p['rank']:,} of {s['vocab_size']:,}", help="1 = the model's favourite")
         st.caption("Context the model has read:")
         common.html_block("".join(common.chip(c, None) for c in s["texts"][r]["tokens"][: i + 1]))
-        common.chart(figure(p, s["temperature"]), f"top{s['top_k']}-text{r + 1}-pos{i}", inputs.presentation)
+        common.chart(figure(p, s["temperature"]), f"top{s['top_k']}-text{r + 1}-pos{i}", inputs.presentation,
+                     a11y.describe_prediction(p, s["vocab_size"]))
         st.caption(
             f"Bars: the {s['top_k']} most likely next tokens (change top-k in the sidebar); the "
             "actual next token in orange, shown below the others with its rank when it is not among them. "

@@ -11,8 +11,9 @@ def _shift_table(t: dict) -> str:
     """All tokens, then one column per position: the input over the target it must predict.
     Columns wrap, so a long text stays readable."""
     ids, pieces, is_bytes = t["token_ids"], t["tokens"], t["byte_tokens"]
-    chips = [common.chip(p, i, common.chip_kind(i, b)) for p, i, b in zip(pieces, ids, is_bytes, strict=True)]
-    targets = [c.replace("ll-chip ", "ll-chip target ", 1) for c in chips[1:]]
+    kinds = [common.chip_kind(i, b) for i, b in zip(ids, is_bytes, strict=True)]
+    chips = [common.chip(p, i, k) for p, i, k in zip(pieces, ids, kinds, strict=True)]
+    targets = [common.chip(p, i, f"target {k}") for p, i, k in zip(pieces[1:], ids[1:], kinds[1:], strict=True)]
     head = (
         '<div class="ll-col ll-head"><span>inputs = tokens[:-1]</span><span class="ll-arrow"> </span>'
         "<span>targets = tokens[1:]</span></div>"

@@ -13,7 +13,7 @@ import threading
 import plotly.graph_objects as go
 import streamlit as st
 
-from components import common
+from components import a11y, common
 from core.errors import LossLensError
 from core.train import (
     PRESETS,
@@ -102,7 +102,7 @@ def _show(snap: dict, presentation: bool) -> None:
         c3.metric("Gap (val − train)", f"{last['val_loss'] - last['train_loss']:.3f}",
                   help="Grows when the model memorises the training text: overfitting.")
         c4.metric("Tokens seen", f"{last['tokens_seen']:,}")
-        common.chart(figure(evals), "training-loss", presentation)
+        common.chart(figure(evals), "training-loss", presentation, a11y.describe_training(evals))
     _samples(snap["samples"])
 
 

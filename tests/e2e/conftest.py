@@ -86,8 +86,8 @@ def new_page(browser, request):
     """
     opened = []
 
-    def make(viewport=None):
-        context = browser.new_context(viewport=viewport or {"width": 1400, "height": 1000})
+    def make(viewport=None, **options):
+        context = browser.new_context(viewport=viewport or {"width": 1400, "height": 1000}, **options)
         page = context.new_page()
         page.set_default_timeout(APP_TIMEOUT)
         problems = PageProblems()
