@@ -18,7 +18,7 @@ def p3(x) -> str:
     """A probability with three significant digits: 7.45e-05, 0.25 (the book prints 7.4541e-05)."""
     if x is None or isinstance(x, str):
         return common.num(x)
-    return f"{x:.3g}"
+    return f"{x:.2e}" if 0 < x < 0.01 else f"{x:.3g}"
 
 
 def value(x) -> str:

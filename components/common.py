@@ -297,6 +297,17 @@ ol.ll-flow{display:flex;flex-wrap:nowrap;align-items:stretch;gap:4px 22px;margin
 [data-testid="stCode"] .token.class-name,[data-testid="stCode"] .token.tag{color:#004f7c}
 [data-testid="stCode"] .token.property,[data-testid="stCode"] .token.variable,[data-testid="stCode"] .token.url,
 [data-testid="stCode"] .token.decorator,[data-testid="stCode"] .token.atrule{color:#6b2f8a}
+/* Captions: Streamlit fades them with opacity .6, which takes their inline code down to 3:1. A solid grey
+   instead (8.5:1 on white); inline code keeps the theme's code colour (7.3:1). */
+[data-testid="stCaptionContainer"]{opacity:1!important}
+[data-testid="stCaptionContainer"],[data-testid="stCaptionContainer"] p{color:#4d4d4d}
+/* While a run is in progress Streamlit fades the previous output to a third (text down to 1.6:1). The live
+   training view reruns every second, so it would flicker unreadably: output stays solid; the "Running"
+   indicator in the header still shows activity. */
+[data-stale="true"]{opacity:1!important}
+/* Long code lines wrap instead of scrolling sideways (a scrolling box the keyboard cannot reach, and
+   unreadable at 200 % zoom). */
+[data-testid="stCode"] pre,[data-testid="stCode"] pre code{white-space:pre-wrap!important;overflow-wrap:anywhere}
 /* prefers-reduced-motion: no animation anywhere; Play still changes the step, without transitions. */
 @media (prefers-reduced-motion: reduce){*,*::before,*::after{animation-duration:0s!important;
   animation-iteration-count:1!important;transition-duration:0s!important;transition-delay:0s!important;
