@@ -331,6 +331,8 @@ footer {display: none !important;}
 [data-testid="stCaptionContainer"], [data-testid="stCaptionContainer"] *, [data-testid="stMetricLabel"] *,
 [data-testid="stMarkdownContainer"], .ll-step, .ll-step * {color: #111111 !important;}
 .ll-step.now {border-width: 4px;}
+[data-testid="stMain"] button:not(:disabled) * {opacity: 1 !important;}  /* the faded shortcut hints */
+.ll-arrow {color: #8f3700 !important;}
 /* The heatmap's mid viridis colours cannot carry 7:1 text: dark text on white, the colour as a thick underline. */
 .ll-heat .tok {background: #ffffff !important; color: #111111 !important; border-bottom: .35em solid var(--heat);}
 </style>

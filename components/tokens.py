@@ -15,11 +15,11 @@ def _shift_table(t: dict) -> str:
     chips = [common.chip(p, i, k) for p, i, k in zip(pieces, ids, kinds, strict=True)]
     targets = [common.chip(p, i, f"target {k}") for p, i, k in zip(pieces[1:], ids[1:], kinds[1:], strict=True)]
     head = (
-        '<div class="ll-col ll-head"><span>inputs = tokens[:-1]</span><span class="ll-arrow"> </span>'
+        '<div class="ll-col ll-head"><span>inputs = tokens[:-1]</span><span class="ll-arrow" aria-hidden="true"> </span>'
         "<span>targets = tokens[1:]</span></div>"
     )
     cols = "".join(
-        f'<div class="ll-col" title="position {n}">{inp}<span class="ll-arrow">↓</span>{tgt}</div>'
+        f'<div class="ll-col" title="position {n}">{inp}<span class="ll-arrow" aria-hidden="true">↓</span>{tgt}</div>'
         for n, (inp, tgt) in enumerate(zip(chips[:-1], targets, strict=True))
     )
     return (

@@ -22,16 +22,25 @@ SHOTS = [  # (file, URL path and query)
     ("per-token-loss.png", "/per-token-loss?preset=The+Verdict%2C+first+sentence"),
     ("dataset.png", "/dataset"),
     ("presentation.png", "/figure-5-7?step=3&presentation=true"),
+    # Accessibility: 200 % zoom in a 1280x720 window (a 640x360 CSS viewport at scale 2), and
+    # presentation mode on a 1280x720 projector (sidebar collapsed).
+    ("zoom-200.png", "/figure-5-7?step=3"),
+    ("presentation-1280x720.png", "/figure-5-7?step=3&presentation=true"),
 ]
+VIEWPORTS = {  # file: (width, height, device scale); the others use 1440x1000 at scale 1
+    "zoom-200.png": (640, 360, 2),
+    "presentation-1280x720.png": (1280, 720, 1),
+}
 
 
 def main(base: str, only: list[str]) -> None:
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=ARGS)
-        page = browser.new_page(viewport={"width": 1440, "height": 1000}, device_scale_factor=1)
         for name, path in SHOTS:
             if only and name not in only:
                 continue
+            width, height, scale = VIEWPORTS.get(name, (1440, 1000, 1))
+            page = browser.new_page(viewport={"width": width, "height": height}, device_scale_factor=scale)
             page.goto(base.rstrip("/") + path)
             if name == "dataset.png":
                 compute = page.get_by_role("button", name="Compute")
@@ -45,6 +54,7 @@ def main(base: str, only: list[str]) -> None:
             page.wait_for_timeout(2500)  # charts finish their first animation
             page.screenshot(path=str(HERE / name), full_page=False)
             print("saved", HERE / name)
+            page.close()
         browser.close()
 
 

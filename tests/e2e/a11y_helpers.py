@@ -60,9 +60,14 @@ CONTRAST_JS = """() => {
   const lum = ([r, g, b]) => { const f = x => { x /= 255; return x <= 0.03928 ? x / 12.92 : Math.pow((x + 0.055) / 1.055, 2.4); };
     return 0.2126 * f(r) + 0.7152 * f(g) + 0.0722 * f(b); };
   const blend = (t, b) => [0, 1, 2].map(i => t[i] * t[3] + b[i] * (1 - t[3])).concat([1]);
-  const background = el => { const layers = [];
+  // The backgrounds actually behind the text: an ancestor's box counts only if it contains the text's
+  // centre (a slider's value label is a child of the thumb but drawn above it, on the page).
+  const background = el => { const layers = []; const r = el.getBoundingClientRect();
+    const x = r.left + r.width / 2, y = r.top + r.height / 2;
     for (let e = el; e; e = e.parentElement) { const c = parse(getComputedStyle(e).backgroundColor);
-      if (c && c[3] > 0) { layers.push(c); if (c[3] >= 1) break; } }
+      const b = e.getBoundingClientRect();
+      const behind = e === document.documentElement || (x >= b.left && x <= b.right && y >= b.top && y <= b.bottom);
+      if (c && c[3] > 0 && behind) { layers.push(c); if (c[3] >= 1) break; } }
     let out = [255, 255, 255, 1]; for (let i = layers.length - 1; i >= 0; i--) out = blend(layers[i], out); return out; };
   const opacity = el => { let o = 1; for (let e = el; e; e = e.parentElement) o *= parseFloat(getComputedStyle(e).opacity); return o; };
   const main = document.querySelector('[data-testid="stMain"]');
