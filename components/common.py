@@ -260,7 +260,10 @@ ol.ll-flow{display:flex;flex-wrap:nowrap;align-items:stretch;gap:4px 22px;margin
 /* The arrow between steps is drawn, not read: the list already says the order. */
 .ll-flow .ll-step+.ll-step::before{content:"→" / "";position:absolute;left:-19px;top:50%;transform:translateY(-50%);
   font-size:1.3em;opacity:.6;color:#111}
-@media (max-width:900px){.ll-flow{flex-wrap:wrap}.ll-step{flex:1 1 40%}}
+/* Narrow windows and 200 % zoom: the six steps wrap onto rows of three instead of squeezing. */
+@media (max-width:900px){ol.ll-flow{flex-wrap:wrap}.ll-flow .ll-step{flex:1 1 26%}
+  .ll-flow .ll-step:nth-child(4)::before{content:none}}
+.ll-step b{overflow-wrap:break-word}
 .ll-step.done{opacity:.9}
 .ll-step.now{border-color:#d55e00;background:rgba(213,94,0,.10);opacity:1;box-shadow:0 0 0 2px rgba(213,94,0,.25)}
 .ll-step b{display:block;font-size:1.02em}

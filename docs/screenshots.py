@@ -52,6 +52,9 @@ def main(base: str, only: list[str]) -> None:
             else:
                 page.get_by_text("Loss (cross entropy)").first.wait_for(timeout=120_000)
             page.wait_for_timeout(2500)  # charts finish their first animation
+            if name == "zoom-200.png":  # past the stacked metrics: the step controls and diagram
+                page.locator('[data-testid="stSlider"]').first.evaluate("e => e.scrollIntoView({block: 'start'})")
+                page.wait_for_timeout(500)
             page.screenshot(path=str(HERE / name), full_page=False)
             print("saved", HERE / name)
             page.close()
