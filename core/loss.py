@@ -191,7 +191,8 @@ def loss_from_logits(
     # Rank over the full vocabulary: 1 + how many tokens the model preferred (compared on
     # the logits, where no rounding of the softmax can merge two tokens).
     target_logits = logits.gather(-1, safe_targets)
-    target_ranks = torch.where(mask, (logits > target_logits).sum(-1) + 1, 0)
+    # count_nonzero reads the comparison as it is; .sum() would first widen it to int64.
+    target_ranks = torch.where(mask, torch.count_nonzero(logits > target_logits, dim=-1) + 1, 0)
     topk_probas, topk_ids = probas.topk(min(top_k, logits.shape[-1]), dim=-1)
 
     if batch is None:
