@@ -6,6 +6,9 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import torch
+
+from .device import resolve_device
 from .model import GPTModel, build_untrained_model
 
 
@@ -54,8 +57,12 @@ def get_spec(key: str) -> ModelSpec:
     return models[key]
 
 
-def load_model(key: str, seed: int = 123) -> GPTModel:
-    return get_spec(key).load(seed)
+def load_model(key: str, seed: int = 123, device: str | torch.device | None = None) -> GPTModel:
+    """The model `key` (built or read on the CPU, where the seed gives the book's weights), moved
+    to `device` (see core.device.resolve_device; None means $LOSSLENS_DEVICE, else auto)."""
+    spec = get_spec(key)
+    target = resolve_device(device) if not isinstance(device, torch.device) else device
+    return spec.load(seed).to(target)
 
 
 register(
