@@ -8,7 +8,8 @@ from dataclasses import dataclass
 
 import torch
 
-from .device import resolve_device
+from .device import available_memory_gb, describe, resolve_device
+from .errors import InvalidParameterError
 from .model import GPTModel, build_untrained_model
 
 
@@ -51,8 +52,6 @@ def available_models() -> dict[str, ModelSpec]:
 def get_spec(key: str) -> ModelSpec:
     models = available_models()
     if key not in models:
-        from .errors import InvalidParameterError
-
         raise InvalidParameterError(f"Unknown model {key!r}; choose one of {', '.join(models)}.")
     return models[key]
 
@@ -62,7 +61,16 @@ def load_model(key: str, seed: int = 123, device: str | torch.device | None = No
     to `device` (see core.device.resolve_device; None means $LOSSLENS_DEVICE, else auto)."""
     spec = get_spec(key)
     target = resolve_device(device) if not isinstance(device, torch.device) else device
-    return spec.load(seed).to(target)
+    model = spec.load(seed)
+    if target.type != "cpu":
+        need = sum(p.numel() * p.element_size() for p in model.parameters()) / 1024**3
+        free = available_memory_gb(target)
+        if free is not None and free < need:
+            raise InvalidParameterError(
+                f"{spec.label} needs {need:.1f} GB on {describe(target)}, which has {free:.1f} GB free. "
+                "Choose the CPU or a smaller model."
+            )
+    return model.to(target)
 
 
 register(

@@ -144,3 +144,14 @@ def test_dataset_loss_on_the_gpu(verdict_path):
     r = evaluate_dataset(load_model("untrained-124m", 123, "cuda"), verdict_path.read_text(encoding="utf-8"))
     assert r.train_loss == pytest.approx(10.98758347829183, abs=1e-4)
     assert r.val_loss == pytest.approx(10.98110580444336, abs=1e-4)
+
+
+def test_a_model_too_big_for_the_devices_free_memory_is_refused(monkeypatch):
+    """The check reads the target device's own free memory (a GPU's, not the RAM)."""
+    import core.registry
+
+    asked = []
+    monkeypatch.setattr(core.registry, "available_memory_gb", lambda d: asked.append(d) or 0.25)
+    with pytest.raises(InvalidParameterError, match=r"needs 0\.6 GB on META, which has 0\.2 GB free"):
+        load_model("untrained-124m", 123, torch.device("meta"))
+    assert asked == [torch.device("meta")]
