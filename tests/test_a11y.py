@@ -60,7 +60,7 @@ def test_heatmap_and_loss_announcement(book):
     surprisals = {p["target"]: p["surprisal"] for p in book["texts"][0]["positions"]}
     worst = max(surprisals, key=surprisals.get)
     assert text.startswith(f"Text 1, 3 predicted tokens: most surprising {worst} ({surprisals[worst]:.2f} nats)")
-    assert a11y.loss_announcement(book) == "Loss 10.7940, perplexity 48725.8, over 6 predicted tokens."
+    assert a11y.loss_announcement(book) == "Loss 10.7940, perplexity 48,726, over 6 predicted tokens."
 
 
 def test_dataset_training_and_comparison_in_words():

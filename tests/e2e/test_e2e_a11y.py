@@ -8,6 +8,8 @@ import urllib.parse
 
 import pytest
 
+from core.report import format_perplexity
+
 from .a11y_helpers import app_views, audit, lowest_contrast
 from .e2e_helpers import BOOK_TEXTS, LOSS_LABEL, expected_loss, set_text, wait_for_app, wait_for_metric
 
@@ -241,7 +243,7 @@ def test_live_regions_announce_the_step_and_the_new_loss(new_page, server, core_
     open_url(page, server, "")
     # On the tokens view the only announcement is the loss: short, not the whole page.
     regions = page.locator('[aria-live]')
-    assert live_text(page) == ["Loss 10.7940, perplexity 48725.8, over 6 predicted tokens."]
+    assert live_text(page) == ["Loss 10.7940, perplexity 48,726, over 6 predicted tokens."]
     assert page.locator('[data-testid="stMain"][aria-live], [data-testid="stMainBlockContainer"][aria-live]').count() == 0
     texts = ["The projector is on", "every learner can hear it"]
     loss, perplexity = expected_loss(core_model, texts)
@@ -249,7 +251,7 @@ def test_live_regions_announce_the_step_and_the_new_loss(new_page, server, core_
     wait_for_metric(page, LOSS_LABEL, f"{loss:.4f}")
     predicted = sum(len(core_model_tokens(t)) - 1 for t in texts)
     announced = live_text(page)
-    assert announced == [f"Loss {loss:.4f}, perplexity {perplexity:.1f}, over {predicted} predicted tokens."]
+    assert announced == [f"Loss {loss:.4f}, perplexity {format_perplexity(perplexity)}, over {predicted} predicted tokens."]
     assert regions.count() == 1
 
 
