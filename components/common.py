@@ -310,6 +310,11 @@ ol.ll-flow{display:flex;flex-wrap:nowrap;align-items:stretch;gap:4px 22px;margin
    training view reruns every second, so it would flicker unreadably: output stays solid; the "Running"
    indicator in the header still shows activity. */
 [data-stale="true"]{opacity:1!important}
+/* A disabled select (the Device picker with one device) fades its value to 2.6:1; a disabled control
+   is exempt from WCAG contrast, but its value is still information: keep it readable (6.9:1). */
+[data-testid="stSidebar"] span[aria-hidden="true"]:has(> [data-testid="stMarkdownContainer"]),
+[data-testid="stSidebar"] span[aria-hidden="true"] > [data-testid="stMarkdownContainer"]{opacity:1!important}
+[data-testid="stSidebar"] span[aria-hidden="true"] > [data-testid="stMarkdownContainer"] p{color:#4d4d4d!important}
 /* Long code lines wrap instead of scrolling sideways (a scrolling box the keyboard cannot reach, and
    unreadable at 200 % zoom). */
 [data-testid="stCode"] pre,[data-testid="stCode"] pre code{white-space:pre-wrap!important;overflow-wrap:anywhere}
