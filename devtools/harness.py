@@ -96,8 +96,7 @@ class StreamlitServer:
             "--server.port", str(self.port),
             "--server.address", "127.0.0.1",
             "--browser.gatherUsageStats", "false",
-            # The server under test must not rerun when a source file changes mid-run.
-            "--server.fileWatcherType", "none",
+            # Otherwise .streamlit/config.toml decides, as in production (no file watcher there).
             *self.flags,
         ]  # fmt: skip
         log = open(self.log_path, "ab")  # noqa: SIM115 - closed with the process
