@@ -87,13 +87,17 @@ class Figures:
     rss_mib: float
     load: float
     open_p50: float = float("nan")
+    edit_p50: float = float("nan")
+    edit_p95: float = float("nan")
 
     def line(self) -> str:
         return (
             f"{self.name:<28} N={self.n:<3} own numbers p50 {self.p50:6.2f} s  p95 {self.p95:6.2f} s | "
             f"errors {len(self.errors)} | server CPU {self.server_cpu:6.1f} s ({self.server_cpu / self.n:.2f} s/visit)"
             f" | client CPU {self.client_cpu:5.1f} s ({self.client_cpu / self.n:.3f} s/visit) | wall {self.wall:5.1f} s"
-            f" | RSS after {self.rss_mib:5.0f} MiB | load {self.load:.1f}"
+            f" | RSS after {self.rss_mib:5.0f} MiB | load {self.load:.1f}\n"
+            f"{'':<28} page open p50 {self.open_p50:.2f} s; own result after the edit p50 {self.edit_p50:.2f} s "
+            f"p95 {self.edit_p95:.2f} s"
         )
 
 
@@ -106,10 +110,12 @@ async def measure(name: str, server: StreamlitServer, plans, ramp, timeout, only
     chosen = [o for o in outs if only is None or o.kind in only]
     own = [o.t_own for o in chosen if o.t_own is not None]
     opens = [o.t_open for o in chosen if o.t_open is not None]
+    edits = [o.t_own - o.t_open for o in chosen if o.t_own is not None]
     return Figures(
         name, len(plans), percentile(own, 0.5), percentile(own, 0.95),
         [f"{o.kind}: {o.error}" for o in outs if o.error], cpu, me, wall,
         tree_rss_kib(server.pid) / 1024, os.getloadavg()[0], percentile(opens, 0.5),
+        percentile(edits, 0.5), percentile(edits, 0.95),
     )  # fmt: skip
 
 
@@ -257,7 +263,7 @@ async def hostile(app, args) -> list[str]:
     expected_numbers(plans, texts, {})
     f = await measure("hostile + normal", app, plans, args.ramp, args.timeout)
     refused = sum(p.expected is None for p in plans)
-    return [f.line(), f"  {len(bad)} hostile visitors ({refused} get a clear refusal, e.g. the 100 KB paste)"
+    return [f.line(), f"  {len(bad)} hostile visitors among them; {refused} refused with a clear message (the 100 KB paste)"
             f"{await_figures_for(f)}"]  # fmt: skip
 
 

@@ -17,6 +17,7 @@ PRODUCTION = {
     "server.fileWatcherType": "none",
     "server.runOnSave": False,
     "runner.postScriptGC": False,
+    "runner.magicEnabled": False,
     "browser.gatherUsageStats": False,
     "client.showErrorDetails": "none",
 }
