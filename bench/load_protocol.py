@@ -201,13 +201,14 @@ def await_figures_for(f: Figures) -> str:
 
 async def training(app, args, idle: Figures) -> list[str]:
     """One visitor presses Train on the training page and keeps polling; then a crowd arrives."""
+    plans, texts = text_plans(args.visitors, 30_000)
+    expected_numbers(plans, texts, {})  # before the trainer connects: this blocks the event loop
     trainer = await Session.open(app.port, args.timeout)
-    lines = []
     try:
         await trainer.rerun()
-        run = await trainer.rerun(page="training")
+        await trainer.rerun(page="training")
         run = await trainer.rerun({"train_start": True})
-        started = any("Stop" in b for b in run.labels) or trainer.auto_rerun is not None
+        started = "Stop" in run.labels or trainer.auto_rerun is not None
         stop_poll = asyncio.Event()
 
         async def poll() -> None:  # the fragment's run_every, as the frontend sends it
@@ -217,18 +218,17 @@ async def training(app, args, idle: Figures) -> list[str]:
 
         poller = asyncio.create_task(poll())
         await asyncio.sleep(3)  # the run is under way before the crowd arrives
-        f = await measure_training(app, args)
+        f = await measure("during training", app, plans, args.ramp, args.timeout)
         stop_poll.set()
         await asyncio.wait_for(poller, args.timeout)
         stopped = await stop_training(trainer, args.timeout) if "train_stop" in trainer.widgets else False
-        lines += [
-            f.line(),
-            f"  training started: {started}, stopped by Stop: {stopped}; text visitors' p95 {f.p95:.2f} s vs idle "
-            f"{idle.p95:.2f} s -> {f.p95 / idle.p95:.2f}x (goal <= 1.5x){await_figures_for(f)}",
-        ]
     finally:
         await trainer.close()
-    return lines
+    return [
+        f.line(),
+        f"  training started: {started}, stopped by Stop: {stopped}; text visitors' p95 {f.p95:.2f} s vs idle "
+        f"{idle.p95:.2f} s -> {f.p95 / idle.p95:.2f}x (goal <= 1.5x){await_figures_for(f)}",
+    ]
 
 
 async def stop_training(trainer: Session, timeout: float) -> bool:
@@ -241,12 +241,6 @@ async def stop_training(trainer: Session, timeout: float) -> bool:
             return True
         await asyncio.sleep(1)
     return False
-
-
-async def measure_training(app, args) -> Figures:
-    plans, texts = text_plans(args.visitors, 30_000)
-    expected_numbers(plans, texts, {})
-    return await measure("during training", app, plans, args.ramp, args.timeout)
 
 
 async def hostile(app, args) -> list[str]:
