@@ -180,14 +180,14 @@ async def burst(app, n, ramp, timeout, name="burst", start=0) -> Figures:
 
 async def seed_storm(app, args, idle: Figures) -> list[str]:
     m = args.visitors
-    plans, texts = text_plans(m, 20_000)
-    seeds = {}
-    for j in range(args.seeds):
-        seeds[m + j] = 1000 + j
-        plans.append(Plan("seed", {"seed": 1000 + j}))
+    plans, _ = text_plans(m, 20_000)
+    for j in range(args.seeds):  # spread over the ramp, not all at its end
+        plans.insert(round((j + 0.5) * (m + j) / args.seeds), Plan("seed", {"seed": 1000 + j}))
+    texts = {i: p.edits["text"] for i, p in enumerate(plans) if p.kind == "text"}
+    seeds = {i: p.edits["seed"] for i, p in enumerate(plans) if p.kind == "seed"}
     expected_numbers(plans, texts, seeds)
     f = await measure("seed storm (text visitors)", app, plans, args.ramp, args.timeout, only={"text"})
-    s = await_figures_for(f)
+    s = error_note(f)
     return [
         f.line(),
         f"  with {args.seeds} seed visitors among them; text visitors' p95 {f.p95:.2f} s vs idle {idle.p95:.2f} s "
@@ -195,7 +195,7 @@ async def seed_storm(app, args, idle: Figures) -> list[str]:
     ]
 
 
-def await_figures_for(f: Figures) -> str:
+def error_note(f: Figures) -> str:
     return "" if not f.errors else f"; errors: {f.errors[:3]}"
 
 
@@ -227,7 +227,7 @@ async def training(app, args, idle: Figures) -> list[str]:
     return [
         f.line(),
         f"  training started: {started}, stopped by Stop: {stopped}; text visitors' p95 {f.p95:.2f} s vs idle "
-        f"{idle.p95:.2f} s -> {f.p95 / idle.p95:.2f}x (goal <= 1.5x){await_figures_for(f)}",
+        f"{idle.p95:.2f} s -> {f.p95 / idle.p95:.2f}x (goal <= 1.5x){error_note(f)}",
     ]
 
 
@@ -258,7 +258,7 @@ async def hostile(app, args) -> list[str]:
     f = await measure("hostile + normal", app, plans, args.ramp, args.timeout)
     refused = sum(p.expected is None for p in plans)
     return [f.line(), f"  {len(bad)} hostile visitors among them; {refused} refused with a clear message (the 100 KB paste)"
-            f"{await_figures_for(f)}"]  # fmt: skip
+            f"{error_note(f)}"]  # fmt: skip
 
 
 def plot(sweep: list[Figures], path: Path, title: str) -> None:
