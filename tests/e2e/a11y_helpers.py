@@ -5,7 +5,7 @@ from __future__ import annotations
 import ast
 import json
 
-from .e2e_helpers import ARTIFACTS, ROOT
+from devtools.harness import ARTIFACTS, ROOT
 
 # axe-core as bundled by axe-playwright-python (pinned in requirements-dev.txt). A different
 # bundled version fails the audit until the pin, this constant and the README move together.

@@ -9,9 +9,9 @@ import urllib.parse
 import pytest
 
 from core.report import format_perplexity
+from devtools.harness import BOOK_TEXTS, LOSS_LABEL, expected_loss, set_text, wait_for_app, wait_for_metric
 
 from .a11y_helpers import app_views, audit, lowest_contrast
-from .e2e_helpers import BOOK_TEXTS, LOSS_LABEL, expected_loss, set_text, wait_for_app, wait_for_metric
 
 VIEWS = app_views()
 STEP_TITLES = ["Logits", "Probabilities", "Target probabilities", "Log probabilities", "Average log probability",
