@@ -32,26 +32,32 @@ def logit_gradient(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return g / len(targets)
 
 
-def gradient_bars(logits: torch.Tensor, targets: torch.Tensor, index: int, k: int) -> dict:
-    """At prediction `index`: the gradient on the top-k tokens (by probability) and the target."""
+def gradient_bars(logits: torch.Tensor, targets: torch.Tensor, k: int) -> list[dict]:
+    """At each prediction: the gradient on its top-k tokens (by probability) and on its target."""
     n = len(targets)
-    if not 0 <= index < n:
-        raise InvalidParameterError(f"prediction {index} does not exist (0..{n - 1})")
     with torch.inference_mode():
-        p = torch.softmax(logits[index].float(), dim=-1)
-        g = logit_gradient(logits[index: index + 1], targets[index: index + 1])[0] / n  # row of the batch mean
-        top = p.topk(min(k, p.numel())).indices.tolist()
-        target = int(targets[index])
-        ids = top + ([target] if target not in top else [])
-        return {
-            "ids": ids,
-            "probas": p[ids].tolist(),
-            "gradients": g[ids].tolist(),
-            "target_id": target,
-            "num_predictions": n,
-            "push_up": float(-g[target]),  # (1 - p_target) / N
-            "push_down_elsewhere": float(g.sum() - g[target]),  # the same amount, spread by p
-        }
+        p = torch.softmax(logits.float(), dim=-1)
+        top_p, top_ids = p.topk(min(k, p.shape[-1]), dim=-1)
+        target_p = p.gather(-1, targets[:, None]).squeeze(-1)
+        out = []
+        for row, (ids, probas, target, pt) in enumerate(
+            zip(top_ids.tolist(), top_p.tolist(), targets.tolist(), target_p.tolist(), strict=True)
+        ):
+            if target not in ids:
+                ids, probas = ids + [target], probas + [pt]
+            grads = [(q - (i == target)) / n for i, q in zip(ids, probas, strict=True)]
+            out.append({
+                "ids": ids,
+                "probas": probas,
+                "gradients": grads,
+                "target_id": target,
+                "num_predictions": n,
+                "push_up": (1 - pt) / n,  # minus the target's gradient
+                "push_down_elsewhere": (1 - pt) / n,  # the rest of the row sums to the same, spread by p
+                "shown_push_down": sum(g for i, g in zip(ids, grads, strict=True) if i != target),
+                "row": int(row),
+            })
+    return out
 
 
 # --- training steps on a private copy -------------------------------------------------

@@ -143,10 +143,14 @@ def test_logit_gradient_equals_autograd(book):
     leaf = z.clone().requires_grad_(True)
     (expected,) = torch.autograd.grad(F.cross_entropy(leaf, y), leaf)
     assert torch.allclose(logit_gradient(z, y), expected, atol=1e-7, rtol=0)
-    bars = gradient_bars(z, y, 0, 5)
-    assert bars["gradients"] == pytest.approx(expected[0, bars["ids"]].tolist(), abs=1e-7)
-    assert bars["push_up"] == pytest.approx(bars["push_down_elsewhere"], abs=1e-7)
-    assert bars["ids"][-1] == int(y[0]) and bars["gradients"][-1] < 0  # the target is pushed up
+    for n, bars in enumerate(gradient_bars(z, y, 5)):
+        assert bars["gradients"] == pytest.approx(expected[n, bars["ids"]].tolist(), abs=1e-7)
+        assert bars["push_up"] == pytest.approx(-float(expected[n, y[n]]), abs=1e-7)
+        # The whole row sums to zero (up to float32 rounding over 50,257 terms).
+        others = float(expected[n].double().sum() - expected[n, y[n]])
+        assert bars["push_down_elsewhere"] == pytest.approx(others, abs=1e-6)
+        assert bars["target_id"] == int(y[n]) and int(y[n]) in bars["ids"]
+    assert gradient_bars(z, y, 5)[0]["ids"][-1] == int(y[0])  # " effort" is rank 258: its own bar
 
 
 def test_one_step_equals_adamw_by_hand():
