@@ -20,6 +20,7 @@ VIEWS = [
     ("components/temperature.py", "Temperature sweep", ":material/thermostat:", "temperature"),
     ("components/units.py", "Units and averages", ":material/straighten:", "units"),
     ("components/confidence.py", "Confidence against surprise", ":material/scatter_plot:", "confidence"),
+    ("components/gradient.py", "Gradient and a training step", ":material/trending_down:", "gradient"),
     ("components/dataset.py", "Dataset losses", ":material/dataset:", "dataset"),
     ("components/training.py", "Training", ":material/model_training:", "training"),
     ("components/compare.py", "Compare models", ":material/compare_arrows:", "compare"),
