@@ -37,8 +37,12 @@ def cmd_loss(args) -> int:
     if not 0 <= args.seed < 2**63:
         raise InvalidParameterError(f"The seed must be a whole number from 0 to 2**63 - 1, got {args.seed}.")
     model = build_untrained_model(args.seed)
-    summary = summarize(compute_loss(model, args.texts, args.top_k, args.temperature))
+    from .lessons import lessons_report
+
+    result = compute_loss(model, args.texts, args.top_k, args.temperature)
+    summary = summarize(result)
     summary["model"] = f"untrained GPT-2 124M, seed {args.seed}"
+    summary["lessons"] = lessons_report(result)
     if hasattr(sys.stdout, "reconfigure"):
         # A console or pipe that cannot encode "␣" or the user's emoji gets escapes, not a traceback.
         sys.stdout.reconfigure(errors="backslashreplace")
@@ -83,6 +87,11 @@ def format_loss(summary: dict) -> str:
         f"F.cross_entropy     {_fmt(summary['loss'])}   (built-in; difference {_fmt_e(summary['difference'])})",
         f"perplexity          {ppl}   = exp(loss); a uniform guess over the vocabulary: {summary['uniform_perplexity']}",
     ]
+    if "lessons" in summary:
+        u, les = summary["lessons"]["units"]["batch"], summary["lessons"]
+        out.append(f"in other units      {_fmt(u['loss_bits'])} bits per token, {_fmt(u['bits_per_byte'])} bits per byte, "
+                   f"perplexity per byte {_fmt(u['perplexity_per_byte'])}; lowest loss at temperature "
+                   f"{les['temperature_optimal']:.3f} ({_fmt(les['temperature_optimal_loss'])})")
     return "\n".join(out)
 
 

@@ -207,3 +207,30 @@ def test_short_memory_falls_back_to_sgd_then_refuses():
     assert choose_optimizer(model, available=memory_needed(model, "sgd")) == "sgd"
     with pytest.raises(NotEnoughMemoryError, match="free memory"):
         choose_optimizer(model, available=memory_needed(model, "sgd") - 1)
+
+
+# --- the command line ---------------------------------------------------------------------
+
+
+def test_cli_json_has_the_lesson_numbers(model, monkeypatch, capsys, book):
+    import json
+
+    import core.model
+    from core.__main__ import main
+
+    monkeypatch.setattr(core.model, "build_untrained_model", lambda seed=123: model)
+    assert main(["loss", *BOOK_TEXTS, "--json"]) == 0
+    les = json.loads(capsys.readouterr().out)["lessons"]
+    _, _, z, y = book
+    s = temperature_sweep(z, y)
+    assert les["temperature_optimal"] == pytest.approx(s.best, rel=1e-6)
+    c = confidence(z, y)
+    assert les["entropy"][0] + les["entropy"][1] == pytest.approx(c["entropy"], rel=1e-6)
+    u = les["units"]["batch"]
+    assert u["loss_bits"] == pytest.approx(float(compute_loss(model, BOOK_TEXTS).loss) / math.log(2), rel=1e-6)
+    assert u["predicted_bytes"] == 17 + 22  # " effort moves you" + " really like chocolate"
+    assert u["bits_per_byte"] == pytest.approx(u["loss_bits"] * 6 / 39, rel=1e-6)
+    # At T = 0.001 the perplexities leave float range: strict JSON still (as the rest of the report).
+    assert main(["loss", *BOOK_TEXTS, "--temperature", "0.001", "--json"]) == 0
+    out = capsys.readouterr().out
+    assert "Infinity" not in out and json.loads(out)["lessons"]["units"]["batch"]["perplexity_per_token"] == "inf"
