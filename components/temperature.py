@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import plotly.graph_objects as go
 import streamlit as st
 
@@ -18,10 +20,14 @@ def figure(s: dict, axis: str) -> go.Figure:
                     line=dict(color=common.NEUTRAL), marker=dict(size=5))
     fig.add_scatter(x=s["temperatures"], y=s["entropies"], mode="lines", name="mean entropy (nats)", yaxis="y2",
                     line=dict(color=common.VIRIDIS[6], dash="dot"))
-    for t, name, colour in ((s["current"], "current", common.ACCENT), (s["best"], "lowest loss", common.VIRIDIS[2])):
-        fig.add_vline(x=t, line_dash="dash", line_color=colour,
-                      annotation_text=f"{name}: T = {t:.3g}", annotation_font_color=colour,
-                      annotation_position="top left" if name == "current" else "top right")
+    # Shapes written into the layout directly: add_vline is ~30x slower (it resolves subplots).
+    marks = ((s["current"], "current", common.ACCENT, "right"), (s["best"], "lowest loss", common.VIRIDIS[2], "left"))
+    fig.update_layout(
+        shapes=[dict(type="line", xref="x", yref="paper", x0=t, x1=t, y0=0, y1=1, line=dict(color=c, dash="dash"))
+                for t, _, c, _ in marks],
+        annotations=[dict(x=math.log10(t), xref="x", y=1.0, yref="paper", text=f"{name}: T = {t:.3g}", showarrow=False,
+                          xanchor=side, yanchor="bottom", font=dict(color=c)) for t, name, c, side in marks],
+    )
     fig.update_xaxes(type="log", title="temperature T (the logits are divided by T before the softmax)")
     fig.update_layout(
         height=430,

@@ -109,3 +109,25 @@ def test_gradient_view_and_a_training_step(model, book):
     assert metric(at, "Loss after 1 step(s)") == f"{expected.losses[1]:.4f}"
     assert expected.losses[1] < expected.losses[0]
     assert float(compute_loss(model, BOOK_TEXTS).loss) == pytest.approx(10.7940, abs=5e-4)  # shared model untouched
+
+
+def test_dataset_view_loss_by_position(model, verdict_path):
+    from core.data import LoaderSettings
+    from core.positions import position_losses
+
+    text = verdict_path.read_text(encoding="utf-8")[:3000]
+    at = app("dataset", pos_split="Validation")
+    at.radio(key="corpus").set_value("Paste text").run()
+    at.text_area(key="corpus_text").set_value(text).run()
+    at.number_input(key="ds_len").set_value(32).run()
+    at.number_input(key="ds_stride").set_value(32).run()
+    at.button(key="ds_compute").click().run()
+    at.button(key="pos_compute").click().run()
+    assert not at.exception and not at.error
+    r = position_losses(model, text, LoaderSettings(context_length=32, stride=32))
+    assert metric(at, "Training loss (book)") == f"{r['train']['loss']:.4f}" == metric(at, "Training loss")
+    assert metric(at, "Validation: position means, count-weighted") == f"{r['val']['token_weighted_loss']:.4f}"
+    assert at.radio(key="pos_split").value == "Validation"
+    (spec,) = [s for s in specs(at) if "position" in s["layout"]["title"]["text"]]
+    assert [t["name"] for t in spec["data"]] == ["validation: mean loss at the position"]
+    assert spec["data"][0]["y"] == pytest.approx(r["val"]["position_means"], abs=1e-9)
