@@ -104,6 +104,8 @@ def add_dataset(sub) -> None:
     p.add_argument("--batch-size", type=int, default=2, help="windows per batch (book: 2)")
     p.add_argument("--num-batches", type=int, default=None, help="only the first N batches of each split")
     p.add_argument("--seed", type=int, default=123, help="seed of the untrained model and the shuffle (book: 123)")
+    p.add_argument("--positions", action="store_true",
+                   help="also the mean loss at each position of the window (a second pass)")
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
     p.set_defaults(func=cmd_dataset)
 
@@ -128,6 +130,12 @@ def cmd_dataset(args) -> int:
 
     result = evaluate_dataset(model, text, settings, num_batches=args.num_batches, progress=progress)
     summary = {"model": f"untrained GPT-2 124M, seed {args.seed}", "corpus": args.corpus or "The Verdict", **result.to_dict()}
+    if args.positions:
+        from .positions import position_losses
+
+        pos = position_losses(model, text, settings, args.num_batches, progress=progress)
+        summary["positions"] = {s: {k: pos[s][k] for k in ("position_means", "counts", "token_weighted_loss")}
+                                for s in ("train", "val")}
     if args.json:
         print(json.dumps(summary, indent=2, ensure_ascii=False))
         return 0
@@ -147,6 +155,9 @@ def cmd_dataset(args) -> int:
         )
     out.append(f"Training tokens: {s.train_tokens:,}   validation tokens: {s.val_tokens:,}")
     out += [f"warning: {w}" for w in s.warnings]
+    for split, p in summary.get("positions", {}).items():
+        m = p["position_means"]
+        out.append(f"{split:>5} loss by position: first {m[0]:.4f}, middle {m[len(m) // 2]:.4f}, last {m[-1]:.4f}")
     print("\n".join(out))
     return 0
 

@@ -48,3 +48,23 @@ def test_progress_and_stop(model, verdict_path):
     r = position_losses(model, text, LoaderSettings(context_length=16, stride=16), progress=lambda *a: seen.append(a),
                         cancel=lambda: len(seen) > 2)
     assert r["cancelled"] and seen[0] == (0, seen[0][1], "train")
+
+
+def test_cli_dataset_json_has_the_position_means(model, verdict_path, tmp_path, monkeypatch, capsys):
+    import json
+
+    import core.model
+    from core.__main__ import main
+
+    corpus = tmp_path / "c.txt"
+    corpus.write_text(verdict_path.read_text(encoding="utf-8")[:3000], encoding="utf-8")
+    monkeypatch.setattr(core.model, "build_untrained_model", lambda seed=123: model)
+    args = ["dataset", "--corpus", str(corpus), "--context-length", "16", "--stride", "16", "--positions", "--json"]
+    assert main(args) == 0
+    out = json.loads(capsys.readouterr().out)
+    expected = position_losses(model, corpus.read_text(encoding="utf-8"), LoaderSettings(context_length=16, stride=16))
+    for split in ("train", "val"):
+        p = out["positions"][split]
+        assert p["position_means"] == pytest.approx(expected[split]["position_means"], abs=1e-9)
+        weighted = sum(m * c for m, c in zip(p["position_means"], p["counts"], strict=True)) / sum(p["counts"])
+        assert weighted == pytest.approx(out[f"{split}_loss"], abs=1e-6)
