@@ -131,3 +131,23 @@ def test_dataset_view_loss_by_position(model, verdict_path):
     (spec,) = [s for s in specs(at) if "position" in s["layout"]["title"]["text"]]
     assert [t["name"] for t in spec["data"]] == ["validation: mean loss at the position"]
     assert spec["data"][0]["y"] == pytest.approx(r["val"]["position_means"], abs=1e-9)
+
+
+def test_compare_view_two_models_token_by_token(model, verdict_path):
+    from dataclasses import replace
+
+    from test_train import TINY
+
+    from core.divergence import compare_models
+    from core.train import load_trained_model, model_path, run_training
+
+    run_training(replace(TINY, num_epochs=1), verdict_path.read_text(encoding="utf-8")[:6000], "tok-tiny", log=None)
+    at = app("compare")
+    assert at.multiselect(key="cmp_models").value[:2] == ["untrained-124m", "trained-tok-tiny"]
+    r = compare_models(model, load_trained_model(model_path("tok-tiny")), BOOK_TEXTS)
+    assert metric(at, "Mean KL(p_A ‖ p_B)") == f"{sum(r['kl']) / len(r['kl']):.4f}"
+    assert metric(at, "Loss A − loss B") == f"{sum(r['difference']) / len(r['difference']):+.4f}"
+    (spec,) = [s for s in specs(at) if s["layout"]["title"]["text"].startswith("How differently")]
+    assert spec["data"][0]["y"] == pytest.approx(r["kl"], rel=1e-5)
+    body = "\n".join(e.proto.body for e in at.get("html"))
+    assert "KL(p_A‖p_B)" in body and "␣effort" in body
