@@ -24,7 +24,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 BOOK = "every effort moves you\nI really like chocolate"
 WORDS = ["today", "again", "slowly", "here", "now", "too", "well", "first", "later", "fast", "soon", "once"]
-VIEWS = ["tokens", "probabilities", "figure57", "cross_entropy", "per_token", "temperature", "units", "confidence", "gradient"]
+VIEWS = [
+    "tokens", "probabilities", "figure57", "cross_entropy", "per_token",
+    "temperature", "units", "confidence", "gradient",
+]
 
 
 def edits(n: int, start: int = 0) -> list[str]:
@@ -146,7 +149,8 @@ if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("-n", type=int, default=12, help="text edits per view (at most 14)")
     ap.add_argument("--server", action="store_true", help="also measure cold start and RSS with a real server")
-    ap.add_argument("--views", nargs="+", default=VIEWS, choices=VIEWS, metavar="VIEW", help="only these views")
+    ap.add_argument("--views", nargs="+", default=VIEWS, choices=VIEWS, metavar="VIEW",
+                    help="only these views")
     args = ap.parse_args()
     bench_reruns(args.n, args.views)
     if args.server:

@@ -35,8 +35,10 @@ def main(n: int = 15) -> None:
         sweep.append(time.perf_counter() - t)
     f, s = 1000 * statistics.median(fwd[2:]), 1000 * statistics.median(sweep[2:])
     print(f"forward pass (book batch): median {f:.1f} ms")
-    print(f"temperature sweep after it: median {s:.1f} ms (min {1000 * min(sweep):.1f} ms), "
-          f"{s / f:.2f}x the forward pass; target <= 50 ms")
+    print(
+        f"temperature sweep after it: median {s:.1f} ms (min {1000 * min(sweep):.1f} ms), "
+        f"{s / f:.2f}x the forward pass; target <= 50 ms"
+    )
 
 
 if __name__ == "__main__":

@@ -33,8 +33,16 @@ def _labels(batch) -> list[dict]:
     out = []
     for row, ids in enumerate(batch.token_ids):
         shown = [token_piece(i, tk).display for i in ids]
-        out += [{"text": row + 1, "position": t, "input": shown[t], "target": shown[t + 1], "target_id": ids[t + 1]}
-                for t in range(len(ids) - 1)]
+        out += [
+            {
+                "text": row + 1,
+                "position": t,
+                "input": shown[t],
+                "target": shown[t + 1],
+                "target_id": ids[t + 1],
+            }
+            for t in range(len(ids) - 1)
+        ]
     return out
 
 
@@ -50,7 +58,7 @@ def units(key: str, seed: int, texts: tuple[str, ...], temperature: float) -> di
     c = confidence(z, y, temperature)  # surprisal per prediction, in the order of the texts
     per_text, start = [], 0
     for ids in batch.token_ids:
-        per_text.append(c["surprisal"][start: start + len(ids) - 1])
+        per_text.append(c["surprisal"][start : start + len(ids) - 1])
         start += len(ids) - 1
     return loss_units(batch.texts, batch.token_ids, per_text, common.tokenizer())
 
@@ -60,12 +68,23 @@ def confidence_rows(key: str, seed: int, texts: tuple[str, ...], temperature: fl
     batch, z, y = _forward(key, seed, texts)
     c = confidence(z, y, temperature)
     rows = [
-        {**label, "entropy": c["entropy"][n], "surprisal": c["surprisal"][n], "rank": c["rank"][n],
-         "bucket": c["bucket_names"][c["bucket"][n]], "bucket_index": c["bucket"][n], "top_proba": c["top_proba"][n]}
+        {
+            **label,
+            "entropy": c["entropy"][n],
+            "surprisal": c["surprisal"][n],
+            "rank": c["rank"][n],
+            "bucket": c["bucket_names"][c["bucket"][n]],
+            "bucket_index": c["bucket"][n],
+            "top_proba": c["top_proba"][n],
+        }
         for n, label in enumerate(_labels(batch))
     ]
-    return {"rows": rows, "histogram": c["histogram"], "bucket_names": c["bucket_names"],
-            "first_tokens": [token_piece(ids[0], common.tokenizer()).display for ids in batch.token_ids]}
+    return {
+        "rows": rows,
+        "histogram": c["histogram"],
+        "bucket_names": c["bucket_names"],
+        "first_tokens": [token_piece(ids[0], common.tokenizer()).display for ids in batch.token_ids],
+    }
 
 
 @st.cache_data(max_entries=64, ttl=3600, show_spinner=False)

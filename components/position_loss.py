@@ -24,13 +24,21 @@ def figure(r: dict, show: str) -> go.Figure:
         if show not in (SHOW[0], name.capitalize()):
             continue
         means = r[key]["position_means"]
-        fig.add_scatter(x=list(range(len(means))), y=means, mode="lines", name=f"{name}: mean loss at the position",
-                        line=dict(color=colour))
+        fig.add_scatter(
+            x=list(range(len(means))),
+            y=means,
+            mode="lines",
+            name=f"{name}: mean loss at the position",
+            line=dict(color=colour),
+        )
         fig.add_hline(y=r[key]["loss"], line_dash="dot", line_color=colour)
     fig.update_xaxes(title="position in the window (tokens of context − 1)")
     fig.update_yaxes(title="mean cross entropy (nats)")
-    fig.update_layout(height=380, title="Loss by position in the window",
-                      legend=dict(orientation="h", yanchor="top", y=-0.2))
+    fig.update_layout(
+        height=380,
+        title="Loss by position in the window",
+        legend=dict(orientation="h", yanchor="top", y=-0.2),
+    )
     return fig
 
 
@@ -48,9 +56,16 @@ def section(model, text: str, settings, num_batches, key: tuple, presentation: b
         bar = st.progress(0.0, text="Starting…")
         st.button("Stop", icon=":material/stop:", key="pos_stop")  # a click reruns the page: the loop ends
         split_name = {"train": "training", "val": "validation"}
-        r = position_losses(model, text, settings, num_batches, tokenizer=common.tokenizer(),
-                            progress=lambda done, total, split: bar.progress(
-                                done / max(total, 1), text=f"{split_name[split]} batches: {done} of {total}"))
+        r = position_losses(
+            model,
+            text,
+            settings,
+            num_batches,
+            tokenizer=common.tokenizer(),
+            progress=lambda done, total, split: bar.progress(
+                done / max(total, 1), text=f"{split_name[split]} batches: {done} of {total}"
+            ),
+        )
         bar.empty()
         if r["cancelled"]:
             return
@@ -62,11 +77,22 @@ def section(model, text: str, settings, num_batches, key: tuple, presentation: b
     c1, c2, c3, c4 = st.columns(4)
     for col, split, name in ((c1, "train", "Training"), (c3, "val", "Validation")):
         p = r[split]
-        col.metric(f"{name} loss (book)", common.num(p["loss"]), help="calc_loss_loader: the mean of batch losses")
-        weighted = sum(m * c for m, c in zip(p["position_means"], p["counts"], strict=True)) / sum(p["counts"])
-        (c2 if split == "train" else c4).metric(f"{name}: position means, count-weighted", common.num(weighted))
+        col.metric(
+            f"{name} loss (book)", common.num(p["loss"]), help="calc_loss_loader: the mean of batch losses"
+        )
+        weighted = sum(m * c for m, c in zip(p["position_means"], p["counts"], strict=True)) / sum(
+            p["counts"]
+        )
+        (c2 if split == "train" else c4).metric(
+            f"{name}: position means, count-weighted", common.num(weighted)
+        )
     common.chart(figure(r, show), "loss-by-position", presentation)
-    rows = [{"position": i, **{f"{s}_mean_loss": r[s]["position_means"][i] for s in ("train", "val")},
-             **{f"{s}_windows": r[s]["counts"][i] for s in ("train", "val")}}
-            for i in range(len(r["train"]["position_means"]))]
+    rows = [
+        {
+            "position": i,
+            **{f"{s}_mean_loss": r[s]["position_means"][i] for s in ("train", "val")},
+            **{f"{s}_windows": r[s]["counts"][i] for s in ("train", "val")},
+        }
+        for i in range(len(r["train"]["position_means"]))
+    ]
     common.downloads("loss-by-position", rows, r, key="positions")

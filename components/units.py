@@ -31,17 +31,26 @@ def render(inputs: common.Inputs) -> None:
         c1, c2, c3, c4 = st.columns(4)
         c1.metric("Loss in nats", _n(b["loss_nats"]), help="F.cross_entropy: natural logarithm")
         c2.metric("Loss in bits", _n(b["loss_bits"]), help="nats / ln 2")
-        c3.metric("Bits per byte", _n(b["bits_per_byte"]), help="all surprisal in bits / predicted UTF-8 bytes")
+        c3.metric(
+            "Bits per byte", _n(b["bits_per_byte"]), help="all surprisal in bits / predicted UTF-8 bytes"
+        )
         c4.metric("Predicted tokens", f"{b['predicted_tokens']:,}")
         c5, c6, c7, c8 = st.columns(4)
         c5.metric("Perplexity per token", common.ppl(b["perplexity_per_token"]), help="exp(loss)")
-        c6.metric("Perplexity per character", _ppl(b["perplexity_per_character"]),
-                  help="exp(total nats / predicted characters)")
-        c7.metric("Perplexity per byte", _ppl(b["perplexity_per_byte"]),
-                  help="exp(total nats / predicted bytes)")
-        c8.metric("Characters · bytes", f"{b['characters']:,} · {b['bytes']:,}",
-                  help=f"predicted: {b['predicted_characters']:,} characters, {b['predicted_bytes']:,} bytes "
-                  "(the first token of each text is read, never predicted)")
+        c6.metric(
+            "Perplexity per character",
+            _ppl(b["perplexity_per_character"]),
+            help="exp(total nats / predicted characters)",
+        )
+        c7.metric(
+            "Perplexity per byte", _ppl(b["perplexity_per_byte"]), help="exp(total nats / predicted bytes)"
+        )
+        c8.metric(
+            "Characters · bytes",
+            f"{b['characters']:,} · {b['bytes']:,}",
+            help=f"predicted: {b['predicted_characters']:,} characters, {b['predicted_bytes']:,} bytes "
+            "(the first token of each text is read, never predicted)",
+        )
         st.info(
             "Why perplexities from different tokenizers cannot be compared: a tokenizer with longer tokens "
             "makes fewer, harder predictions, so its per-token perplexity is higher for the very same "
@@ -54,12 +63,21 @@ def render(inputs: common.Inputs) -> None:
         base = st.radio("Unit", BASES, horizontal=True, key="units_base", bind="query-params")
         k = 1 / math.log(2) if base == "bits" else 1.0
         d1, d2, d3 = st.columns(3)
-        d1.metric(f"Token-weighted loss ({base})", _n(a["token_weighted_loss"] * k),
-                  help="What F.cross_entropy returns on the padded batch: every predicted token weighs the same.")
-        d2.metric(f"Mean of per-text losses ({base})", _n(a["mean_of_text_losses"] * k),
-                  help="Every text weighs the same, short or long.")
-        d3.metric("Mean of per-text perplexities", common.ppl(a["mean_of_text_perplexities"]),
-                  help="exp of each text's loss, then averaged: always ≥ exp of the mean loss (Jensen).")
+        d1.metric(
+            f"Token-weighted loss ({base})",
+            _n(a["token_weighted_loss"] * k),
+            help="What F.cross_entropy returns on the padded batch: every predicted token weighs the same.",
+        )
+        d2.metric(
+            f"Mean of per-text losses ({base})",
+            _n(a["mean_of_text_losses"] * k),
+            help="Every text weighs the same, short or long.",
+        )
+        d3.metric(
+            "Mean of per-text perplexities",
+            common.ppl(a["mean_of_text_perplexities"]),
+            help="exp of each text's loss, then averaged: always ≥ exp of the mean loss (Jensen).",
+        )
         st.caption(
             f"exp(token-weighted loss) = {common.ppl(a['token_weighted_perplexity'])}; exp(mean of per-text "
             f"losses) = {common.ppl(a['perplexity_of_mean_loss'])}. They agree only when every text has the "
@@ -67,10 +85,17 @@ def render(inputs: common.Inputs) -> None:
             "perplexities reports a third, larger number."
         )
         rows = [
-            {"text": n + 1, "tokens": r["tokens"], "characters": r["characters"], "bytes": r["bytes"],
-             "predicted tokens": r["predicted_tokens"], f"loss ({base})": r["loss_nats"] * k,
-             "perplexity per token": r["perplexity_per_token"], "perplexity per byte": r["perplexity_per_byte"],
-             "bits per byte": r["bits_per_byte"]}
+            {
+                "text": n + 1,
+                "tokens": r["tokens"],
+                "characters": r["characters"],
+                "bytes": r["bytes"],
+                "predicted tokens": r["predicted_tokens"],
+                f"loss ({base})": r["loss_nats"] * k,
+                "perplexity per token": r["perplexity_per_token"],
+                "perplexity per byte": r["perplexity_per_byte"],
+                "bits per byte": r["bits_per_byte"],
+            }
             for n, r in enumerate(u["texts"])
         ]
         st.dataframe(rows, hide_index=True)

@@ -89,9 +89,11 @@ def format_loss(summary: dict) -> str:
     ]
     if "lessons" in summary:
         u, les = summary["lessons"]["units"]["batch"], summary["lessons"]
-        out.append(f"in other units      {_fmt(u['loss_bits'])} bits per token, {_fmt(u['bits_per_byte'])} bits per byte, "
-                   f"perplexity per byte {_fmt(u['perplexity_per_byte'])}; lowest loss at temperature "
-                   f"{les['temperature_optimal']:.3f} ({_fmt(les['temperature_optimal_loss'])})")
+        out.append(
+            f"in other units      {_fmt(u['loss_bits'])} bits per token, {_fmt(u['bits_per_byte'])} bits per "
+            f"byte, perplexity per byte {_fmt(u['perplexity_per_byte'])}; lowest loss at temperature "
+            f"{les['temperature_optimal']:.3f} ({_fmt(les['temperature_optimal_loss'])})"
+        )
     return "\n".join(out)
 
 
@@ -157,7 +159,8 @@ def cmd_dataset(args) -> int:
     out += [f"warning: {w}" for w in s.warnings]
     for split, p in summary.get("positions", {}).items():
         m = p["position_means"]
-        out.append(f"{split:>5} loss by position: first {m[0]:.4f}, middle {m[len(m) // 2]:.4f}, last {m[-1]:.4f}")
+        out.append(f"{split:>5} loss by position: first {m[0]:.4f}, middle {m[len(m) // 2]:.4f}, "
+                   f"last {m[-1]:.4f}")
     print("\n".join(out))
     return 0
 

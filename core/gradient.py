@@ -46,17 +46,19 @@ def gradient_bars(logits: torch.Tensor, targets: torch.Tensor, k: int) -> list[d
             if target not in ids:
                 ids, probas = ids + [target], probas + [pt]
             grads = [(q - (i == target)) / n for i, q in zip(ids, probas, strict=True)]
-            out.append({
-                "ids": ids,
-                "probas": probas,
-                "gradients": grads,
-                "target_id": target,
-                "num_predictions": n,
-                "push_up": (1 - pt) / n,  # minus the target's gradient
-                "push_down_elsewhere": (1 - pt) / n,  # the rest of the row sums to the same, spread by p
-                "shown_push_down": sum(g for i, g in zip(ids, grads, strict=True) if i != target),
-                "row": int(row),
-            })
+            out.append(
+                {
+                    "ids": ids,
+                    "probas": probas,
+                    "gradients": grads,
+                    "target_id": target,
+                    "num_predictions": n,
+                    "push_up": (1 - pt) / n,  # minus the target's gradient
+                    "push_down_elsewhere": (1 - pt) / n,  # the rest of the row sums to the same, spread by p
+                    "shown_push_down": sum(g for i, g in zip(ids, grads, strict=True) if i != target),
+                    "row": int(row),
+                }
+            )
     return out
 
 

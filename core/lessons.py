@@ -14,8 +14,11 @@ import torch
 from .loss import Batch, prepare_batch
 
 
-def forward(model: torch.nn.Module, texts: list[str], tokenizer: tiktoken.Encoding | None = None,
-            ) -> tuple[Batch, torch.Tensor]:
+def forward(
+    model: torch.nn.Module,
+    texts: list[str],
+    tokenizer: tiktoken.Encoding | None = None,
+) -> tuple[Batch, torch.Tensor]:
     """The checked batch and its float32 logits [B, T, V], without gradients."""
     batch = prepare_batch(texts, model.cfg["context_length"], tokenizer)
     if model.training:
@@ -45,20 +48,22 @@ def lessons_report(result, tokenizer: tiktoken.Encoding | None = None) -> dict:
     c = confidence(z, y)
     per_text, start = [], 0
     for ids in batch.token_ids:
-        per_text.append(c["surprisal"][start: start + len(ids) - 1])
+        per_text.append(c["surprisal"][start : start + len(ids) - 1])
         start += len(ids) - 1
     s = temperature_sweep(z * result.temperature, y, current=result.temperature)
     entropy, start = [], 0
     for ids in batch.token_ids:
-        entropy.append(c["entropy"][start: start + len(ids) - 1])
+        entropy.append(c["entropy"][start : start + len(ids) - 1])
         start += len(ids) - 1
-    return _json_safe({
-        "units": loss_units(batch.texts, batch.token_ids, per_text, tokenizer),
-        "entropy": entropy,  # per text, per position: nats
-        "rank_buckets": dict(zip(c["bucket_names"], c["histogram"], strict=True)),
-        "temperature_optimal": s.best,
-        "temperature_optimal_loss": s.best_loss,
-    })
+    return _json_safe(
+        {
+            "units": loss_units(batch.texts, batch.token_ids, per_text, tokenizer),
+            "entropy": entropy,  # per text, per position: nats
+            "rank_buckets": dict(zip(c["bucket_names"], c["histogram"], strict=True)),
+            "temperature_optimal": s.best,
+            "temperature_optimal_loss": s.best_loss,
+        }
+    )
 
 
 def _json_safe(x):

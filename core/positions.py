@@ -78,11 +78,18 @@ def position_losses(
     if progress:
         progress(0, total, "train")
     try:
-        for name, loader, n, offset in (("train", data.train_loader, n_train, 0),
-                                        ("val", data.val_loader, n_val, n_train)):
-            out[name] = _split(loader, model, n, device,
-                               lambda k, name=name, offset=offset: progress and progress(offset + k, total, name),
-                               cancel)
+        for name, loader, n, offset in (
+            ("train", data.train_loader, n_train, 0),
+            ("val", data.val_loader, n_val, n_train),
+        ):
+            out[name] = _split(
+                loader,
+                model,
+                n,
+                device,
+                lambda k, name=name, offset=offset: progress and progress(offset + k, total, name),
+                cancel,
+            )
     except EvaluationCancelled:
         return {**out, "cancelled": True}
     return out

@@ -37,7 +37,9 @@ class Sweep:
 
 def grid(t_min: float = T_MIN, t_max: float = T_MAX, points: int = POINTS) -> list[float]:
     if not 0 < t_min < t_max or points < 2:
-        raise InvalidParameterError(f"a temperature range needs 0 < min < max and 2+ points, got {t_min}, {t_max}")
+        raise InvalidParameterError(
+            f"a temperature range needs 0 < min < max and 2+ points, got {t_min}, {t_max}"
+        )
     step = math.log(t_max / t_min) / (points - 1)
     return [t_min * math.exp(i * step) for i in range(points)]
 
@@ -55,8 +57,13 @@ def loss_and_entropy(logits: torch.Tensor, targets: torch.Tensor, temperature: f
     return float(loss), float(entropy)
 
 
-def temperature_sweep(logits: torch.Tensor, targets: torch.Tensor, current: float = 1.0,
-                      temperatures: list[float] | None = None, refine: int = 10) -> Sweep:
+def temperature_sweep(
+    logits: torch.Tensor,
+    targets: torch.Tensor,
+    current: float = 1.0,
+    temperatures: list[float] | None = None,
+    refine: int = 10,
+) -> Sweep:
     """The curve over `temperatures` (default: grid()) plus the current temperature, and the
     loss-minimising temperature: the best grid point refined by golden-section search."""
     ts = sorted(set(temperatures or grid()) | {float(current)})

@@ -50,8 +50,9 @@ def _rates(nats: float, tokens: int, chars: int, n_bytes: int) -> dict:
     }
 
 
-def loss_units(texts: list[str], token_ids: list[list[int]], surprisals: list[list[float]],
-               tokenizer: tiktoken.Encoding) -> dict:
+def loss_units(
+    texts: list[str], token_ids: list[list[int]], surprisals: list[list[float]], tokenizer: tiktoken.Encoding
+) -> dict:
     """Per text and for the batch: the loss in nats and bits, perplexity per token, character
     and byte, and three averages over texts (token-weighted, mean loss, mean perplexity).
 
@@ -62,11 +63,27 @@ def loss_units(texts: list[str], token_ids: list[list[int]], surprisals: list[li
         if len(s) != c["predicted_tokens"]:
             raise ValueError(f"{len(s)} surprisals for {c['predicted_tokens']} predicted tokens")
         nats = float(sum(s))
-        rows.append({**c, "nats": nats, **_rates(nats, len(s), c["predicted_characters"], c["predicted_bytes"])})
-    total = {k: sum(r[k] for r in rows) for k in ("tokens", "characters", "bytes", "predicted_tokens",
-                                                 "predicted_characters", "predicted_bytes", "nats")}
-    batch = {**total, **_rates(total["nats"], total["predicted_tokens"], total["predicted_characters"],
-                               total["predicted_bytes"])}
+        rows.append(
+            {**c, "nats": nats, **_rates(nats, len(s), c["predicted_characters"], c["predicted_bytes"])}
+        )
+    total = {
+        k: sum(r[k] for r in rows)
+        for k in (
+            "tokens",
+            "characters",
+            "bytes",
+            "predicted_tokens",
+            "predicted_characters",
+            "predicted_bytes",
+            "nats",
+        )
+    }
+    batch = {
+        **total,
+        **_rates(
+            total["nats"], total["predicted_tokens"], total["predicted_characters"], total["predicted_bytes"]
+        ),
+    }
     mean_loss = sum(r["loss_nats"] for r in rows) / len(rows)
     return {
         "texts": rows,

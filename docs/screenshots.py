@@ -14,6 +14,9 @@ from playwright.sync_api import sync_playwright
 HERE = Path(__file__).parent
 ARGS = ["--no-sandbox", "--headless", "--disable-gpu", "--disable-background-networking",
         "--disable-component-update", "--disable-sync", "--no-first-run"]
+# A short Verdict text and a model trained on it (`python -m core train`, saved as tiny-verdict).
+VERDICT = "text=I+HAD+always+thought+Jack+Gisburn+rather+a+cheap+genius--though+a+good+fellow+enough"
+TINY = "&model=trained-tiny-verdict"
 SHOTS = [  # (file, URL path and query)
     ("tokens.png", "/"),
     ("probabilities.png", "/probabilities"),
@@ -22,7 +25,16 @@ SHOTS = [  # (file, URL path and query)
     ("per-token-loss.png", "/per-token-loss?preset=The+Verdict%2C+first+sentence"),
     ("dataset.png", "/dataset"),
     ("presentation.png", "/figure-5-7?step=3&presentation=true"),
+    ("temperature.png", "/temperature?" + VERDICT + TINY),
+    ("units.png", "/units?preset=Ragged+batch+%28padding%29"),
+    ("confidence.png", "/confidence?" + VERDICT + "&gltr=true" + TINY),
+    ("gradient.png", "/gradient?grad_at=2&top_k=8"),
+    ("loss-by-position.png", "/dataset"),
+    ("compare-tokens.png", "/compare?" + VERDICT),  # needs a trained model (python -m core train)
 ]
+# The lesson views show their own first metric, and two need clicks (element to shoot, buttons).
+WAIT = {"temperature.png": "Lowest loss", "units.png": "Bits per byte", "confidence.png": "Mean entropy",
+        "gradient.png": "Target pushed up by", "compare-tokens.png": "Mean KL"}
 
 
 def main(base: str, only: list[str]) -> None:
@@ -33,7 +45,17 @@ def main(base: str, only: list[str]) -> None:
             if only and name not in only:
                 continue
             page.goto(base.rstrip("/") + path)
-            if name == "dataset.png":
+            if name == "loss-by-position.png":
+                page.get_by_role("button", name="Compute", exact=True).click(timeout=120_000)
+                page.get_by_role("button", name="Compute loss by position").click(timeout=600_000)
+                page.get_by_text("position means, count-weighted").first.wait_for(timeout=600_000)
+                page.wait_for_timeout(2500)
+                page.get_by_text("Loss by position in the window").first.scroll_into_view_if_needed()
+            elif name in WAIT:
+                page.get_by_text(WAIT[name]).first.wait_for(timeout=120_000)
+                if name == "compare-tokens.png":
+                    page.get_by_text("Two models, token by token").first.scroll_into_view_if_needed()
+            elif name == "dataset.png":
                 compute = page.get_by_role("button", name="Compute")
                 compute.wait_for(timeout=120_000)
                 compute.click()

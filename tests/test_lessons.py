@@ -74,12 +74,24 @@ def test_counts_on_fixed_texts(tokenizer):
 
     # "Hello| world": the first token "Hello" is read, " world" (6 chars, 6 bytes) predicted.
     c = predicted_counts("Hello world", encode("Hello world", tokenizer), tokenizer)
-    assert c == {"tokens": 2, "characters": 11, "bytes": 11, "predicted_tokens": 1,
-                 "predicted_characters": 6, "predicted_bytes": 6}
+    assert c == {
+        "tokens": 2,
+        "characters": 11,
+        "bytes": 11,
+        "predicted_tokens": 1,
+        "predicted_characters": 6,
+        "predicted_bytes": 6,
+    }
     # "😀 hi": the emoji's 4 bytes straddle two tokens (3 + 1); it counts as predicted.
     c = predicted_counts("😀 hi", encode("😀 hi", tokenizer), tokenizer)
-    assert c == {"tokens": 3, "characters": 4, "bytes": 7, "predicted_tokens": 2,
-                 "predicted_characters": 4, "predicted_bytes": 4}
+    assert c == {
+        "tokens": 3,
+        "characters": 4,
+        "bytes": 7,
+        "predicted_tokens": 2,
+        "predicted_characters": 4,
+        "predicted_bytes": 4,
+    }
 
 
 def test_units_and_averages_by_hand(tokenizer):
@@ -109,7 +121,9 @@ def test_units_token_weighted_loss_is_cross_entropy(model, tokenizer, book):
     surprisal = (-torch.log_softmax(z, -1).gather(-1, y[:, None]).squeeze(-1)).tolist()
     per_text = [surprisal[:3], surprisal[3:]]
     u = loss_units(batch.texts, batch.token_ids, per_text, tokenizer)
-    assert u["averages"]["token_weighted_loss"] == pytest.approx(float(compute_loss(model, BOOK_TEXTS).loss), abs=1e-5)
+    assert u["averages"]["token_weighted_loss"] == pytest.approx(
+        float(compute_loss(model, BOOK_TEXTS).loss), abs=1e-5
+    )
 
 
 # --- confidence against surprise ------------------------------------------------------
@@ -227,10 +241,15 @@ def test_cli_json_has_the_lesson_numbers(model, monkeypatch, capsys, book):
     c = confidence(z, y)
     assert les["entropy"][0] + les["entropy"][1] == pytest.approx(c["entropy"], rel=1e-6)
     u = les["units"]["batch"]
-    assert u["loss_bits"] == pytest.approx(float(compute_loss(model, BOOK_TEXTS).loss) / math.log(2), rel=1e-6)
+    assert u["loss_bits"] == pytest.approx(
+        float(compute_loss(model, BOOK_TEXTS).loss) / math.log(2), rel=1e-6
+    )
     assert u["predicted_bytes"] == 17 + 22  # " effort moves you" + " really like chocolate"
     assert u["bits_per_byte"] == pytest.approx(u["loss_bits"] * 6 / 39, rel=1e-6)
     # At T = 0.001 the perplexities leave float range: strict JSON still (as the rest of the report).
     assert main(["loss", *BOOK_TEXTS, "--temperature", "0.001", "--json"]) == 0
     out = capsys.readouterr().out
-    assert "Infinity" not in out and json.loads(out)["lessons"]["units"]["batch"]["perplexity_per_token"] == "inf"
+    assert (
+        "Infinity" not in out
+        and json.loads(out)["lessons"]["units"]["batch"]["perplexity_per_token"] == "inf"
+    )

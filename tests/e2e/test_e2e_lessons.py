@@ -64,3 +64,35 @@ def test_gradient_and_one_training_step(new_page, server, core_model):
     expected = train_steps(core_model, BOOK_TEXTS, 1)
     assert metric_value(page, "Loss after 1 step(s)", timeout=300_000) == f"{expected.losses[1]:.4f}"
     assert metric_value(page, "Loss before") == "10.7940"
+
+
+def test_dataset_loss_by_position(new_page, server):
+    page = new_page()
+    open_url(page, server, "dataset")
+    page.get_by_role("button", name="Compute", exact=True).click()
+    wait_for_app(page, timeout=600_000)
+    page.get_by_role("button", name="Compute loss by position").click()
+    wait_for_app(page, timeout=600_000)
+    # Section 5.1.3: training loss 10.9876; the position means, count-weighted, give it back.
+    assert metric_value(page, "Training: position means, count-weighted", timeout=600_000) == "10.9876"
+    assert metric_value(page, "Training loss (book)") == "10.9876"
+    assert page.locator(".js-plotly-plot").count() == 2
+
+
+def test_compare_two_models_token_by_token(new_page, server, core_model, verdict_file, monkeypatch):
+    from dataclasses import replace
+
+    from test_train import TINY
+
+    from core.divergence import compare_models
+    from core.train import load_trained_model, model_path, run_training
+
+    monkeypatch.setenv("LOSSLENS_CACHE_DIR", server.env["LOSSLENS_CACHE_DIR"])  # where the app looks
+    run_training(
+        replace(TINY, num_epochs=1), verdict_file.read_text(encoding="utf-8")[:6000], "e2e-tok", log=None
+    )
+    r = compare_models(core_model, load_trained_model(model_path("e2e-tok")), BOOK_TEXTS)
+    page = new_page()
+    open_url(page, server, "compare")
+    assert metric_value(page, "Mean KL") == f"{sum(r['kl']) / len(r['kl']):.4f}"
+    assert page.locator(".ll-heat span[title*='KL']").count() == len(r["kl"])
