@@ -15,7 +15,7 @@ import streamlit as st
 from core.errors import LossLensError, WeightsError
 from core.loss import compute_loss
 from core.registry import get_spec, load_model  # noqa: F401 (get_spec: views use it)
-from core.report import summarize
+from core.report import PERPLEXITY_NOTE, format_perplexity, summarize
 from core.tokenizer import get_tokenizer
 
 log = logging.getLogger("losslens")
@@ -36,6 +36,7 @@ class Inputs:
     top_k: int
     temperature: float
     presentation: bool = False
+    device: str = "cpu"  # where the model runs (core.device); part of every cache key
 
 
 # --- cached calls into core --------------------------------------------------------
@@ -45,10 +46,10 @@ RETRY_AFTER = 60  # seconds before a failed model load (e.g. a download offline)
 
 
 @st.cache_resource(max_entries=2, show_spinner="Loading the model (once; a pretrained one downloads first)…")
-def _cached_model(key: str, seed: int):
-    """One shared, frozen model per (key, seed); inference only, so threads can share it.
+def _cached_model(key: str, seed: int, device: str = "cpu"):
+    """One shared, frozen model per (key, seed, device); inference only, so threads can share it.
     Two entries: a seed change keeps the previous model for a quick switch back (~650 MB each)."""
-    return load_model(key, seed)
+    return load_model(key, seed, device)
 
 
 @st.cache_resource
@@ -56,14 +57,14 @@ def _failed_loads() -> dict:
     return {}
 
 
-def get_model(key: str, seed: int):
+def get_model(key: str, seed: int, device: str = "cpu"):
     """The cached model; a load that just failed fails again at once instead of retrying a
     download on every click (offline that takes ~25 s each time)."""
     failed = _failed_loads()
     if (key, seed) in failed and time.monotonic() - failed[(key, seed)][0] < RETRY_AFTER:
         raise WeightsError(failed[(key, seed)][1])
     try:
-        return _cached_model(key, seed)
+        return _cached_model(key, seed, device)
     except LossLensError as e:
         failed[(key, seed)] = (time.monotonic(), str(e))
         raise
@@ -75,9 +76,10 @@ def tokenizer():
 
 
 @st.cache_data(max_entries=64, ttl=3600, show_spinner=False)
-def loss_summary(key: str, seed: int, texts: tuple[str, ...], top_k: int, temperature: float) -> dict:
+def loss_summary(key: str, seed: int, texts: tuple[str, ...], top_k: int, temperature: float,
+                 device: str = "cpu") -> dict:
     """The six steps as plain data (top-k only, never a full-vocabulary array)."""
-    result = compute_loss(get_model(key, seed), list(texts), top_k, temperature, tokenizer())
+    result = compute_loss(get_model(key, seed, device), list(texts), top_k, temperature, tokenizer())
     s = summarize(result, tokenizer())
     for t in s["texts"]:
         for p in t["positions"]:
@@ -90,7 +92,7 @@ def loss_summary(key: str, seed: int, texts: tuple[str, ...], top_k: int, temper
 def summary(inputs: Inputs, temperature: float | None = None) -> dict:
     seed = inputs.seed if get_spec(inputs.model).seeded else 0
     t = inputs.temperature if temperature is None else temperature
-    return loss_summary(inputs.model, seed, inputs.texts, inputs.top_k, t)
+    return loss_summary(inputs.model, seed, inputs.texts, inputs.top_k, t, inputs.device)
 
 
 # --- errors ------------------------------------------------------------------------
@@ -130,7 +132,7 @@ def num(x, digits: int = 4) -> str:
 def ppl(x) -> str:
     if isinstance(x, str):
         return num(x)
-    return f"{x:.1f}" if x < 1e9 else f"{x:.3e}"
+    return format_perplexity(x)
 
 
 def proba(p) -> str:
@@ -219,7 +221,7 @@ def metrics(s: dict) -> None:
     """The two numbers of section 5.1, on top of every text view."""
     c1, c2, c3, c4 = st.columns(4)
     c1.metric("Loss (cross entropy)", num(s["loss"]), help="torch.nn.functional.cross_entropy(logits_flat, targets_flat)")
-    c2.metric("Perplexity", ppl(s["perplexity"]), help="exp(loss)")
+    c2.metric("Perplexity", ppl(s["perplexity"]), help=PERPLEXITY_NOTE)
     c3.metric("Predicted tokens", f"{s['num_tokens']}", help="Each token but the first of every text is a target.")
     c4.metric("Bits per token", num(s["bits_per_token"], 3), help="loss / ln 2")
 

@@ -40,7 +40,8 @@ def _summaries(inputs: common.Inputs, keys: list[str]) -> dict[str, dict | str]:
     for n, key in enumerate(keys):
         bar.progress(n / len(keys), text=f"{common.get_spec(key).label}…")
         try:
-            out[key] = common.loss_summary(key, _seed(key, inputs.seed), inputs.texts, inputs.top_k, inputs.temperature)
+            out[key] = common.loss_summary(key, _seed(key, inputs.seed), inputs.texts, inputs.top_k,
+                                           inputs.temperature, inputs.device)
         except LossLensError as e:  # e.g. pretrained weights offline, or a text longer than a small context
             out[key] = str(e)
     bar.empty()
@@ -68,13 +69,13 @@ def _dataset_losses(keys: list[str], inputs: common.Inputs) -> None:
     for key in keys:
         ctx = common.get_spec(key)  # settings must fit the model's context (a quick model reads 64 tokens)
         try:
-            model = common.get_model(key, _seed(key, inputs.seed))
+            model = common.get_model(key, _seed(key, inputs.seed), inputs.device)
         except LossLensError as e:
             rows.append({"model": ctx.label, "note": str(e)})
             continue
         length = min(256, model.context_length)
         settings = LoaderSettings(context_length=length, stride=length)
-        skey = (key, _seed(key, inputs.seed), sha, tuple(asdict(settings).values()), None)
+        skey = (key, _seed(key, inputs.seed), sha, tuple(asdict(settings).values()), None, inputs.device)
         if skey in store:
             r = store[skey]
             rows.append({"model": ctx.label, "context length": length, "training loss": r["train_loss"],

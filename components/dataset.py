@@ -131,7 +131,8 @@ def render(inputs: common.Inputs) -> None:
         if corpus is None:
             return
         text, name = corpus
-        model = common.get_model(inputs.model, inputs.seed if common.get_spec(inputs.model).seeded else 0)
+        model = common.get_model(inputs.model, inputs.seed if common.get_spec(inputs.model).seeded else 0,
+                                 inputs.device)
         settings, num_batches = _settings(model.context_length)
         c = counts(text, tuple(asdict(settings).values()))
         st.markdown(
@@ -145,7 +146,7 @@ def render(inputs: common.Inputs) -> None:
             _counts_table(c)
 
         sha = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
-        key = (inputs.model, inputs.seed, sha, tuple(asdict(settings).values()), num_batches)
+        key = (inputs.model, inputs.seed, sha, tuple(asdict(settings).values()), num_batches, inputs.device)
         store = results()
         stopped = st.session_state.pop("_ds_running", None)
         if stopped and key not in store:

@@ -66,8 +66,8 @@ def _steps(inputs: common.Inputs) -> None:
         "off so a step is reproducible. More steps show the model memorising the batch."
     )
     n = st.number_input("Steps", 1, MAX_STEPS, 1, step=1, key="grad_steps", bind="query-params")
-    key, seed = lesson_data.model_args(inputs)
-    run_key = (key, seed, inputs.texts, int(n))
+    key, seed, device = lesson_data.model_args(inputs)
+    run_key = (key, seed, device, inputs.texts, int(n))
     done = st.session_state.setdefault("_grad_runs", {})
     if run_key not in done:
         if not st.button(
@@ -80,7 +80,7 @@ def _steps(inputs: common.Inputs) -> None:
         bar = st.progress(0.0, text="Copying the model…")
         with _one_at_a_time():
             r = train_steps(
-                common.get_model(key, seed),
+                common.get_model(key, seed, device),
                 list(inputs.texts),
                 int(n),
                 tokenizer=common.tokenizer(),
@@ -120,7 +120,7 @@ def _steps(inputs: common.Inputs) -> None:
     fig.update_yaxes(title="loss on the batch (nats)")
     fig.update_layout(height=300, title="Loss on the same batch after each step")
     common.chart(fig, "training-steps", inputs.presentation)
-    s = lesson_data.gradients(key, seed, inputs.texts, 1)["positions"]
+    s = lesson_data.gradients(key, seed, device, inputs.texts, 1)["positions"]
     rows = [
         {
             "text": q["text"],

@@ -17,13 +17,13 @@ from core.tokenizer import token_piece
 from core.units import loss_units
 
 
-def model_args(inputs: common.Inputs) -> tuple[str, int]:
-    """(model key, seed) as the caches see them: the seed only matters for untrained models."""
-    return inputs.model, inputs.seed if common.get_spec(inputs.model).seeded else 0
+def model_args(inputs: common.Inputs) -> tuple[str, int, str]:
+    """(model key, seed, device) as the caches see them: the seed only matters for untrained models."""
+    return inputs.model, inputs.seed if common.get_spec(inputs.model).seeded else 0, inputs.device
 
 
-def _forward(key: str, seed: int, texts: tuple[str, ...]):
-    batch, logits = forward(common.get_model(key, seed), list(texts), common.tokenizer())
+def _forward(key: str, seed: int, device: str, texts: tuple[str, ...]):
+    batch, logits = forward(common.get_model(key, seed, device), list(texts), common.tokenizer())
     return batch, *predictions(logits, batch)
 
 
@@ -47,14 +47,14 @@ def _labels(batch) -> list[dict]:
 
 
 @st.cache_data(max_entries=64, ttl=3600, show_spinner=False)
-def sweep(key: str, seed: int, texts: tuple[str, ...], temperature: float) -> dict:
-    _, z, y = _forward(key, seed, texts)
+def sweep(key: str, seed: int, device: str, texts: tuple[str, ...], temperature: float) -> dict:
+    _, z, y = _forward(key, seed, device, texts)
     return temperature_sweep(z, y, current=temperature).to_dict()
 
 
 @st.cache_data(max_entries=64, ttl=3600, show_spinner=False)
-def units(key: str, seed: int, texts: tuple[str, ...], temperature: float) -> dict:
-    batch, z, y = _forward(key, seed, texts)
+def units(key: str, seed: int, device: str, texts: tuple[str, ...], temperature: float) -> dict:
+    batch, z, y = _forward(key, seed, device, texts)
     c = confidence(z, y, temperature)  # surprisal per prediction, in the order of the texts
     per_text, start = [], 0
     for ids in batch.token_ids:
@@ -64,8 +64,8 @@ def units(key: str, seed: int, texts: tuple[str, ...], temperature: float) -> di
 
 
 @st.cache_data(max_entries=64, ttl=3600, show_spinner=False)
-def confidence_rows(key: str, seed: int, texts: tuple[str, ...], temperature: float) -> dict:
-    batch, z, y = _forward(key, seed, texts)
+def confidence_rows(key: str, seed: int, device: str, texts: tuple[str, ...], temperature: float) -> dict:
+    batch, z, y = _forward(key, seed, device, texts)
     c = confidence(z, y, temperature)
     rows = [
         {
@@ -88,9 +88,9 @@ def confidence_rows(key: str, seed: int, texts: tuple[str, ...], temperature: fl
 
 
 @st.cache_data(max_entries=64, ttl=3600, show_spinner=False)
-def gradients(key: str, seed: int, texts: tuple[str, ...], top_k: int) -> dict:
+def gradients(key: str, seed: int, device: str, texts: tuple[str, ...], top_k: int) -> dict:
     """The logit gradient's top-k and target bars at every prediction (temperature 1: training's)."""
-    batch, z, y = _forward(key, seed, texts)
+    batch, z, y = _forward(key, seed, device, texts)
     tk = common.tokenizer()
     labels = _labels(batch)
     for label, bars in zip(labels, gradient_bars(z, y, top_k), strict=True):

@@ -19,9 +19,12 @@ def _seed(key: str, seed: int) -> int:
 
 
 @st.cache_data(max_entries=32, ttl=3600, show_spinner=False)
-def token_rows(a: str, seed_a: int, b: str, seed_b: int, texts: tuple[str, ...]) -> dict:
+def token_rows(a: str, seed_a: int, b: str, seed_b: int, texts: tuple[str, ...], device: str = "cpu") -> dict:
     r = compare_models(
-        common.get_model(a, seed_a), common.get_model(b, seed_b), list(texts), common.tokenizer()
+        common.get_model(a, seed_a, device),
+        common.get_model(b, seed_b, device),
+        list(texts),
+        common.tokenizer(),
     )
     tk = common.tokenizer()
     rows, n = [], 0
@@ -79,7 +82,7 @@ def section(inputs: common.Inputs, keys: list[str], labels: dict[str, str]) -> N
     c1, c2 = st.columns(2)
     a = c1.selectbox("Model A", keys, index=0, format_func=labels.get, key="tok_a", bind="query-params")
     b = c2.selectbox("Model B", keys, index=1, format_func=labels.get, key="tok_b", bind="query-params")
-    c = token_rows(a, _seed(a, inputs.seed), b, _seed(b, inputs.seed), inputs.texts)
+    c = token_rows(a, _seed(a, inputs.seed), b, _seed(b, inputs.seed), inputs.texts, inputs.device)
     rows = c["rows"]
     m1, m2, m3 = st.columns(3)
     m1.metric(

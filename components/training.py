@@ -14,6 +14,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from components import common
+from core.device import available_devices
 from core.errors import LossLensError
 from core.train import (
     PRESETS,
@@ -68,7 +69,8 @@ def _forget_cached(name: str) -> None:
     from components.dataset import results
 
     key = f"trained-{name}"
-    common._cached_model.clear(key, 0)
+    for device in available_devices():
+        common._cached_model.clear(key, 0, device)
     common.loss_summary.clear()
     store = results()
     for k in [k for k in list(store) if k[0] == key]:

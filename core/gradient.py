@@ -65,14 +65,12 @@ def gradient_bars(logits: torch.Tensor, targets: torch.Tensor, k: int) -> list[d
 # --- training steps on a private copy -------------------------------------------------
 
 
-def _available_bytes() -> int | None:
-    try:
-        for line in open("/proc/meminfo", encoding="ascii"):
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
+def _available_bytes(model: torch.nn.Module) -> int | None:
+    """Free memory where the model's weights live (RAM, or the GPU's own memory)."""
+    from .device import available_memory_gb
+
+    free = available_memory_gb(next(model.parameters()).device)
+    return None if free is None else int(free * 1024**3)
 
 
 def memory_needed(model: torch.nn.Module, optimizer: str) -> int:
@@ -85,7 +83,7 @@ def memory_needed(model: torch.nn.Module, optimizer: str) -> int:
 
 def choose_optimizer(model: torch.nn.Module, available: int | None = None) -> str:
     """AdamW as the book trains; SGD (no optimizer state) where RAM is short; else refuse."""
-    available = _available_bytes() if available is None else available
+    available = _available_bytes(model) if available is None else available
     if available is None or available >= memory_needed(model, "adamw"):
         return "adamw"
     if available >= memory_needed(model, "sgd"):

@@ -6,6 +6,10 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import torch
+
+from .device import available_memory_gb, describe, resolve_device
+from .errors import InvalidParameterError
 from .model import GPTModel, build_untrained_model
 
 
@@ -48,14 +52,25 @@ def available_models() -> dict[str, ModelSpec]:
 def get_spec(key: str) -> ModelSpec:
     models = available_models()
     if key not in models:
-        from .errors import InvalidParameterError
-
         raise InvalidParameterError(f"Unknown model {key!r}; choose one of {', '.join(models)}.")
     return models[key]
 
 
-def load_model(key: str, seed: int = 123) -> GPTModel:
-    return get_spec(key).load(seed)
+def load_model(key: str, seed: int = 123, device: str | torch.device | None = None) -> GPTModel:
+    """The model `key` (built or read on the CPU, where the seed gives the book's weights), moved
+    to `device` (see core.device.resolve_device; None means $LOSSLENS_DEVICE, else auto)."""
+    spec = get_spec(key)
+    target = resolve_device(device) if not isinstance(device, torch.device) else device
+    model = spec.load(seed)
+    if target.type != "cpu":
+        need = sum(p.numel() * p.element_size() for p in model.parameters()) / 1024**3
+        free = available_memory_gb(target)
+        if free is not None and free < need:
+            raise InvalidParameterError(
+                f"{spec.label} needs {need:.1f} GB on {describe(target)}, which has {free:.1f} GB free. "
+                "Choose the CPU or a smaller model."
+            )
+    return model.to(target)
 
 
 register(

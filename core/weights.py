@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from .device import available_ram_gb
 from .errors import WeightsError
 from .model import GPT2_MODEL_CONFIGS, GPT2_SMALL_CONFIG, GPTModel, freeze
 
@@ -58,18 +59,6 @@ def memory_warning(size: str) -> str | None:
         f"{SIZE_NAMES[size]} downloads {file_size} and needs about {ram_gb:.1f} GB of RAM once "
         "loaded; a small server (such as a free hosted app with ~2.7 GB) runs out of memory."
     )
-
-
-def available_ram_gb() -> float | None:
-    """MemAvailable from /proc/meminfo (Linux), else None (unknown)."""
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) / 1024**2
-    except OSError:
-        return None
-    return None
 
 
 def check_memory(size: str) -> None:
