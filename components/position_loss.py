@@ -51,10 +51,13 @@ def section(model, text: str, settings, num_batches, key: tuple, presentation: b
     )
     store = results()
     if key not in store:
-        if not st.button("Compute loss by position", icon=":material/calculate:", key="pos_compute"):
+        slot = st.empty()
+        if not slot.button("Compute loss by position", icon=":material/calculate:", key="pos_compute"):
             return
+        slot.empty()
         bar = st.progress(0.0, text="Starting…")
-        st.button("Stop", icon=":material/stop:", key="pos_stop")  # a click reruns the page: the loop ends
+        stop = st.empty()
+        stop.button("Stop", icon=":material/stop:", key="pos_stop")  # a click reruns the page: the loop ends
         split_name = {"train": "training", "val": "validation"}
         r = position_losses(
             model,
@@ -67,6 +70,7 @@ def section(model, text: str, settings, num_batches, key: tuple, presentation: b
             ),
         )
         bar.empty()
+        stop.empty()
         if r["cancelled"]:
             return
         if len(store) >= MAX_STORED:
