@@ -2,6 +2,7 @@
 
     python bench/bench_app.py            # reruns per view, against core alone
     python bench/bench_app.py --server   # also: process start -> first complete page, server RSS
+    python bench/bench_app.py --views temperature units confidence gradient   # only these views
 
 Prints figures; the target is a median rerun <= 300 ms once the model is cached. On a busy
 machine wall times swing widely: compare the core-alone reference measured in the same run.
@@ -23,7 +24,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 BOOK = "every effort moves you\nI really like chocolate"
 WORDS = ["today", "again", "slowly", "here", "now", "too", "well", "first", "later", "fast", "soon", "once"]
-VIEWS = ["tokens", "probabilities", "figure57", "cross_entropy", "per_token"]
+VIEWS = [
+    "tokens", "probabilities", "figure57", "cross_entropy", "per_token",
+    "temperature", "units", "confidence", "gradient",
+]
 
 
 def edits(n: int, start: int = 0) -> list[str]:
@@ -32,7 +36,7 @@ def edits(n: int, start: int = 0) -> list[str]:
     return [BOOK.replace("you", f"you {WORDS[i % w]} {WORDS[(i // w) % w]}") for i in range(start, start + n)]
 
 
-def bench_reruns(n: int) -> None:
+def bench_reruns(n: int, views: list[str] = VIEWS) -> None:
     from machine import describe_cpu
     from streamlit.testing.v1 import AppTest
 
@@ -63,7 +67,7 @@ def bench_reruns(n: int) -> None:
         worker.join()
         return 1000 * statistics.median(times)
 
-    for k, view in enumerate(VIEWS):
+    for k, view in enumerate(views):
         at.switch_page(f"components/{view}.py").run()
         times, cpu = [], []
         for text in edits(n, start=2 * k * n):
@@ -147,7 +151,9 @@ if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("-n", type=int, default=12, help="text edits per view (at most 14)")
     ap.add_argument("--server", action="store_true", help="also measure cold start and RSS with a real server")
+    ap.add_argument("--views", nargs="+", default=VIEWS, choices=VIEWS, metavar="VIEW",
+                    help="only these views")
     args = ap.parse_args()
-    bench_reruns(args.n)
+    bench_reruns(args.n, args.views)
     if args.server:
         bench_server()

@@ -12,7 +12,7 @@ from dataclasses import asdict
 import plotly.graph_objects as go
 import streamlit as st
 
-from components import a11y, common
+from components import a11y, common, token_compare
 from core.data import LoaderSettings
 from core.errors import LossLensError
 from core.registry import available_models
@@ -139,6 +139,7 @@ def render(inputs: common.Inputs) -> None:
             st.dataframe(table, hide_index=True)  # a dataframe shows user text literally
         rows = [{"model": models[k].label, "key": k, "loss": s["loss"], "perplexity": s["perplexity"]} for k, s in ok.items()]
         common.downloads("compare", rows, {k: {"loss": s["loss"], "perplexity": s["perplexity"]} for k, s in ok.items()})
+        token_compare.section(inputs, list(ok), {k: models[k].label for k in ok})
         _dataset_losses(list(ok), inputs)
 
 

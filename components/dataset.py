@@ -8,7 +8,7 @@ from dataclasses import asdict
 import plotly.graph_objects as go
 import streamlit as st
 
-from components import a11y, common
+from components import a11y, common, position_loss
 from core.corpus import MAX_CORPUS_LABEL, decode_corpus_bytes, load_verdict, validate_corpus_text
 from core.data import LoaderSettings, make_loaders
 from core.errors import CorpusError
@@ -162,6 +162,7 @@ def render(inputs: common.Inputs) -> None:
         if key in store:
             st.caption("Computed once and kept: coming back to this view shows it again at once.")
             _show(store[key], inputs.presentation)
+            position_loss.section(model, text, settings, num_batches, key, inputs.presentation)
 
 
 def _compute(model, text, settings, num_batches, key, store) -> None:

@@ -59,9 +59,13 @@ def cmd_loss(args) -> int:
     # Fail fast, before building the model (a few seconds).
     validate_options(args.top_k, args.temperature, GPT_CONFIG_124M["vocab_size"])
     model, label = _load(args)
-    summary = summarize(compute_loss(model, args.texts, args.top_k, args.temperature))
+    from .lessons import lessons_report
+
+    result = compute_loss(model, args.texts, args.top_k, args.temperature)
+    summary = summarize(result)
     summary["model"] = label
     summary["model_key"] = args.model
+    summary["lessons"] = lessons_report(result)
     if hasattr(sys.stdout, "reconfigure"):
         # A console or pipe that cannot encode "␣" or the user's emoji gets escapes, not a traceback.
         sys.stdout.reconfigure(errors="backslashreplace")
@@ -106,6 +110,13 @@ def format_loss(summary: dict) -> str:
         f"F.cross_entropy     {_fmt(summary['loss'])}   (built-in; difference {_fmt_e(summary['difference'])})",
         f"perplexity          {ppl}   = exp(loss); a uniform guess over the vocabulary: {summary['uniform_perplexity']}",
     ]
+    if "lessons" in summary:
+        u, les = summary["lessons"]["units"]["batch"], summary["lessons"]
+        out.append(
+            f"in other units      {_fmt(u['loss_bits'])} bits per token, {_fmt(u['bits_per_byte'])} bits per "
+            f"byte, perplexity per byte {_fmt(u['perplexity_per_byte'])}; lowest loss at temperature "
+            f"{les['temperature_optimal']:.3f} ({_fmt(les['temperature_optimal_loss'])})"
+        )
     return "\n".join(out)
 
 
@@ -118,6 +129,8 @@ def add_dataset(sub) -> None:
     p.add_argument("--batch-size", type=int, default=2, help="windows per batch (book: 2)")
     p.add_argument("--num-batches", type=int, default=None, help="only the first N batches of each split")
     p.add_argument("--seed", type=int, default=123, help="seed of the untrained model and the shuffle (book: 123)")
+    p.add_argument("--positions", action="store_true",
+                   help="also the mean loss at each position of the window (a second pass)")
     _add_model_options(p)
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
     p.set_defaults(func=cmd_dataset)
@@ -142,6 +155,12 @@ def cmd_dataset(args) -> int:
 
     result = evaluate_dataset(model, text, settings, num_batches=args.num_batches, progress=progress)
     summary = {"model": label, "model_key": args.model, "corpus": args.corpus or "The Verdict", **result.to_dict()}
+    if args.positions:
+        from .positions import position_losses
+
+        pos = position_losses(model, text, settings, args.num_batches, progress=progress)
+        summary["positions"] = {s: {k: pos[s][k] for k in ("position_means", "counts", "token_weighted_loss")}
+                                for s in ("train", "val")}
     if args.json:
         print(json.dumps(summary, indent=2, ensure_ascii=False))
         return 0
@@ -161,6 +180,10 @@ def cmd_dataset(args) -> int:
         )
     out.append(f"Training tokens: {s.train_tokens:,}   validation tokens: {s.val_tokens:,}")
     out += [f"warning: {w}" for w in s.warnings]
+    for split, p in summary.get("positions", {}).items():
+        m = p["position_means"]
+        out.append(f"{split:>5} loss by position: first {m[0]:.4f}, middle {m[len(m) // 2]:.4f}, "
+                   f"last {m[-1]:.4f}")
     print("\n".join(out))
     return 0
 

@@ -9,11 +9,15 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from playwright.sync_api import TimeoutError as PlaywrightTimeout
 from playwright.sync_api import sync_playwright
 
 HERE = Path(__file__).parent
 ARGS = ["--no-sandbox", "--headless", "--disable-gpu", "--disable-background-networking",
         "--disable-component-update", "--disable-sync", "--no-first-run"]
+# A short Verdict text and a model trained on it (`python -m core train`, saved as tiny-verdict).
+VERDICT = "text=I+HAD+always+thought+Jack+Gisburn+rather+a+cheap+genius--though+a+good+fellow+enough"
+TINY = "&model=trained-tiny-verdict"
 SHOTS = [  # (file, URL path and query)
     ("tokens.png", "/"),
     ("probabilities.png", "/probabilities"),
@@ -26,11 +30,20 @@ SHOTS = [  # (file, URL path and query)
     # presentation mode on a 1280x720 projector (sidebar collapsed).
     ("zoom-200.png", "/figure-5-7?step=3"),
     ("presentation-1280x720.png", "/figure-5-7?step=3&presentation=true"),
+    ("temperature.png", "/temperature?" + VERDICT + TINY),
+    ("units.png", "/units?preset=Ragged+batch+%28padding%29"),
+    ("confidence.png", "/confidence?" + VERDICT + "&gltr=true" + TINY),
+    ("gradient.png", "/gradient?grad_at=2&top_k=8"),
+    ("loss-by-position.png", "/dataset"),
+    ("compare-tokens.png", "/compare?" + VERDICT),  # needs a trained model (python -m core train)
 ]
 VIEWPORTS = {  # file: (width, height, device scale); the others use 1440x1000 at scale 1
     "zoom-200.png": (640, 360, 2),
     "presentation-1280x720.png": (1280, 720, 1),
 }
+# The lesson views show their own first metric, and two need clicks (element to shoot, buttons).
+WAIT = {"temperature.png": "Lowest loss", "units.png": "Bits per byte", "confidence.png": "Mean entropy",
+        "gradient.png": "Target pushed up by", "compare-tokens.png": "Mean KL"}
 
 
 def main(base: str, only: list[str]) -> None:
@@ -42,7 +55,20 @@ def main(base: str, only: list[str]) -> None:
             width, height, scale = VIEWPORTS.get(name, (1440, 1000, 1))
             page = browser.new_page(viewport={"width": width, "height": height}, device_scale_factor=scale)
             page.goto(base.rstrip("/") + path)
-            if name == "dataset.png":
+            if name == "loss-by-position.png":
+                for label in ("Compute", "Compute loss by position"):  # results kept from a run before: no button
+                    try:
+                        page.get_by_role("button", name=label, exact=True).click(timeout=60_000)
+                    except PlaywrightTimeout:
+                        pass
+                page.get_by_text("position means, count-weighted").first.wait_for(timeout=600_000)
+                page.wait_for_timeout(2500)
+                page.locator(".js-plotly-plot").nth(1).scroll_into_view_if_needed()
+            elif name in WAIT:
+                page.get_by_text(WAIT[name]).first.wait_for(timeout=120_000)
+                if name == "compare-tokens.png":
+                    page.get_by_text("Two models, token by token").first.scroll_into_view_if_needed()
+            elif name == "dataset.png":
                 compute = page.get_by_role("button", name="Compute")
                 compute.wait_for(timeout=120_000)
                 compute.click()

@@ -1,0 +1,194 @@
+"""Lesson view: what the loss asks the model to change (the gradient on the logits), then real
+training steps on a private copy of the model."""
+
+from __future__ import annotations
+
+import threading
+
+import plotly.graph_objects as go
+import streamlit as st
+
+from components import common, lesson_data
+from core.gradient import BOOK_LR, BOOK_WEIGHT_DECAY, MAX_STEPS, train_steps
+
+
+@st.cache_resource
+def _one_at_a_time() -> threading.Lock:
+    """A step copies the model (with AdamW, ~4x its size): one at a time per server."""
+    return threading.Lock()
+
+
+def figure(p: dict) -> go.Figure:
+    labels = [f"{common.esc(piece)}  ·{i}" for piece, i in zip(p["pieces"], p["ids"], strict=True)]
+    push = [-g for g in p["gradients"]]
+    colours = [common.ACCENT if i == p["target_id"] else common.NEUTRAL for i in p["ids"]]
+    hover = [
+        f"p = {common.proba(q)}<br>∂loss/∂logit = {g:.3e}"
+        for q, g in zip(p["probas"], p["gradients"], strict=True)
+    ]
+    # The whole push down, over every token but the target: as large as the push up.
+    labels.append("all other tokens, summed")
+    push.append(-p["push_down_elsewhere"])
+    colours.append("#999999")
+    hover.append("Σ p / N over every token but the target")
+    fig = go.Figure(
+        go.Bar(
+            x=push,
+            y=labels,
+            orientation="h",
+            marker_color=colours,
+            customdata=hover,
+            hovertemplate="%{y}<br>%{customdata}<extra></extra>",
+            text=[f"{x:+.2e}" for x in push],
+            textposition="outside",
+            cliponaxis=False,
+        )
+    )
+    fig.update_yaxes(autorange="reversed", type="category")
+    lo, hi = min(push + [0.0]), max(push + [0.0])
+    pad = 0.3 * (hi - lo)  # room for the values written beside the bars
+    fig.update_xaxes(
+        title="−∂loss/∂logit: how a gradient step moves each logit (up > 0, down < 0)",
+        range=[lo - pad, hi + pad],
+    )
+    fig.update_layout(
+        height=max(260, 34 * len(labels) + 80),
+        title=f"After “{common.esc(p['input'])}”: the target “{common.esc(p['target'])}” up, the rest down",
+    )
+    return fig
+
+
+def _steps(inputs: common.Inputs) -> None:
+    st.subheader("One real training step", anchor=False)
+    st.caption(
+        f"AdamW with the book's settings (lr {BOOK_LR}, weight decay {BOOK_WEIGHT_DECAY}) on your batch, applied "
+        "to a private copy of the model: the shared model, and every other view, stay as they are. Dropout is "
+        "off so a step is reproducible. More steps show the model memorising the batch."
+    )
+    n = st.number_input("Steps", 1, MAX_STEPS, 1, step=1, key="grad_steps", bind="query-params")
+    key, seed, device = lesson_data.model_args(inputs)
+    run_key = (key, seed, device, inputs.texts, int(n))
+    done = st.session_state.setdefault("_grad_runs", {})
+    if run_key not in done:
+        if not st.button(
+            f"Run {int(n)} training step{'s' if n > 1 else ''}",
+            type="primary",
+            icon=":material/model_training:",
+            key="grad_run",
+        ):
+            return
+        bar = st.progress(0.0, text="Copying the model…")
+        with _one_at_a_time():
+            r = train_steps(
+                common.get_model(key, seed, device),
+                list(inputs.texts),
+                int(n),
+                tokenizer=common.tokenizer(),
+                progress=lambda k, total: bar.progress(k / total, text=f"step {k} of {total}"),
+            )
+        bar.empty()
+        done.clear()  # one result per session: they are small, but a session need not hoard them
+        done[run_key] = r.to_dict()
+    r = done[run_key]
+    if r["optimizer"] == "sgd":
+        st.info(
+            "Free memory is short here, so this ran plain SGD (no optimizer state) instead of AdamW.",
+            icon=":material/memory:",
+        )
+    c1, c2, c3 = st.columns(3)
+    c1.metric("Loss before", common.num(r["losses"][0]))
+    c2.metric(
+        f"Loss after {len(r['losses']) - 1} step(s)",
+        common.num(r["losses"][-1]),
+        delta=f"{r['losses'][-1] - r['losses'][0]:+.4f}",
+        delta_color="inverse",
+    )
+    c3.metric(
+        "Optimizer",
+        "AdamW" if r["optimizer"] == "adamw" else "SGD",
+        help=f"lr {r['lr']}, weight decay {r['weight_decay']}",
+    )
+    fig = go.Figure(
+        go.Scatter(
+            x=list(range(len(r["losses"]))),
+            y=r["losses"],
+            mode="lines+markers",
+            line=dict(color=common.ACCENT),
+        )
+    )
+    fig.update_xaxes(title="optimizer steps", dtick=1)
+    fig.update_yaxes(title="loss on the batch (nats)")
+    fig.update_layout(height=300, title="Loss on the same batch after each step")
+    common.chart(fig, "training-steps", inputs.presentation)
+    s = lesson_data.gradients(key, seed, device, inputs.texts, 1)["positions"]
+    rows = [
+        {
+            "text": q["text"],
+            "position": q["position"],
+            "target": q["target"],
+            **{
+                f"p after {k} step{'s' if k != 1 else ''}" if k else "p before": probas[m]
+                for k, probas in enumerate(r["target_probas"])
+            },
+        }
+        for m, q in enumerate(s)
+    ]
+    st.dataframe(rows, hide_index=True)
+    common.downloads("training-steps", rows, r, key="grad-steps")
+
+
+def render(inputs: common.Inputs) -> None:
+    st.header("What the loss asks the model to change", anchor=False)
+    st.caption(
+        "The gradient of the mean cross entropy with respect to one prediction's logits is "
+        "(softmax − one_hot(target)) / N for N predictions: training raises the target's logit by (1 − p) / N "
+        "and lowers every other token's in proportion to its probability. The two amounts are equal."
+    )
+    with common.friendly_errors():
+        g = lesson_data.gradients(*lesson_data.model_args(inputs), inputs.texts, inputs.top_k)
+        n = g["num_predictions"]
+        at = (
+            st.select_slider("Prediction", list(range(1, n + 1)), key="grad_at", bind="query-params")
+            if n > 1
+            else 1
+        )
+        p = g["positions"][at - 1]
+        st.caption(common.md(f"Text {p['text']} · position {p['position']} · {p['input']} → {p['target']}"))
+        c1, c2, c3 = st.columns(3)
+        target_p = p["probas"][p["ids"].index(p["target_id"])]
+        c1.metric("Target probability", common.proba(target_p))
+        c2.metric("Target pushed up by", f"{p['push_up']:.3e}", help="(1 − p_target) / N")
+        c3.metric(
+            "Others pushed down by, in all",
+            f"{p['push_down_elsewhere']:.3e}",
+            help=f"Σ p / N over the other 50,256 tokens; the {len(p['ids']) - 1} shown account for "
+            f"{-p['shown_push_down']:.3e}",
+        )
+        common.chart(figure(p), f"gradient-pos{at}", inputs.presentation)
+        rows = [
+            {"token": piece, "id": i, "proba": q, "gradient": gr}
+            for piece, i, q, gr in zip(p["pieces"], p["ids"], p["probas"], p["gradients"], strict=True)
+        ]
+        common.downloads(
+            "gradient",
+            rows,
+            {
+                k: p[k]
+                for k in (
+                    "text",
+                    "position",
+                    "input",
+                    "target",
+                    "target_id",
+                    "num_predictions",
+                    "push_up",
+                    "push_down_elsewhere",
+                )
+            }
+            | {"bars": rows},
+        )
+        _steps(inputs)
+
+
+if __name__ == "__main__":  # run as a page of app.py's st.navigation
+    render(common.current_inputs())
