@@ -3,20 +3,26 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import html
 import json
 import logging
 import re
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
+import pandas as pd
 import streamlit as st
 
+from core.corpus import load_verdict
+from core.data import LoaderSettings
 from core.errors import LossLensError, WeightsError
 from core.loss import compute_loss
-from core.registry import get_spec, load_model  # noqa: F401 (get_spec: views use it)
+from core.registry import effective_seed, get_spec, load_model
 from core.report import summarize
-from core.tokenizer import get_tokenizer
+from core.tokenizer import ENDOFTEXT_ID, get_tokenizer
+
+__all__ = ["get_spec"]  # re-exported: the views ask it for a model's label
 
 log = logging.getLogger("losslens")
 
@@ -59,6 +65,7 @@ def _failed_loads() -> dict:
 def get_model(key: str, seed: int):
     """The cached model; a load that just failed fails again at once instead of retrying a
     download on every click (offline that takes ~25 s each time)."""
+    seed = effective_seed(key, seed)
     failed = _failed_loads()
     if (key, seed) in failed and time.monotonic() - failed[(key, seed)][0] < RETRY_AFTER:
         raise WeightsError(failed[(key, seed)][1])
@@ -87,10 +94,53 @@ def loss_summary(key: str, seed: int, texts: tuple[str, ...], top_k: int, temper
     return s
 
 
-def summary(inputs: Inputs, temperature: float | None = None) -> dict:
-    seed = inputs.seed if get_spec(inputs.model).seeded else 0
+def summary(inputs: Inputs, temperature: float | None = None, model: str | None = None) -> dict:
+    """The sidebar's texts through its model (or `model`), at its temperature (or `temperature`)."""
+    key = model or inputs.model
     t = inputs.temperature if temperature is None else temperature
-    return loss_summary(inputs.model, seed, inputs.texts, inputs.top_k, t)
+    return loss_summary(key, effective_seed(key, inputs.seed), inputs.texts, inputs.top_k, t)
+
+
+@st.cache_data(show_spinner="Loading The Verdict…", ttl=3600)
+def verdict() -> str:
+    return load_verdict()
+
+
+# --- dataset losses: one store, one key, for every view ----------------------------------
+
+MAX_STORED = 32  # finished results kept for every visitor: a workshop computes the same thing
+
+
+@st.cache_resource
+def _dataset_results() -> dict:
+    return {}
+
+
+def dataset_key(model: str, seed: int, text: str, settings: LoaderSettings, num_batches: int | None) -> tuple:
+    """The key of one dataset evaluation: the Dataset and Compare views find each other's results."""
+    sha = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+    return (model, effective_seed(model, seed), sha, tuple(asdict(settings).values()), num_batches)
+
+
+def stored_result(key: tuple) -> dict | None:
+    return _dataset_results().get(key)
+
+
+def store_result(key: tuple, result: dict) -> None:
+    """Keep a finished evaluation for every visitor (the oldest goes beyond MAX_STORED)."""
+    store = _dataset_results()
+    if key not in store and len(store) >= MAX_STORED:
+        store.pop(next(iter(store)), None)
+    store[key] = result
+
+
+def forget_model(key: str) -> None:
+    """A model saved again under its key (a resumed run) must not be served from any cache."""
+    _cached_model.clear(key, 0)
+    loss_summary.clear()
+    store = _dataset_results()
+    for k in [k for k in list(store) if k[0] == key]:
+        store.pop(k, None)
 
 
 # --- errors ------------------------------------------------------------------------
@@ -106,7 +156,7 @@ def friendly_errors():
         st.caption("Fix the input in the sidebar; the views update as soon as it is valid.")
     except MemoryError:
         st.error("Out of memory: use fewer or shorter texts.", icon=":material/memory:")
-    except Exception:  # noqa: BLE001 - the page must never show a traceback
+    except Exception:  # the page must never show a traceback
         log.exception("unexpected error")
         st.error(
             "Something unexpected went wrong while computing this view. Try another input or "
@@ -195,8 +245,6 @@ def downloads(name: str, rows: list[dict], payload: dict | None = None, key: str
     not rerun the page, so clicking one button right after the other finds its file."""
 
     def csv() -> bytes:
-        import pandas as pd
-
         return pd.DataFrame(rows).to_csv(index=False).encode("utf-8")
 
     def as_json() -> bytes:
@@ -290,7 +338,7 @@ def chip(piece: str, token_id: int | None, kind: str = "", title: str = "") -> s
 
 
 def chip_kind(token_id: int, is_bytes: bool) -> str:
-    return "special" if token_id == 50256 else ("bytes" if is_bytes else "")
+    return "special" if token_id == ENDOFTEXT_ID else ("bytes" if is_bytes else "")
 
 
 def set_current_inputs(inputs: Inputs) -> None:

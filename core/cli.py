@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 
-from .errors import LossLensError
+from .errors import InvalidParameterError, LossLensError
 
 
 def _fmt(x) -> str:
@@ -27,7 +27,7 @@ def add_loss(sub) -> None:
 
 
 def cmd_loss(args) -> int:
-    from .errors import InvalidParameterError
+    # Lazy imports in each command: `python -m core --help` answers without loading torch.
     from .loss import compute_loss, validate_options
     from .model import GPT_CONFIG_124M, build_untrained_model
     from .report import summarize
@@ -155,23 +155,19 @@ def add_train(sub) -> None:
 
 
 def cmd_train(args) -> int:
-    import signal
+    import signal  # lazy, like every command's imports: `--help` needs no torch
 
+    from .checkpoints import check_name
     from .corpus import load_verdict, read_corpus_file
-    from .train import check_name, estimate_time, get_preset, run_training
+    from .presets import describe_estimate, estimate_time, get_preset
+    from .runner import run_training
 
     preset = get_preset(args.preset, num_epochs=args.epochs)
     name = check_name(args.out or preset.name)  # fail fast, before reading the corpus
     text = read_corpus_file(args.corpus) if args.corpus else load_verdict()
     print(f"Preset {preset.name}: {preset.description}", flush=True)
     if args.estimate or preset.name == "book":
-        e = estimate_time(preset, text)
-        print(
-            f"Measured on this machine ({e['threads']} threads): {e['step_s']:.2f} s per step, "
-            f"{e['steps_per_epoch']} steps per epoch -> about {e['epoch_s']:.0f} s per epoch, "
-            f"{e['total_s'] / 60:.1f} min for {preset.num_epochs} epochs (with evaluations and samples).",
-            flush=True,
-        )
+        print(describe_estimate(estimate_time(preset, text)), flush=True)
         if args.estimate:
             return 0
     stop = []

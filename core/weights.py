@@ -72,14 +72,16 @@ def available_ram_gb() -> float | None:
     return None
 
 
-def check_memory(size: str) -> None:
-    """Refuse a model that would not fit in the free RAM, before the OOM killer ends the server."""
-    need = MEMORY[check_size(size)][1]
+def require_free_ram(need_gb: float, what: str, advice: str = "", error=WeightsError) -> None:
+    """Refuse work that would not fit in the free RAM, before the OOM killer ends the server."""
     free = available_ram_gb()
-    if free is not None and free < need:
-        raise WeightsError(
-            f"{SIZE_NAMES[size]} needs about {need:.1f} GB of free RAM; this machine has {free:.1f} GB free."
-        )
+    if free is not None and free < need_gb:
+        raise error(f"{what} needs about {need_gb:.1f} GB of free RAM; this machine has {free:.1f} GB free."
+                    + (f" {advice}" if advice else ""))
+
+
+def check_memory(size: str) -> None:
+    require_free_ram(MEMORY[check_size(size)][1], SIZE_NAMES[size])
 
 
 def _network_errors() -> tuple[type[BaseException], ...]:
@@ -179,7 +181,7 @@ class _LazyTensors:
 
     def __init__(self, handle):
         self._f = handle
-        self._names = {k.removeprefix("transformer."): k for k in handle.keys()}  # noqa: SIM118
+        self._names = {k.removeprefix("transformer."): k for k in handle.keys()}
 
     def __contains__(self, key) -> bool:
         return key in self._names

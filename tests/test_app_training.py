@@ -8,8 +8,9 @@ import pytest
 from conftest import BOOK_TEXTS, ROOT
 from streamlit.testing.v1 import AppTest
 
+from core.checkpoints import load_trained_model, model_path
 from core.loss import compute_loss
-from core.train import load_trained_model, model_path, run_training
+from core.runner import run_training
 
 TIMEOUT = 300
 

@@ -8,20 +8,16 @@ from dataclasses import replace
 import pytest
 import torch
 
+from core.checkpoints import list_trained_models, load_trained_model, model_path
 from core.data import LoaderSettings
 from core.errors import InvalidParameterError, LossLensError, NoBatchesError, WeightsError
 from core.model import GPTModel
+from core.presets import Preset, get_preset
+from core.runner import TrainingRun, run_training
 from core.train import (
-    Preset,
-    TrainingRun,
     TrainState,
     generate_text_simple,
-    get_preset,
-    list_trained_models,
-    load_trained_model,
     make_train_loaders,
-    model_path,
-    run_training,
     text_to_token_ids,
     token_ids_to_text,
     train_model_simple,
@@ -216,7 +212,7 @@ def test_training_in_a_thread_and_seeded_draws_elsewhere_do_not_disturb_each_oth
     import threading
     import time
 
-    from core.registry import RNG_LOCK
+    from core.rng import RNG_LOCK
 
     alone = run_training(TINY, text, "alone", log=None)
     with RNG_LOCK:
