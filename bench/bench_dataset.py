@@ -21,13 +21,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import torch  # noqa: E402
+import torch
 
-from core.corpus import load_verdict  # noqa: E402
-from core.data import LoaderSettings  # noqa: E402
-from core.evaluate import evaluate_dataset  # noqa: E402
-from core.model import GPT_CONFIG_124M, build_untrained_model  # noqa: E402
-from core.tokenizer import seed_tiktoken_cache  # noqa: E402
+from core.corpus import load_verdict
+from core.data import LoaderSettings
+from core.evaluate import evaluate_dataset
+from core.model import GPT_CONFIG_124M, build_untrained_model
+from core.tokenizer import seed_tiktoken_cache
 
 
 def matmul_flops(cfg: dict, batches: list[tuple[int, int]]) -> float:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 import sys
 
 from .errors import InvalidParameterError, LossLensError
@@ -100,6 +101,7 @@ def add_dataset(sub) -> None:
 
 
 def cmd_dataset(args) -> int:
+    # Lazy imports (as in every command): `python -m core --help` answers without loading torch.
     from .corpus import load_verdict, read_corpus_file
     from .data import LoaderSettings
     from .evaluate import evaluate_dataset
@@ -155,8 +157,7 @@ def add_train(sub) -> None:
 
 
 def cmd_train(args) -> int:
-    import signal  # lazy, like every command's imports: `--help` needs no torch
-
+    # Lazy imports (as in every command): `python -m core --help` answers without loading torch.
     from .checkpoints import check_name
     from .corpus import load_verdict, read_corpus_file
     from .presets import describe_estimate, estimate_time, get_preset
