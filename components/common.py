@@ -3,21 +3,21 @@
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import html
 import json
 import logging
 import re
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import pandas as pd
 import streamlit as st
 
+from components import store
 from core.corpus import load_verdict
-from core.data import LoaderSettings
 from core.errors import LossLensError, WeightsError
 from core.loss import compute_loss
+from core.pool import ModelPool
 from core.registry import effective_seed, get_spec, load_model
 from core.report import summarize
 from core.tokenizer import ENDOFTEXT_ID, get_tokenizer
@@ -50,11 +50,12 @@ class Inputs:
 RETRY_AFTER = 60  # seconds before a failed model load (e.g. a download offline) is tried again
 
 
-@st.cache_resource(max_entries=2, show_spinner="Loading the model (once; a pretrained one downloads first)…")
-def _cached_model(key: str, seed: int):
-    """One shared, frozen model per (key, seed); inference only, so threads can share it.
-    Two entries: a seed change keeps the previous model for a quick switch back (~650 MB each)."""
-    return load_model(key, seed)
+@st.cache_resource
+def _pool() -> ModelPool:
+    """Frozen models shared by every visitor (inference only, so threads can share them): two kept
+    (~650 MB each; a seed change keeps the previous one for a quick switch back), built one at a
+    time in arrival order, so a storm of new seeds never stalls a visitor whose model is kept."""
+    return ModelPool(load_model, size=2)
 
 
 @st.cache_resource
@@ -63,17 +64,34 @@ def _failed_loads() -> dict:
 
 
 def get_model(key: str, seed: int):
-    """The cached model; a load that just failed fails again at once instead of retrying a
-    download on every click (offline that takes ~25 s each time)."""
+    """The shared model. While its build waits behind others the visitor sees their place in the
+    queue; a load that just failed fails again at once instead of retrying a download on every
+    click (offline that takes ~25 s each time)."""
     seed = effective_seed(key, seed)
+    pool = _pool()
+    if pool.kept(key, seed):
+        return pool.get(key, seed)
     failed = _failed_loads()
     if (key, seed) in failed and time.monotonic() - failed[(key, seed)][0] < RETRY_AFTER:
         raise WeightsError(failed[(key, seed)][1])
+    spec = get_spec(key)
+    what = f"Building the model for seed {seed}" if spec.seeded else f"Loading {spec.label}"
+    box = st.empty()
+
+    def on_wait(ahead: int) -> None:
+        box.info(f"{what}; {ahead} {'request' if ahead == 1 else 'requests'} ahead of you. This server "
+                 "builds one model at a time so that every visitor's views stay quick; yours starts as soon "
+                 "as those are done. A seed someone already uses (123 is the book's) needs no build.",
+                 icon=":material/hourglass_top:")
+
     try:
-        return _cached_model(key, seed)
+        with st.spinner(f"{what} (once; a pretrained model downloads first)…"):
+            return pool.get(key, seed, on_wait=on_wait)
     except LossLensError as e:
         failed[(key, seed)] = (time.monotonic(), str(e))
         raise
+    finally:
+        box.empty()
 
 
 @st.cache_resource
@@ -106,41 +124,11 @@ def verdict() -> str:
     return load_verdict()
 
 
-# --- dataset losses: one store, one key, for every view ----------------------------------
-
-MAX_STORED = 32  # finished results kept for every visitor: a workshop computes the same thing
-
-
-@st.cache_resource
-def _dataset_results() -> dict:
-    return {}
-
-
-def dataset_key(model: str, seed: int, text: str, settings: LoaderSettings, num_batches: int | None) -> tuple:
-    """The key of one dataset evaluation: the Dataset and Compare views find each other's results."""
-    sha = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
-    return (model, effective_seed(model, seed), sha, tuple(asdict(settings).values()), num_batches)
-
-
-def stored_result(key: tuple) -> dict | None:
-    return _dataset_results().get(key)
-
-
-def store_result(key: tuple, result: dict) -> None:
-    """Keep a finished evaluation for every visitor (the oldest goes beyond MAX_STORED)."""
-    store = _dataset_results()
-    if key not in store and len(store) >= MAX_STORED:
-        store.pop(next(iter(store)), None)
-    store[key] = result
-
-
 def forget_model(key: str) -> None:
     """A model saved again under its key (a resumed run) must not be served from any cache."""
-    _cached_model.clear(key, 0)
+    _pool().forget(lambda k: k[0] == key)
     loss_summary.clear()
-    store = _dataset_results()
-    for k in [k for k in list(store) if k[0] == key]:
-        store.pop(k, None)
+    store.forget(key)
 
 
 # --- errors ------------------------------------------------------------------------

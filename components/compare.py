@@ -9,7 +9,7 @@ from __future__ import annotations
 import plotly.graph_objects as go
 import streamlit as st
 
-from components import common
+from components import common, store
 from core.data import LoaderSettings
 from core.errors import LossLensError
 from core.evaluate import evaluate_dataset
@@ -62,8 +62,8 @@ def _dataset_losses(keys: list[str], inputs: common.Inputs) -> None:
             continue
         length = min(256, model.context_length)
         settings = LoaderSettings(context_length=length, stride=length)
-        skey = common.dataset_key(key, inputs.seed, text, settings, None)
-        if (r := common.stored_result(skey)) is not None:
+        skey = store.dataset_key(key, inputs.seed, text, settings, None)
+        if (r := store.get(skey)) is not None:
             rows.append({"model": ctx.label, "context length": length, "training loss": r["train_loss"],
                          "validation loss": r["val_loss"], "training perplexity": r["train_perplexity"],
                          "validation perplexity": r["val_perplexity"]})
@@ -74,7 +74,7 @@ def _dataset_losses(keys: list[str], inputs: common.Inputs) -> None:
         bar = st.progress(0.0)
         for n, (key, model, settings, skey) in enumerate(todo):
             bar.progress(n / len(todo), text=f"{common.get_spec(key).label}…")
-            common.store_result(skey, evaluate_dataset(model, text, settings, tokenizer=common.tokenizer()).to_dict())
+            store.put(skey, evaluate_dataset(model, text, settings, tokenizer=common.tokenizer()).to_dict())
         st.rerun()
     st.dataframe(rows, hide_index=True)
     st.caption("The validation loss is the honest one: a model trained on The Verdict has seen its training "

@@ -7,7 +7,7 @@ from dataclasses import asdict
 import plotly.graph_objects as go
 import streamlit as st
 
-from components import common
+from components import common, store
 from core.corpus import MAX_CORPUS_LABEL, decode_corpus_bytes, validate_corpus_text
 from core.data import LoaderSettings, make_loaders
 from core.errors import CorpusError
@@ -131,18 +131,18 @@ def render(inputs: common.Inputs) -> None:
         with st.expander("Token and batch counts"):
             _counts_table(c)
 
-        key = common.dataset_key(inputs.model, inputs.seed, text, settings, num_batches)
+        key = store.dataset_key(inputs.model, inputs.seed, text, settings, num_batches)
         stopped = st.session_state.pop("_ds_running", None)
-        if stopped and common.stored_result(key) is None:
+        if stopped and store.get(key) is None:
             st.warning(f"Stopped after {stopped} batches; press Compute to start again.", icon=":material/stop_circle:")
-        if common.stored_result(key) is None:
+        if store.get(key) is None:
             slot = st.empty()
             if not slot.button("Compute", type="primary", icon=":material/calculate:", key="ds_compute"):
                 st.info("Press Compute to run the model over both splits.", icon=":material/info:")
                 return
             slot.empty()
             _compute(model, text, settings, num_batches, key)
-        if (r := common.stored_result(key)) is not None:
+        if (r := store.get(key)) is not None:
             st.caption("Computed once and kept: coming back to this view shows it again at once.")
             _show(r, inputs.presentation)
 
@@ -165,7 +165,7 @@ def _compute(model, text, settings, num_batches, key) -> None:
     if r.cancelled:
         st.warning("Stopped before the end; press Compute to start again.", icon=":material/stop_circle:")
         return
-    common.store_result(key, r.to_dict())
+    store.put(key, r.to_dict())
 
 
 if __name__ == "__main__":  # run as a page of app.py's st.navigation

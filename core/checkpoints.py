@@ -148,7 +148,8 @@ def load_resume_state(name: str, model) -> tuple[torch.optim.Optimizer, TrainSta
     lr, decay = groups[0]["lr"], groups[0]["weight_decay"]
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=decay)
     optimizer.load_state_dict({"state": opt_state, "param_groups": groups})
-    state = TrainState(**meta["state"], rng_epoch_start=tensors.get("rng.epoch_start"), rng_now=tensors["rng.now"])
+    state = TrainState(**meta["state"], rng_epoch_start=tensors.get("rng.epoch_start"),
+                       rng_now=tensors["rng.now"])
     return optimizer, state, meta
 
 

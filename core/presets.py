@@ -94,7 +94,8 @@ def check_training_memory(preset: Preset) -> None:
     """Refuse a run that would not fit in the free RAM (a small server would be killed)."""
     require_free_ram(
         training_memory_gb(preset), f"Training the {preset.name} preset",
-        f"Use the quick preset, or run `python -m core train --preset {preset.name}` on a machine with more memory.",
+        f"Use the quick preset, or run `python -m core train --preset {preset.name}` "
+        "on a machine with more memory.",
         error=InvalidParameterError,
     )
 
@@ -138,7 +139,8 @@ def _measure(preset: Preset, batch, steps: int, tokenizer, device) -> dict:
     eval_batch_s = time.perf_counter() - t
     t = time.perf_counter()
     generate_sample(model, tokenizer, preset.start_context, device=device)
-    return {"step_s": sum(times[1:]) / steps, "eval_batch_s": eval_batch_s, "sample_s": time.perf_counter() - t}
+    sample_s = time.perf_counter() - t
+    return {"step_s": sum(times[1:]) / steps, "eval_batch_s": eval_batch_s, "sample_s": sample_s}
 
 
 def project(timings: dict, preset: Preset) -> dict:
@@ -147,7 +149,8 @@ def project(timings: dict, preset: Preset) -> dict:
     steps_per_epoch = e["steps_per_epoch"] = e["train_batches"]
     total_steps = e["total_steps"] = steps_per_epoch * preset.num_epochs
     n_evals = (total_steps - 1) // preset.eval_freq + 1
-    eval_s = (min(preset.eval_iter, e["train_batches"]) + min(preset.eval_iter, e["val_batches"])) * e["eval_batch_s"]
+    eval_batches = min(preset.eval_iter, e["train_batches"]) + min(preset.eval_iter, e["val_batches"])
+    eval_s = eval_batches * e["eval_batch_s"]
     e["epoch_s"] = steps_per_epoch * e["step_s"] + e["sample_s"] + steps_per_epoch / preset.eval_freq * eval_s
     e["total_s"] = total_steps * e["step_s"] + n_evals * eval_s + preset.num_epochs * e["sample_s"]
     return e

@@ -75,7 +75,8 @@ def run_training(preset: Preset, text: str, name: str, *, resume: bool = False, 
         model = load_trained_model(model_path(name), trainable=True).to(device)
         optimizer, state, meta = load_resume_state(name, model)
         if meta["corpus_sha256"] != digest:
-            raise InvalidParameterError(f"{name!r} was trained on another text; resume it on the same corpus.")
+            raise InvalidParameterError(
+                f"{name!r} was trained on another text; resume it on the same corpus.")
         if meta["config"] != model.cfg or meta["preset"] != preset.name:
             raise InvalidParameterError(
                 f"{name!r} was trained with preset {meta['preset']!r}; resume it with that preset.")

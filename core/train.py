@@ -163,7 +163,8 @@ def train_model_simple(model, train_loader, val_loader, optimizer, device, num_e
     s = state if state is not None else TrainState()
     should_stop = should_stop or (lambda: False)
     if len(train_loader) == 0:
-        raise NoBatchesError("The training loader has no batch: use a longer text or a shorter context length.")
+        raise NoBatchesError(
+            "The training loader has no batch: use a longer text or a shorter context length.")
 
     for epoch in range(s.epoch, num_epochs):
         model.train()
