@@ -15,9 +15,9 @@ import streamlit as st
 
 from components import store
 from core.corpus import load_verdict
-from core.errors import LossLensError, WeightsError
+from core.errors import LossLensError, ServerBusyError, WeightsError
 from core.loss import compute_loss
-from core.pool import ModelPool
+from core.pool import ModelPool, describe_wait
 from core.registry import effective_seed, get_spec, load_model
 from core.report import summarize
 from core.tokenizer import ENDOFTEXT_ID, get_tokenizer
@@ -79,10 +79,7 @@ def get_model(key: str, seed: int):
     box = st.empty()
 
     def on_wait(ahead: int) -> None:
-        box.info(f"{what}; {ahead} {'request' if ahead == 1 else 'requests'} ahead of you. This server "
-                 "builds one model at a time so that every visitor's views stay quick; yours starts as soon "
-                 "as those are done. A seed someone already uses (123 is the book's) needs no build.",
-                 icon=":material/hourglass_top:")
+        box.info(describe_wait(what, ahead), icon=":material/hourglass_top:")
 
     try:
         with st.spinner(f"{what} (once; a pretrained model downloads first)…"):
@@ -139,6 +136,8 @@ def friendly_errors():
     """Input errors become a message saying what to do; anything else a short apology."""
     try:
         yield
+    except ServerBusyError as e:  # not the visitor's input: say why, and when to try again
+        st.warning(md(e), icon=":material/hourglass_top:")
     except LossLensError as e:
         st.error(md(e), icon=":material/error:")
         st.caption("Fix the input in the sidebar; the views update as soon as it is valid.")

@@ -1,13 +1,11 @@
 """View: pretrain a GPT on The Verdict with the book's train_model_simple (section 5.2), live.
 
-The run is a core.runner.TrainingRun in the background that trains its own fresh model
-(never the shared cached one). A fragment polls it every second for the progress bar, the
-loss curves and the samples. One run at a time per server: training takes every core.
+The run is a core.runner.TrainingRun: a child process at lower priority that trains its own
+fresh model (never the shared one). A fragment polls it every second for the progress bar,
+the loss curves and the samples. One run at a time per server (core.runner.TrainingSlot).
 """
 
 from __future__ import annotations
-
-import threading
 
 import plotly.graph_objects as go
 import streamlit as st
@@ -15,15 +13,15 @@ import streamlit as st
 from components import common
 from core.checkpoints import check_name, is_resumable
 from core.presets import PRESETS, describe_estimate, estimate_time, get_preset, project, training_memory_gb
-from core.runner import TrainingRun, plan_run
+from core.runner import TrainingRun, TrainingSlot, plan_run
 
 POLL_S = 1.0
 
 
 @st.cache_resource
-def _server() -> dict:
+def _slot() -> TrainingSlot:
     """The one training run this server allows at a time, shared by all sessions."""
-    return {"lock": threading.Lock(), "run": None}
+    return TrainingSlot()
 
 
 @st.cache_resource(show_spinner="Timing a few training steps on this server…", max_entries=4)
@@ -108,16 +106,7 @@ def _finished(run: TrainingRun, presentation: bool) -> None:
 
 
 def _start(preset, name: str, resume: bool) -> None:
-    server = _server()
-    with server["lock"]:
-        other = server["run"]
-        if other is not None and other.running:
-            st.warning("Another training run is using this server right now; start yours when it has finished.",
-                       icon=":material/hourglass_top:")
-            return
-        run = TrainingRun(preset, common.verdict(), name, resume=resume).start()
-        server["run"] = run
-    st.session_state["_train_run"] = run
+    st.session_state["_train_run"] = _slot().start(preset, common.verdict(), name, resume=resume)
     st.session_state["_train_acknowledged"] = False
     st.rerun()
 

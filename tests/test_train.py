@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import math
+import os
+import time
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 import torch
 
 from core.checkpoints import list_trained_models, load_trained_model, model_path
 from core.data import LoaderSettings
-from core.errors import InvalidParameterError, LossLensError, NoBatchesError, WeightsError
+from core.errors import InvalidParameterError, LossLensError, NoBatchesError, ServerBusyError, WeightsError
 from core.model import GPTModel
 from core.presets import Preset, get_preset
-from core.runner import TrainingRun, run_training
+from core.runner import TrainingRun, TrainingSlot, run_training
 from core.train import (
     TrainState,
     generate_text_simple,
@@ -170,25 +173,55 @@ def test_bad_inputs_are_typed_errors(text):
         run_training(TINY, "   ", "blank", log=None)
 
 
-def test_training_run_in_a_thread_can_be_stopped(text):
-    run = TrainingRun(replace(TINY, num_epochs=50), text, "threaded").start()
-    deadline = 120
-    import time
-
+def _wait_for_step(run, step: int, deadline: float = 180) -> None:
     t0 = time.time()
-    while run.snapshot()["step"] < 3 and time.time() - t0 < deadline:
+    while run.snapshot()["step"] < step and run.running and time.time() - t0 < deadline:
         time.sleep(0.05)
+
+
+def test_training_runs_in_a_child_process_at_lower_priority_and_stop_ends_it_for_certain(text):
+    run = TrainingRun(replace(TINY, num_epochs=50), text, "forced", threads=1, nice=10, grace_s=0).start()
+    t0 = time.time()
+    while not run.snapshot()["child"] and run.running and time.time() - t0 < 180:
+        time.sleep(0.05)
+    child = run.snapshot()["child"]
+    assert child["pid"] == run.pid != os.getpid() and Path(f"/proc/{run.pid}").exists()
+    assert child["nice"] == min(19, os.nice(0) + 10) and child["threads"] == 1
+    run.stop()  # no grace: terminated at once, before it can save
+    run.join(60)
+    snap = run.snapshot()
+    assert not snap["running"] and not snap["finished"] and "ended without saving" in snap["error"]
+    assert not Path(f"/proc/{run.pid}").exists()  # ended and reaped: nothing left running
+
+
+def test_a_stopped_child_saves_a_resumable_run_and_leaves_nothing(text):
+    run = TrainingRun(replace(TINY, num_epochs=50), text, "child", nice=1).start()
+    _wait_for_step(run, 3)
     run.stop()
-    run.join(deadline)
+    run.join(300)
     snap = run.snapshot()
     assert not snap["running"] and snap["error"] is None and snap["stopped"] and not snap["finished"]
     assert 3 <= snap["step"] < snap["total_steps"] and snap["evals"][0]["step"] == 0
-    assert model_path("threaded").is_file()
+    assert model_path("child").is_file() and not Path(f"/proc/{run.pid}").exists()
+
+
+def test_one_training_run_per_server(text):
+    slot = TrainingSlot(nice=1, grace_s=0)
+    first = slot.start(replace(TINY, num_epochs=50), text, "slot-first")
+    with pytest.raises(ServerBusyError, match="Another visitor's training run .* Start yours when it has finished"):
+        slot.start(TINY, text, "slot-second")
+    first.stop()
+    first.join(120)
+    second = slot.start(TINY, text, "slot-second")  # the slot is free again
+    assert second is slot.run and second is not first
+    second.stop()
+    second.join(120)
+    assert not first.running and not second.running
 
 
 def test_training_run_reports_errors_instead_of_raising(text):
-    run = TrainingRun(TINY, text[:300], "too-short").start()
-    run.join(60)
+    run = TrainingRun(TINY, text[:300], "too-short", nice=1).start()
+    run.join(180)
     assert "NoBatchesError" in run.snapshot()["error"]
 
 
