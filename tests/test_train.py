@@ -265,3 +265,24 @@ def test_training_in_a_thread_and_seeded_draws_elsewhere_do_not_disturb_each_oth
     assert draws > 1
     assert result["r"].state.train_losses == alone.state.train_losses
     assert result["r"].state.val_losses == alone.state.val_losses
+
+
+def test_the_device_argument_keeps_cpu_results_bit_identical(text):
+    from core.presets import estimate_time
+
+    one = replace(TINY, num_epochs=1)
+    a = run_training(one, text, "dev-default", log=None)
+    b = run_training(one, text, "dev-cpu", log=None, device=torch.device("cpu"))
+    assert a.state.train_losses == b.state.train_losses and a.state.val_losses == b.state.val_losses
+    assert a.state.samples == b.state.samples
+    e = estimate_time(one, text, steps=1, device="cpu")
+    assert e["device"] == "cpu" and e["total_steps"] == a.steps_per_epoch and e["total_s"] > 0
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_training_on_cuda_follows_the_cpu_run(text):
+    one = replace(TINY, num_epochs=1, cfg={**TINY_CFG, "drop_rate": 0.0})  # no dropout: same maths on both
+    cpu = run_training(one, text, "dev-cpu-ref", log=None)
+    gpu = run_training(one, text, "dev-cuda", log=None, device="cuda")
+    assert gpu.state.train_losses == pytest.approx(cpu.state.train_losses, abs=1e-3)
+    assert load_trained_model(gpu.path).tok_emb.weight.device.type == "cpu"  # saved for any machine
