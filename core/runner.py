@@ -113,8 +113,11 @@ def default_threads() -> int:
 
 def _child(preset, text, name, resume, device, threads, nice, events, stop) -> None:
     """The training process: lower priority, its own thread count; reports through `events`."""
-    os.nice(nice)
     torch.set_num_threads(threads)
+    w = torch.zeros(1, requires_grad=True)  # AdamW's first step imports torch._dynamo: done before the
+    w.sum().backward()  # lower priority, where on a busy server that import alone would take minutes
+    torch.optim.AdamW([w]).step()
+    os.nice(nice)
     events.put(("started", {"pid": os.getpid(), "nice": os.nice(0), "threads": torch.get_num_threads()}))
     try:
         steps_per_epoch = len(make_train_loaders(text, preset.settings)[0])
@@ -142,7 +145,7 @@ class TrainingRun:
     """
 
     def __init__(self, preset: Preset, text: str, name: str, resume: bool = False, device="cpu",
-                 threads: int | None = None, nice: int = NICE, grace_s: float = 60.0):
+                 threads: int | None = None, nice: int = NICE, grace_s: float = 120.0):
         self.preset, self.text, self.name, self.resume = preset, text, check_name(name), resume
         self.device, self.threads = str(device), threads or default_threads()
         self.nice, self.grace_s = nice, grace_s
