@@ -19,7 +19,7 @@ from core.errors import LossLensError, ServerBusyError, WeightsError
 from core.loss import compute_loss
 from core.pool import ModelPool, describe_wait
 from core.registry import effective_seed, get_spec, load_model
-from core.report import summarize
+from core.report import PERPLEXITY_NOTE, format_perplexity, summarize
 from core.tokenizer import ENDOFTEXT_ID, get_tokenizer
 
 __all__ = ["get_spec"]  # re-exported: the views ask it for a model's label
@@ -42,6 +42,7 @@ class Inputs:
     top_k: int
     temperature: float
     presentation: bool = False
+    device: str = "cpu"  # where the model runs (core.device); part of every cache key
 
 
 # --- cached calls into core --------------------------------------------------------
@@ -55,7 +56,7 @@ def _pool() -> ModelPool:
     """Frozen models shared by every visitor (inference only, so threads can share them): two kept
     (~650 MB each; a seed change keeps the previous one for a quick switch back), built one at a
     time in arrival order, so a storm of new seeds never stalls a visitor whose model is kept."""
-    return ModelPool(load_model, size=2)
+    return ModelPool(load_model, size=2)  # keyed by load_model's (key, seed, device)
 
 
 @st.cache_resource
@@ -63,14 +64,14 @@ def _failed_loads() -> dict:
     return {}
 
 
-def get_model(key: str, seed: int):
-    """The shared model. While its build waits behind others the visitor sees their place in the
-    queue; a load that just failed fails again at once instead of retrying a download on every
-    click (offline that takes ~25 s each time)."""
+def get_model(key: str, seed: int, device: str = "cpu"):
+    """The shared model on `device`. While its build waits behind others the visitor sees their
+    place in the queue; a load that just failed fails again at once instead of retrying a download
+    on every click (offline that takes ~25 s each time)."""
     seed = effective_seed(key, seed)
     pool = _pool()
-    if pool.kept(key, seed):
-        return pool.get(key, seed)
+    if pool.kept(key, seed, device):
+        return pool.get(key, seed, device)
     failed = _failed_loads()
     if (key, seed) in failed and time.monotonic() - failed[(key, seed)][0] < RETRY_AFTER:
         raise WeightsError(failed[(key, seed)][1])
@@ -83,7 +84,7 @@ def get_model(key: str, seed: int):
 
     try:
         with st.spinner(f"{what} (once; a pretrained model downloads first)…"):
-            return pool.get(key, seed, on_wait=on_wait)
+            return pool.get(key, seed, device, on_wait=on_wait)
     except LossLensError as e:
         failed[(key, seed)] = (time.monotonic(), str(e))
         raise
@@ -97,9 +98,10 @@ def tokenizer():
 
 
 @st.cache_data(max_entries=64, ttl=3600, show_spinner=False)
-def loss_summary(key: str, seed: int, texts: tuple[str, ...], top_k: int, temperature: float) -> dict:
+def loss_summary(key: str, seed: int, texts: tuple[str, ...], top_k: int, temperature: float,
+                 device: str = "cpu") -> dict:
     """The six steps as plain data (top-k only, never a full-vocabulary array)."""
-    result = compute_loss(get_model(key, seed), list(texts), top_k, temperature, tokenizer())
+    result = compute_loss(get_model(key, seed, device), list(texts), top_k, temperature, tokenizer())
     s = summarize(result, tokenizer())
     for t in s["texts"]:
         for p in t["positions"]:
@@ -113,7 +115,7 @@ def summary(inputs: Inputs, temperature: float | None = None, model: str | None 
     """The sidebar's texts through its model (or `model`), at its temperature (or `temperature`)."""
     key = model or inputs.model
     t = inputs.temperature if temperature is None else temperature
-    return loss_summary(key, effective_seed(key, inputs.seed), inputs.texts, inputs.top_k, t)
+    return loss_summary(key, effective_seed(key, inputs.seed), inputs.texts, inputs.top_k, t, inputs.device)
 
 
 @st.cache_data(show_spinner="Loading The Verdict…", ttl=3600)
@@ -167,7 +169,7 @@ def num(x, digits: int = 4) -> str:
 def ppl(x) -> str:
     if isinstance(x, str):
         return num(x)
-    return f"{x:.1f}" if x < 1e9 else f"{x:.3e}"
+    return format_perplexity(x)
 
 
 def proba(p) -> str:
@@ -254,7 +256,7 @@ def metrics(s: dict) -> None:
     """The two numbers of section 5.1, on top of every text view."""
     c1, c2, c3, c4 = st.columns(4)
     c1.metric("Loss (cross entropy)", num(s["loss"]), help="torch.nn.functional.cross_entropy(logits_flat, targets_flat)")
-    c2.metric("Perplexity", ppl(s["perplexity"]), help="exp(loss)")
+    c2.metric("Perplexity", ppl(s["perplexity"]), help=PERPLEXITY_NOTE)
     c3.metric("Predicted tokens", f"{s['num_tokens']}", help="Each token but the first of every text is a target.")
     c4.metric("Bits per token", num(s["bits_per_token"], 3), help="loss / ln 2")
 

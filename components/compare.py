@@ -56,13 +56,13 @@ def _dataset_losses(keys: list[str], inputs: common.Inputs) -> None:
     for key in keys:
         ctx = common.get_spec(key)  # settings must fit the model's context (a quick model reads 64 tokens)
         try:
-            model = common.get_model(key, inputs.seed)
+            model = common.get_model(key, inputs.seed, inputs.device)
         except LossLensError as e:
             rows.append({"model": ctx.label, "note": str(e)})
             continue
         length = min(256, model.context_length)
         settings = LoaderSettings(context_length=length, stride=length)
-        skey = store.dataset_key(key, inputs.seed, text, settings, None)
+        skey = store.dataset_key(key, inputs.seed, text, settings, None, inputs.device)
         if (r := store.get(skey)) is not None:
             rows.append({"model": ctx.label, "context length": length, "training loss": r["train_loss"],
                          "validation loss": r["val_loss"], "training perplexity": r["train_perplexity"],

@@ -63,6 +63,7 @@ def render(inputs: common.Inputs) -> None:
             if not isinstance(p, str) else "The loss is so large that exp(loss) overflows a float."
         )
         st.markdown(meaning)
+        st.caption(common.PERPLEXITY_NOTE)
         rows = [
             {"model": "This model on your text", "loss (nats)": s["loss"], "perplexity": common.ppl(p), "bits per token": s["bits_per_token"]},
             {"model": f"Uniform guess over {v:,} tokens", "loss (nats)": math.log(v), "perplexity": f"{v:,}", "bits per token": math.log2(v)},

@@ -118,7 +118,7 @@ def render(inputs: common.Inputs) -> None:
         if corpus is None:
             return
         text, name = corpus
-        model = common.get_model(inputs.model, inputs.seed)
+        model = common.get_model(inputs.model, inputs.seed, inputs.device)
         settings, num_batches = _settings(model.context_length)
         c = counts(text, tuple(asdict(settings).values()))
         st.markdown(
@@ -131,7 +131,7 @@ def render(inputs: common.Inputs) -> None:
         with st.expander("Token and batch counts"):
             _counts_table(c)
 
-        key = store.dataset_key(inputs.model, inputs.seed, text, settings, num_batches)
+        key = store.dataset_key(inputs.model, inputs.seed, text, settings, num_batches, inputs.device)
         stopped = st.session_state.pop("_ds_running", None)
         if stopped and store.get(key) is None:
             st.warning(f"Stopped after {stopped} batches; press Compute to start again.", icon=":material/stop_circle:")

@@ -105,8 +105,8 @@ def _finished(run: TrainingRun, presentation: bool) -> None:
     _show(snap, presentation)
 
 
-def _start(preset, name: str, resume: bool) -> None:
-    st.session_state["_train_run"] = _slot().start(preset, common.verdict(), name, resume=resume)
+def _start(preset, name: str, resume: bool, device: str) -> None:
+    st.session_state["_train_run"] = _slot().start(preset, common.verdict(), name, resume=resume, device=device)
     st.session_state["_train_acknowledged"] = False
     st.rerun()
 
@@ -150,7 +150,7 @@ def render(inputs: common.Inputs) -> None:
                            help="Continue the stopped run saved under this name." if resumable else
                            "No stopped run is saved under this name.")
         if start or resume:
-            _start(plan_run(preset, name, resume=resume), name, resume=resume)
+            _start(plan_run(preset, name, resume=resume), name, resume=resume, device=inputs.device)
 
         if run is not None:
             _finished(run, inputs.presentation)

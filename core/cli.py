@@ -6,7 +6,11 @@ import json
 import signal
 import sys
 
+from .device import DEVICE_ENV, describe, resolve_device
 from .errors import InvalidParameterError, LossLensError
+from .report import format_perplexity
+
+DEFAULT_MODEL = "untrained-124m"  # the book's section 5.1 model
 
 
 def _fmt(x) -> str:
@@ -17,29 +21,48 @@ def _fmt_e(x) -> str:
     return x if isinstance(x, str) else f"{x:.2e}"
 
 
+def _add_model_options(p) -> None:
+    p.add_argument("--model", metavar="KEY", default=DEFAULT_MODEL,
+                   help=f"a model key from the registry (default {DEFAULT_MODEL}; a wrong key lists them)")
+    p.add_argument("--device", default=None,
+                   help=f"auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps (default: ${DEVICE_ENV} or auto)")
+
+
+def _load(args):
+    """Check the key, the seed and the device first (a build takes seconds), then load the model."""
+    from .registry import get_spec, load_model
+
+    spec = get_spec(args.model)
+    if not 0 <= args.seed < 2**63:
+        raise InvalidParameterError(f"The seed must be a whole number from 0 to 2**63 - 1, got {args.seed}.")
+    device = resolve_device(args.device)
+    label = f"{spec.label}, seed {args.seed}" if spec.seeded else spec.label
+    return load_model(args.model, args.seed, device), f"{label}, on {describe(device)}"
+
+
 def add_loss(sub) -> None:
     p = sub.add_parser("loss", help="the six steps of figure 5.7 and the loss for one or more texts")
     p.add_argument("texts", nargs="+", metavar="TEXT", help="one text per batch row")
     p.add_argument("--top-k", type=int, default=5, help="next tokens listed per position (1..50257)")
     p.add_argument("--temperature", type=float, default=1.0, help="divides the logits before every step (> 0)")
     p.add_argument("--seed", type=int, default=123, help="seed of the untrained model (book: 123)")
+    _add_model_options(p)
     p.add_argument("--json", action="store_true", help="print JSON instead of tables")
     p.set_defaults(func=cmd_loss)
 
 
 def cmd_loss(args) -> int:
-    # Lazy imports in each command: `python -m core --help` answers without loading torch.
+    # Lazy imports in each command: a command loads only the modules it uses.
     from .loss import compute_loss, validate_options
-    from .model import GPT_CONFIG_124M, build_untrained_model
+    from .model import GPT_CONFIG_124M
     from .report import summarize
 
     # Fail fast, before building the model (a few seconds).
     validate_options(args.top_k, args.temperature, GPT_CONFIG_124M["vocab_size"])
-    if not 0 <= args.seed < 2**63:
-        raise InvalidParameterError(f"The seed must be a whole number from 0 to 2**63 - 1, got {args.seed}.")
-    model = build_untrained_model(args.seed)
+    model, label = _load(args)
     summary = summarize(compute_loss(model, args.texts, args.top_k, args.temperature))
-    summary["model"] = f"untrained GPT-2 124M, seed {args.seed}"
+    summary["model"] = label
+    summary["model_key"] = args.model
     if hasattr(sys.stdout, "reconfigure"):
         # A console or pipe that cannot encode "␣" or the user's emoji gets escapes, not a traceback.
         sys.stdout.reconfigure(errors="backslashreplace")
@@ -68,7 +91,7 @@ def format_loss(summary: dict) -> str:
                 f"{_fmt(p['target_proba']):>12} {_fmt(p['log_proba']):>10} {p['rank']:>6}   {top}"
             )
     s = summary["shapes"]
-    ppl = summary["perplexity"] if isinstance(summary["perplexity"], str) else f"{summary['perplexity']:.1f}"
+    ppl = format_perplexity(summary["perplexity"])
     inputs = [[p["input_id"] for p in t["positions"]] for t in summary["texts"]]
     targets = [[p["target_id"] for p in t["positions"]] for t in summary["texts"]]
     out += [
@@ -96,21 +119,21 @@ def add_dataset(sub) -> None:
     p.add_argument("--batch-size", type=int, default=2, help="windows per batch (book: 2)")
     p.add_argument("--num-batches", type=int, default=None, help="only the first N batches of each split")
     p.add_argument("--seed", type=int, default=123, help="seed of the untrained model and the shuffle (book: 123)")
+    _add_model_options(p)
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
     p.set_defaults(func=cmd_dataset)
 
 
 def cmd_dataset(args) -> int:
-    # Lazy imports (as in every command): `python -m core --help` answers without loading torch.
+    # Lazy imports (as in every command): a command loads only the modules it uses.
     from .corpus import load_verdict, read_corpus_file
     from .data import LoaderSettings
     from .evaluate import evaluate_dataset
-    from .model import build_untrained_model
 
     settings = LoaderSettings(args.train_ratio, args.context_length, args.stride, args.batch_size, args.seed)
     settings.validate()  # fail fast, before reading the corpus or building the model
     text = read_corpus_file(args.corpus) if args.corpus else load_verdict()
-    model = build_untrained_model(args.seed)
+    model, label = _load(args)
 
     tty = sys.stderr.isatty()  # a terminal gets one updating line, a log one line per batch
 
@@ -120,7 +143,7 @@ def cmd_dataset(args) -> int:
               file=sys.stderr, flush=True)
 
     result = evaluate_dataset(model, text, settings, num_batches=args.num_batches, progress=progress)
-    summary = {"model": f"untrained GPT-2 124M, seed {args.seed}", "corpus": args.corpus or "The Verdict", **result.to_dict()}
+    summary = {"model": label, "model_key": args.model, "corpus": args.corpus or "The Verdict", **result.to_dict()}
     if args.json:
         print(json.dumps(summary, indent=2, ensure_ascii=False))
         return 0
@@ -136,7 +159,7 @@ def cmd_dataset(args) -> int:
     for c, loss, ppl in ((s.train, result.train_loss, result.train_perplexity), (s.val, result.val_loss, result.val_perplexity)):
         out.append(
             f"{c.name:<11}{c.characters:>9,}{c.tokens:>9,}{c.windows:>9,}{c.batches:>9,}{c.batch_tokens:>14,}"
-            f"{loss:>12.6f}{ppl:>13.1f}"
+            f"{loss:>12.6f}{format_perplexity(ppl):>13}"
         )
     out.append(f"Training tokens: {s.train_tokens:,}   validation tokens: {s.val_tokens:,}")
     out += [f"warning: {w}" for w in s.warnings]
@@ -153,29 +176,37 @@ def add_train(sub) -> None:
     p.add_argument("--out", metavar="NAME", default=None, help="save as NAME in the cache (default: the preset's name)")
     p.add_argument("--resume", action="store_true", help="continue the stopped run saved as NAME")
     p.add_argument("--estimate", action="store_true", help="only measure a few steps and print the time estimate")
+    p.add_argument("--model", metavar="KEY", default=None,
+                   help="start from this model's weights and configuration (default: the preset's fresh model)")
+    p.add_argument("--device", default=None,
+                   help=f"auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps (default: ${DEVICE_ENV} or auto)")
     p.set_defaults(func=cmd_train)
 
 
 def cmd_train(args) -> int:
-    # Lazy imports (as in every command): `python -m core --help` answers without loading torch.
+    # Lazy imports (as in every command): a command loads only the modules it uses.
     from .checkpoints import check_name
     from .corpus import load_verdict, read_corpus_file
     from .presets import describe_estimate, estimate_time, get_preset
+    from .registry import get_spec
     from .runner import run_training
 
     preset = get_preset(args.preset, num_epochs=args.epochs)
     name = check_name(args.out or preset.name)  # fail fast, before reading the corpus
+    if args.model is not None:
+        get_spec(args.model)
+    device = resolve_device(args.device)  # fail fast on a device this machine lacks
     text = read_corpus_file(args.corpus) if args.corpus else load_verdict()
     print(f"Preset {preset.name}: {preset.description}", flush=True)
     if args.estimate or preset.name == "book":
-        print(describe_estimate(estimate_time(preset, text)), flush=True)
+        print(describe_estimate(estimate_time(preset, text, device=device)), flush=True)
         if args.estimate:
             return 0
     stop = []
     previous = signal.signal(signal.SIGINT, lambda *_: stop.append(True))  # Ctrl-C: stop after this step, save
     try:
-        result = run_training(preset, text, name, resume=args.resume, should_stop=lambda: bool(stop),
-                              log=lambda line: print(line, flush=True))
+        result = run_training(preset, text, name, resume=args.resume, device=device,
+                              should_stop=lambda: bool(stop), log=lambda line: print(line, flush=True))
     finally:
         signal.signal(signal.SIGINT, previous)
     s = result.state

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 
 from .corpus import validate_corpus_text
 from .data import DataSplit, LoaderSettings, make_loaders
+from .device import model_device
 from .errors import InvalidParameterError, NoBatchesError
 from .loss import perplexity
 
@@ -173,6 +174,7 @@ def evaluate_dataset(
     data = make_loaders(text, settings, tokenizer)
     _check_batches(data)
 
+    device = model_device(model)  # the batches go where the weights are (CPU, CUDA or MPS)
     n_train = _num_batches(data.train_loader, num_batches)
     n_val = _num_batches(data.val_loader, num_batches)
     total = n_train + n_val
@@ -185,7 +187,7 @@ def evaluate_dataset(
         ("val", data.val_loader, n_val, result.val_batch_losses, n_train),
     ):
         try:
-            for _ in _run(loader, model, "cpu", n, cancel, losses):
+            for _ in _run(loader, model, device, n, cancel, losses):
                 if progress:
                     progress(offset + len(losses), total, name)
         except EvaluationCancelled:

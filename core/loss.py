@@ -9,7 +9,7 @@ torch.nn.functional.cross_entropy computes the same number from the logits.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 
 import tiktoken
 import torch
@@ -228,6 +228,12 @@ def compute_loss(
         )
     if model.training:
         raise RuntimeError("compute_loss needs a model in eval mode (dropout off)")
+    device = next(model.parameters()).device
     with torch.inference_mode():
-        logits = model(batch.inputs)
-        return loss_from_logits(logits, batch.targets, top_k, temperature, batch)
+        if device.type == "cpu":
+            return loss_from_logits(model(batch.inputs), batch.targets, top_k, temperature, batch)
+        # On a GPU: compute there, hand back CPU tensors (the report and the views read them).
+        logits = model(batch.inputs.to(device))
+        result = loss_from_logits(logits, batch.targets.to(device), top_k, temperature, batch)
+        return replace(result, **{f.name: getattr(result, f.name).cpu() for f in fields(result)
+                                  if isinstance(getattr(result, f.name), torch.Tensor)})

@@ -5,7 +5,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import torch
+
 from .checkpoints import list_trained_models, load_trained_model
+from .device import available_memory_gb, describe, resolve_device
 from .errors import InvalidParameterError
 from .model import GPTModel
 from .rng import seeded_untrained_model
@@ -50,8 +53,21 @@ def get_spec(key: str) -> ModelSpec:
     return models[key]
 
 
-def load_model(key: str, seed: int = 123) -> GPTModel:
-    return get_spec(key).load(seed)
+def load_model(key: str, seed: int = 123, device: str | torch.device | None = None) -> GPTModel:
+    """The model `key` (built or read on the CPU, where the seed gives the book's weights), moved
+    to `device` (see core.device.resolve_device; None means $LOSSLENS_DEVICE, else auto)."""
+    spec = get_spec(key)
+    target = resolve_device(device) if not isinstance(device, torch.device) else device
+    model = spec.load(seed)
+    if target.type != "cpu":
+        need = sum(p.numel() * p.element_size() for p in model.parameters()) / 1024**3
+        free = available_memory_gb(target)
+        if free is not None and free < need:
+            raise InvalidParameterError(
+                f"{spec.label} needs {need:.1f} GB on {describe(target)}, which has {free:.1f} GB free. "
+                "Choose the CPU or a smaller model."
+            )
+    return model.to(target)
 
 
 def effective_seed(key: str, seed: int) -> int:

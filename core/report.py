@@ -12,6 +12,27 @@ import tiktoken
 from .loss import LossResult, perplexity
 from .tokenizer import get_tokenizer, token_piece
 
+PERPLEXITY_DIGITS = 5  # significant digits shown; the JSON keeps every digit
+PERPLEXITY_NOTE = (
+    "exp(loss), shown to 5 significant digits. The book prints 48725.8203: a float32 loss holds "
+    "about 7 significant digits and its last bit differs between CPUs, and exp turns one bit of "
+    "the loss (about 1e-6) into about ±0.05 of perplexity, so the digits after these 5 vary."
+)
+
+
+def format_perplexity(x) -> str:
+    """Perplexity to 5 significant digits (48,726 for the book's 48725.82): the digits a float32
+    loss fixes on every machine. "inf" and the like pass through; huge values use an exponent."""
+    if x is None or isinstance(x, str):
+        return "n/a" if x is None else x
+    if not math.isfinite(x):
+        return "inf" if x > 0 else "nan"
+    if x >= 1e9:
+        return f"{x:.{PERPLEXITY_DIGITS - 1}e}"
+    digits = max(0, PERPLEXITY_DIGITS - 1 - math.floor(math.log10(max(x, 1e-300))))
+    return f"{x:,.{digits}f}"
+
+
 STEPS = [
     ("logits", "Logits", "logits = model(inputs)"),
     ("probas", "Probabilities", "probas = torch.softmax(logits, dim=-1)"),

@@ -12,7 +12,8 @@ import threading
 
 import torch
 
-from .model import GPTModel, build_untrained_model
+from . import model as gpt  # gpt.build_untrained_model looked up per call: tests hand in a built one
+from .model import GPTModel
 
 RNG_LOCK = threading.RLock()
 
@@ -37,7 +38,7 @@ def own_rng(stream):
 def seeded_untrained_model(seed: int) -> GPTModel:
     """The book's untrained 124M model; torch.manual_seed(seed) and the init back to back."""
     with RNG_LOCK:
-        return build_untrained_model(seed)
+        return gpt.build_untrained_model(seed)
 
 
 def seeded_fresh_model(cfg: dict, seed: int, stream) -> GPTModel:

@@ -265,7 +265,7 @@ class TrainingSlot:
         self._options = run_options  # for TrainingRun: threads, nice, grace_s
         self.run: TrainingRun | None = None
 
-    def start(self, preset: Preset, text: str, name: str, resume: bool = False) -> TrainingRun:
+    def start(self, preset: Preset, text: str, name: str, resume: bool = False, device="cpu") -> TrainingRun:
         with self._lock:
             other = self.run
             if other is not None and other.running:
@@ -275,5 +275,5 @@ class TrainingSlot:
                     f"Another visitor's training run ({snap['preset']} preset, {done}) is using this server: "
                     "it trains one model at a time so that everyone's views stay quick. Start yours when it "
                     "has finished, or train on your own machine with `python -m core train`.")
-            self.run = TrainingRun(preset, text, name, resume=resume, **self._options).start()
+            self.run = TrainingRun(preset, text, name, resume=resume, device=device, **self._options).start()
             return self.run

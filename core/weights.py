@@ -19,6 +19,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 
+from .device import available_ram_gb
 from .errors import WeightsError
 from .model import GPT2_MODEL_CONFIGS, GPT2_SMALL_CONFIG, GPTModel, freeze
 from .paths import cache_dir as default_cache
@@ -62,18 +63,6 @@ def memory_warning(size: str) -> str | None:
         f"{SIZE_NAMES[size]} downloads {file_size} and needs about {ram_gb:.1f} GB of RAM once "
         "loaded; a small server (such as a free hosted app with ~2.7 GB) runs out of memory."
     )
-
-
-def available_ram_gb() -> float | None:
-    """MemAvailable from /proc/meminfo (Linux), else None (unknown)."""
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) / 1024**2
-    except OSError:
-        return None
-    return None
 
 
 def require_free_ram(need_gb: float, what: str, advice: str = "", error=WeightsError) -> None:

@@ -14,8 +14,10 @@ BOOK_TEXTS = ["every effort moves you", "I really like chocolate"]
 
 @pytest.fixture(autouse=True, scope="session")
 def _isolated_cache(tmp_path_factory):
-    """Keep downloads and trained weights of the test run out of the user's cache."""
+    """Keep downloads and trained weights of the test run out of the user's cache, and run on the
+    CPU, where the book's numbers are exact (tests marked `gpu` choose their device themselves)."""
     os.environ["LOSSLENS_CACHE_DIR"] = str(tmp_path_factory.mktemp("losslens-cache"))
+    os.environ["LOSSLENS_DEVICE"] = "cpu"
     yield
 
 

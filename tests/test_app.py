@@ -16,7 +16,7 @@ from conftest import BOOK_TEXTS, ROOT, VERDICT_PATH
 from streamlit.testing.v1 import AppTest
 
 from core.loss import compute_loss
-from core.report import STEPS
+from core.report import STEPS, format_perplexity
 
 TIMEOUT = 180
 
@@ -64,7 +64,7 @@ def test_book_preset_shows_the_books_numbers():
     assert at.selectbox(key="preset").value == "Book example (figure 5.7)"
     assert at.text_area(key="text").value == "\n".join(BOOK_TEXTS)
     assert metric(at, "Loss (cross entropy)") == "10.7940"
-    assert metric(at, "Perplexity") == "48725.8"
+    assert metric(at, "Perplexity") == "48,726"  # the book: 48725.8203 (5 significant digits)
     assert metric(at, "Predicted tokens") == "6"
     assert not at.error
 
@@ -84,7 +84,7 @@ def test_changing_the_text_changes_the_loss(model):
     set_text(at, "\n".join(texts))
     expected = compute_loss(model, texts)
     assert metric(at, "Loss (cross entropy)") == f"{float(expected.loss):.4f}"
-    assert metric(at, "Perplexity") == f"{expected.perplexity:.1f}"
+    assert metric(at, "Perplexity") == format_perplexity(expected.perplexity)
     assert metric(at, "Predicted tokens") == str(expected.num_tokens)
     assert at.selectbox(key="preset").value == "Custom text"
 

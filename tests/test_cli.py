@@ -68,7 +68,8 @@ def test_json_shows_the_book_numbers():
     assert s["perplexity"] == pytest.approx(48725.8, rel=1e-5)
     assert [round(x, 4) for x in s["log_probas"]] == [-9.5042, -10.3796, -11.3677, -11.4798, -9.7764, -12.2561]
     assert s["shapes"]["logits"] == [2, 3, 50257] and s["shapes"]["logits_flat"] == [6, 50257]
-    assert s["model"] == "untrained GPT-2 124M, seed 123" and s["temperature"] == 1.0 and s["top_k"] == 5
+    assert s["model"] == "Untrained GPT-2 124M (book, section 5.1), seed 123, on CPU"
+    assert s["model_key"] == "untrained-124m" and s["temperature"] == 1.0 and s["top_k"] == 5
     t1 = s["texts"][0]
     assert t1["text"] == BOOK_TEXTS[0] and t1["token_ids"] == [16833, 3626, 6100, 345]
     assert t1["tokens"] == ["every", "␣effort", "␣moves", "␣you"]
@@ -92,7 +93,7 @@ def test_tables_show_every_step(tokenizer):
         "avg_log_probas      -10.7940",
         "neg_avg_log_probas  10.7940",
         "F.cross_entropy     10.7940",
-        "perplexity          48725.8",
+        "perplexity          48,726",
     ):
         assert line in out, line
     assert "every (16833) | ␣effort (3626) | ␣moves (6100) | ␣you (345)" in out
@@ -116,7 +117,7 @@ def test_seed_changes_the_model(capsys):
     """A different seed is a different untrained model (built for real here)."""
     assert main(["loss", *BOOK_TEXTS, "--seed", "7", "--json"]) == 0
     s = strict_json(capsys.readouterr().out)
-    assert s["model"] == "untrained GPT-2 124M, seed 7"
+    assert s["model"].startswith("Untrained GPT-2 124M (book, section 5.1), seed 7, on ")
     assert math.isfinite(s["loss"]) and abs(s["loss"] - 10.7940) > 1e-3
 
 
