@@ -111,8 +111,16 @@ def default_threads() -> int:
     return max(1, (os.cpu_count() or 2) - 1)
 
 
-def _child(preset, text, name, resume, device, threads, nice, events, stop) -> None:
+def _end_with_parent(parent: int) -> None:
+    """A server killed outright runs no clean-up: its training child notices, and ends too."""
+    while os.getppid() == parent:
+        time.sleep(1.0)
+    os._exit(1)
+
+
+def _child(preset, text, name, resume, device, threads, nice, events, stop, parent) -> None:
     """The training process: lower priority, its own thread count; reports through `events`."""
+    threading.Thread(target=_end_with_parent, args=(parent,), daemon=True).start()
     torch.set_num_threads(threads)
     w = torch.zeros(1, requires_grad=True)  # AdamW's first step imports torch._dynamo: done before the
     w.sum().backward()  # lower priority, where on a busy server that import alone would take minutes
@@ -155,7 +163,7 @@ class TrainingRun:
         self._stop = ctx.Event()
         self._proc = ctx.Process(target=_child, name=f"losslens-train-{self.name}", daemon=True,
                                  args=(preset, text, self.name, resume, self.device, self.threads, nice,
-                                       self._events, self._stop))
+                                       self._events, self._stop, os.getpid()))
         self.evals: list[dict] = []
         self.samples: list[tuple[int, str]] = []
         self.step = 0

@@ -286,3 +286,35 @@ def test_training_on_cuda_follows_the_cpu_run(text):
     gpu = run_training(one, text, "dev-cuda", log=None, device="cuda")
     assert gpu.state.train_losses == pytest.approx(cpu.state.train_losses, abs=1e-3)
     assert load_trained_model(gpu.path).tok_emb.weight.device.type == "cpu"  # saved for any machine
+
+
+@pytest.mark.slow
+def test_a_training_child_ends_when_its_server_is_killed(tmp_path, text):
+    """A server killed outright (SIGKILL: no clean-up) leaves no training process behind."""
+    import signal
+    import subprocess
+    import sys
+
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(text, encoding="utf-8")
+    server = subprocess.Popen([sys.executable, "-c", f"""
+import sys, time
+from dataclasses import replace
+sys.path[:0] = [{str(Path(__file__).parent)!r}, {str(Path(__file__).parents[1])!r}]
+from test_train import TINY
+from core.runner import TrainingRun
+if __name__ == "__main__":
+    run = TrainingRun(replace(TINY, num_epochs=500), open({str(corpus)!r}).read(), "orphan", nice=1).start()
+    while not run.snapshot()["child"]:
+        time.sleep(0.1)
+    print(run.pid, flush=True)
+    time.sleep(600)
+"""], stdout=subprocess.PIPE, text=True)
+    pid = int(server.stdout.readline())
+    assert Path(f"/proc/{pid}").exists()
+    server.send_signal(signal.SIGKILL)
+    server.wait(30)
+    t0 = time.time()
+    while Path(f"/proc/{pid}").exists() and time.time() - t0 < 30:
+        time.sleep(0.2)
+    assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split()[2]
