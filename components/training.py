@@ -25,8 +25,8 @@ def _slot() -> TrainingSlot:
 
 
 @st.cache_resource(show_spinner="Timing a few training steps on this server…", max_entries=4)
-def _estimate(preset_name: str) -> dict:
-    return estimate_time(get_preset(preset_name), common.verdict())
+def _estimate(preset_name: str, device: str) -> dict:
+    return estimate_time(get_preset(preset_name), common.verdict(), device=device)
 
 
 def figure(evals: list[dict], title: str = "Training and validation loss") -> go.Figure:
@@ -141,7 +141,7 @@ def render(inputs: common.Inputs) -> None:
 
         if st.button("Estimate the time on this server", icon=":material/timer:", key="train_estimate",
                      help="Times a few real training steps here (a busy server is slower)."):
-            st.info(describe_estimate(project(_estimate(preset_name), preset)), icon=":material/timer:")
+            st.info(describe_estimate(project(_estimate(preset_name, inputs.device), preset)), icon=":material/timer:")
 
         resumable = is_resumable(name)
         b1, b2, _ = st.columns([1, 1, 3])
