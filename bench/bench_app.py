@@ -33,12 +33,14 @@ def edits(n: int, start: int = 0) -> list[str]:
 
 
 def bench_reruns(n: int) -> None:
+    from machine import describe_cpu
     from streamlit.testing.v1 import AppTest
 
     from components.common import get_model
     from core.loss import compute_loss
     from core.report import summarize
 
+    print(describe_cpu())
     at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=300)
     t = time.perf_counter()
     at.run()

@@ -62,11 +62,13 @@ def main() -> int:
     args = p.parse_args()
 
     import torch
+    from machine import describe_cpu
 
     from core.data import LoaderSettings
     from core.evaluate import evaluate_dataset
     from core.model import build_untrained_model
 
+    print(describe_cpu())
     text = big_text(load_verdict(args.corpus), args.megabytes)
     print(f"text: {len(text.encode('utf-8')) / 1e6:.1f} MB, {len(text):,} characters")
     print(f"after reading the text:     peak RSS {peak_mb():7.0f} MB")

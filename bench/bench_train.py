@@ -15,7 +15,6 @@ the step time into seconds per epoch and for the whole preset. The book reports 
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import sys
 import time
@@ -66,8 +65,9 @@ def main() -> int:
     except ImportError:
         BookGPTModel = None
     text = load_verdict(args.corpus)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, load average {os.getloadavg()[0]:.1f} "
-          f"on {os.cpu_count()} CPUs")
+    from machine import describe_cpu
+
+    print(describe_cpu())
 
     def ours(x, y, model):
         return calc_loss_batch(x, y, model, "cpu")

@@ -114,6 +114,9 @@ def main() -> int:
     if len(sys.argv) == 3:
         (child_ours if sys.argv[1] == "ours" else child_book)(sys.argv[2])
         return 0
+    from machine import describe_cpu
+
+    print(describe_cpu())
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "model.safetensors"
         write_checkpoint(path)

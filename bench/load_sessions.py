@@ -225,6 +225,9 @@ async def main_async(args) -> int:
         if server:
             server.stop()
 
+    from machine import describe_cpu
+
+    print(describe_cpu())
     print(f"LossLens load: {args.sessions} concurrent browser sessions x {args.rounds} rounds against {url}")
     print(f"warm-up session: open {warm[0].get('open', float('nan')):.2f} s, errors {len(warm[0]['errors'])}")
     total_errors = 0

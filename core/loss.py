@@ -165,13 +165,17 @@ def loss_from_logits(
     mask = targets != IGNORE_INDEX
     if not bool(mask.any()):
         raise TooFewTokensError("No target tokens: every position is padding.")
-    logits = logits.float() / float(temperature)
-    safe_targets = targets.clamp(min=0)  # padding gathers token 0, then is masked out
+    # One copy into rows, if any: the model's out_head hands over a transposed view, and every
+    # step below reads whole rows (log_softmax would otherwise copy it again for itself).
+    logits = logits.float().contiguous()
+    if float(temperature) != 1.0:
+        logits = logits / float(temperature)
+    safe_targets = targets.clamp(min=0).unsqueeze(-1)  # padding gathers token 0, then is masked out
 
     # Steps 1-2: logits -> probabilities over the whole vocabulary.
     probas = torch.softmax(logits, dim=-1)
     # Step 3: the probability each position gave to its actual next token.
-    target_probas = probas.gather(-1, safe_targets.unsqueeze(-1)).squeeze(-1)
+    target_probas = probas.gather(-1, safe_targets).squeeze(-1)
     # Step 4: log probabilities, text after text (the book's torch.cat of each row).
     log_probas = torch.log(target_probas[mask])
     # Steps 5-6: average, then negate: the cross entropy.
@@ -180,12 +184,15 @@ def loss_from_logits(
 
     loss = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=IGNORE_INDEX)
 
-    stable = torch.log_softmax(logits, dim=-1).gather(-1, safe_targets.unsqueeze(-1)).squeeze(-1)
-    nan = torch.tensor(float("nan"))
+    # The stable log-softmax: surprisal that stays finite where a probability underflows.
+    stable = torch.log_softmax(logits, dim=-1).gather(-1, safe_targets).squeeze(-1)
+    nan = torch.tensor(float("nan"), device=logits.device)
     surprisal = torch.where(mask, -stable, nan)
-    # Rank over the full vocabulary: 1 + how many tokens the model preferred.
-    target_logits = logits.gather(-1, safe_targets.unsqueeze(-1))
-    target_ranks = torch.where(mask, (logits > target_logits).sum(-1) + 1, 0)
+    # Rank over the full vocabulary: 1 + how many tokens the model preferred (compared on
+    # the logits, where no rounding of the softmax can merge two tokens).
+    target_logits = logits.gather(-1, safe_targets)
+    # count_nonzero reads the comparison as it is; .sum() would first widen it to int64.
+    target_ranks = torch.where(mask, torch.count_nonzero(logits > target_logits, dim=-1) + 1, 0)
     topk_probas, topk_ids = probas.topk(min(top_k, logits.shape[-1]), dim=-1)
 
     if batch is None:

@@ -406,3 +406,15 @@ def test_hard_texts_work(model, tokenizer):
         shown = "".join(info["tokens"])
         assert "\ufffd" not in shown and "\x00" not in shown and "\u202e" not in shown
     assert any(summary["texts"][2]["byte_tokens"])  # the emoji is split into byte pieces
+
+
+def test_transposed_logits_give_the_same_result_as_rows(book):
+    """The model's out_head hands over a transposed view; the steps read it as plain rows."""
+    rows = book.logits.contiguous()
+    view = rows.flatten(0, 1).t().contiguous().t().reshape(rows.shape)  # same values, column-major
+    assert not view.is_contiguous()
+    a = loss_from_logits(rows, book.batch.targets)
+    b = loss_from_logits(view, book.batch.targets)
+    for name in ("probas", "target_probas", "log_probas", "loss", "surprisal", "target_ranks", "topk_ids"):
+        assert torch.equal(getattr(a, name), getattr(b, name)), name
+    assert b.logits.is_contiguous() and b.probas.is_contiguous()

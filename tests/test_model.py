@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from core.model import GPT2_SMALL_CONFIG, GPT_CONFIG_124M, GPTModel, build_untrained_model
+from core.model import GPT2_SMALL_CONFIG, GPT_CONFIG_124M, FewTokenLinear, GPTModel, build_untrained_model
 
 BOOK_INPUTS = torch.tensor([[16833, 3626, 6100], [40, 1107, 588]])
 BOOK_ARGMAX = [[16657, 339, 42826], [49906, 29669, 41751]]
@@ -107,3 +107,39 @@ def test_gpt2_small_shape():
     assert att.W_query.bias.shape == att.W_key.bias.shape == att.W_value.bias.shape == (768,)
     assert len(small.trf_blocks) == 12 and att.num_heads == 12
     assert _n_params(small, skip_out_head=True) == 124_439_808
+
+
+# --- FewTokenLinear: the faster orientation computes F.linear's numbers -----------------
+
+
+@pytest.mark.parametrize("rows", [1, 6, 300])  # a token, the book batch, more than MANY_ROWS
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("contiguous_output", [True, False])
+def test_few_token_linear_equals_f_linear(rows, bias, contiguous_output):
+    torch.manual_seed(1)
+    layer = FewTokenLinear(768, 3072, bias=bias, contiguous_output=contiguous_output)
+    x = torch.randn(1, rows, 768)
+    with torch.inference_mode():
+        got = layer(x)
+        want = torch.nn.functional.linear(x, layer.weight, layer.bias)
+    assert got.shape == (1, rows, 3072)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    # Rows come back contiguous where attention needs them; the out_head may hand over a view.
+    assert got.is_contiguous() or not contiguous_output
+
+
+def test_few_token_linear_is_plain_f_linear_off_the_cpu():
+    """On another device (CUDA, MPS; here the meta device) no CPU orientation: F.linear's layout."""
+    with torch.device("meta"):
+        layer = FewTokenLinear(768, 50257, bias=False, contiguous_output=False)
+        out = layer(torch.empty(2, 3, 768))
+    assert out.device.type == "meta" and out.shape == (2, 3, 50257) and out.is_contiguous()
+    cpu = FewTokenLinear(768, 64, bias=False, contiguous_output=False)
+    assert not cpu(torch.randn(2, 3, 768)).is_contiguous()  # the CPU path did run the (W @ x^T)^T view
+
+
+def test_model_layers_are_few_token_linear(model):
+    linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    assert len(linears) == 12 * 6 + 1 and all(isinstance(m, FewTokenLinear) for m in linears)
+    assert model.out_head.contiguous_output is False
+    assert all(m.contiguous_output for m in linears[:-1])

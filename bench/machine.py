@@ -1,0 +1,96 @@
+"""What the figures were measured on, and the two ceilings they are compared with.
+
+Every benchmark prints `describe_cpu()` beside its figures, so a reader can tell what to
+expect on their own machine: the CPU model, the vector ISA torch dispatches to, whether the
+CPU has AMX (Intel's matrix tiles), the thread count and the load at the time.
+
+`clock`: wall time by default; `time.thread_time` with one torch thread counts only the time
+this thread ran, which keeps figures readable on a machine shared with other work.
+
+- `read_bandwidth()`: GB/s for streaming a 256 MiB float32 tensor through `sum` (read only,
+  as a forward pass reads its weights), median of `runs`.
+- `weight_bytes(model)`: bytes a forward pass must read: every parameter except the
+  embeddings (those only gather a few rows per token).
+- `matmul_peak()`: float32 GFLOPS of a large square `torch.mm`, median of `runs`.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import time
+
+import torch
+
+
+def _cpuinfo() -> dict[str, str]:
+    """The first processor's fields from /proc/cpuinfo (empty off Linux)."""
+    fields: dict[str, str] = {}
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if not line.strip():
+                    break
+                key, _, value = line.partition(":")
+                fields[key.strip()] = value.strip()
+    except OSError:
+        pass
+    return fields
+
+
+def cpu_model() -> str:
+    return _cpuinfo().get("model name") or platform.processor() or platform.machine()
+
+
+def cpu_vendor() -> str:
+    vendor = _cpuinfo().get("vendor_id", "")
+    return {"AuthenticAMD": "AMD", "GenuineIntel": "Intel"}.get(vendor, vendor or "unknown")
+
+
+def has_amx() -> bool:
+    return "amx_tile" in _cpuinfo().get("flags", "").split()
+
+
+def load_average() -> str:
+    try:
+        return "{:.1f} {:.1f} {:.1f}".format(*os.getloadavg())
+    except OSError:
+        return "n/a"
+
+
+def describe_cpu() -> str:
+    """One line: model, vendor, ISA level, AMX, CPUs, torch threads, load."""
+    return (
+        f"CPU: {cpu_model()} ({cpu_vendor()}), ISA {torch.backends.cpu.get_cpu_capability()}, "
+        f"AMX {'yes' if has_amx() else 'no'}, {os.cpu_count()} CPUs, torch {torch.__version__} "
+        f"with {torch.get_num_threads()} threads, load average {load_average()}"
+    )
+
+
+def read_bandwidth(runs: int = 5, mib: int = 256, clock=time.perf_counter) -> float:
+    """Median GB/s of one read-only pass (sum) over `mib` MiB of float32."""
+    big = torch.ones(mib * 2**20 // 4)
+    big.sum()  # first touch
+    times = []
+    for _ in range(runs):
+        t0 = clock()
+        big.sum()
+        times.append(clock() - t0)
+    return big.numel() * 4 / statistics.median(times) / 1e9
+
+
+def weight_bytes(model: torch.nn.Module) -> int:
+    return sum(p.numel() * p.element_size() for name, p in model.named_parameters() if "emb" not in name)
+
+
+def matmul_peak(runs: int = 5, n: int = 2048, clock=time.perf_counter) -> float:
+    """Median float32 GFLOPS of an n x n x n torch.mm."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    torch.mm(a, b)
+    times = []
+    for _ in range(runs):
+        t0 = clock()
+        torch.mm(a, b)
+        times.append(clock() - t0)
+    return 2 * n**3 / statistics.median(times) / 1e9
