@@ -10,10 +10,10 @@ from core.pool import ModelPool, describe_wait
 
 
 class SlowLoads:
-    """A load that takes `seconds` and records how many run at the same time."""
+    """A load that takes `seconds` (or waits for `gate`) and records how many run at once."""
 
-    def __init__(self, seconds: float = 0.3):
-        self.seconds, self.lock = seconds, threading.Lock()
+    def __init__(self, seconds: float = 0.3, gate: threading.Event | None = None):
+        self.seconds, self.gate, self.lock = seconds, gate, threading.Lock()
         self.running = self.most = 0
         self.order: list[tuple] = []
 
@@ -22,30 +22,41 @@ class SlowLoads:
             self.running += 1
             self.most = max(self.most, self.running)
             self.order.append((key, seed))
+        if self.gate is not None and seed != 123:
+            self.gate.wait(60)
         time.sleep(self.seconds)
         with self.lock:
             self.running -= 1
         return {"model": key, "seed": seed}
 
 
+def _until(condition, timeout: float = 30) -> None:
+    t0 = time.monotonic()
+    while not condition() and time.monotonic() - t0 < timeout:
+        time.sleep(0.01)
+
+
 def test_a_storm_of_builds_queues_one_at_a_time_and_never_stalls_a_kept_model():
-    loads = SlowLoads(0.4)
+    gate = threading.Event()  # the builds of the storm wait here until the checks are done
+    loads = SlowLoads(0.05, gate)
     pool = ModelPool(loads, size=2)
     kept = pool.get("untrained", 123)  # the book's model, built before the storm
     heard: dict[int, list[int]] = {}
     threads = []
-    for seed in range(1, 6):
+    for n, seed in enumerate(range(1, 6), 1):
         heard[seed] = []
         t = threading.Thread(target=pool.get, args=("untrained", seed), kwargs={"on_wait": heard[seed].append})
         t.start()
         threads.append(t)
-        time.sleep(0.05)  # arrival order 1, 2, 3, 4, 5
+        _until(lambda n=n: pool.waiting() == n)  # arrival order 1, 2, 3, 4, 5
+    _until(lambda: all(heard[s] for s in range(2, 6)))
     t0 = time.perf_counter()
-    assert pool.get("untrained", 123) is kept  # a visitor of the kept model does not wait
-    assert time.perf_counter() - t0 < 0.1
-    assert pool.waiting() == 5
+    assert pool.get("untrained", 123) is kept  # served while seed 1's build is held: no waiting
+    assert time.perf_counter() - t0 < 5
+    assert pool.waiting() == 5 and loads.order == [("untrained", 123), ("untrained", 1)]
+    gate.set()
     for t in threads:
-        t.join(30)
+        t.join(60)
     assert loads.most == 1  # never two builds at once
     assert loads.order == [("untrained", s) for s in (123, 1, 2, 3, 4, 5)]
     assert heard[1] == [] and heard[2][0] == 1 and heard[5][0] == 4  # each heard its place
