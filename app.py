@@ -5,8 +5,13 @@ All maths lives in `core`; each view is a page file in `components/` with a rend
 """
 
 import streamlit as st
+import torch
 
 from components import common, sidebar
+
+# One intra-op thread per script run: visitors already run in parallel sessions, and on shared
+# cores torch's spinning worker threads cost 3-5x the CPU per forward pass (bench/README.md).
+torch.set_num_threads(1)
 
 # One line per view: (page file, title, icon, URL path). The first opens at "/".
 # A page file defines render(inputs) and ends with

@@ -25,14 +25,17 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "tests" / "e2e")]
+sys.path.insert(0, str(ROOT))  # run as a script from anywhere: core and devtools live at the root
 
-from e2e_helpers import (  # noqa: E402
+from devtools.harness import (  # noqa: E402
     CHROMIUM_ARGS,
     DONE_STATES,
     StreamlitServer,
+    cpu_seconds,
     find_chromium,
+    proc_kib,
     server_env,
+    tree_rss_kib,
 )
 
 SUBJECTS = ["The old painter", "A quiet river", "My neighbour", "The tired engineer", "Every student",
@@ -47,20 +50,6 @@ def session_text(i: int) -> str:
     """A distinct sentence for session i (distinct texts give distinct losses)."""
     n = len(SUBJECTS)
     return f"{SUBJECTS[i % n]} {VERBS[(i // n + i) % n]} {OBJECTS[(i * 3 + i // n) % n]} ({i})."
-
-
-def proc_kib(pid: int, field: str) -> int:
-    """VmRSS / VmHWM of a process in KiB, from /proc (Linux)."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    raise KeyError(field)
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process so far (/proc/<pid>/stat fields 14 and 15)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def descendants_cpu_seconds(pid: int, exclude: int | None = None) -> float:
@@ -80,18 +69,6 @@ def descendants_cpu_seconds(pid: int, exclude: int | None = None) -> float:
                 total += ticks
                 todo.append(child)
     return total / os.sysconf("SC_CLK_TCK")
-
-
-def tree_rss_kib(pid: int) -> int:
-    """RSS of the server and its children (Streamlit runs in one process, but be honest)."""
-    total = proc_kib(pid, "VmRSS")
-    for child in Path(f"/proc/{pid}/task").glob("*/children"):
-        for cpid in child.read_text().split():
-            try:
-                total += tree_rss_kib(int(cpid))
-            except (FileNotFoundError, KeyError):
-                pass
-    return total
 
 
 async def wait_done(page) -> None:

@@ -15,17 +15,18 @@ from pathlib import Path
 
 import pytest
 
-from .e2e_helpers import (
+from devtools.harness import (
     APP_TIMEOUT,
     ARTIFACTS,
     CHROMIUM_ARGS,
     VERDICT_PATH,
     PageProblems,
     StreamlitServer,
-    require_chromium,
     server_env,
     wait_for_app,
 )
+
+from .e2e_helpers import require_chromium
 
 # ---------------------------------------------------------------------------------------
 # Fixtures

@@ -7,6 +7,8 @@ import stat
 
 import pytest
 
+from devtools import harness
+
 from . import e2e_helpers
 
 
@@ -29,16 +31,16 @@ def test_find_chromium_honours_env(tmp_path, monkeypatch):
     fake.write_text("#!/bin/sh\n")
     fake.chmod(fake.stat().st_mode | stat.S_IXUSR)
     monkeypatch.setenv("LOSSLENS_CHROMIUM", str(fake))
-    assert e2e_helpers.find_chromium() == str(fake)
+    assert harness.find_chromium() == str(fake)
     monkeypatch.setenv("LOSSLENS_CHROMIUM", str(tmp_path / "missing"))
-    found = e2e_helpers.find_chromium()
+    found = harness.find_chromium()
     assert found != str(tmp_path / "missing")
     assert found is None or os.access(found, os.X_OK)
 
 
 def test_server_is_healthy_on_loopback(server):
     assert server.url.startswith("http://127.0.0.1:")
-    assert e2e_helpers._get(f"{server.url}/_stcore/health").strip() == "ok"
+    assert harness.http_get(f"{server.url}/_stcore/health").strip() == "ok"
 
 
 def test_without_chromium_skip_with_install_hint_but_fail_in_ci(monkeypatch):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from .e2e_helpers import (
+from devtools.harness import (
     HOSTILE_LINES,
     LOSS_LABEL,
     alerts,

@@ -7,7 +7,7 @@ import urllib.parse
 
 import pytest
 
-from .e2e_helpers import (
+from devtools.harness import (
     LOSS_LABEL,
     PERPLEXITY_LABEL,
     StreamlitServer,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .e2e_helpers import wait_for_app
+from devtools.harness import wait_for_app
 
 
 def test_train_live_stop_and_pick(new_page, server):

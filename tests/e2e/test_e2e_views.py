@@ -7,8 +7,7 @@ import urllib.parse
 import pytest
 
 from core.report import format_perplexity
-
-from .e2e_helpers import (
+from devtools.harness import (
     LOSS_LABEL,
     PERPLEXITY_LABEL,
     expected_loss,
