@@ -128,7 +128,7 @@ def bench_server() -> None:
                 try:
                     page.goto(f"http://127.0.0.1:{port}/", timeout=5000)
                     break
-                except Exception:  # noqa: BLE001 - the server is not listening yet
+                except Exception:
                     time.sleep(0.2)
             page.get_by_text("48725.8").first.wait_for(timeout=300_000)
             cold = time.perf_counter() - t0

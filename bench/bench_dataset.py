@@ -26,14 +26,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import torch  # noqa: E402
-from machine import describe_cpu, matmul_peak  # noqa: E402  (bench/ is the script's folder)
+import torch
+from machine import describe_cpu, matmul_peak  # bench/ is the script's folder
 
-from core.corpus import load_verdict  # noqa: E402
-from core.data import LoaderSettings  # noqa: E402
-from core.evaluate import evaluate_dataset  # noqa: E402
-from core.model import GPT_CONFIG_124M, build_untrained_model  # noqa: E402
-from core.tokenizer import seed_tiktoken_cache  # noqa: E402
+from core.corpus import load_verdict
+from core.data import LoaderSettings
+from core.evaluate import evaluate_dataset
+from core.model import GPT_CONFIG_124M, build_untrained_model
+from core.tokenizer import seed_tiktoken_cache
 
 TARGET_PEAK = 0.85  # our pass's GFLOPS over the large-matmul GFLOPS of the same run
 

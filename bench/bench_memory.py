@@ -22,7 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from core.corpus import load_verdict  # noqa: E402
+from core.corpus import load_verdict
 
 
 def peak_mb() -> float:

@@ -15,9 +15,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from core.lessons import forward, predictions  # noqa: E402
-from core.model import build_untrained_model  # noqa: E402
-from core.sweep import temperature_sweep  # noqa: E402
+from core.lessons import forward, predictions
+from core.model import build_untrained_model
+from core.sweep import temperature_sweep
 
 BOOK = ["every effort moves you", "I really like chocolate"]
 

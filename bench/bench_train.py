@@ -3,7 +3,7 @@
 For each preset, the training step of core.train (core.model.GPTModel + core.evaluate's
 calc_loss_batch + AdamW) and the same step with the book's llms_from_scratch.ch04.GPTModel
 and its cross entropy are timed alternately on the same batches, so a busy machine slows
-both alike. Then core.train.estimate_time's count of steps, evaluations and samples turns
+both alike. Then core.presets.estimate_time's count of steps, evaluations and samples turns
 the step time into seconds per epoch and for the whole preset. The book reports about
 5 minutes for its 10 epochs on an M3 MacBook Air (section 5.2).
 
@@ -55,7 +55,8 @@ def main() -> int:
     from core.corpus import load_verdict
     from core.evaluate import calc_loss_batch
     from core.model import GPTModel
-    from core.train import estimate_time, get_preset, make_train_loaders
+    from core.presets import estimate_time, get_preset
+    from core.train import make_train_loaders
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -10,13 +10,19 @@ import re
 import time
 from dataclasses import dataclass
 
+import pandas as pd
 import streamlit as st
 
-from core.errors import LossLensError, WeightsError
+from components import store
+from core.corpus import load_verdict
+from core.errors import LossLensError, ServerBusyError, WeightsError
 from core.loss import compute_loss
-from core.registry import get_spec, load_model  # noqa: F401 (get_spec: views use it)
+from core.pool import ModelPool, describe_wait
+from core.registry import effective_seed, get_spec, load_model
 from core.report import PERPLEXITY_NOTE, format_perplexity, summarize
-from core.tokenizer import get_tokenizer
+from core.tokenizer import ENDOFTEXT_ID, get_tokenizer
+
+__all__ = ["get_spec"]  # re-exported: the views ask it for a model's label
 
 log = logging.getLogger("losslens")
 
@@ -46,11 +52,12 @@ class Inputs:
 RETRY_AFTER = 60  # seconds before a failed model load (e.g. a download offline) is tried again
 
 
-@st.cache_resource(max_entries=2, show_spinner="Loading the model (once; a pretrained one downloads first)…")
-def _cached_model(key: str, seed: int, device: str = "cpu"):
-    """One shared, frozen model per (key, seed, device); inference only, so threads can share it.
-    Two entries: a seed change keeps the previous model for a quick switch back (~650 MB each)."""
-    return load_model(key, seed, device)
+@st.cache_resource
+def _pool() -> ModelPool:
+    """Frozen models shared by every visitor (inference only, so threads can share them): two kept
+    (~650 MB each; a seed change keeps the previous one for a quick switch back), built one at a
+    time in arrival order, so a storm of new seeds never stalls a visitor whose model is kept."""
+    return ModelPool(load_model, size=2)  # keyed by load_model's (key, seed, device)
 
 
 @st.cache_resource
@@ -59,16 +66,31 @@ def _failed_loads() -> dict:
 
 
 def get_model(key: str, seed: int, device: str = "cpu"):
-    """The cached model; a load that just failed fails again at once instead of retrying a
-    download on every click (offline that takes ~25 s each time)."""
+    """The shared model on `device`. While its build waits behind others the visitor sees their
+    place in the queue; a load that just failed fails again at once instead of retrying a download
+    on every click (offline that takes ~25 s each time)."""
+    seed = effective_seed(key, seed)
+    pool = _pool()
+    if pool.kept(key, seed, device):
+        return pool.get(key, seed, device)
     failed = _failed_loads()
     if (key, seed) in failed and time.monotonic() - failed[(key, seed)][0] < RETRY_AFTER:
         raise WeightsError(failed[(key, seed)][1])
+    spec = get_spec(key)
+    what = f"Building the model for seed {seed}" if spec.seeded else f"Loading {spec.label}"
+    box = st.empty()
+
+    def on_wait(ahead: int) -> None:
+        box.info(describe_wait(what, ahead), icon=":material/hourglass_top:")
+
     try:
-        return _cached_model(key, seed, device)
+        with st.spinner(f"{what} (once; a pretrained model downloads first)…"):
+            return pool.get(key, seed, device, on_wait=on_wait)
     except LossLensError as e:
         failed[(key, seed)] = (time.monotonic(), str(e))
         raise
+    finally:
+        box.empty()
 
 
 @st.cache_resource
@@ -90,10 +112,23 @@ def loss_summary(key: str, seed: int, texts: tuple[str, ...], top_k: int, temper
     return s
 
 
-def summary(inputs: Inputs, temperature: float | None = None) -> dict:
-    seed = inputs.seed if get_spec(inputs.model).seeded else 0
+def summary(inputs: Inputs, temperature: float | None = None, model: str | None = None) -> dict:
+    """The sidebar's texts through its model (or `model`), at its temperature (or `temperature`)."""
+    key = model or inputs.model
     t = inputs.temperature if temperature is None else temperature
-    return loss_summary(inputs.model, seed, inputs.texts, inputs.top_k, t, inputs.device)
+    return loss_summary(key, effective_seed(key, inputs.seed), inputs.texts, inputs.top_k, t, inputs.device)
+
+
+@st.cache_data(show_spinner="Loading The Verdict…", ttl=3600)
+def verdict() -> str:
+    return load_verdict()
+
+
+def forget_model(key: str) -> None:
+    """A model saved again under its key (a resumed run) must not be served from any cache."""
+    _pool().forget(lambda k: k[0] == key)
+    loss_summary.clear()
+    store.forget(key)
 
 
 # --- errors ------------------------------------------------------------------------
@@ -104,12 +139,14 @@ def friendly_errors():
     """Input errors become a message saying what to do; anything else a short apology."""
     try:
         yield
+    except ServerBusyError as e:  # not the visitor's input: say why, and when to try again
+        st.warning(md(e), icon=":material/hourglass_top:")
     except LossLensError as e:
         st.error(md(e), icon=":material/error:")
         st.caption("Fix the input in the sidebar; the views update as soon as it is valid.")
     except MemoryError:
         st.error("Out of memory: use fewer or shorter texts.", icon=":material/memory:")
-    except Exception:  # noqa: BLE001 - the page must never show a traceback
+    except Exception:  # the page must never show a traceback
         log.exception("unexpected error")
         st.error(
             "Something unexpected went wrong while computing this view. Try another input or "
@@ -202,8 +239,6 @@ def downloads(name: str, rows: list[dict], payload: dict | None = None, key: str
     not rerun the page, so clicking one button right after the other finds its file."""
 
     def csv() -> bytes:
-        import pandas as pd
-
         return pd.DataFrame(rows).to_csv(index=False).encode("utf-8")
 
     def as_json() -> bytes:
@@ -369,7 +404,7 @@ def chip(piece: str, token_id: int | None, kind: str = "", title: str = "") -> s
 
 
 def chip_kind(token_id: int, is_bytes: bool) -> str:
-    return "special" if token_id == 50256 else ("bytes" if is_bytes else "")
+    return "special" if token_id == ENDOFTEXT_ID else ("bytes" if is_bytes else "")
 
 
 def set_current_inputs(inputs: Inputs) -> None:

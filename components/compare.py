@@ -6,32 +6,25 @@ the numbers come from the same cached core calls as every other view, so they ag
 
 from __future__ import annotations
 
-import hashlib
-from dataclasses import asdict
-
 import plotly.graph_objects as go
 import streamlit as st
 
-from components import a11y, common, token_compare
+from components import a11y, common, store, token_compare
 from core.data import LoaderSettings
 from core.errors import LossLensError
+from core.evaluate import evaluate_dataset
 from core.registry import available_models
+from core.weights import cached_gpt2_path
 
 MAX_MODELS = 4  # each model is loaded in turn; a 124M model takes a few seconds
 
 
 def _default(models: dict) -> list[str]:
-    from core.weights import cached_gpt2_path
-
     keys = ["untrained-124m"] if "untrained-124m" in models else []
     keys += [k for k in models if k.startswith("trained-")][:2]
     if "gpt2-124m" in models and cached_gpt2_path("124M") is not None:  # no download without asking
         keys.append("gpt2-124m")
     return keys[:MAX_MODELS]
-
-
-def _seed(key: str, seed: int) -> int:
-    return seed if common.get_spec(key).seeded else 0
 
 
 def _summaries(inputs: common.Inputs, keys: list[str]) -> dict[str, dict | str]:
@@ -40,8 +33,7 @@ def _summaries(inputs: common.Inputs, keys: list[str]) -> dict[str, dict | str]:
     for n, key in enumerate(keys):
         bar.progress(n / len(keys), text=f"{common.get_spec(key).label}…")
         try:
-            out[key] = common.loss_summary(key, _seed(key, inputs.seed), inputs.texts, inputs.top_k,
-                                           inputs.temperature, inputs.device)
+            out[key] = common.summary(inputs, model=key)
         except LossLensError as e:  # e.g. pretrained weights offline, or a text longer than a small context
             out[key] = str(e)
     bar.empty()
@@ -58,26 +50,20 @@ def _loss_chart(labels: list[str], losses: list[float], presentation: bool) -> N
 
 def _dataset_losses(keys: list[str], inputs: common.Inputs) -> None:
     """Training and validation loss on The Verdict, shared with the Dataset view's results."""
-    from components.dataset import results, verdict
-    from core.evaluate import evaluate_dataset
-
     st.subheader("Dataset losses (The Verdict, the book's loaders)", anchor=False)
-    text = verdict()
-    sha = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
-    store = results()
+    text = common.verdict()
     rows, todo = [], []
     for key in keys:
         ctx = common.get_spec(key)  # settings must fit the model's context (a quick model reads 64 tokens)
         try:
-            model = common.get_model(key, _seed(key, inputs.seed), inputs.device)
+            model = common.get_model(key, inputs.seed, inputs.device)
         except LossLensError as e:
             rows.append({"model": ctx.label, "note": str(e)})
             continue
         length = min(256, model.context_length)
         settings = LoaderSettings(context_length=length, stride=length)
-        skey = (key, _seed(key, inputs.seed), sha, tuple(asdict(settings).values()), None, inputs.device)
-        if skey in store:
-            r = store[skey]
+        skey = store.dataset_key(key, inputs.seed, text, settings, None, inputs.device)
+        if (r := store.get(skey)) is not None:
             rows.append({"model": ctx.label, "context length": length, "training loss": r["train_loss"],
                          "validation loss": r["val_loss"], "training perplexity": r["train_perplexity"],
                          "validation perplexity": r["val_perplexity"]})
@@ -88,7 +74,7 @@ def _dataset_losses(keys: list[str], inputs: common.Inputs) -> None:
         bar = st.progress(0.0)
         for n, (key, model, settings, skey) in enumerate(todo):
             bar.progress(n / len(todo), text=f"{common.get_spec(key).label}…")
-            store[skey] = evaluate_dataset(model, text, settings, tokenizer=common.tokenizer()).to_dict()
+            store.put(skey, evaluate_dataset(model, text, settings, tokenizer=common.tokenizer()).to_dict())
         st.rerun()
     st.dataframe(rows, hide_index=True)
     st.caption("The validation loss is the honest one: a model trained on The Verdict has seen its training "

@@ -7,6 +7,7 @@ import math
 import streamlit as st
 
 from components import common
+from core.loss import IGNORE_INDEX
 
 LOW_TEMPERATURE = 0.001  # divides the logits by 1000: far beyond what float32's exp can hold
 
@@ -51,7 +52,8 @@ def render(inputs: common.Inputs) -> None:
             language="python",
         )
         if s["padded"]:
-            st.caption("Shorter texts are padded with target -100 (ignore_index): those positions count for nothing.")
+            st.caption(f"Shorter texts are padded with target {IGNORE_INDEX} (ignore_index): "
+                       "those positions count for nothing.")
 
         st.subheader("Perplexity", anchor=False)
         p = s["perplexity"]

@@ -2,25 +2,18 @@
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import asdict
 
 import plotly.graph_objects as go
 import streamlit as st
 
-from components import a11y, common, position_loss
-from core.corpus import MAX_CORPUS_LABEL, decode_corpus_bytes, load_verdict, validate_corpus_text
+from components import a11y, common, position_loss, store
+from core.corpus import MAX_CORPUS_LABEL, decode_corpus_bytes, validate_corpus_text
 from core.data import LoaderSettings, make_loaders
 from core.errors import CorpusError
 from core.evaluate import evaluate_dataset
 
 SOURCES = ["The Verdict", "Upload a file", "Paste text"]
-MAX_STORED = 32  # finished results kept for every visitor: a workshop computes the same thing
-
-
-@st.cache_data(show_spinner="Loading The Verdict…", ttl=3600)
-def verdict() -> str:
-    return load_verdict()
 
 
 @st.cache_data(max_entries=16, show_spinner=False)
@@ -30,17 +23,11 @@ def counts(text: str, settings: tuple) -> dict:
     return data.to_dict()
 
 
-@st.cache_resource
-def results() -> dict:
-    """Finished evaluations, shared by all sessions: returning to the view recomputes nothing."""
-    return {}
-
-
 def _corpus() -> tuple[str, str] | None:
     source = st.radio("Corpus", SOURCES, horizontal=True, key="corpus", bind="query-params")
     if source == SOURCES[0]:
         try:
-            return verdict(), "The Verdict"
+            return common.verdict(), "The Verdict"
         except CorpusError as e:
             st.error(common.md(e), icon=":material/cloud_off:")
             st.caption("Or choose “Upload a file” or “Paste text” above.")
@@ -132,8 +119,7 @@ def render(inputs: common.Inputs) -> None:
         if corpus is None:
             return
         text, name = corpus
-        model = common.get_model(inputs.model, inputs.seed if common.get_spec(inputs.model).seeded else 0,
-                                 inputs.device)
+        model = common.get_model(inputs.model, inputs.seed, inputs.device)
         settings, num_batches = _settings(model.context_length)
         c = counts(text, tuple(asdict(settings).values()))
         st.markdown(
@@ -146,26 +132,24 @@ def render(inputs: common.Inputs) -> None:
         with st.expander("Token and batch counts"):
             _counts_table(c)
 
-        sha = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
-        key = (inputs.model, inputs.seed, sha, tuple(asdict(settings).values()), num_batches, inputs.device)
-        store = results()
+        key = store.dataset_key(inputs.model, inputs.seed, text, settings, num_batches, inputs.device)
         stopped = st.session_state.pop("_ds_running", None)
-        if stopped and key not in store:
+        if stopped and store.get(key) is None:
             st.warning(f"Stopped after {stopped} batches; press Compute to start again.", icon=":material/stop_circle:")
-        if key not in store:
+        if store.get(key) is None:
             slot = st.empty()
             if not slot.button("Compute", type="primary", icon=":material/calculate:", key="ds_compute"):
                 st.info("Press Compute to run the model over both splits.", icon=":material/info:")
                 return
             slot.empty()
-            _compute(model, text, settings, num_batches, key, store)
-        if key in store:
+            _compute(model, text, settings, num_batches, key)
+        if (r := store.get(key)) is not None:
             st.caption("Computed once and kept: coming back to this view shows it again at once.")
-            _show(store[key], inputs.presentation)
+            _show(r, inputs.presentation)
             position_loss.section(model, text, settings, num_batches, key, inputs.presentation)
 
 
-def _compute(model, text, settings, num_batches, key, store) -> None:
+def _compute(model, text, settings, num_batches, key) -> None:
     bar = st.progress(0.0, text="Starting…")
     # Any click reruns the page, which interrupts this loop at the next progress update.
     stop = st.empty()
@@ -183,9 +167,7 @@ def _compute(model, text, settings, num_batches, key, store) -> None:
     if r.cancelled:
         st.warning("Stopped before the end; press Compute to start again.", icon=":material/stop_circle:")
         return
-    if len(store) >= MAX_STORED:
-        store.pop(next(iter(store)))
-    store[key] = r.to_dict()
+    store.put(key, r.to_dict())
 
 
 if __name__ == "__main__":  # run as a page of app.py's st.navigation

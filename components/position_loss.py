@@ -5,17 +5,10 @@ from __future__ import annotations
 import plotly.graph_objects as go
 import streamlit as st
 
-from components import common
+from components import common, store
 from core.positions import position_losses
 
 SHOW = ["Both splits", "Training", "Validation"]
-MAX_STORED = 16
-
-
-@st.cache_resource
-def results() -> dict:
-    """Finished passes, shared by all sessions like the Dataset view's own results."""
-    return {}
 
 
 def figure(r: dict, show: str) -> go.Figure:
@@ -49,8 +42,8 @@ def section(model, text: str, settings, num_batches, key: tuple, presentation: b
         "A trained model pays most at the start of every window; an untrained one is flat. The means, "
         "weighted by their counts, give the split's loss back (dotted lines)."
     )
-    store = results()
-    if key not in store:
+    key = (*key, "positions")  # beside the Dataset view's result in the one store (forgotten with it)
+    if store.get(key) is None:
         slot = st.empty()
         if not slot.button("Compute loss by position", icon=":material/calculate:", key="pos_compute"):
             return
@@ -73,10 +66,8 @@ def section(model, text: str, settings, num_batches, key: tuple, presentation: b
         stop.empty()
         if r["cancelled"]:
             return
-        if len(store) >= MAX_STORED:
-            store.pop(next(iter(store)))
-        store[key] = r
-    r = store[key]
+        store.put(key, r)
+    r = store.get(key)
     show = st.radio("Show", SHOW, horizontal=True, key="pos_split", bind="query-params")
     c1, c2, c3, c4 = st.columns(4)
     for col, split, name in ((c1, "train", "Training"), (c3, "val", "Validation")):

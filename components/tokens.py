@@ -5,6 +5,7 @@ from __future__ import annotations
 import streamlit as st
 
 from components import common
+from core.loss import IGNORE_INDEX, PAD_ID
 
 
 def _shift_table(t: dict) -> str:
@@ -53,11 +54,12 @@ def render(inputs: common.Inputs) -> None:
         width = shapes["inputs"][1]
         inputs_rows = [[p["input_id"] for p in t["positions"]] for t in s["texts"]]
         target_rows = [[p["target_id"] for p in t["positions"]] for t in s["texts"]]
-        pad = " (shorter texts padded: inputs with 50256, targets with -100, which the loss ignores)" if s["padded"] else ""
+        pad = (f" (shorter texts padded: inputs with {PAD_ID}, targets with {IGNORE_INDEX}, which the loss ignores)"
+               if s["padded"] else "")
         st.markdown(f"**As tensors**, shape {shapes['inputs']}{pad}:")
         st.code(
-            "inputs = torch.tensor(" + _fmt(inputs_rows, width, 50256) + ")\n"
-            "targets = torch.tensor(" + _fmt(target_rows, width, -100) + ")",
+            "inputs = torch.tensor(" + _fmt(inputs_rows, width, PAD_ID) + ")\n"
+            "targets = torch.tensor(" + _fmt(target_rows, width, IGNORE_INDEX) + ")",
             language="python",
         )
         common.downloads("tokens", rows)

@@ -1,52 +1,32 @@
 """View: pretrain a GPT on The Verdict with the book's train_model_simple (section 5.2), live.
 
-The run is a core.train.TrainingRun: a background thread of this session that trains its
-own fresh model (never the shared cached one). A fragment polls it every second for the
-progress bar, the loss curves and the samples. One run at a time per server: training
-takes every core the server has.
+The run is a core.runner.TrainingRun: a child process at lower priority that trains its own
+fresh model (never the shared one). A fragment polls it every second for the progress bar,
+the loss curves and the samples. One run at a time per server (core.runner.TrainingSlot).
 """
 
 from __future__ import annotations
-
-import threading
 
 import plotly.graph_objects as go
 import streamlit as st
 
 from components import a11y, common
-from core.device import available_devices
-from core.errors import LossLensError
-from core.train import (
-    PRESETS,
-    TrainingRun,
-    check_name,
-    check_training_memory,
-    estimate_time,
-    get_preset,
-    list_trained_models,
-    resume_path,
-    training_memory_gb,
-)
+from core.checkpoints import check_name, is_resumable
+from core.presets import PRESETS, describe_estimate, estimate_time, get_preset, project, training_memory_gb
+from core.runner import TrainingRun, TrainingSlot, plan_run
 
 POLL_S = 1.0
 
 
 @st.cache_resource
-def _server() -> dict:
+def _slot() -> TrainingSlot:
     """The one training run this server allows at a time, shared by all sessions."""
-    return {"lock": threading.Lock(), "run": None}
-
-
-@st.cache_data(show_spinner="Loading The Verdict…", ttl=3600)
-def _verdict() -> str:
-    from core.corpus import load_verdict
-
-    return load_verdict()
+    return TrainingSlot()
 
 
 @st.cache_resource(show_spinner="Timing a few training steps on this server…", max_entries=4)
-def _estimate(preset_name: str) -> dict:
-    return estimate_time(get_preset(preset_name), _verdict())
+def _estimate(preset_name: str, device: str) -> dict:
+    return estimate_time(get_preset(preset_name), common.verdict(), device=device)
 
 
 def figure(evals: list[dict], title: str = "Training and validation loss") -> go.Figure:
@@ -62,19 +42,6 @@ def figure(evals: list[dict], title: str = "Training and validation loss") -> go
     fig.update_yaxes(title="cross entropy (nats)")
     fig.update_layout(height=400, title=title, legend=dict(orientation="h", yanchor="top", y=-0.2))
     return fig
-
-
-def _forget_cached(name: str) -> None:
-    """A model saved again under its name (a resumed run) must not be served from the caches."""
-    from components.dataset import results
-
-    key = f"trained-{name}"
-    for device in available_devices():
-        common._cached_model.clear(key, 0, device)
-    common.loss_summary.clear()
-    store = results()
-    for k in [k for k in list(store) if k[0] == key]:
-        store.pop(k, None)
 
 
 def _samples(samples: list) -> None:
@@ -134,21 +101,12 @@ def _finished(run: TrainingRun, presentation: bool) -> None:
                    "picker, and Resume continues exactly where it stopped.", icon=":material/stop_circle:")
     if not st.session_state.get("_train_acknowledged"):
         st.session_state["_train_acknowledged"] = True
-        _forget_cached(run.name)
+        common.forget_model(f"trained-{run.name}")
     _show(snap, presentation)
 
 
-def _start(preset, name: str, resume: bool) -> None:
-    server = _server()
-    with server["lock"]:
-        other = server["run"]
-        if other is not None and other.running:
-            st.warning("Another training run is using this server right now; start yours when it has finished.",
-                       icon=":material/hourglass_top:")
-            return
-        run = TrainingRun(preset, _verdict(), name, resume=resume).start()
-        server["run"] = run
-    st.session_state["_train_run"] = run
+def _start(preset, name: str, resume: bool, device: str) -> None:
+    st.session_state["_train_run"] = _slot().start(preset, common.verdict(), name, resume=resume, device=device)
     st.session_state["_train_acknowledged"] = False
     st.rerun()
 
@@ -183,31 +141,16 @@ def render(inputs: common.Inputs) -> None:
 
         if st.button("Estimate the time on this server", icon=":material/timer:", key="train_estimate",
                      help="Times a few real training steps here (a busy server is slower)."):
-            e = _estimate(preset_name)
-            st.info(
-                f"Measured here: {e['step_s']:.2f} s per training step, {e['steps_per_epoch']} steps per epoch "
-                f"→ about {e['epoch_s'] / 60:.1f} min per epoch, {e['epoch_s'] * preset.num_epochs / 60:.1f} min for "
-                f"{preset.num_epochs} epochs with evaluations and samples"
-                + (" (the book: about 5 min for 10 epochs on an M3 MacBook Air)." if preset_name == "book" else "."),
-                icon=":material/timer:",
-            )
+            st.info(describe_estimate(project(_estimate(preset_name, inputs.device), preset)), icon=":material/timer:")
 
-        saved = {meta["name"]: meta for _, meta in list_trained_models()}
-        resumable = name in saved and saved[name]["state"].get("stopped") and resume_path(name).is_file()
+        resumable = is_resumable(name)
         b1, b2, _ = st.columns([1, 1, 3])
         start = b1.button("Train", type="primary", icon=":material/play_arrow:", key="train_start")
         resume = b2.button("Resume", icon=":material/resume:", key="train_resume", disabled=not resumable,
                            help="Continue the stopped run saved under this name." if resumable else
                            "No stopped run is saved under this name.")
-        if start:
-            if name in saved:
-                raise LossLensError(f"A model named {name!r} is already saved; choose another name.")
-            check_training_memory(preset)
-            _start(preset, name, resume=False)
-        if resume:
-            saved_preset = get_preset(saved[name]["preset"], num_epochs=saved[name]["num_epochs"])
-            check_training_memory(saved_preset)
-            _start(saved_preset, name, resume=True)
+        if start or resume:
+            _start(plan_run(preset, name, resume=resume), name, resume=resume, device=inputs.device)
 
         if run is not None:
             _finished(run, inputs.presentation)

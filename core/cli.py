@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import json
+import signal
 import sys
 
 from .device import DEVICE_ENV, describe, resolve_device
-from .errors import LossLensError
+from .errors import InvalidParameterError, LossLensError
 from .report import format_perplexity
 
 DEFAULT_MODEL = "untrained-124m"  # the book's section 5.1 model
@@ -29,7 +30,6 @@ def _add_model_options(p) -> None:
 
 def _load(args):
     """Check the key, the seed and the device first (a build takes seconds), then load the model."""
-    from .errors import InvalidParameterError
     from .registry import get_spec, load_model
 
     spec = get_spec(args.model)
@@ -52,6 +52,7 @@ def add_loss(sub) -> None:
 
 
 def cmd_loss(args) -> int:
+    # Lazy imports in each command: a command loads only the modules it uses.
     from .loss import compute_loss, validate_options
     from .model import GPT_CONFIG_124M
     from .report import summarize
@@ -137,6 +138,7 @@ def add_dataset(sub) -> None:
 
 
 def cmd_dataset(args) -> int:
+    # Lazy imports (as in every command): a command loads only the modules it uses.
     from .corpus import load_verdict, read_corpus_file
     from .data import LoaderSettings
     from .evaluate import evaluate_dataset
@@ -205,34 +207,29 @@ def add_train(sub) -> None:
 
 
 def cmd_train(args) -> int:
-    import signal
-
+    # Lazy imports (as in every command): a command loads only the modules it uses.
+    from .checkpoints import check_name
     from .corpus import load_verdict, read_corpus_file
+    from .presets import describe_estimate, estimate_time, get_preset
     from .registry import get_spec
-    from .train import check_name, estimate_time, get_preset, run_training
+    from .runner import run_training
 
     preset = get_preset(args.preset, num_epochs=args.epochs)
     name = check_name(args.out or preset.name)  # fail fast, before reading the corpus
     if args.model is not None:
         get_spec(args.model)
-    resolve_device(args.device)  # fail fast on a device this machine lacks
+    device = resolve_device(args.device)  # fail fast on a device this machine lacks
     text = read_corpus_file(args.corpus) if args.corpus else load_verdict()
     print(f"Preset {preset.name}: {preset.description}", flush=True)
     if args.estimate or preset.name == "book":
-        e = estimate_time(preset, text)
-        print(
-            f"Measured on this machine ({e['threads']} threads): {e['step_s']:.2f} s per step, "
-            f"{e['steps_per_epoch']} steps per epoch -> about {e['epoch_s']:.0f} s per epoch, "
-            f"{e['total_s'] / 60:.1f} min for {preset.num_epochs} epochs (with evaluations and samples).",
-            flush=True,
-        )
+        print(describe_estimate(estimate_time(preset, text, device=device)), flush=True)
         if args.estimate:
             return 0
     stop = []
     previous = signal.signal(signal.SIGINT, lambda *_: stop.append(True))  # Ctrl-C: stop after this step, save
     try:
-        result = run_training(preset, text, name, resume=args.resume, should_stop=lambda: bool(stop),
-                              log=lambda line: print(line, flush=True))
+        result = run_training(preset, text, name, resume=args.resume, device=device,
+                              should_stop=lambda: bool(stop), log=lambda line: print(line, flush=True))
     finally:
         signal.signal(signal.SIGINT, previous)
     s = result.state

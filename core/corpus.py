@@ -24,6 +24,12 @@ VERDICT_ENV = "LOSSLENS_VERDICT_PATH"
 MAX_CORPUS_BYTES = 20_000_000
 MAX_CORPUS_LABEL = "20 MB"
 
+# Why the limit, and what to do, for every message that refuses a large corpus.
+TOO_LARGE_ADVICE = (
+    "A larger one would hold the server's memory and take hours to evaluate; use a part of it "
+    f"(at most {MAX_CORPUS_LABEL})."
+)
+
 HOW_TO_PROVIDE = (
     "Upload the file or paste its text, or point LossLens to a local copy: "
     f"`--corpus PATH` on the command line or the environment variable {VERDICT_ENV}=PATH."
@@ -43,7 +49,8 @@ def validate_corpus_text(text: str, name: str = "The text") -> str:
     if not isinstance(text, str):
         raise CorpusError(f"{name} must be text, got {type(text).__name__}.")
     if len(text) > MAX_CORPUS_BYTES or len(text.encode("utf-8", "surrogatepass")) > MAX_CORPUS_BYTES:
-        raise CorpusError(f"{name} is larger than {MAX_CORPUS_LABEL}, the largest corpus LossLens accepts.")
+        raise CorpusError(
+            f"{name} is larger than {MAX_CORPUS_LABEL}, the largest corpus LossLens accepts. {TOO_LARGE_ADVICE}")
     if not text.strip():
         raise CorpusError(f"{name} is empty: give a text of at least a few hundred words.")
     if "\x00" in text:
@@ -60,7 +67,8 @@ def decode_corpus_bytes(data: bytes, name: str = "upload") -> str:
     """Decode an uploaded or read file as UTF-8 text, refusing empty, binary or huge input."""
     if len(data) > MAX_CORPUS_BYTES:
         raise CorpusError(
-            f"{name} is {len(data) / 1e6:.1f} MB; the largest corpus LossLens accepts is {MAX_CORPUS_LABEL}."
+            f"{name} is {len(data) / 1e6:.1f} MB; the largest corpus LossLens accepts is {MAX_CORPUS_LABEL}. "
+            + TOO_LARGE_ADVICE
         )
     if not data.strip():
         raise CorpusError(f"{name} is empty.")
@@ -85,7 +93,8 @@ def read_corpus_file(path: str | os.PathLike) -> str:
         size = path.stat().st_size
         if size > MAX_CORPUS_BYTES:
             raise CorpusError(
-                f"{path.name} is {size / 1e6:.1f} MB; the largest corpus LossLens accepts is {MAX_CORPUS_LABEL}."
+                f"{path.name} is {size / 1e6:.1f} MB; the largest corpus LossLens accepts is {MAX_CORPUS_LABEL}. "
+                + TOO_LARGE_ADVICE
             )
         data = path.read_bytes()
     except OSError as e:

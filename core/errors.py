@@ -31,3 +31,7 @@ class NoBatchesError(LossLensError):
 
 class WeightsError(LossLensError):
     """Model weights cannot be found, downloaded or mapped."""
+
+
+class ServerBusyError(LossLensError):
+    """The server is doing the one thing of this kind it allows at a time; try again later."""

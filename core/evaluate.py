@@ -14,9 +14,10 @@ from dataclasses import dataclass, field, replace
 import torch
 import torch.nn.functional as F
 
+from .corpus import validate_corpus_text
 from .data import DataSplit, LoaderSettings, make_loaders
 from .device import model_device
-from .errors import NoBatchesError
+from .errors import InvalidParameterError, NoBatchesError
 from .loss import perplexity
 
 Progress = Callable[[int, int], None]
@@ -163,15 +164,11 @@ def evaluate_dataset(
     "train" or "val". cancel() is checked between batches; a cancelled run returns
     what it has with cancelled=True. Raises NoBatchesError when a split has no batch.
     """
-    from .corpus import validate_corpus_text
-
     settings = settings or LoaderSettings()
     if model.training:
         raise RuntimeError("evaluate_dataset needs a model in eval mode (dropout off)")
     settings.validate(getattr(model, "context_length", None))
     if num_batches is not None and (isinstance(num_batches, bool) or not isinstance(num_batches, int) or num_batches < 1):
-        from .errors import InvalidParameterError
-
         raise InvalidParameterError(f"The number of batches must be a whole number >= 1, got {num_batches!r}.")
     validate_corpus_text(text)
     data = make_loaders(text, settings, tokenizer)

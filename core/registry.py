@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
+from .checkpoints import list_trained_models, load_trained_model
 from .device import available_memory_gb, describe, resolve_device
 from .errors import InvalidParameterError
-from .model import GPTModel, build_untrained_model
+from .model import GPTModel
+from .rng import seeded_untrained_model
+from .weights import HF_REPOS, MEMORY, SIZE_NAMES, load_pretrained_gpt2, memory_warning
 
 
 @dataclass(frozen=True)
@@ -22,11 +24,6 @@ class ModelSpec:
     seeded: bool = False  # the seed changes the weights (untrained models only)
     needs_download: bool = False
 
-
-# torch has one global generator per process. Whoever draws from it for a result that must be
-# reproducible (the untrained model's seeded init, a training step in a server thread) holds
-# this lock, so two threads never interleave their draws.
-RNG_LOCK = threading.RLock()
 
 _REGISTRY: dict[str, ModelSpec] = {}
 _PROVIDERS: list[Callable[[], list[ModelSpec]]] = []
@@ -73,27 +70,27 @@ def load_model(key: str, seed: int = 123, device: str | torch.device | None = No
     return model.to(target)
 
 
+def effective_seed(key: str, seed: int) -> int:
+    """The seed that picks `key`'s weights: the user's for a seeded model, else 0 (one entry
+    for every seed). Every cache of models or results keys on this."""
+    spec = _REGISTRY.get(key)  # seeded models are registered, not provided: no scan of the disk
+    return seed if spec is not None and spec.seeded else 0
+
+
 register(
     ModelSpec(
         key="untrained-124m",
         label="Untrained GPT-2 124M (book, section 5.1)",
         description="GPT_CONFIG_124M with random weights from torch.manual_seed(seed); "
         "the book's numbers come from seed 123.",
-        load=lambda seed: _build_untrained(seed),
+        load=seeded_untrained_model,
         seeded=True,
     )
 )
 
 
-def _build_untrained(seed: int) -> GPTModel:
-    with RNG_LOCK:  # the book's weights need torch.manual_seed(seed) and the init back to back
-        return build_untrained_model(seed)
-
-
 def _register_pretrained() -> None:
     """OpenAI's GPT-2 releases, downloaded from the Hugging Face Hub on first use (core.weights)."""
-    from .weights import HF_REPOS, MEMORY, SIZE_NAMES, memory_warning
-
     for size in HF_REPOS:
         warning = memory_warning(size)
         register(
@@ -102,22 +99,14 @@ def _register_pretrained() -> None:
                 label=f"Pretrained {SIZE_NAMES[size]} (OpenAI weights)",
                 description=f"OpenAI's GPT-2 weights ({HF_REPOS[size]}, {MEMORY[size][0]} download on first use), "
                 "context 1024, qkv_bias True (section 5.5)." + (f" {warning}" if warning else ""),
-                load=lambda seed, size=size: _load_pretrained(size),
+                load=lambda seed, size=size: load_pretrained_gpt2(size),
                 needs_download=True,
             )
         )
 
 
-def _load_pretrained(size: str) -> GPTModel:
-    from .weights import load_pretrained_gpt2
-
-    return load_pretrained_gpt2(size)
-
-
 def _trained_models() -> list[ModelSpec]:
     """Models trained with `python -m core train` or in the app, saved in the cache."""
-    from .train import list_trained_models, load_trained_model
-
     specs = []
     for path, meta in list_trained_models():
         s, cfg = meta["state"], meta["config"]

@@ -14,11 +14,15 @@ import re
 from collections.abc import Mapping
 from pathlib import Path
 
+import huggingface_hub
 import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file
 
 from .device import available_ram_gb
 from .errors import WeightsError
 from .model import GPT2_MODEL_CONFIGS, GPT2_SMALL_CONFIG, GPTModel, freeze
+from .paths import cache_dir as default_cache
 
 HF_REPOS = {
     "124M": "openai-community/gpt2",
@@ -61,14 +65,16 @@ def memory_warning(size: str) -> str | None:
     )
 
 
-def check_memory(size: str) -> None:
-    """Refuse a model that would not fit in the free RAM, before the OOM killer ends the server."""
-    need = MEMORY[check_size(size)][1]
+def require_free_ram(need_gb: float, what: str, advice: str = "", error=WeightsError) -> None:
+    """Refuse work that would not fit in the free RAM, before the OOM killer ends the server."""
     free = available_ram_gb()
-    if free is not None and free < need:
-        raise WeightsError(
-            f"{SIZE_NAMES[size]} needs about {need:.1f} GB of free RAM; this machine has {free:.1f} GB free."
-        )
+    if free is not None and free < need_gb:
+        raise error(f"{what} needs about {need_gb:.1f} GB of free RAM; this machine has {free:.1f} GB free."
+                    + (f" {advice}" if advice else ""))
+
+
+def check_memory(size: str) -> None:
+    require_free_ram(MEMORY[check_size(size)][1], SIZE_NAMES[size])
 
 
 def _network_errors() -> tuple[type[BaseException], ...]:
@@ -97,23 +103,18 @@ def download_gpt2_safetensors(size: str = "124M", cache_dir: str | Path | None =
         if not path.is_file():
             raise WeightsError(f"GPT-2 {size} weights not found at {path}.")
         return path
-    from huggingface_hub import hf_hub_download
-
-    from .paths import cache_dir as default_cache
-
     try:
         return Path(
-            hf_hub_download(
+            huggingface_hub.hf_hub_download(
                 repo_id=HF_REPOS[size],
                 filename=FILENAME,
                 cache_dir=str(cache_dir or default_cache() / "huggingface"),
             )
         )
     except _network_errors() as e:
-        from huggingface_hub import constants
-
         reason = (str(e).splitlines() or ["no connection"])[0].split(". ")[0].rstrip(".")
-        offline = " HF_HUB_OFFLINE is set, so only the local cache is searched." if constants.HF_HUB_OFFLINE else ""
+        offline = (" HF_HUB_OFFLINE is set, so only the local cache is searched."
+                   if huggingface_hub.constants.HF_HUB_OFFLINE else "")
         raise WeightsError(
             f"Could not download GPT-2 {size} ({HF_REPOS[size]}/{FILENAME} on the Hugging Face Hub): "
             f"{type(e).__name__}: {reason}.{offline} Connect to the internet and retry (an interrupted "
@@ -127,11 +128,8 @@ def cached_gpt2_path(size: str = "124M", cache_dir: str | Path | None = None) ->
         local = os.environ.get(weights_env(check_size(size)))
         if local:
             return Path(local) if Path(local).is_file() else None
-        from huggingface_hub import try_to_load_from_cache
-
-        from .paths import cache_dir as default_cache
-
-        found = try_to_load_from_cache(HF_REPOS[size], FILENAME, cache_dir=str(cache_dir or default_cache() / "huggingface"))
+        folder = str(cache_dir or default_cache() / "huggingface")
+        found = huggingface_hub.try_to_load_from_cache(HF_REPOS[size], FILENAME, cache_dir=folder)
         return Path(found) if isinstance(found, str) else None
     except (OSError, ValueError):
         return None
@@ -152,9 +150,6 @@ def read_safetensors(path: str | Path) -> dict[str, torch.Tensor]:
     """All tensors of a safetensors file; anything else (pickle .bin/.pt, a truncated file) is refused."""
     path = Path(path)
     _check_safetensors_file(path)
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
     try:
         return load_file(str(path))
     except (SafetensorError, OSError, ValueError) as e:
@@ -168,7 +163,7 @@ class _LazyTensors:
 
     def __init__(self, handle):
         self._f = handle
-        self._names = {k.removeprefix("transformer."): k for k in handle.keys()}  # noqa: SIM118
+        self._names = {k.removeprefix("transformer."): k for k in handle.keys()}
 
     def __contains__(self, key) -> bool:
         return key in self._names
@@ -279,8 +274,6 @@ def load_gpt2_weights(source: str | Path | Mapping[str, torch.Tensor], cfg: dict
         return _build(_strip_prefix(source), cfg, None)
     path = Path(source)
     _check_safetensors_file(path)
-    from safetensors import SafetensorError, safe_open
-
     try:
         with safe_open(str(path), framework="pt") as f:
             return _build(_LazyTensors(f), cfg, _hf_config(path))

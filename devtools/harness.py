@@ -99,7 +99,7 @@ class StreamlitServer:
             # Otherwise .streamlit/config.toml decides, as in production (no file watcher there).
             *self.flags,
         ]  # fmt: skip
-        log = open(self.log_path, "ab")  # noqa: SIM115 - closed with the process
+        log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(cmd, cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT)
         log.close()
         deadline = time.monotonic() + SERVER_START_TIMEOUT
@@ -203,7 +203,7 @@ def wait_for_app(page, timeout: float = APP_TIMEOUT, settle: float = 500) -> Non
     """
     try:
         page.wait_for_selector('[data-testid="stApp"][data-test-script-state="running"]', timeout=500)
-    except Exception:  # noqa: BLE001 - the run may be over already, or not started yet
+    except Exception:
         pass
     deadline = time.monotonic() + timeout / 1000
     while True:

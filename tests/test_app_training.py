@@ -8,8 +8,9 @@ import pytest
 from conftest import BOOK_TEXTS, ROOT
 from streamlit.testing.v1 import AppTest
 
+from core.checkpoints import load_trained_model, model_path
 from core.loss import compute_loss
-from core.train import load_trained_model, model_path, run_training
+from core.runner import run_training
 
 TIMEOUT = 300
 
@@ -70,3 +71,26 @@ def test_compare_view_matches_core_for_each_model(verdict_path):
     values = [m.value for m in at.metric]
     tiny = compute_loss(load_trained_model(model_path("cmp-tiny")), BOOK_TEXTS)
     assert "10.7940" in values and f"{float(tiny.loss):.4f}" in values
+
+
+def test_compare_reuses_the_dataset_views_result_for_a_trained_model(verdict_path):
+    """One store and one key: a trained model's losses computed in the Dataset view appear in
+    Compare without a second Compute, whatever the (unused) seed in the sidebar says."""
+    from dataclasses import replace
+
+    from test_train import TINY
+
+    run_training(replace(TINY, num_epochs=1), verdict_path.read_text(encoding="utf-8")[:6000], "reuse-tiny",
+                 log=None)
+    at = page("dataset")
+    at.selectbox(key="model").set_value("trained-reuse-tiny").run()
+    at.number_input(key="ds_stride").set_value(32).run()  # Compare's loaders: stride = context length (32)
+    at.button(key="ds_compute").click().run()
+    assert not at.exception, at.exception
+    val = next(m.value for m in at.metric if m.label == "Validation loss")
+    at.switch_page("components/compare.py").run()
+    at.multiselect(key="cmp_models").set_value(["trained-reuse-tiny"]).run()
+    assert not at.exception, at.exception
+    rows = at.dataframe[-1].value.to_dict("records")
+    assert rows[0]["validation loss"] == pytest.approx(float(val), abs=5e-5)
+    assert "note" not in rows[0] or rows[0]["note"] != "not computed yet"

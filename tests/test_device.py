@@ -108,7 +108,8 @@ def test_cli_uses_a_trained_model_by_its_key(verdict_path, tmp_path, monkeypatch
     """Train a tiny model into a cache, then `loss --model trained-NAME` reads it from there."""
     from test_train import TINY
 
-    from core.train import load_trained_model, model_path, run_training
+    from core.checkpoints import load_trained_model, model_path
+    from core.runner import run_training
 
     monkeypatch.setenv("LOSSLENS_CACHE_DIR", str(tmp_path))
     run_training(replace(TINY, num_epochs=1), verdict_path.read_text(encoding="utf-8")[:6000], "cli-tiny", log=None)

@@ -3,25 +3,24 @@
 from __future__ import annotations
 
 import math
+import os
+import time
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 import torch
 
+from core.checkpoints import list_trained_models, load_trained_model, model_path
 from core.data import LoaderSettings
-from core.errors import InvalidParameterError, LossLensError, NoBatchesError, WeightsError
+from core.errors import InvalidParameterError, LossLensError, NoBatchesError, ServerBusyError, WeightsError
 from core.model import GPTModel
+from core.presets import Preset, get_preset
+from core.runner import TrainingRun, TrainingSlot, run_training
 from core.train import (
-    Preset,
-    TrainingRun,
     TrainState,
     generate_text_simple,
-    get_preset,
-    list_trained_models,
-    load_trained_model,
     make_train_loaders,
-    model_path,
-    run_training,
     text_to_token_ids,
     token_ids_to_text,
     train_model_simple,
@@ -174,25 +173,55 @@ def test_bad_inputs_are_typed_errors(text):
         run_training(TINY, "   ", "blank", log=None)
 
 
-def test_training_run_in_a_thread_can_be_stopped(text):
-    run = TrainingRun(replace(TINY, num_epochs=50), text, "threaded").start()
-    deadline = 120
-    import time
-
+def _wait_for_step(run, step: int, deadline: float = 180) -> None:
     t0 = time.time()
-    while run.snapshot()["step"] < 3 and time.time() - t0 < deadline:
+    while run.snapshot()["step"] < step and run.running and time.time() - t0 < deadline:
         time.sleep(0.05)
+
+
+def test_training_runs_in_a_child_process_at_lower_priority_and_stop_ends_it_for_certain(text):
+    run = TrainingRun(replace(TINY, num_epochs=50), text, "forced", threads=1, nice=10, grace_s=0).start()
+    t0 = time.time()
+    while not run.snapshot()["child"] and run.running and time.time() - t0 < 180:
+        time.sleep(0.05)
+    child = run.snapshot()["child"]
+    assert child["pid"] == run.pid != os.getpid() and Path(f"/proc/{run.pid}").exists()
+    assert child["nice"] == min(19, os.nice(0) + 10) and child["threads"] == 1
+    run.stop()  # no grace: terminated at once, before it can save
+    run.join(60)
+    snap = run.snapshot()
+    assert not snap["running"] and not snap["finished"] and "ended without saving" in snap["error"]
+    assert not Path(f"/proc/{run.pid}").exists()  # ended and reaped: nothing left running
+
+
+def test_a_stopped_child_saves_a_resumable_run_and_leaves_nothing(text):
+    run = TrainingRun(replace(TINY, num_epochs=50), text, "child", nice=1).start()
+    _wait_for_step(run, 3)
     run.stop()
-    run.join(deadline)
+    run.join(300)
     snap = run.snapshot()
     assert not snap["running"] and snap["error"] is None and snap["stopped"] and not snap["finished"]
     assert 3 <= snap["step"] < snap["total_steps"] and snap["evals"][0]["step"] == 0
-    assert model_path("threaded").is_file()
+    assert model_path("child").is_file() and not Path(f"/proc/{run.pid}").exists()
+
+
+def test_one_training_run_per_server(text):
+    slot = TrainingSlot(nice=1, grace_s=0)
+    first = slot.start(replace(TINY, num_epochs=50), text, "slot-first")
+    with pytest.raises(ServerBusyError, match="Another visitor's training run .* Start yours when it has finished"):
+        slot.start(TINY, text, "slot-second")
+    first.stop()
+    first.join(120)
+    second = slot.start(TINY, text, "slot-second")  # the slot is free again
+    assert second is slot.run and second is not first
+    second.stop()
+    second.join(120)
+    assert not first.running and not second.running
 
 
 def test_training_run_reports_errors_instead_of_raising(text):
-    run = TrainingRun(TINY, text[:300], "too-short").start()
-    run.join(60)
+    run = TrainingRun(TINY, text[:300], "too-short", nice=1).start()
+    run.join(180)
     assert "NoBatchesError" in run.snapshot()["error"]
 
 
@@ -216,7 +245,7 @@ def test_training_in_a_thread_and_seeded_draws_elsewhere_do_not_disturb_each_oth
     import threading
     import time
 
-    from core.registry import RNG_LOCK
+    from core.rng import RNG_LOCK
 
     alone = run_training(TINY, text, "alone", log=None)
     with RNG_LOCK:
@@ -236,3 +265,56 @@ def test_training_in_a_thread_and_seeded_draws_elsewhere_do_not_disturb_each_oth
     assert draws > 1
     assert result["r"].state.train_losses == alone.state.train_losses
     assert result["r"].state.val_losses == alone.state.val_losses
+
+
+def test_the_device_argument_keeps_cpu_results_bit_identical(text):
+    from core.presets import estimate_time
+
+    one = replace(TINY, num_epochs=1)
+    a = run_training(one, text, "dev-default", log=None)
+    b = run_training(one, text, "dev-cpu", log=None, device=torch.device("cpu"))
+    assert a.state.train_losses == b.state.train_losses and a.state.val_losses == b.state.val_losses
+    assert a.state.samples == b.state.samples
+    e = estimate_time(one, text, steps=1, device="cpu")
+    assert e["device"] == "cpu" and e["total_steps"] == a.steps_per_epoch and e["total_s"] > 0
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_training_on_cuda_follows_the_cpu_run(text):
+    one = replace(TINY, num_epochs=1, cfg={**TINY_CFG, "drop_rate": 0.0})  # no dropout: same maths on both
+    cpu = run_training(one, text, "dev-cpu-ref", log=None)
+    gpu = run_training(one, text, "dev-cuda", log=None, device="cuda")
+    assert gpu.state.train_losses == pytest.approx(cpu.state.train_losses, abs=1e-3)
+    assert load_trained_model(gpu.path).tok_emb.weight.device.type == "cpu"  # saved for any machine
+
+
+@pytest.mark.slow
+def test_a_training_child_ends_when_its_server_is_killed(tmp_path, text):
+    """A server killed outright (SIGKILL: no clean-up) leaves no training process behind."""
+    import signal
+    import subprocess
+    import sys
+
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(text, encoding="utf-8")
+    server = subprocess.Popen([sys.executable, "-c", f"""
+import sys, time
+from dataclasses import replace
+sys.path[:0] = [{str(Path(__file__).parent)!r}, {str(Path(__file__).parents[1])!r}]
+from test_train import TINY
+from core.runner import TrainingRun
+if __name__ == "__main__":
+    run = TrainingRun(replace(TINY, num_epochs=500), open({str(corpus)!r}).read(), "orphan", nice=1).start()
+    while not run.snapshot()["child"]:
+        time.sleep(0.1)
+    print(run.pid, flush=True)
+    time.sleep(600)
+"""], stdout=subprocess.PIPE, text=True)
+    pid = int(server.stdout.readline())
+    assert Path(f"/proc/{pid}").exists()
+    server.send_signal(signal.SIGKILL)
+    server.wait(30)
+    t0 = time.time()
+    while Path(f"/proc/{pid}").exists() and time.time() - t0 < 30:
+        time.sleep(0.2)
+    assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split()[2]

@@ -107,13 +107,13 @@ def new_page(browser, request):
             name = name[:-4] + f"-{n + 1}.png"
         try:
             page.screenshot(path=str(ARTIFACTS / name), full_page=True)
-        except Exception as error:  # noqa: BLE001 - a closed page has no screenshot
+        except Exception as error:
             failures.append(f"screenshot failed: {error}")
         try:
             exceptions = page.locator('[data-testid="stException"]')
             if exceptions.count():
                 failures.append("Streamlit exception box: " + exceptions.first.inner_text()[:2000])
-        except Exception:  # noqa: BLE001 - page closed by the test
+        except Exception:
             pass
         failures += problems.report()
         context.close()

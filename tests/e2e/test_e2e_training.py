@@ -15,9 +15,10 @@ def test_train_live_stop_and_pick(new_page, server):
     name.press("Enter")
     wait_for_app(page)
     page.get_by_role("button", name="Train").click()
-    # The fragment polls the training thread: the progress bar, then the first evaluation.
+    # The fragment polls the training process: the progress bar, then the first evaluation (the
+    # metric's label: the page's caption also says "training loss").
     page.locator('[data-testid="stProgress"]').wait_for(timeout=120_000)
-    page.get_by_text("Training loss").first.wait_for(timeout=300_000)
+    page.locator('[data-testid="stMetricLabel"]', has_text="Training loss").first.wait_for(timeout=300_000)
     page.locator('[data-testid="stPlotlyChart"]').first.wait_for(timeout=60_000)
     page.get_by_role("button", name="Stop").click()
     page.get_by_text("Stopped after").wait_for(timeout=300_000)

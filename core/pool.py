@@ -1,0 +1,82 @@
+"""Frozen models shared by every visitor: a few kept, one built at a time, in arrival order.
+
+Building an untrained 124M model takes seconds of every core; a storm of new seeds would
+otherwise build ten at once and stall everyone. Here a request for a kept model returns at
+once, never behind the queue, and each waiting build learns how many are ahead of it.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Hashable
+
+WAIT_POLL_S = 0.5  # how often a waiting request hears its place in the queue
+
+
+def describe_wait(what: str, ahead: int) -> str:
+    """What a waiting visitor reads: why they wait, for how many, and what to do."""
+    requests = "request" if ahead == 1 else "requests"
+    return (f"{what}; {ahead} {requests} ahead of you. This server builds one model at a time so that every "
+            "visitor's views stay quick; yours starts as soon as those are done. A seed someone already "
+            "uses (123 is the book's) needs no build.")
+
+
+class ModelPool:
+    def __init__(self, load: Callable[..., object], size: int = 2):
+        self._load, self._size = load, size
+        self._models: OrderedDict[Hashable, object] = OrderedDict()
+        self._queue: list[Hashable] = []  # keys being built (first) or waiting, in arrival order
+        self._cond = threading.Condition()
+
+    def kept(self, *key) -> bool:
+        with self._cond:
+            return key in self._models
+
+    def waiting(self) -> int:
+        """Builds running or queued now."""
+        with self._cond:
+            return len(self._queue)
+
+    def forget(self, match: Callable[[tuple], bool]) -> None:
+        with self._cond:
+            for key in [k for k in self._models if match(k)]:
+                del self._models[key]
+
+    def get(self, *key, on_wait: Callable[[int], None] | None = None):
+        """The model for `key` (the arguments of `load`), built if needed after those ahead.
+
+        on_wait(ahead) is called (outside the lock) while this request waits, with the number of
+        builds ahead of it; it is not called when the model is kept or nobody is ahead.
+        """
+        with self._cond:
+            if key in self._models:
+                self._models.move_to_end(key)
+                return self._models[key]
+            ticket = object()
+            self._queue.append(ticket)
+        try:
+            while True:
+                with self._cond:
+                    if key in self._models:  # built by a request ahead of this one
+                        self._models.move_to_end(key)
+                        return self._models[key]
+                    ahead = self._queue.index(ticket)
+                    if ahead == 0:
+                        break
+                if on_wait:
+                    on_wait(ahead)
+                with self._cond:
+                    if self._queue.index(ticket) == ahead:
+                        self._cond.wait(WAIT_POLL_S)
+            model = self._load(*key)  # the lock is not held: kept models stay served meanwhile
+            with self._cond:
+                self._models[key] = model
+                self._models.move_to_end(key)
+                while len(self._models) > self._size:
+                    self._models.popitem(last=False)
+                return model
+        finally:
+            with self._cond:
+                self._queue.remove(ticket)
+                self._cond.notify_all()
