@@ -35,8 +35,12 @@ VIEWS = [
 # Presentation mode starts with the sidebar collapsed: the projector shows only the lesson.
 # (The toggle's state is known before this run; a shared link carries it as a query parameter.)
 _presenting = st.session_state.get("presentation", st.query_params.get("presentation") == "true")
-st.set_page_config(page_title="LossLens", page_icon="🔎", layout="wide",
-                   initial_sidebar_state="collapsed" if _presenting else "auto")
+st.set_page_config(
+    page_title="LossLens",
+    page_icon="🔎",
+    layout="wide",
+    initial_sidebar_state="collapsed" if _presenting else "auto",
+)
 with common.friendly_errors():
     inputs = sidebar.render()
     common.set_current_inputs(inputs)

@@ -25,8 +25,15 @@ sys.path.insert(0, str(ROOT))
 BOOK = "every effort moves you\nI really like chocolate"
 WORDS = ["today", "again", "slowly", "here", "now", "too", "well", "first", "later", "fast", "soon", "once"]
 VIEWS = [
-    "tokens", "probabilities", "figure57", "cross_entropy", "per_token",
-    "temperature", "units", "confidence", "gradient",
+    "tokens",
+    "probabilities",
+    "figure57",
+    "cross_entropy",
+    "per_token",
+    "temperature",
+    "units",
+    "confidence",
+    "gradient",
 ]
 
 
@@ -113,15 +120,35 @@ def bench_server() -> None:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     t0 = time.perf_counter()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true", "--server.port", str(port)],
-        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [
+            sys.executable,
+            "-m",
+            "streamlit",
+            "run",
+            "app.py",
+            "--server.headless",
+            "true",
+            "--server.port",
+            str(port),
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     try:
         with sync_playwright() as p:
             browser = p.chromium.launch(
                 executable_path="/usr/bin/chromium",
-                args=["--no-sandbox", "--headless", "--disable-gpu", "--disable-background-networking",
-                      "--disable-component-update", "--disable-sync", "--no-first-run"],
+                args=[
+                    "--no-sandbox",
+                    "--headless",
+                    "--disable-gpu",
+                    "--disable-background-networking",
+                    "--disable-component-update",
+                    "--disable-sync",
+                    "--no-first-run",
+                ],
             )
             page = browser.new_page()
             while True:
@@ -150,9 +177,12 @@ def bench_server() -> None:
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("-n", type=int, default=12, help="text edits per view (at most 14)")
-    ap.add_argument("--server", action="store_true", help="also measure cold start and RSS with a real server")
-    ap.add_argument("--views", nargs="+", default=VIEWS, choices=VIEWS, metavar="VIEW",
-                    help="only these views")
+    ap.add_argument(
+        "--server", action="store_true", help="also measure cold start and RSS with a real server"
+    )
+    ap.add_argument(
+        "--views", nargs="+", default=VIEWS, choices=VIEWS, metavar="VIEW", help="only these views"
+    )
     args = ap.parse_args()
     bench_reruns(args.n, args.views)
     if args.server:

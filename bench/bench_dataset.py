@@ -59,8 +59,12 @@ def reference_pass(text: str):
     start, cpu = time.perf_counter(), time.process_time()
     split = int(0.9 * len(text))
     torch.manual_seed(123)
-    train = create_dataloader_v1(text[:split], batch_size=2, max_length=256, stride=256, drop_last=True, shuffle=True)
-    val = create_dataloader_v1(text[split:], batch_size=2, max_length=256, stride=256, drop_last=False, shuffle=False)
+    train = create_dataloader_v1(
+        text[:split], batch_size=2, max_length=256, stride=256, drop_last=True, shuffle=True
+    )
+    val = create_dataloader_v1(
+        text[split:], batch_size=2, max_length=256, stride=256, drop_last=False, shuffle=False
+    )
     torch.manual_seed(123)
     with torch.no_grad():
         losses = calc_loss_loader(train, model, "cpu"), calc_loss_loader(val, model, "cpu")
@@ -77,7 +81,9 @@ def our_pass(text: str):
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--corpus", help="The Verdict's path (default: $LOSSLENS_VERDICT_PATH, else the packaged copy)")
+    p.add_argument(
+        "--corpus", help="The Verdict's path (default: $LOSSLENS_VERDICT_PATH, else the packaged copy)"
+    )
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
     args = p.parse_args()
@@ -99,7 +105,10 @@ def main() -> int:
         our_times.append(t_our)
         ref_cpu.append(c_ref)
         our_cpu.append(c_our)
-        print(f"run {i + 1}: reference {t_ref:6.2f} s (CPU {c_ref:6.2f} s)   ours {t_our:6.2f} s (CPU {c_our:6.2f} s)")
+        print(
+            f"run {i + 1}: reference {t_ref:6.2f} s (CPU {c_ref:6.2f} s)   "
+            f"ours {t_our:6.2f} s (CPU {c_our:6.2f} s)"
+        )
 
     flops = matmul_flops(GPT_CONFIG_124M, shapes)
     t_ref, t_our = min(ref_times), min(our_times)
@@ -109,18 +118,27 @@ def main() -> int:
     print(f"ours       train {our_losses[0]:.10f}  val {our_losses[1]:.10f}   max |difference| {diff:.1e}")
     print(f"reference  {t_ref:6.2f} s  {flops / t_ref / 1e9:6.1f} GFLOPS")
     print(f"ours       {t_our:6.2f} s  {flops / t_our / 1e9:6.1f} GFLOPS")
-    print(f"speed-up   {t_ref / t_our:.2f}x wall, {min(ref_cpu) / min(our_cpu):.2f}x CPU time   "
-          f"(target >= 1.3x; losses equal to 1e-6: {'yes' if diff <= 1e-6 else 'NO'})")
+    print(
+        f"speed-up   {t_ref / t_our:.2f}x wall, {min(ref_cpu) / min(our_cpu):.2f}x CPU time   "
+        f"(target >= 1.3x; losses equal to 1e-6: {'yes' if diff <= 1e-6 else 'NO'})"
+    )
     peak = max(peaks)  # best against best: the passes are kept at their best too
     share = flops / t_our / 1e9 / peak
-    print(f"matmul peak {peak:6.1f} GFLOPS (float32 2048^3 torch.mm, best of {len(peaks)} probes between passes)")
-    print(f"ours at {share:.0%} of the peak, reference at {flops / t_ref / 1e9 / peak:.0%} "
-          f"(target >= {TARGET_PEAK:.0%}: {'met' if share >= TARGET_PEAK else 'NOT met'})")
+    print(
+        f"matmul peak {peak:6.1f} GFLOPS "
+        f"(float32 2048^3 torch.mm, best of {len(peaks)} probes between passes)"
+    )
+    print(
+        f"ours at {share:.0%} of the peak, reference at {flops / t_ref / 1e9 / peak:.0%} "
+        f"(target >= {TARGET_PEAK:.0%}: {'met' if share >= TARGET_PEAK else 'NOT met'})"
+    )
     cpu_peak = max(cpu_peaks)
     cpu_share = flops / min(our_cpu) / 1e9 / cpu_peak
-    print(f"by process CPU time: peak {cpu_peak:6.1f} GFLOPS per CPU-second; ours at {cpu_share:.0%}, "
-          f"reference at {flops / min(ref_cpu) / 1e9 / cpu_peak:.0%} "
-          f"(target >= {TARGET_PEAK:.0%}: {'met' if cpu_share >= TARGET_PEAK else 'NOT met'})")
+    print(
+        f"by process CPU time: peak {cpu_peak:6.1f} GFLOPS per CPU-second; ours at {cpu_share:.0%}, "
+        f"reference at {flops / min(ref_cpu) / 1e9 / cpu_peak:.0%} "
+        f"(target >= {TARGET_PEAK:.0%}: {'met' if cpu_share >= TARGET_PEAK else 'NOT met'})"
+    )
     print(describe_cpu())
     return 0 if diff <= 1e-6 else 1
 

@@ -63,7 +63,9 @@ def peak_rss_kib():
     except OSError:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 """
-STARTUP_OURS = PEAK_RSS + """
+STARTUP_OURS = (
+    PEAK_RSS
+    + """
 import json, time
 t0 = time.perf_counter()
 import torch
@@ -75,9 +77,13 @@ model = build_untrained_model(123)
 t1 = time.perf_counter()
 result = compute_loss(model, {texts!r}, top_k={top_k})
 t2 = time.perf_counter()
-print(json.dumps({{"startup": t1 - t0, "first": t2 - t1, "loss": float(result.loss), "maxrss_kib": peak_rss_kib()}}))
 """
-STARTUP_REFERENCE = PEAK_RSS + """
+    + 'print(json.dumps({{"startup": t1 - t0, "first": t2 - t1, "loss": float(result.loss), '
+    + '"maxrss_kib": peak_rss_kib()}}))\n'
+)
+STARTUP_REFERENCE = (
+    PEAK_RSS
+    + """
 import json, time
 t0 = time.perf_counter()
 import tiktoken
@@ -96,6 +102,7 @@ loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), targets.flatten()
 t2 = time.perf_counter()
 print(json.dumps({{"startup": t1 - t0, "first": t2 - t1, "loss": float(loss), "maxrss_kib": peak_rss_kib()}}))
 """
+)
 
 
 def reference_batch(create_dataloader_v1):
@@ -107,7 +114,9 @@ def reference_batch(create_dataloader_v1):
     inputs, targets = [], []
     for text in TEXTS:
         n = len(tok.encode(text)) - 1
-        loader = create_dataloader_v1(text, batch_size=1, max_length=n, stride=n, shuffle=False, drop_last=False)
+        loader = create_dataloader_v1(
+            text, batch_size=1, max_length=n, stride=n, shuffle=False, drop_last=False
+        )
         x, y = next(iter(loader))
         inputs.append(x)
         targets.append(y)
@@ -146,8 +155,8 @@ def once(fn) -> float:
 def startup(script: str, env: dict, runs: int) -> dict:
     results = []
     for _ in range(runs):
-        proc = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True,
-                              timeout=600, check=True)  # fmt: skip
+        proc = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env,
+                              capture_output=True, text=True, timeout=600, check=True)  # fmt: skip
         results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
     return {
         "startup": statistics.median(r["startup"] for r in results),
@@ -158,13 +167,20 @@ def startup(script: str, env: dict, runs: int) -> dict:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--runs", type=int, default=50, help="timed runs of each (median reported)")
     parser.add_argument("--warmup", type=int, default=5)
-    parser.add_argument("--startup-runs", type=int, default=3, help="fresh processes per start-up measurement (0: skip)")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads for both (default: torch's choice)")
+    parser.add_argument(
+        "--startup-runs", type=int, default=3, help="fresh processes per start-up measurement (0: skip)"
+    )
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch threads for both (default: torch's choice)"
+    )
     parser.add_argument("--cpu-time", action="store_true",
-                        help="one torch thread, timed by the CPU time of that thread instead of wall time")  # fmt: skip
+                        help="one torch thread, timed by the CPU time of that thread "
+                             "instead of wall time")  # fmt: skip
     args = parser.parse_args(argv)
 
     import torch
@@ -188,7 +204,9 @@ def main(argv=None) -> int:
         from llms_from_scratch.ch02 import create_dataloader_v1
         from llms_from_scratch.ch04 import GPTModel as ReferenceGPTModel
     except ImportError as e:
-        print(f"reference code missing ({e}): pip install --no-deps llms-from-scratch==1.0.19", file=sys.stderr)
+        print(
+            f"reference code missing ({e}): pip install --no-deps llms-from-scratch==1.0.19", file=sys.stderr
+        )
         return 2
 
     print(describe_cpu())
@@ -204,10 +222,14 @@ def main(argv=None) -> int:
     r = compute_loss(ours, TEXTS, top_k=TOP_K, tokenizer=tokenizer)
     ref = reference_request(reference, tok_ref, TEXTS)
     checks = {
-        "same inputs and targets": torch.equal(r.batch.inputs, ref_inputs) and torch.equal(r.batch.targets, ref_targets),
+        "same inputs and targets": torch.equal(r.batch.inputs, ref_inputs)
+        and torch.equal(r.batch.targets, ref_targets),
         "loss equal to 1e-6": abs(float(r.loss) - float(ref["loss"])) <= 1e-6,
-        "manual loss equal to 1e-6": abs(float(r.neg_avg_log_probas) - float(ref["neg_avg_log_probas"])) <= 1e-6,
-        "target probas equal (rel 1e-5)": torch.allclose(r.target_probas, ref["target_probas"], rtol=1e-5, atol=0),
+        "manual loss equal to 1e-6": abs(float(r.neg_avg_log_probas) - float(ref["neg_avg_log_probas"]))
+        <= 1e-6,
+        "target probas equal (rel 1e-5)": torch.allclose(
+            r.target_probas, ref["target_probas"], rtol=1e-5, atol=0
+        ),
         "same top-k ids": torch.equal(r.topk_ids, ref["topk_ids"]),
     }
     print(f"loss: ours {float(r.loss):.7f}, reference {float(ref['loss']):.7f} "
@@ -253,7 +275,10 @@ def main(argv=None) -> int:
     print(f"  reference  {m_ref * 1e3:7.1f} ms   ({q(t_ref)})")
     ratio = m_ref / m_ours
     paired = statistics.median(r / o for r, o in zip(t_ref, t_ours, strict=True))
-    print(f"  speed-up   {ratio:.2f}x   (target >= {TARGET_RATIO}x: {'met' if ratio >= TARGET_RATIO else 'NOT met'})")
+    print(
+        f"  speed-up   {ratio:.2f}x   "
+        f"(target >= {TARGET_RATIO}x: {'met' if ratio >= TARGET_RATIO else 'NOT met'})"
+    )
     print(f"  median of the paired ratios {paired:.2f}x; best run {min(t_ours) * 1e3:.1f} ms vs "
           f"{min(t_ref) * 1e3:.1f} ms = {min(t_ref) / min(t_ours):.2f}x")  # fmt: skip
     f_ours, f_ref = statistics.median(times["ours_fwd"]), statistics.median(times["ref_fwd"])
@@ -272,9 +297,11 @@ def main(argv=None) -> int:
     roofline = wbytes / (bandwidth * 1e9)
     to_roof = m_ours / roofline
     print(f"\nroofline: {wbytes / 1e6:.0f} MB of weights at {bandwidth:.1f} GB/s read bandwidth "
-          f"(median of {len(bandwidths)} probes, best {max(bandwidths):.1f}) = {roofline * 1e3:.1f} ms")  # fmt: skip
+          f"(median of {len(bandwidths)} probes, best {max(bandwidths):.1f}) "
+          f"= {roofline * 1e3:.1f} ms")  # fmt: skip
     print(f"  request / roofline {to_roof:.2f}x (target <= {TARGET_ROOFLINE}x: "
-          f"{'met' if to_roof <= TARGET_ROOFLINE else 'NOT met'}); forward / roofline {f_ours / roofline:.2f}x; "
+          f"{'met' if to_roof <= TARGET_ROOFLINE else 'NOT met'}); "
+          f"forward / roofline {f_ours / roofline:.2f}x; "
           f"reference / roofline {m_ref / roofline:.2f}x")  # fmt: skip
     print(f"\n{'request':>10} {'reference':>10} {'roofline':>10} {'ratio':>7}   CPU ({CLOCK.__name__})")
     print(f"{m_ours * 1e3:7.1f} ms {m_ref * 1e3:7.1f} ms {roofline * 1e3:7.1f} ms {to_roof:6.2f}x   "
@@ -285,14 +312,18 @@ def main(argv=None) -> int:
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
         s_ours = startup(STARTUP_OURS.format(texts=TEXTS, top_k=TOP_K), env, args.startup_runs)
         s_ref = startup(STARTUP_REFERENCE.format(texts=TEXTS, cfg=GPT_CONFIG_124M), env, args.startup_runs)
-        print(f"\nstart-up in a fresh process (imports + tokenizer + model init), median of {args.startup_runs}:")
+        print(
+            f"\nstart-up in a fresh process (imports + tokenizer + model init), "
+            f"median of {args.startup_runs}:"
+        )
         for name, s in (("ours", s_ours), ("reference", s_ref)):
             print(f"  {name:<10} {s['startup']:6.2f} s   first request {s['first'] * 1e3:7.1f} ms   "
                   f"peak RSS {s['maxrss_mib']:7.1f} MiB   loss {s['loss']:.4f}")  # fmt: skip
 
         ok = ok and abs(s_ours["loss"] - s_ref["loss"]) <= 1e-6
         print(f"\nsummary: numbers {'equal' if ok else 'DIFFER'}; ours {m_ours * 1e3:.1f} ms vs reference "
-              f"{m_ref * 1e3:.1f} ms = {ratio:.2f}x; start-up {s_ours['startup']:.2f} s vs {s_ref['startup']:.2f} s; "
+              f"{m_ref * 1e3:.1f} ms = {ratio:.2f}x; "
+              f"start-up {s_ours['startup']:.2f} s vs {s_ref['startup']:.2f} s; "
               f"peak RSS {s_ours['maxrss_mib']:.0f} MiB vs {s_ref['maxrss_mib']:.0f} MiB; "
               f"request / roofline {to_roof:.2f}x")  # fmt: skip
     cache.cleanup()

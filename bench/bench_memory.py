@@ -55,10 +55,14 @@ print(len(ds), time.perf_counter() - t, hwm / 1024)
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--corpus", help="The Verdict's path (default: $LOSSLENS_VERDICT_PATH, else the packaged copy)")
+    p.add_argument(
+        "--corpus", help="The Verdict's path (default: $LOSSLENS_VERDICT_PATH, else the packaged copy)"
+    )
     p.add_argument("--megabytes", type=float, default=10.0)
     p.add_argument("--num-batches", type=int, default=8, help="batches per split (a full pass takes hours)")
-    p.add_argument("--reference", action="store_true", help="also measure the book's GPTDatasetV1 in a child process")
+    p.add_argument(
+        "--reference", action="store_true", help="also measure the book's GPTDatasetV1 in a child process"
+    )
     args = p.parse_args()
 
     import torch
@@ -85,10 +89,14 @@ def main() -> int:
         r = evaluate_dataset(model, text, LoaderSettings(), num_batches=args.num_batches, progress=progress)
     elapsed = time.perf_counter() - t
     d = r.data
-    print(f"tokens {d.tokens:,}; windows train {d.train.windows:,} / val {d.val.windows:,}; "
-          f"batches train {d.train.batches:,} / val {d.val.batches:,}")
-    print(f"evaluated {len(r.train_batch_losses)} + {len(r.val_batch_losses)} batches in {elapsed:.1f} s: "
-          f"train loss {r.train_loss:.4f}, val loss {r.val_loss:.4f}")
+    print(
+        f"tokens {d.tokens:,}; windows train {d.train.windows:,} / val {d.val.windows:,}; "
+        f"batches train {d.train.batches:,} / val {d.val.batches:,}"
+    )
+    print(
+        f"evaluated {len(r.train_batch_losses)} + {len(r.val_batch_losses)} batches in {elapsed:.1f} s: "
+        f"train loss {r.train_loss:.4f}, val loss {r.val_loss:.4f}"
+    )
     print("RSS after each batch (MB): " + " ".join(f"{x:.0f}" for x in samples[1:]))
     print(f"after the evaluation:       peak RSS {peak_mb():7.0f} MB   (limit ~2048 MB)")
 
@@ -99,10 +107,17 @@ def main() -> int:
             path = Path(tmp) / "big.txt"
             path.write_text(text, encoding="utf-8")
             env = {**os.environ, "TIKTOKEN_CACHE_DIR": str(seed_tiktoken_cache(Path(tmp) / "tiktoken"))}
-            out = subprocess.run([sys.executable, "-c", REFERENCE_CHILD, str(path)], env=env,
-                                 capture_output=True, text=True, check=True).stdout.split()
-        print(f"book's GPTDatasetV1 (windows stored): {int(out[0]):,} windows in {float(out[1]):.1f} s, "
-              f"peak RSS {float(out[2]):.0f} MB (dataset only, no model)")
+            out = subprocess.run(
+                [sys.executable, "-c", REFERENCE_CHILD, str(path)],
+                env=env,
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout.split()
+        print(
+            f"book's GPTDatasetV1 (windows stored): {int(out[0]):,} windows in {float(out[1]):.1f} s, "
+            f"peak RSS {float(out[2]):.0f} MB (dataset only, no model)"
+        )
     return 0 if peak_mb() < 2048 else 1
 
 

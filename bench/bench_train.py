@@ -46,7 +46,9 @@ def main() -> int:
     ap.add_argument("--preset", choices=["quick", "book", "both"], default="both")
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--threads", type=int, default=None)
-    ap.add_argument("--corpus", default=None, help="a UTF-8 text file (default: The Verdict that ships with LossLens)")
+    ap.add_argument(
+        "--corpus", default=None, help="a UTF-8 text file (default: The Verdict that ships with LossLens)"
+    )
     args = ap.parse_args()
 
     import torch
@@ -75,7 +77,7 @@ def main() -> int:
     def book(x, y, model):
         return F.cross_entropy(model(x).flatten(0, 1), y.flatten())
 
-    for name in (["quick", "book"] if args.preset == "both" else [args.preset]):
+    for name in ["quick", "book"] if args.preset == "both" else [args.preset]:
         preset = get_preset(name)
         train_loader, _ = make_train_loaders(text, preset.settings)
         torch.manual_seed(0)
@@ -102,15 +104,21 @@ def main() -> int:
             print("  (llms-from-scratch not installed: no reference)")
         del model, ref
         e = estimate_time(preset, text, steps=2)
-        print(f"  estimate_time: {e['step_s']:.3f} s per step, eval batch {e['eval_batch_s']:.3f} s, "
-              f"sample {e['sample_s']:.2f} s")
-        print(f"  {e['steps_per_epoch']} steps per epoch -> {e['epoch_s']:.1f} s per epoch; "
-              f"{preset.num_epochs} epochs ({e['total_steps']} steps, with evaluation every {preset.eval_freq} "
-              f"steps over {preset.eval_iter} batches and a sample per epoch): {e['total_s']:.0f} s "
-              f"= {e['total_s'] / 60:.1f} min")
+        print(
+            f"  estimate_time: {e['step_s']:.3f} s per step, eval batch {e['eval_batch_s']:.3f} s, "
+            f"sample {e['sample_s']:.2f} s"
+        )
+        print(
+            f"  {e['steps_per_epoch']} steps per epoch -> {e['epoch_s']:.1f} s per epoch; "
+            f"{preset.num_epochs} epochs ({e['total_steps']} steps, with evaluation every {preset.eval_freq} "
+            f"steps over {preset.eval_iter} batches and a sample per epoch): {e['total_s']:.0f} s "
+            f"= {e['total_s'] / 60:.1f} min"
+        )
         if name == "book":
-            print(f"  the book, M3 MacBook Air: about 5 min for 10 epochs -> this machine is "
-                  f"{e['total_s'] / 300:.1f}x that")
+            print(
+                f"  the book, M3 MacBook Air: about 5 min for 10 epochs -> this machine is "
+                f"{e['total_s'] / 300:.1f}x that"
+            )
     return 0
 
 

@@ -42,18 +42,30 @@ def write_checkpoint(path: Path) -> None:
 
     g = torch.Generator().manual_seed(0)
     d, V, T = 768, 50257, 1024
-    sd = {"wte.weight": torch.randn(V, d, generator=g) * 0.02, "wpe.weight": torch.randn(T, d, generator=g) * 0.01,
-          "ln_f.weight": torch.ones(d), "ln_f.bias": torch.zeros(d)}
+    sd = {
+        "wte.weight": torch.randn(V, d, generator=g) * 0.02,
+        "wpe.weight": torch.randn(T, d, generator=g) * 0.01,
+        "ln_f.weight": torch.ones(d),
+        "ln_f.bias": torch.zeros(d),
+    }
     for i in range(12):
         h = f"h.{i}."
-        sd.update({
-            h + "ln_1.weight": torch.ones(d), h + "ln_1.bias": torch.zeros(d),
-            h + "ln_2.weight": torch.ones(d), h + "ln_2.bias": torch.zeros(d),
-            h + "attn.c_attn.weight": torch.randn(d, 3 * d, generator=g) * 0.02, h + "attn.c_attn.bias": torch.zeros(3 * d),
-            h + "attn.c_proj.weight": torch.randn(d, d, generator=g) * 0.02, h + "attn.c_proj.bias": torch.zeros(d),
-            h + "mlp.c_fc.weight": torch.randn(d, 4 * d, generator=g) * 0.02, h + "mlp.c_fc.bias": torch.zeros(4 * d),
-            h + "mlp.c_proj.weight": torch.randn(4 * d, d, generator=g) * 0.02, h + "mlp.c_proj.bias": torch.zeros(d),
-        })
+        sd.update(
+            {
+                h + "ln_1.weight": torch.ones(d),
+                h + "ln_1.bias": torch.zeros(d),
+                h + "ln_2.weight": torch.ones(d),
+                h + "ln_2.bias": torch.zeros(d),
+                h + "attn.c_attn.weight": torch.randn(d, 3 * d, generator=g) * 0.02,
+                h + "attn.c_attn.bias": torch.zeros(3 * d),
+                h + "attn.c_proj.weight": torch.randn(d, d, generator=g) * 0.02,
+                h + "attn.c_proj.bias": torch.zeros(d),
+                h + "mlp.c_fc.weight": torch.randn(d, 4 * d, generator=g) * 0.02,
+                h + "mlp.c_fc.bias": torch.zeros(4 * d),
+                h + "mlp.c_proj.weight": torch.randn(4 * d, d, generator=g) * 0.02,
+                h + "mlp.c_proj.bias": torch.zeros(d),
+            }
+        )
     save_file(sd, str(path), metadata={"format": "pt"})
 
 
@@ -86,23 +98,53 @@ def child_book(path: str) -> None:
 
     stages = {"imports": mem()}
     torch.manual_seed(123)
-    untrained = GPTModel({"vocab_size": 50257, "context_length": 256, "emb_dim": 768, "n_heads": 12, "n_layers": 12,
-                          "drop_rate": 0.1, "qkv_bias": False}).eval()
+    untrained = GPTModel(
+        {
+            "vocab_size": 50257,
+            "context_length": 256,
+            "emb_dim": 768,
+            "n_heads": 12,
+            "n_layers": 12,
+            "drop_rate": 0.1,
+            "qkv_bias": False,
+        }
+    ).eval()
     stages["untrained 124M"] = mem()
     sd = {k: v.numpy() for k, v in load_file(path).items()}
-    params = {"wte": sd["wte.weight"], "wpe": sd["wpe.weight"], "g": sd["ln_f.weight"], "b": sd["ln_f.bias"], "blocks": []}
+    params = {
+        "wte": sd["wte.weight"],
+        "wpe": sd["wpe.weight"],
+        "g": sd["ln_f.weight"],
+        "b": sd["ln_f.bias"],
+        "blocks": [],
+    }
     for i in range(12):
         h = f"h.{i}."
-        params["blocks"].append({
-            "attn": {"c_attn": {"w": sd[h + "attn.c_attn.weight"], "b": sd[h + "attn.c_attn.bias"]},
-                     "c_proj": {"w": sd[h + "attn.c_proj.weight"], "b": sd[h + "attn.c_proj.bias"]}},
-            "mlp": {"c_fc": {"w": sd[h + "mlp.c_fc.weight"], "b": sd[h + "mlp.c_fc.bias"]},
-                    "c_proj": {"w": sd[h + "mlp.c_proj.weight"], "b": sd[h + "mlp.c_proj.bias"]}},
-            "ln_1": {"g": sd[h + "ln_1.weight"], "b": sd[h + "ln_1.bias"]},
-            "ln_2": {"g": sd[h + "ln_2.weight"], "b": sd[h + "ln_2.bias"]},
-        })
-    model = GPTModel({"vocab_size": 50257, "context_length": 1024, "emb_dim": 768, "n_heads": 12, "n_layers": 12,
-                      "drop_rate": 0.1, "qkv_bias": True})
+        params["blocks"].append(
+            {
+                "attn": {
+                    "c_attn": {"w": sd[h + "attn.c_attn.weight"], "b": sd[h + "attn.c_attn.bias"]},
+                    "c_proj": {"w": sd[h + "attn.c_proj.weight"], "b": sd[h + "attn.c_proj.bias"]},
+                },
+                "mlp": {
+                    "c_fc": {"w": sd[h + "mlp.c_fc.weight"], "b": sd[h + "mlp.c_fc.bias"]},
+                    "c_proj": {"w": sd[h + "mlp.c_proj.weight"], "b": sd[h + "mlp.c_proj.bias"]},
+                },
+                "ln_1": {"g": sd[h + "ln_1.weight"], "b": sd[h + "ln_1.bias"]},
+                "ln_2": {"g": sd[h + "ln_2.weight"], "b": sd[h + "ln_2.bias"]},
+            }
+        )
+    model = GPTModel(
+        {
+            "vocab_size": 50257,
+            "context_length": 1024,
+            "emb_dim": 768,
+            "n_heads": 12,
+            "n_layers": 12,
+            "drop_rate": 0.1,
+            "qkv_bias": True,
+        }
+    )
     load_weights_into_gpt(model, params)
     del sd, params
     model.eval()
@@ -125,7 +167,10 @@ def main() -> int:
         for who in ("ours", "book"):
             p = subprocess.run([sys.executable, __file__, who, str(path)], capture_output=True, text=True)
             if p.returncode:
-                print(f"{who}: failed ({p.stderr.strip().splitlines()[-1] if p.stderr.strip() else p.returncode})")
+                print(
+                    f"{who}: failed "
+                    f"({p.stderr.strip().splitlines()[-1] if p.stderr.strip() else p.returncode})"
+                )
                 continue
             results[who] = json.loads(p.stdout.strip().splitlines()[-1])
     for who, r in results.items():
@@ -139,8 +184,11 @@ def main() -> int:
         if "book" in results:
             a = results["ours"]["stages"]["+ GPT-2 small from safetensors"]
             b = results["book"]["stages"]["+ GPT-2 small from safetensors"]
-            print(f"after loading GPT-2: ours RSS {a['VmRSS']:.0f} MB / book {b['VmRSS']:.0f} MB = {a['VmRSS'] / b['VmRSS']:.2f}; "
-                  f"peak {a['VmHWM']:.0f} / {b['VmHWM']:.0f} MB = {a['VmHWM'] / b['VmHWM']:.2f}")
+            print(
+                f"after loading GPT-2: ours RSS {a['VmRSS']:.0f} MB / book {b['VmRSS']:.0f} MB = "
+                f"{a['VmRSS'] / b['VmRSS']:.2f}; "
+                f"peak {a['VmHWM']:.0f} / {b['VmHWM']:.0f} MB = {a['VmHWM'] / b['VmHWM']:.2f}"
+            )
     return 0
 
 

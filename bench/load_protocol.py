@@ -93,10 +93,13 @@ class Figures:
     def line(self) -> str:
         return (
             f"{self.name:<28} N={self.n:<3} own numbers p50 {self.p50:6.2f} s  p95 {self.p95:6.2f} s | "
-            f"errors {len(self.errors)} | server CPU {self.server_cpu:6.1f} s ({self.server_cpu / self.n:.2f} s/visit)"
-            f" | client CPU {self.client_cpu:5.1f} s ({self.client_cpu / self.n:.3f} s/visit) | wall {self.wall:5.1f} s"
+            f"errors {len(self.errors)} | server CPU {self.server_cpu:6.1f} s "
+            f"({self.server_cpu / self.n:.2f} s/visit)"
+            f" | client CPU {self.client_cpu:5.1f} s ({self.client_cpu / self.n:.3f} s/visit) "
+            f"| wall {self.wall:5.1f} s"
             f" | RSS after {self.rss_mib:5.0f} MiB | load {self.load:.1f}\n"
-            f"{'':<28} page open p50 {self.open_p50:.2f} s; own result after the edit p50 {self.edit_p50:.2f} s "
+            f"{'':<28} page open p50 {self.open_p50:.2f} s; "
+            f"own result after the edit p50 {self.edit_p50:.2f} s "
             f"p95 {self.edit_p95:.2f} s"
         )
 
@@ -163,11 +166,13 @@ async def reference(app: StreamlitServer, minimal: StreamlitServer, args) -> lis
     lines = [
         f"reference, server CPU per visit (median of {args.repeats} x {k} visits one after another; "
         f"load {os.getloadavg()[0]:.1f}):",
-        f"  fresh visit, book example: minimal app {med['min-fresh']:.3f} s, LossLens {med['app-fresh']:.3f} s "
+        f"  fresh visit, book example: minimal app {med['min-fresh']:.3f} s, "
+        f"LossLens {med['app-fresh']:.3f} s "
         f"-> {med['app-fresh'] / med['min-fresh']:.2f}x (goal <= 1.3x)",
         f"  fresh visit + a new text:  minimal app {med['min-text']:.3f} s, LossLens {med['app-text']:.3f} s "
         f"-> {med['app-text'] / med['min-text']:.2f}x (goal <= 2x)",
-        "  all runs (s): " + ", ".join(f"{k_}: {' '.join(f'{x:.3f}' for x in v)}" for k_, v in results.items()),
+        "  all runs (s): "
+        + ", ".join(f"{k_}: {' '.join(f'{x:.3f}' for x in v)}" for k_, v in results.items()),
     ]
     return lines
 
@@ -190,7 +195,8 @@ async def seed_storm(app, args, idle: Figures) -> list[str]:
     s = error_note(f)
     return [
         f.line(),
-        f"  with {args.seeds} seed visitors among them; text visitors' p95 {f.p95:.2f} s vs idle {idle.p95:.2f} s "
+        f"  with {args.seeds} seed visitors among them; "
+        f"text visitors' p95 {f.p95:.2f} s vs idle {idle.p95:.2f} s "
         f"-> {f.p95 / idle.p95:.2f}x (goal <= 2x){s}",
     ]
 
@@ -226,7 +232,8 @@ async def training(app, args, idle: Figures) -> list[str]:
         await trainer.close()
     return [
         f.line(),
-        f"  training started: {started}, stopped by Stop: {stopped}; text visitors' p95 {f.p95:.2f} s vs idle "
+        f"  training started: {started}, stopped by Stop: {stopped}; "
+        f"text visitors' p95 {f.p95:.2f} s vs idle "
         f"{idle.p95:.2f} s -> {f.p95 / idle.p95:.2f}x (goal <= 1.5x){error_note(f)}",
     ]
 
@@ -257,8 +264,9 @@ async def hostile(app, args) -> list[str]:
     expected_numbers(plans, texts, {})
     f = await measure("hostile + normal", app, plans, args.ramp, args.timeout)
     refused = sum(p.expected is None for p in plans)
-    return [f.line(), f"  {len(bad)} hostile visitors among them; {refused} refused with a clear message (the 100 KB paste)"
-            f"{error_note(f)}"]  # fmt: skip
+    return [f.line(), f"  {len(bad)} hostile visitors among them; "
+                      f"{refused} refused with a clear message (the 100 KB paste)"
+                      f"{error_note(f)}"]  # fmt: skip
 
 
 def plot(sweep: list[Figures], path: Path, title: str) -> None:
@@ -290,7 +298,9 @@ async def main_async(args) -> int:
     flags = tuple(shlex.split(args.flags))
     app = StreamlitServer(server_env(work / "cache"), work, flags=flags).start()
     (work / "minimal").mkdir()
-    minimal = StreamlitServer(server_env(work / "cache"), work / "minimal", script="bench/minimal_app.py", flags=flags)
+    minimal = StreamlitServer(
+        server_env(work / "cache"), work / "minimal", script="bench/minimal_app.py", flags=flags
+    )
     minimal.start()
     lines = [
         f"LossLens protocol load, {os.cpu_count()} cores, server flags {flags or '(config.toml only)'}; "
@@ -319,7 +329,9 @@ async def main_async(args) -> int:
         if "sweep" in todo:
             sweep = []
             for n in args.sweep:
-                f = await burst(app, n, 0 if n == 1 else args.ramp, args.timeout, f"sweep N={n}", 10_000 + 100 * n)
+                f = await burst(
+                    app, n, 0 if n == 1 else args.ramp, args.timeout, f"sweep N={n}", 10_000 + 100 * n
+                )
                 sweep.append(f)
                 lines.append(f.line())
                 print(lines[-1], flush=True)
@@ -335,7 +347,10 @@ async def main_async(args) -> int:
         if "training" in todo:
             lines += await training(app, args, idle)
             print("\n".join(lines[-2:]), flush=True)
-        lines.append(f"server RSS now {tree_rss_kib(app.pid) / 1024:.0f} MiB, peak (VmHWM) {proc_kib(app.pid, 'VmHWM') / 1024:.0f} MiB")
+        lines.append(
+            f"server RSS now {tree_rss_kib(app.pid) / 1024:.0f} MiB, "
+            f"peak (VmHWM) {proc_kib(app.pid, 'VmHWM') / 1024:.0f} MiB"
+        )
         print(lines[-1])
     finally:
         minimal.stop()
@@ -349,17 +364,25 @@ def main() -> int:
                         default=["reference", "burst", "hostile", "seeds", "training"],
                         help="comma-separated: reference,burst,sweep,hostile,seeds,training")  # fmt: skip
     parser.add_argument("--visitors", type=int, default=30, help="visitors per burst (default 30)")
-    parser.add_argument("--ramp", type=float, default=10.0, help="seconds over which a burst arrives (default 10)")
-    parser.add_argument("--bursts", type=int, default=3, help="bursts in a row, to see RSS growth (default 3)")
+    parser.add_argument(
+        "--ramp", type=float, default=10.0, help="seconds over which a burst arrives (default 10)"
+    )
+    parser.add_argument(
+        "--bursts", type=int, default=3, help="bursts in a row, to see RSS growth (default 3)"
+    )
     parser.add_argument("--seeds", type=int, default=10, help="seed visitors in the seed storm (default 10)")
     parser.add_argument("--sweep", type=lambda s: [int(x) for x in s.split(",")], default=[1, 10, 30, 60])
     parser.add_argument("--plot", help="write the sweep's p50/p95 plot to this PNG")
     parser.add_argument("--reference-visits", type=int, default=5, help="visits per reference figure")
     parser.add_argument("--repeats", type=int, default=3, help="alternating repeats of the reference")
     parser.add_argument("--timeout", type=float, default=180.0, help="seconds per interaction (default 180)")
-    parser.add_argument("--flags", default="", help="extra server flags, e.g. \"--runner.postScriptGC true\"")
+    parser.add_argument("--flags", default="", help='extra server flags, e.g. "--runner.postScriptGC true"')
     args = parser.parse_args()
-    if not 1 <= args.visitors <= 100 or any(not 1 <= n <= 100 for n in args.sweep) or not 0 <= args.ramp <= 60:
+    if (
+        not 1 <= args.visitors <= 100
+        or any(not 1 <= n <= 100 for n in args.sweep)
+        or not 0 <= args.ramp <= 60
+    ):
         parser.error("--visitors and --sweep values must be 1..100, --ramp 0..60 s")
     if not 1 <= args.bursts <= 5 or not 1 <= args.seeds <= 20:
         parser.error("--bursts must be 1..5 and --seeds 1..20")

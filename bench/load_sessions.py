@@ -117,7 +117,7 @@ async def run_session(browser, url: str, i: int, text: str, expected: str, out: 
         out["result"] = time.perf_counter() - t1
         if await page.locator('[data-testid="stException"]').count():
             errors.append("Streamlit exception box")
-    except Exception as e:  # noqa: BLE001 - any failure of a session is counted and reported
+    except Exception as e:
         errors.append(f"{type(e).__name__}: {str(e).splitlines()[0][:200]}")
     finally:
         await context.close()
@@ -242,7 +242,8 @@ async def main_async(args) -> int:
             growth = (rss[-1][1] - rss[1][1]) / 1024
             per = growth / (args.sessions * (args.rounds - 1))
             print(
-                f"RSS growth from round 1 to round {args.rounds}: {growth:+.0f} MiB ({per:+.1f} MiB per session)"
+                f"RSS growth from round 1 to round {args.rounds}: {growth:+.0f} MiB "
+                f"({per:+.1f} MiB per session)"
             )
     target = total_errors == 0 and all_results and percentile(all_results, 0.95) < args.target_p95
     print(f"target (0 errors, p95 < {args.target_p95:g} s): {'met' if target else 'NOT met'}")

@@ -46,7 +46,10 @@ def _extremes(items: list[tuple[str, float]]) -> tuple[tuple[str, float], tuple[
 def describe_prediction(p: dict, vocab_size: int) -> str:
     """One position of the probabilities chart: the target against the model's favourite."""
     top = p["top_k"][0]
-    head = f"After {p['input']}, target {p['target']} has probability {p3(p['target_proba'])}, rank {p['rank']:,} of {vocab_size:,}"
+    head = (
+        f"After {p['input']}, target {p['target']} has probability {p3(p['target_proba'])}, "
+        f"rank {p['rank']:,} of {vocab_size:,}"
+    )
     if top["id"] == p["target_id"]:
         return head + ": it is the model's top token."
     return head + f"; the top token {top['piece']} has {p3(top['proba'])}."
@@ -60,26 +63,38 @@ def describe_step(s: dict, step: int) -> str:
     if step == 1:
         (tl, tlv), (th, thv) = _extremes([(k, p["target_logit"]) for k, p in pairs])
         (_, hl), (_, hh) = _extremes([(k, p["top_k"][0]["logit"]) for k, p in pairs])
-        return (f"{n} positions, {v:,} logits each. The target's logit ranges from {tlv:.4f} ({tl}) to {thv:.4f} ({th}); "
-                f"the highest logit of each position from {hl:.4f} to {hh:.4f}.")
+        return (
+            f"{n} positions, {v:,} logits each. "
+            f"The target's logit ranges from {tlv:.4f} ({tl}) to {thv:.4f} ({th}); "
+            f"the highest logit of each position from {hl:.4f} to {hh:.4f}."
+        )
     if step == 2:
         (_, tl), (_, th) = _extremes([(k, common.to_float(p["target_proba"])) for k, p in pairs])
         (_, hl), (_, hh) = _extremes([(k, p["top_k"][0]["proba"]) for k, p in pairs])
-        return (f"Softmax: each position's {v:,} probabilities sum to 1. The targets get from {p3(tl)} to {p3(th)}, "
-                f"the most likely token of each position from {p3(hl)} to {p3(hh)}; uniform would be {p3(1 / v)}.")
+        return (
+            f"Softmax: each position's {v:,} probabilities sum to 1. "
+            f"The targets get from {p3(tl)} to {p3(th)}, "
+            f"the most likely token of each position from {p3(hl)} to {p3(hh)}; uniform would be {p3(1 / v)}."
+        )
     if step == 3:
         (kl, tl), (kh, th) = _extremes([(k, common.to_float(p["target_proba"])) for k, p in pairs])
-        return (f"target_probas: {n} values, from {p3(tl)} ({kl}) to {p3(th)} ({kh}); "
-                f"the uniform guess 1/{v:,} is {p3(1 / v)}.")
+        return (
+            f"target_probas: {n} values, from {p3(tl)} ({kl}) to {p3(th)} ({kh}); "
+            f"the uniform guess 1/{v:,} is {p3(1 / v)}."
+        )
     if step == 4:
         logs = [(k, common.to_float(x)) for (k, _), x in zip(pairs, s["log_probas"], strict=True)]
         (kl, ll), (kh, lh) = _extremes(logs)
-        return (f"log_probas: {n} values, from {common.num(ll)} ({kl}) to {common.num(lh)} ({kh}); "
-                "0 would be a perfect prediction.")
+        return (
+            f"log_probas: {n} values, from {common.num(ll)} ({kl}) to {common.num(lh)} ({kh}); "
+            "0 would be a perfect prediction."
+        )
     if step == 5:
         return f"avg_log_probas, the mean of the {n} log probabilities: {common.num(s['avg_log_probas'])}."
-    return (f"neg_avg_log_probas = {common.num(s['neg_avg_log_probas'])}, the cross-entropy loss; "
-            f"torch.nn.functional.cross_entropy gives {common.num(s['loss'])}.")
+    return (
+        f"neg_avg_log_probas = {common.num(s['neg_avg_log_probas'])}, the cross-entropy loss; "
+        f"torch.nn.functional.cross_entropy gives {common.num(s['loss'])}."
+    )
 
 
 def describe_heat(t: dict, row: int) -> str:
@@ -88,30 +103,44 @@ def describe_heat(t: dict, row: int) -> str:
     if not items:
         return f"Text {row + 1}: no token to predict."
     (kl, lo), (kh, hi) = _extremes(items)
-    return (f"Text {row + 1}, {len(items)} predicted tokens: most surprising {kh} ({common.num(hi, 2)} nats), "
-            f"least surprising {kl} ({common.num(lo, 2)} nats).")
+    return (
+        f"Text {row + 1}, {len(items)} predicted tokens: most surprising {kh} ({common.num(hi, 2)} nats), "
+        f"least surprising {kl} ({common.num(lo, 2)} nats)."
+    )
 
 
 def _series(name: str, losses: list[float], mean) -> str:
     if not losses:
         return f"{name}: no batch."
-    return (f"{name} loss {common.num(mean)}, the mean of {len(losses):,} batch{'es' if len(losses) != 1 else ''} "
-            f"(lowest {min(losses):.4f}, highest {max(losses):.4f})")
+    return (
+        f"{name} loss {common.num(mean)}, "
+        f"the mean of {len(losses):,} batch{'es' if len(losses) != 1 else ''} "
+        f"(lowest {min(losses):.4f}, highest {max(losses):.4f})"
+    )
 
 
 def describe_dataset(r: dict) -> str:
-    return (_series("Training", r["train_batch_losses"], r["train_loss"]) + "; "
-            + _series("validation", r["val_batch_losses"], r["val_loss"]) + ".")
+    return (
+        _series("Training", r["train_batch_losses"], r["train_loss"])
+        + "; "
+        + _series("validation", r["val_batch_losses"], r["val_loss"])
+        + "."
+    )
 
 
 def describe_training(evals: list[dict]) -> str:
     last = evals[-1]
-    text = (f"At step {last['step']:,} ({last['tokens_seen']:,} tokens seen): training loss {last['train_loss']:.3f}, "
-            f"validation loss {last['val_loss']:.3f}")
+    text = (
+        f"At step {last['step']:,} ({last['tokens_seen']:,} tokens seen): "
+        f"training loss {last['train_loss']:.3f}, "
+        f"validation loss {last['val_loss']:.3f}"
+    )
     if len(evals) > 1:
         first = evals[0]
-        text += (f"; at the first evaluation (step {first['step']:,}) they were {first['train_loss']:.3f} "
-                 f"and {first['val_loss']:.3f}")
+        text += (
+            f"; at the first evaluation (step {first['step']:,}) they were {first['train_loss']:.3f} "
+            f"and {first['val_loss']:.3f}"
+        )
     return text + "."
 
 
@@ -123,8 +152,10 @@ def describe_losses(labels: list[str], losses: list[float]) -> str:
 
 
 def loss_announcement(s: dict) -> str:
-    return (f"Loss {common.num(s['loss'])}, perplexity {common.ppl(s['perplexity'])}, "
-            f"over {s['num_tokens']:,} predicted tokens.")
+    return (
+        f"Loss {common.num(s['loss'])}, perplexity {common.ppl(s['perplexity'])}, "
+        f"over {s['num_tokens']:,} predicted tokens."
+    )
 
 
 # --- a chart's values as a table ---------------------------------------------------------
@@ -150,7 +181,11 @@ def figure_rows(fig) -> tuple[str, list[str], list[list[str]]]:
         columns.append(name)
         for k, val in zip(keys, values, strict=False):
             rows.setdefault(_label(k), {})[name] = value(val)
-    xaxis = fig.layout.yaxis if any(getattr(t, "orientation", None) == "h" for t in fig.data) else fig.layout.xaxis
+    xaxis = (
+        fig.layout.yaxis
+        if any(getattr(t, "orientation", None) == "h" for t in fig.data)
+        else fig.layout.xaxis
+    )
     if xaxis.title and xaxis.title.text:
         axis_name = _label(xaxis.title.text)
     body = [[k] + [r.get(c, "") for c in columns] for k, r in rows.items()]
@@ -165,11 +200,17 @@ def table_html(caption: str, head: list[str], body: list[list[str]]) -> str:
         "<tr>" + f'<th scope="row">{e(r[0])}</th>' + "".join(f"<td>{e(c)}</td>" for c in r[1:]) + "</tr>"
         for r in body[:MAX_TABLE_ROWS]
     )
-    more = f"<p>First {MAX_TABLE_ROWS} of {len(body):,} rows; the CSV download has all.</p>" if len(body) > MAX_TABLE_ROWS else ""
+    more = (
+        f"<p>First {MAX_TABLE_ROWS} of {len(body):,} rows; the CSV download has all.</p>"
+        if len(body) > MAX_TABLE_ROWS
+        else ""
+    )
     # A wide table scrolls on its own; the scrolling box is focusable so the keyboard can scroll it.
-    return (f'<div class="ll-tablewrap" tabindex="0" role="region" aria-label="{e(caption)} (table)">'
-            f'<table class="ll-table"><caption>{e(caption)}</caption><thead><tr>{th}</tr></thead>'
-            f"<tbody>{tr}</tbody></table></div>{more}")
+    return (
+        f'<div class="ll-tablewrap" tabindex="0" role="region" aria-label="{e(caption)} (table)">'
+        f'<table class="ll-table"><caption>{e(caption)}</caption><thead><tr>{th}</tr></thead>'
+        f"<tbody>{tr}</tbody></table></div>{more}"
+    )
 
 
 def chart_alternative(fig, description: str = "") -> None:
@@ -185,4 +226,6 @@ def chart_alternative(fig, description: str = "") -> None:
 
 def announce(text: str) -> None:
     """A polite live region: screen readers read this short text when it changes, not the page."""
-    common.html_block(f'<div class="ll-sr" role="status" aria-live="polite" aria-atomic="true">{common.esc(text)}</div>')
+    common.html_block(
+        f'<div class="ll-sr" role="status" aria-live="polite" aria-atomic="true">{common.esc(text)}</div>'
+    )

@@ -41,8 +41,15 @@ def _summaries(inputs: common.Inputs, keys: list[str]) -> dict[str, dict | str]:
 
 
 def _loss_chart(labels: list[str], losses: list[float], presentation: bool) -> None:
-    fig = go.Figure(go.Bar(x=labels, y=losses, marker_color=common.VIRIDIS[2], text=[f"{x:.3f}" for x in losses],
-                           textposition="outside"))
+    fig = go.Figure(
+        go.Bar(
+            x=labels,
+            y=losses,
+            marker_color=common.VIRIDIS[2],
+            text=[f"{x:.3f}" for x in losses],
+            textposition="outside",
+        )
+    )
     fig.update_yaxes(title="cross entropy (nats)")
     fig.update_layout(height=360, title="Loss on the sidebar's texts")
     common.chart(fig, "compare-loss", presentation, a11y.describe_losses(labels, losses))
@@ -64,38 +71,59 @@ def _dataset_losses(keys: list[str], inputs: common.Inputs) -> None:
         settings = LoaderSettings(context_length=length, stride=length)
         skey = store.dataset_key(key, inputs.seed, text, settings, None, inputs.device)
         if (r := store.get(skey)) is not None:
-            rows.append({"model": ctx.label, "context length": length, "training loss": r["train_loss"],
-                         "validation loss": r["val_loss"], "training perplexity": r["train_perplexity"],
-                         "validation perplexity": r["val_perplexity"]})
+            rows.append(
+                {
+                    "model": ctx.label,
+                    "context length": length,
+                    "training loss": r["train_loss"],
+                    "validation loss": r["val_loss"],
+                    "training perplexity": r["train_perplexity"],
+                    "validation perplexity": r["val_perplexity"],
+                }
+            )
         else:
             todo.append((key, model, settings, skey))
             rows.append({"model": ctx.label, "context length": length, "note": "not computed yet"})
-    if todo and st.button(f"Compute for {len(todo)} model(s)", icon=":material/calculate:", key="cmp_dataset"):
+    if todo and st.button(
+        f"Compute for {len(todo)} model(s)", icon=":material/calculate:", key="cmp_dataset"
+    ):
         bar = st.progress(0.0)
         for n, (key, model, settings, skey) in enumerate(todo):
             bar.progress(n / len(todo), text=f"{common.get_spec(key).label}…")
             store.put(skey, evaluate_dataset(model, text, settings, tokenizer=common.tokenizer()).to_dict())
         st.rerun()
     st.dataframe(rows, hide_index=True)
-    st.caption("The validation loss is the honest one: a model trained on The Verdict has seen its training "
-               "split, and a low training loss with a high validation loss is memorisation.")
+    st.caption(
+        "The validation loss is the honest one: a model trained on The Verdict has seen its training "
+        "split, and a low training loss with a high validation loss is memorisation."
+    )
 
 
 def render(inputs: common.Inputs) -> None:
     st.header("Compare models", anchor=False)
-    st.caption("The sidebar's texts through each model: the same six steps, side by side. An untrained model "
-               "is near the uniform guess (ln 50257 ≈ 10.82); training lowers the loss on text like its corpus.")
+    st.caption(
+        "The sidebar's texts through each model: the same six steps, side by side. An untrained model "
+        "is near the uniform guess (ln 50257 ≈ 10.82); training lowers the loss on text like its corpus."
+    )
     with common.friendly_errors():
         models = available_models()
-        keys = st.multiselect("Models", list(models), default=_default(models), max_selections=MAX_MODELS,
-                              format_func=lambda k: models[k].label, key="cmp_models")
+        keys = st.multiselect(
+            "Models",
+            list(models),
+            default=_default(models),
+            max_selections=MAX_MODELS,
+            format_func=lambda k: models[k].label,
+            key="cmp_models",
+        )
         if not keys:
             st.info("Choose one or more models. Train one in the Training view.", icon=":material/info:")
             return
         pending = [k for k in keys if models[k].needs_download]
         if pending:
-            st.caption("Pretrained GPT-2 downloads once from the Hugging Face Hub (offline: a message says how "
-                       "to provide the file).")
+            st.caption(
+                "Pretrained GPT-2 downloads once from the Hugging Face Hub (offline: a message says how "
+                "to provide the file)."
+            )
         res = _summaries(inputs, keys)
         ok = {k: v for k, v in res.items() if isinstance(v, dict)}
         for k, v in res.items():
@@ -106,9 +134,14 @@ def render(inputs: common.Inputs) -> None:
         cols = st.columns(len(ok))
         for col, (k, s) in zip(cols, ok.items(), strict=True):
             col.metric(models[k].label, common.num(s["loss"]), help="cross entropy (loss)")
-            col.caption(f"perplexity {common.ppl(s['perplexity'])} · {s['bits_per_token']:.3f} bits per token")
-        _loss_chart([models[k].label for k in ok], [common.to_float(s["loss"]) for s in ok.values()],
-                    inputs.presentation)
+            col.caption(
+                f"perplexity {common.ppl(s['perplexity'])} · {s['bits_per_token']:.3f} bits per token"
+            )
+        _loss_chart(
+            [models[k].label for k in ok],
+            [common.to_float(s["loss"]) for s in ok.values()],
+            inputs.presentation,
+        )
 
         st.subheader("Next-token predictions", anchor=False)
         first = next(iter(ok.values()))
@@ -120,11 +153,18 @@ def render(inputs: common.Inputs) -> None:
                 for k, s in ok.items():
                     q = s["texts"][row]["positions"][pos]
                     top = ", ".join(f"{t['piece']} {common.proba(t['proba'])}" for t in q["top_k"])
-                    line[models[k].label] = f"p(target) {common.proba(q['target_proba'])} · rank {q['rank']} · top: {top}"
+                    line[models[k].label] = (
+                        f"p(target) {common.proba(q['target_proba'])} · rank {q['rank']} · top: {top}"
+                    )
                 table.append(line)
             st.dataframe(table, hide_index=True)  # a dataframe shows user text literally
-        rows = [{"model": models[k].label, "key": k, "loss": s["loss"], "perplexity": s["perplexity"]} for k, s in ok.items()]
-        common.downloads("compare", rows, {k: {"loss": s["loss"], "perplexity": s["perplexity"]} for k, s in ok.items()})
+        rows = [
+            {"model": models[k].label, "key": k, "loss": s["loss"], "perplexity": s["perplexity"]}
+            for k, s in ok.items()
+        ]
+        common.downloads(
+            "compare", rows, {k: {"loss": s["loss"], "perplexity": s["perplexity"]} for k, s in ok.items()}
+        )
         token_compare.section(inputs, list(ok), {k: models[k].label for k in ok})
         _dataset_losses(list(ok), inputs)
 

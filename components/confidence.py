@@ -35,7 +35,8 @@ def scatter(rows: list[dict]) -> go.Figure:
                 [common.esc(r["input"]), common.esc(r["target"]), r["rank"], r["text"], r["position"]]
                 for r in pts
             ],
-            hovertemplate="text %{customdata[3]}, position %{customdata[4]}: %{customdata[0]} → %{customdata[1]}"
+            hovertemplate="text %{customdata[3]}, position %{customdata[4]}: "
+            "%{customdata[0]} → %{customdata[1]}"
             "<br>entropy %{x:.3f} nats<br>surprisal %{y:.3f} nats<br>rank %{customdata[2]:,}<extra></extra>",
         )
     fig.update_xaxes(title="entropy of the prediction (nats): how unsure the model was")
@@ -72,7 +73,10 @@ def coloured(c: dict) -> str:
                 ("<br>" if out else "")
                 + f'<span style="border:1px dashed #999">{common.esc(c["first_tokens"][row - 1])}</span>'
             )
-        tip = f"rank {r['rank']:,} ({r['bucket']}); surprisal {r['surprisal']:.3f} nats; entropy {r['entropy']:.3f} nats"
+        tip = (
+            f"rank {r['rank']:,} ({r['bucket']}); surprisal {r['surprisal']:.3f} nats; "
+            f"entropy {r['entropy']:.3f} nats"
+        )
         out.append(
             f'<span style="background:{BUCKET_COLOURS[r["bucket_index"]]};color:#000" '
             f'title="{common.esc(tip)}">{common.esc(r["target"])}</span>'
@@ -107,7 +111,8 @@ def render(inputs: common.Inputs) -> None:
             common.html_block(
                 '<div class="ll-legend">'
                 + "".join(
-                    f'<span style="background:{col};color:#000;padding:0 6px;border-radius:4px">{common.esc(n)}</span>'
+                    f'<span style="background:{col};color:#000;padding:0 6px;border-radius:4px">'
+                    f"{common.esc(n)}</span>"
                     for col, n in zip(BUCKET_COLOURS, c["bucket_names"], strict=True)
                 )
                 + "</div>"

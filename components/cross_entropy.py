@@ -32,8 +32,14 @@ def render(inputs: common.Inputs) -> None:
         st.subheader("By hand and built in: the same number", anchor=False)
         c1, c2, c3 = st.columns(3)
         c1.metric("Six steps by hand", common.num(s["neg_avg_log_probas"]), help="neg_avg_log_probas")
-        c2.metric("F.cross_entropy", common.num(s["loss"]), help="torch.nn.functional.cross_entropy(logits_flat, targets_flat)")
-        c3.metric("Difference", _diff(s["difference"]), help="float32 rounding: the two sum in a different order")
+        c2.metric(
+            "F.cross_entropy",
+            common.num(s["loss"]),
+            help="torch.nn.functional.cross_entropy(logits_flat, targets_flat)",
+        )
+        c3.metric(
+            "Difference", _diff(s["difference"]), help="float32 rounding: the two sum in a different order"
+        )
         st.code(
             f"neg_avg_log_probas = {_full(s['neg_avg_log_probas'])}\n"
             f"loss               = {_full(s['loss'])}\n"
@@ -52,27 +58,50 @@ def render(inputs: common.Inputs) -> None:
             language="python",
         )
         if s["padded"]:
-            st.caption(f"Shorter texts are padded with target {IGNORE_INDEX} (ignore_index): "
-                       "those positions count for nothing.")
+            st.caption(
+                f"Shorter texts are padded with target {IGNORE_INDEX} (ignore_index): "
+                "those positions count for nothing."
+            )
 
         st.subheader("Perplexity", anchor=False)
         p = s["perplexity"]
         meaning = (
-            f"The model is as unsure as if it picked uniformly among about **{common.ppl(p)}** tokens at each step "
+            f"The model is as unsure as if it picked uniformly among about **{common.ppl(p)}** tokens "
+            "at each step "
             f"(the vocabulary has {v:,})."
-            if not isinstance(p, str) else "The loss is so large that exp(loss) overflows a float."
+            if not isinstance(p, str)
+            else "The loss is so large that exp(loss) overflows a float."
         )
         st.markdown(meaning)
         st.caption(common.PERPLEXITY_NOTE)
         rows = [
-            {"model": "This model on your text", "loss (nats)": s["loss"], "perplexity": common.ppl(p), "bits per token": s["bits_per_token"]},
-            {"model": f"Uniform guess over {v:,} tokens", "loss (nats)": math.log(v), "perplexity": f"{v:,}", "bits per token": math.log2(v)},
-            {"model": "Perfect model (p = 1 for each target)", "loss (nats)": 0.0, "perplexity": "1", "bits per token": 0.0},
+            {
+                "model": "This model on your text",
+                "loss (nats)": s["loss"],
+                "perplexity": common.ppl(p),
+                "bits per token": s["bits_per_token"],
+            },
+            {
+                "model": f"Uniform guess over {v:,} tokens",
+                "loss (nats)": math.log(v),
+                "perplexity": f"{v:,}",
+                "bits per token": math.log2(v),
+            },
+            {
+                "model": "Perfect model (p = 1 for each target)",
+                "loss (nats)": 0.0,
+                "perplexity": "1",
+                "bits per token": 0.0,
+            },
         ]
-        st.dataframe(rows, hide_index=True, column_config={
-            "loss (nats)": st.column_config.NumberColumn(format="%.4f"),
-            "bits per token": st.column_config.NumberColumn(format="%.3f"),
-        })
+        st.dataframe(
+            rows,
+            hide_index=True,
+            column_config={
+                "loss (nats)": st.column_config.NumberColumn(format="%.4f"),
+                "bits per token": st.column_config.NumberColumn(format="%.3f"),
+            },
+        )
         st.caption(f"Uniform baseline: ln({v:,}) = {math.log(v):.4f}; bits per token = loss / ln 2.")
 
         st.subheader("Why the built-in works from logits", anchor=False)
@@ -93,13 +122,26 @@ def render(inputs: common.Inputs) -> None:
             f"Your current temperature is {inputs.temperature:g}. Change it in the sidebar and watch the "
             "by-hand and built-in results part ways at low values."
         )
-        common.downloads("cross-entropy", rows, {
-            "neg_avg_log_probas": s["neg_avg_log_probas"], "loss": s["loss"], "difference": s["difference"],
-            "shapes": sh, "perplexity": p, "bits_per_token": s["bits_per_token"],
-            "uniform_loss": s["uniform_loss"], "uniform_perplexity": s["uniform_perplexity"],
-            "low_temperature": {"temperature": LOW_TEMPERATURE, "by_hand": naive, "cross_entropy": stable,
-                                "zero_probability_targets": underflow},
-        })
+        common.downloads(
+            "cross-entropy",
+            rows,
+            {
+                "neg_avg_log_probas": s["neg_avg_log_probas"],
+                "loss": s["loss"],
+                "difference": s["difference"],
+                "shapes": sh,
+                "perplexity": p,
+                "bits_per_token": s["bits_per_token"],
+                "uniform_loss": s["uniform_loss"],
+                "uniform_perplexity": s["uniform_perplexity"],
+                "low_temperature": {
+                    "temperature": LOW_TEMPERATURE,
+                    "by_hand": naive,
+                    "cross_entropy": stable,
+                    "zero_probability_targets": underflow,
+                },
+            },
+        )
 
 
 if __name__ == "__main__":  # run as a page of app.py's st.navigation

@@ -33,12 +33,16 @@ def _corpus() -> tuple[str, str] | None:
             st.caption("Or choose “Upload a file” or “Paste text” above.")
             return None
     if source == SOURCES[1]:
-        up = st.file_uploader(f"Upload a UTF-8 text file (at most {MAX_CORPUS_LABEL})", type=None, key="corpus_file")
+        up = st.file_uploader(
+            f"Upload a UTF-8 text file (at most {MAX_CORPUS_LABEL})", type=None, key="corpus_file"
+        )
         if up is None:
             st.info("Upload a plain-text file to compute its loss.", icon=":material/upload_file:")
             return None
         return decode_corpus_bytes(up.getvalue(), up.name), up.name
-    text = st.text_area("Corpus text", key="corpus_text", height=200, placeholder="Paste a few thousand words…")
+    text = st.text_area(
+        "Corpus text", key="corpus_text", height=200, placeholder="Paste a few thousand words…"
+    )
     if not text.strip():
         st.info("Paste a text of at least a few hundred words.", icon=":material/content_paste:")
         return None
@@ -50,7 +54,9 @@ def _settings(context_length: int) -> tuple[LoaderSettings, int | None]:
     with st.expander("Split and loader settings (the book's defaults)", expanded=False):
         c1, c2, c3 = st.columns(3)
         ratio = c1.number_input("Train ratio", 0.05, 0.95, d.train_ratio, step=0.05, key="ds_ratio")
-        length = c2.number_input("Context length", 2, context_length, min(d.context_length, context_length), step=1, key="ds_len")
+        length = c2.number_input(
+            "Context length", 2, context_length, min(d.context_length, context_length), step=1, key="ds_len"
+        )
         stride = c3.number_input("Stride", 1, 4096, d.stride, step=1, key="ds_stride")
         c4, c5, c6 = st.columns(3)
         batch = c4.number_input("Batch size", 1, 64, d.batch_size, step=1, key="ds_batch")
@@ -64,15 +70,28 @@ def figure(r: dict) -> go.Figure:
     fig = go.Figure()
     for name, key, colour in (("training", "train", common.NEUTRAL), ("validation", "val", common.ACCENT)):
         losses = r[f"{key}_batch_losses"]
-        fig.add_scatter(x=list(range(1, len(losses) + 1)), y=losses, mode="lines+markers", name=f"{name} batches",
-                        line=dict(color=colour))
+        fig.add_scatter(
+            x=list(range(1, len(losses) + 1)),
+            y=losses,
+            mode="lines+markers",
+            name=f"{name} batches",
+            line=dict(color=colour),
+        )
         if r[f"{key}_loss"] is not None:
-            fig.add_hline(y=r[f"{key}_loss"], line_dash="dot", line_color=colour,
-                          annotation_text=f"{name} mean {r[f'{key}_loss']:.4f}",
-                          annotation_font_color=common.ACCENT_TEXT if colour == common.ACCENT else colour)
-    fig.update_xaxes(title="batch", dtick=1 if max(len(r["train_batch_losses"]), len(r["val_batch_losses"])) < 25 else None)
+            fig.add_hline(
+                y=r[f"{key}_loss"],
+                line_dash="dot",
+                line_color=colour,
+                annotation_text=f"{name} mean {r[f'{key}_loss']:.4f}",
+                annotation_font_color=common.ACCENT_TEXT if colour == common.ACCENT else colour,
+            )
+    fig.update_xaxes(
+        title="batch", dtick=1 if max(len(r["train_batch_losses"]), len(r["val_batch_losses"])) < 25 else None
+    )
     fig.update_yaxes(title="cross entropy (nats)")
-    fig.update_layout(height=380, title="Loss per batch", legend=dict(orientation="h", yanchor="top", y=-0.18))
+    fig.update_layout(
+        height=380, title="Loss per batch", legend=dict(orientation="h", yanchor="top", y=-0.18)
+    )
     return fig
 
 
@@ -80,8 +99,13 @@ def _show(r: dict, presentation: bool) -> None:
     c1, c2, c3, c4 = st.columns(4)
     c1.metric("Training loss", common.num(r["train_loss"]))
     c2.metric("Validation loss", common.num(r["val_loss"]))
-    c3.metric("Training perplexity", common.ppl(r["train_perplexity"]) if r["train_perplexity"] is not None else "n/a")
-    c4.metric("Validation perplexity", common.ppl(r["val_perplexity"]) if r["val_perplexity"] is not None else "n/a")
+    c3.metric(
+        "Training perplexity",
+        common.ppl(r["train_perplexity"]) if r["train_perplexity"] is not None else "n/a",
+    )
+    c4.metric(
+        "Validation perplexity", common.ppl(r["val_perplexity"]) if r["val_perplexity"] is not None else "n/a"
+    )
     common.chart(figure(r), "dataset-batch-losses", presentation, a11y.describe_dataset(r))
     rows = [{"split": "train", "batch": i + 1, "loss": x} for i, x in enumerate(r["train_batch_losses"])]
     rows += [{"split": "val", "batch": i + 1, "loss": x} for i, x in enumerate(r["val_batch_losses"])]
@@ -95,11 +119,23 @@ def _n(k: int, noun: str) -> str:
 def _counts_table(c: dict) -> None:
     st.dataframe(
         [
-            {"split": "whole text", "characters": c["characters"], "tokens": c["tokens"], "windows": None,
-             "batches": None, "tokens in batches": None},
+            {
+                "split": "whole text",
+                "characters": c["characters"],
+                "tokens": c["tokens"],
+                "windows": None,
+                "batches": None,
+                "tokens in batches": None,
+            },
             *[
-                {"split": s, "characters": c[s]["characters"], "tokens": c[s]["tokens"], "windows": c[s]["windows"],
-                 "batches": c[s]["batches"], "tokens in batches": c[s]["batch_tokens"]}
+                {
+                    "split": s,
+                    "characters": c[s]["characters"],
+                    "tokens": c[s]["tokens"],
+                    "windows": c[s]["windows"],
+                    "batches": c[s]["batches"],
+                    "tokens in batches": c[s]["batch_tokens"],
+                }
                 for s in ("train", "val")
             ],
         ],
@@ -135,7 +171,10 @@ def render(inputs: common.Inputs) -> None:
         key = store.dataset_key(inputs.model, inputs.seed, text, settings, num_batches, inputs.device)
         stopped = st.session_state.pop("_ds_running", None)
         if stopped and store.get(key) is None:
-            st.warning(f"Stopped after {stopped} batches; press Compute to start again.", icon=":material/stop_circle:")
+            st.warning(
+                f"Stopped after {stopped} batches; press Compute to start again.",
+                icon=":material/stop_circle:",
+            )
         if store.get(key) is None:
             slot = st.empty()
             if not slot.button("Compute", type="primary", icon=":material/calculate:", key="ds_compute"):

@@ -23,7 +23,8 @@ EXPLAIN = [
     "log 1 = 0 for a perfect prediction, more negative the less likely the target was.",
     "One number for the whole batch: the mean of the log probabilities of all targets, of all texts.",
     "Negate, so that lower is better and a perfect model scores 0: this is the cross-entropy loss, "
-    "the number training minimizes. `torch.nn.functional.cross_entropy` computes it from the logits in one call.",
+    "the number training minimizes. "
+    "`torch.nn.functional.cross_entropy` computes it from the logits in one call.",
 ]
 
 
@@ -77,16 +78,24 @@ def diagram(s: dict, step: int) -> str:
         state = "now" if k == step else ("done" if k < step else "")
         current = ' aria-current="step"' if k == step else ""
         here = '<span class="ll-sr">, current step</span>' if k == step else ""
-        parts.append(f'<li class="ll-step {state}"{current}><b>{k}. {common.esc(title)}</b>'
-                     f"<code>{common.esc(fact)}</code>{here}</li>")
+        parts.append(
+            f'<li class="ll-step {state}"{current}><b>{k}. {common.esc(title)}</b>'
+            f"<code>{common.esc(fact)}</code>{here}</li>"
+        )
     # An ordered list: a screen reader hears "list, 6 items" and the steps in order.
     return '<ol class="ll-flow" aria-label="The six steps of figure 5.7">' + "".join(parts) + "</ol>"
 
 
 def _uniform(fig: go.Figure, x: list[str], uniform: float) -> None:
     # A trace, not add_hline: its label stays right on a log axis too.
-    fig.add_scatter(x=x, y=[uniform] * len(x), mode="lines", name=f"uniform 1/{round(1 / uniform):,}",
-                    line=dict(color="#666666", dash="dot"), hoverinfo="skip")
+    fig.add_scatter(
+        x=x,
+        y=[uniform] * len(x),
+        mode="lines",
+        name=f"uniform 1/{round(1 / uniform):,}",
+        line=dict(color="#666666", dash="dot"),
+        hoverinfo="skip",
+    )
 
 
 def figure(s: dict, step: int) -> go.Figure:
@@ -96,40 +105,75 @@ def figure(s: dict, step: int) -> go.Figure:
     uniform = 1 / s["vocab_size"]
     fig = go.Figure()
     if step == 1:
-        fig.add_bar(x=x, y=[p["top_k"][0]["logit"] for p in ps], name="highest logit", marker_color=common.NEUTRAL)
+        fig.add_bar(
+            x=x, y=[p["top_k"][0]["logit"] for p in ps], name="highest logit", marker_color=common.NEUTRAL
+        )
         fig.add_bar(x=x, y=[p["target_logit"] for p in ps], name="target's logit", marker_color=common.ACCENT)
         fig.update_yaxes(title="logit (unnormalized score)")
     elif step == 2:
-        fig.add_bar(x=x, y=[p["top_k"][0]["proba"] for p in ps], name="highest probability", marker_color=common.NEUTRAL)
-        fig.add_bar(x=x, y=[common.to_float(p["target_proba"]) for p in ps], name="target's probability", marker_color=common.ACCENT)
+        fig.add_bar(
+            x=x,
+            y=[p["top_k"][0]["proba"] for p in ps],
+            name="highest probability",
+            marker_color=common.NEUTRAL,
+        )
+        fig.add_bar(
+            x=x,
+            y=[common.to_float(p["target_proba"]) for p in ps],
+            name="target's probability",
+            marker_color=common.ACCENT,
+        )
         _uniform(fig, x, uniform)
         fig.update_yaxes(title="probability", tickformat=".1e")
     elif step == 3:
-        fig.add_bar(x=x, y=[common.to_float(p["target_proba"]) for p in ps], name="target_probas", marker_color=common.ACCENT,
-                    text=[_e(p["target_proba"]) for p in ps], textposition="auto")
+        fig.add_bar(
+            x=x,
+            y=[common.to_float(p["target_proba"]) for p in ps],
+            name="target_probas",
+            marker_color=common.ACCENT,
+            text=[_e(p["target_proba"]) for p in ps],
+            textposition="auto",
+        )
         _uniform(fig, x, uniform)
         values = [v for v in (common.to_float(p["target_proba"]) for p in ps) if v > 0] + [uniform]
         lo, hi = math.log10(min(values)), math.log10(max(values))
-        fig.update_yaxes(title="target probability (log scale)", type="log", dtick=1, exponentformat="power",
-                         range=[math.floor(lo - 0.3), math.ceil(hi + 0.3)])
+        fig.update_yaxes(
+            title="target probability (log scale)",
+            type="log",
+            dtick=1,
+            exponentformat="power",
+            range=[math.floor(lo - 0.3), math.ceil(hi + 0.3)],
+        )
     else:
         logs = [common.to_float(v) for v in s["log_probas"]]
         sign = -1 if step == 6 else 1
         fig.add_bar(
-            x=x, y=[sign * v for v in logs], text=[common.num(sign * v, 2) for v in logs], textposition="inside", insidetextanchor="middle",
+            x=x,
+            y=[sign * v for v in logs],
+            text=[common.num(sign * v, 2) for v in logs],
+            textposition="inside",
+            insidetextanchor="middle",
             name="-log_probas" if step == 6 else "log_probas",
             marker_color=common.VIRIDIS[3] if step == 4 else "rgba(49,104,142,.45)",
         )
         if step >= 5:
             level = common.to_float(s["neg_avg_log_probas"] if step == 6 else s["avg_log_probas"])
             fig.add_hline(
-                y=level, line_color=common.ACCENT, line_width=4,
-                annotation_text=("loss = " if step == 6 else "mean = ") + common.num(level), annotation_position="top left",
+                y=level,
+                line_color=common.ACCENT,
+                line_width=4,
+                annotation_text=("loss = " if step == 6 else "mean = ") + common.num(level),
+                annotation_position="top left",
                 annotation_font_color=common.ACCENT_TEXT,
             )
         fig.update_yaxes(title="−log probability (nats)" if step == 6 else "log probability (nats)")
     fig.update_xaxes(tickangle=0, title="input → target (text·position)")
-    fig.update_layout(barmode="group", height=420, legend=dict(orientation="h", yanchor="top", y=-0.18), title=STEPS[step - 1][1])
+    fig.update_layout(
+        barmode="group",
+        height=420,
+        legend=dict(orientation="h", yanchor="top", y=-0.18),
+        title=STEPS[step - 1][1],
+    )
     return fig
 
 
@@ -142,22 +186,31 @@ def _values(s: dict, step: int) -> tuple[str, list[dict]]:
     rows = []
     for r, t in enumerate(s["texts"]):
         for p in t["positions"]:
-            rows.append({
-                "text": r + 1, "position": p["position"], "input": p["input"], "target": p["target"],
-                "target_id": p["target_id"], "target_logit": p["target_logit"],
-                "highest_logit": p["top_k"][0]["logit"], "target_proba": p["target_proba"],
-                "log_proba": p["log_proba"],
-            })
+            rows.append(
+                {
+                    "text": r + 1,
+                    "position": p["position"],
+                    "input": p["input"],
+                    "target": p["target"],
+                    "target_id": p["target_id"],
+                    "target_logit": p["target_logit"],
+                    "highest_logit": p["top_k"][0]["logit"],
+                    "target_proba": p["target_proba"],
+                    "log_proba": p["log_proba"],
+                }
+            )
     fmt = lambda v: common.num(v, 4)  # noqa: E731
     if step == 1:
         shape = s["shapes"]["logits"]
         text = f"logits.shape = torch.Size({shape})\n" + "\n".join(
-            f"logits[{r['text'] - 1}, {r['position']}, {r['target_id']}] = {r['target_logit']:.4f}   # target {r['target']}"
+            f"logits[{r['text'] - 1}, {r['position']}, {r['target_id']}] = {r['target_logit']:.4f}   "
+            f"# target {r['target']}"
             for r in rows
         )
     elif step == 2:
         text = "\n".join(
-            f"probas[{r['text'] - 1}, {r['position']}, {r['target_id']}] = {common.proba(r['target_proba'])}" for r in rows
+            f"probas[{r['text'] - 1}, {r['position']}, {r['target_id']}] = {common.proba(r['target_proba'])}"
+            for r in rows
         )
     elif step == 3:
         text = "\n".join(
@@ -186,17 +239,39 @@ def render(inputs: common.Inputs) -> None:
         if not inputs.presentation:
             common.metrics(s)
         _advance()
-        step = st.select_slider("Step", options=list(range(1, len(STEPS) + 1)), key="step", bind="query-params")
+        step = st.select_slider(
+            "Step", options=list(range(1, len(STEPS) + 1)), key="step", bind="query-params"
+        )
         playing = bool(st.session_state.get("playing"))
         with st.container(horizontal=True):
             # PageUp / PageDown: what a presentation clicker sends.
-            # Fixed keys: a button keeps its identity (and the keyboard focus) when its label or state changes.
-            st.button("Previous", on_click=_go, args=(-1,), disabled=step <= 1, icon=":material/arrow_back:",
-                      shortcut="PageUp", key="step_previous")
-            st.button("Next", on_click=_go, args=(1,), disabled=step >= len(STEPS), icon=":material/arrow_forward:",
-                      shortcut="PageDown", key="step_next")
-            st.button("Pause" if playing else "Play", on_click=_play, icon=":material/pause:" if playing else ":material/play_arrow:",
-                      shortcut="P", key="step_play")
+            # Fixed keys: a button keeps its identity (and the keyboard focus) when its label
+            # or state changes.
+            st.button(
+                "Previous",
+                on_click=_go,
+                args=(-1,),
+                disabled=step <= 1,
+                icon=":material/arrow_back:",
+                shortcut="PageUp",
+                key="step_previous",
+            )
+            st.button(
+                "Next",
+                on_click=_go,
+                args=(1,),
+                disabled=step >= len(STEPS),
+                icon=":material/arrow_forward:",
+                shortcut="PageDown",
+                key="step_next",
+            )
+            st.button(
+                "Pause" if playing else "Play",
+                on_click=_play,
+                icon=":material/pause:" if playing else ":material/play_arrow:",
+                shortcut="P",
+                key="step_play",
+            )
 
         common.html_block(diagram(s, step))
         key, title, code = STEPS[step - 1]
@@ -215,9 +290,25 @@ def render(inputs: common.Inputs) -> None:
         if not inputs.presentation:
             with st.expander("All values of this batch"):
                 st.dataframe(rows, hide_index=True)
-            common.downloads("figure-5-7", rows, {"steps": [list(x) for x in STEPS], **{
-                k: s[k] for k in ("log_probas", "avg_log_probas", "neg_avg_log_probas", "loss", "perplexity", "shapes")
-            }, "positions": rows})
+            common.downloads(
+                "figure-5-7",
+                rows,
+                {
+                    "steps": [list(x) for x in STEPS],
+                    **{
+                        k: s[k]
+                        for k in (
+                            "log_probas",
+                            "avg_log_probas",
+                            "neg_avg_log_probas",
+                            "loss",
+                            "perplexity",
+                            "shapes",
+                        )
+                    },
+                    "positions": rows,
+                },
+            )
 
     if st.session_state.get("playing"):
         time.sleep(PLAY_SECONDS)

@@ -61,9 +61,10 @@ def figure(p: dict) -> go.Figure:
 def _steps(inputs: common.Inputs) -> None:
     st.subheader("One real training step", anchor=False)
     st.caption(
-        f"AdamW with the book's settings (lr {BOOK_LR}, weight decay {BOOK_WEIGHT_DECAY}) on your batch, applied "
-        "to a private copy of the model: the shared model, and every other view, stay as they are. Dropout is "
-        "off so a step is reproducible. More steps show the model memorising the batch."
+        f"AdamW with the book's settings (lr {BOOK_LR}, weight decay {BOOK_WEIGHT_DECAY}) "
+        "on your batch, applied "
+        "to a private copy of the model: the shared model, and every other view, stay as they are. "
+        "Dropout is off so a step is reproducible. More steps show the model memorising the batch."
     )
     n = st.number_input("Steps", 1, MAX_STEPS, 1, step=1, key="grad_steps", bind="query-params")
     key, seed, device = lesson_data.model_args(inputs)
@@ -141,7 +142,8 @@ def render(inputs: common.Inputs) -> None:
     st.header("What the loss asks the model to change", anchor=False)
     st.caption(
         "The gradient of the mean cross entropy with respect to one prediction's logits is "
-        "(softmax − one_hot(target)) / N for N predictions: training raises the target's logit by (1 − p) / N "
+        "(softmax − one_hot(target)) / N for N predictions: "
+        "training raises the target's logit by (1 − p) / N "
         "and lowers every other token's in proportion to its probability. The two amounts are equal."
     )
     with common.friendly_errors():

@@ -20,8 +20,10 @@ def heat(t: dict, lo: float, hi: float, row: int = 0) -> str:
     text, id and values (role img + aria-label), and shows the same details on hover and on focus."""
     first = t["tokens"][0]
     first_tip = f"{first} (id {t['token_ids'][0]}): the first token, nothing predicts it"
-    out = [f'<span class="tok" style="background:transparent;border:1px dashed #767676" role="img" tabindex="0" '
-           f'aria-label="{common.esc(first_tip)}" data-tip="{common.esc(first_tip)}">{common.esc(first)}</span>']
+    out = [
+        f'<span class="tok" style="background:transparent;border:1px dashed #767676" role="img" tabindex="0" '
+        f'aria-label="{common.esc(first_tip)}" data-tip="{common.esc(first_tip)}">{common.esc(first)}</span>'
+    ]
     for p in t["positions"]:
         x = common.to_float(p["surprisal"])
         bg, fg = _colour(x, lo, hi)
@@ -34,8 +36,10 @@ def heat(t: dict, lo: float, hi: float, row: int = 0) -> str:
             f"top alternatives: {alts}"
         )
         name = tip.replace("\n", ", ")
-        out.append(f'<span class="tok" style="--heat:{bg};background:{bg};color:{fg}" role="img" tabindex="0" '
-                   f'aria-label="{common.esc(name)}" data-tip="{common.esc(tip)}">{common.esc(p["target"])}</span>')
+        out.append(
+            f'<span class="tok" style="--heat:{bg};background:{bg};color:{fg}" role="img" tabindex="0" '
+            f'aria-label="{common.esc(name)}" data-tip="{common.esc(tip)}">{common.esc(p["target"])}</span>'
+        )
     label = f"Text {row + 1} coloured by surprisal; each token is focusable and names its values"
     return f'<div class="ll-heat" role="group" aria-label="{label}">' + "".join(out) + "</div>"
 
@@ -63,17 +67,26 @@ def render(inputs: common.Inputs) -> None:
             common.html_block(heat(t, lo, hi, r))
             st.caption(common.md(a11y.describe_heat(t, r)))
             for p in t["positions"]:
-                rows.append({
-                    "text": r + 1, "position": p["position"], "token": p["target"], "token_id": p["target_id"],
-                    "surprisal": p["surprisal"], "probability": p["target_proba"], "rank": p["rank"],
-                    "top1": p["top_k"][0]["piece"],
-                })
+                rows.append(
+                    {
+                        "text": r + 1,
+                        "position": p["position"],
+                        "token": p["target"],
+                        "token_id": p["target_id"],
+                        "surprisal": p["surprisal"],
+                        "probability": p["target_proba"],
+                        "rank": p["rank"],
+                        "top1": p["top_k"][0]["piece"],
+                    }
+                )
         st.subheader("Most surprising tokens", anchor=False)
         st.dataframe(
             sorted(rows, key=lambda r: -common.to_float(r["surprisal"])),
             hide_index=True,
             column_config={
-                "surprisal": st.column_config.ProgressColumn("surprisal (nats)", format="%.3f", min_value=0.0, max_value=max(hi, 1e-9)),
+                "surprisal": st.column_config.ProgressColumn(
+                    "surprisal (nats)", format="%.3f", min_value=0.0, max_value=max(hi, 1e-9)
+                ),
                 "probability": st.column_config.NumberColumn(format="%.3e"),
             },
         )

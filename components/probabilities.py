@@ -24,7 +24,9 @@ def figure(p: dict, temperature: float) -> go.Figure:
         labels.append(f"target (rank {p['rank']:,}): {_plot_label(p['target'], p['target_id'])}")
         values.append(common.to_float(p["target_proba"]))
         colors.append(common.ACCENT)
-        hover.append(f"id {p['target_id']}<br>p = {common.proba(p['target_proba'])}<br>logit = {p['target_logit']:.4f}")
+        hover.append(
+            f"id {p['target_id']}<br>p = {common.proba(p['target_proba'])}<br>logit = {p['target_logit']:.4f}"
+        )
     fig = go.Figure(
         go.Bar(
             x=values,
@@ -38,8 +40,14 @@ def figure(p: dict, temperature: float) -> go.Figure:
         )
     )
     fig.update_yaxes(autorange="reversed", type="category")
-    fig.update_xaxes(title="probability (softmax over all 50,257 tokens" + (f", temperature {temperature:g})" if temperature != 1 else ")"))
-    fig.update_layout(height=max(260, 34 * len(labels) + 80), title=f"After “{common.esc(p['input'])}”: top {len(top)} next tokens")
+    fig.update_xaxes(
+        title="probability (softmax over all 50,257 tokens"
+        + (f", temperature {temperature:g})" if temperature != 1 else ")")
+    )
+    fig.update_layout(
+        height=max(260, 34 * len(labels) + 80),
+        title=f"After “{common.esc(p['input'])}”: top {len(top)} next tokens",
+    )
     return fig
 
 
@@ -58,13 +66,19 @@ def render(inputs: common.Inputs) -> None:
         )
         p = s["texts"][r]["positions"][i]
         c1, c2, c3 = st.columns(3)
-        c1.metric("Target token", common.md(p["target"]), help=f"token id {p['target_id']}")  # metric values are Markdown
+        c1.metric(
+            "Target token", common.md(p["target"]), help=f"token id {p['target_id']}"
+        )  # metric values are Markdown
         c2.metric("Target probability", common.proba(p["target_proba"]))
         c3.metric("Target rank", f"{p['rank']:,} of {s['vocab_size']:,}", help="1 = the model's favourite")
         st.caption("Context the model has read:")
         common.html_block("".join(common.chip(c, None) for c in s["texts"][r]["tokens"][: i + 1]))
-        common.chart(figure(p, s["temperature"]), f"top{s['top_k']}-text{r + 1}-pos{i}", inputs.presentation,
-                     a11y.describe_prediction(p, s["vocab_size"]))
+        common.chart(
+            figure(p, s["temperature"]),
+            f"top{s['top_k']}-text{r + 1}-pos{i}",
+            inputs.presentation,
+            a11y.describe_prediction(p, s["vocab_size"]),
+        )
         st.caption(
             f"Bars: the {s['top_k']} most likely next tokens (change top-k in the sidebar); the "
             "actual next token in orange, shown below the others with its rank when it is not among them. "
@@ -73,11 +87,18 @@ def render(inputs: common.Inputs) -> None:
         )
         rows = [
             {
-                "text": rr + 1, "position": q["position"], "input": q["input"], "target": q["target"],
-                "target_id": q["target_id"], "target_proba": q["target_proba"], "rank": q["rank"],
-                "top1": q["top_k"][0]["piece"], "top1_proba": q["top_k"][0]["proba"],
+                "text": rr + 1,
+                "position": q["position"],
+                "input": q["input"],
+                "target": q["target"],
+                "target_id": q["target_id"],
+                "target_proba": q["target_proba"],
+                "rank": q["rank"],
+                "top1": q["top_k"][0]["piece"],
+                "top1_proba": q["top_k"][0]["proba"],
             }
-            for rr, t in enumerate(s["texts"]) for q in t["positions"]
+            for rr, t in enumerate(s["texts"])
+            for q in t["positions"]
         ]
         st.subheader("All positions", anchor=False)
         st.dataframe(
@@ -89,8 +110,15 @@ def render(inputs: common.Inputs) -> None:
             },
         )
         payload = [
-            {"text": rr + 1, **{k: q[k] for k in ("position", "input", "target", "target_id", "target_proba", "rank", "top_k")}}
-            for rr, t in enumerate(s["texts"]) for q in t["positions"]
+            {
+                "text": rr + 1,
+                **{
+                    k: q[k]
+                    for k in ("position", "input", "target", "target_id", "target_proba", "rank", "top_k")
+                },
+            }
+            for rr, t in enumerate(s["texts"])
+            for q in t["positions"]
         ]
         common.downloads("probabilities", rows, payload)
 

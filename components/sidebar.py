@@ -21,7 +21,9 @@ PRESETS = {
         "he had dropped his painting, married a rich widow, and established himself in a "
         "villa on the Riviera."
     ),
-    "Repetition (a trained model finds it easy)": "the cat sat on the mat. the cat sat on the mat. the cat sat on the mat.",
+    "Repetition (a trained model finds it easy)": (
+        "the cat sat on the mat. the cat sat on the mat. the cat sat on the mat."
+    ),
     "Ragged batch (padding)": "Hi there\nThe quick brown fox jumps over the lazy dog",
     "Whitespace, emoji, bytes": "Hello,   world!\ttab\n🙂 café naïve 😀 漢字",
 }

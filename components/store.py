@@ -18,8 +18,9 @@ def _results() -> dict:
     return {}
 
 
-def dataset_key(model: str, seed: int, text: str, settings: LoaderSettings, num_batches: int | None,
-                device: str = "cpu") -> tuple:
+def dataset_key(
+    model: str, seed: int, text: str, settings: LoaderSettings, num_batches: int | None, device: str = "cpu"
+) -> tuple:
     """The key of one dataset evaluation: the Dataset and Compare views find each other's results."""
     sha = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
     return (model, effective_seed(model, seed), sha, tuple(asdict(settings).values()), num_batches, device)

@@ -101,8 +101,8 @@ def render(inputs: common.Inputs) -> None:
         common.chart(figure(s, axis), "temperature-sweep", inputs.presentation)
         st.caption(
             "For an untrained model the best temperature is high: its predictions are nearly random, so the "
-            "flatter the better. A trained model's best temperature sits near 1, where it was trained; set the "
-            "sidebar's temperature to move the orange line."
+            "flatter the better. A trained model's best temperature sits near 1, where it was trained; "
+            "set the sidebar's temperature to move the orange line."
         )
         rows = [
             {"temperature": t, "loss": loss, "perplexity": p, "mean_entropy": h}

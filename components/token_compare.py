@@ -65,11 +65,13 @@ def heat(c: dict) -> str:
             )
         bg, fg = _colour(r["difference"], scale)
         tip = (
-            f"surprisal A {r['surprisal_a']:.3f}, B {r['surprisal_b']:.3f} nats; A − B {r['difference']:+.3f}; "
+            f"surprisal A {r['surprisal_a']:.3f}, B {r['surprisal_b']:.3f} nats; "
+            f"A − B {r['difference']:+.3f}; "
             f"KL(p_A‖p_B) {r['kl']:.4f} nats"
         )
         out.append(
-            f'<span style="background:{bg};color:{fg}" title="{common.esc(tip)}">{common.esc(r["target"])}</span>'
+            f'<span style="background:{bg};color:{fg}" title="{common.esc(tip)}">'
+            f"{common.esc(r['target'])}</span>"
         )
     return '<div class="ll-heat">' + "".join(out) + "</div>"
 

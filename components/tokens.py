@@ -14,13 +14,17 @@ def _shift_table(t: dict) -> str:
     ids, pieces, is_bytes = t["token_ids"], t["tokens"], t["byte_tokens"]
     kinds = [common.chip_kind(i, b) for i, b in zip(ids, is_bytes, strict=True)]
     chips = [common.chip(p, i, k) for p, i, k in zip(pieces, ids, kinds, strict=True)]
-    targets = [common.chip(p, i, f"target {k}") for p, i, k in zip(pieces[1:], ids[1:], kinds[1:], strict=True)]
+    targets = [
+        common.chip(p, i, f"target {k}") for p, i, k in zip(pieces[1:], ids[1:], kinds[1:], strict=True)
+    ]
     head = (
-        '<div class="ll-col ll-head"><span>inputs = tokens[:-1]</span><span class="ll-arrow" aria-hidden="true"> </span>'
+        '<div class="ll-col ll-head"><span>inputs = tokens[:-1]</span>'
+        '<span class="ll-arrow" aria-hidden="true"> </span>'
         "<span>targets = tokens[1:]</span></div>"
     )
     cols = "".join(
-        f'<div class="ll-col" title="position {n}">{inp}<span class="ll-arrow" aria-hidden="true">↓</span>{tgt}</div>'
+        f'<div class="ll-col" title="position {n}">{inp}'
+        f'<span class="ll-arrow" aria-hidden="true">↓</span>{tgt}</div>'
         for n, (inp, tgt) in enumerate(zip(chips[:-1], targets, strict=True))
     )
     return (
@@ -42,20 +46,32 @@ def render(inputs: common.Inputs) -> None:
         )
         rows = []
         for r, t in enumerate(s["texts"]):
-            st.subheader(f"Text {r + 1}: {len(t['token_ids'])} tokens, {len(t['positions'])} predictions", anchor=False)
+            st.subheader(
+                f"Text {r + 1}: {len(t['token_ids'])} tokens, {len(t['positions'])} predictions", anchor=False
+            )
             st.text(t["text"])
             common.html_block(_shift_table(t))
             rows += [
-                {"text": r + 1, "position": p["position"], "input_id": p["input_id"], "input": p["input"],
-                 "target_id": p["target_id"], "target": p["target"]}
+                {
+                    "text": r + 1,
+                    "position": p["position"],
+                    "input_id": p["input_id"],
+                    "input": p["input"],
+                    "target_id": p["target_id"],
+                    "target": p["target"],
+                }
                 for p in t["positions"]
             ]
         shapes = s["shapes"]
         width = shapes["inputs"][1]
         inputs_rows = [[p["input_id"] for p in t["positions"]] for t in s["texts"]]
         target_rows = [[p["target_id"] for p in t["positions"]] for t in s["texts"]]
-        pad = (f" (shorter texts padded: inputs with {PAD_ID}, targets with {IGNORE_INDEX}, which the loss ignores)"
-               if s["padded"] else "")
+        pad = (
+            f" (shorter texts padded: inputs with {PAD_ID}, targets with {IGNORE_INDEX}, "
+            "which the loss ignores)"
+            if s["padded"]
+            else ""
+        )
         st.markdown(f"**As tensors**, shape {shapes['inputs']}{pad}:")
         st.code(
             "inputs = torch.tensor(" + _fmt(inputs_rows, width, PAD_ID) + ")\n"

@@ -33,11 +33,19 @@ def figure(evals: list[dict], title: str = "Training and validation loss") -> go
     fig = go.Figure()
     x = [e["tokens_seen"] for e in evals]
     steps = [e["step"] for e in evals]
-    for name, key, colour, dash in (("training", "train_loss", common.NEUTRAL, "solid"),
-                                    ("validation", "val_loss", common.ACCENT, "dashdot")):
-        fig.add_scatter(x=x, y=[e[key] for e in evals], customdata=steps, mode="lines+markers", name=f"{name} loss",
-                        line=dict(color=colour, dash=dash),
-                        hovertemplate="step %{customdata}<br>%{x:,} tokens seen<br>loss %{y:.3f}<extra></extra>")
+    for name, key, colour, dash in (
+        ("training", "train_loss", common.NEUTRAL, "solid"),
+        ("validation", "val_loss", common.ACCENT, "dashdot"),
+    ):
+        fig.add_scatter(
+            x=x,
+            y=[e[key] for e in evals],
+            customdata=steps,
+            mode="lines+markers",
+            name=f"{name} loss",
+            line=dict(color=colour, dash=dash),
+            hovertemplate="step %{customdata}<br>%{x:,} tokens seen<br>loss %{y:.3f}<extra></extra>",
+        )
     fig.update_xaxes(title="tokens seen")
     fig.update_yaxes(title="cross entropy (nats)")
     fig.update_layout(height=400, title=title, legend=dict(orientation="h", yanchor="top", y=-0.2))
@@ -58,18 +66,31 @@ def _show(snap: dict, presentation: bool) -> None:
     evals = snap["evals"]
     if total:
         status = "stopping…" if snap["stopping"] and snap["running"] else f"step {done} of {total}"
-        st.progress(min(done / total, 1.0), text=f"{snap['name']} ({snap['preset']} preset): {status}, "
-                                                  f"{snap['elapsed_s']:.0f} s")
+        st.progress(
+            min(done / total, 1.0),
+            text=f"{snap['name']} ({snap['preset']} preset): {status}, {snap['elapsed_s']:.0f} s",
+        )
     if evals:
         last = evals[-1]
         c1, c2, c3, c4 = st.columns(4)
         first = evals[0] if len(evals) > 1 else None  # the change since the first evaluation
-        c1.metric("Training loss", f"{last['train_loss']:.3f}", delta_color="inverse",
-                  delta=f"{last['train_loss'] - first['train_loss']:+.3f}" if first else None)
-        c2.metric("Validation loss", f"{last['val_loss']:.3f}", delta_color="inverse",
-                  delta=f"{last['val_loss'] - first['val_loss']:+.3f}" if first else None)
-        c3.metric("Gap (val − train)", f"{last['val_loss'] - last['train_loss']:.3f}",
-                  help="Grows when the model memorises the training text: overfitting.")
+        c1.metric(
+            "Training loss",
+            f"{last['train_loss']:.3f}",
+            delta_color="inverse",
+            delta=f"{last['train_loss'] - first['train_loss']:+.3f}" if first else None,
+        )
+        c2.metric(
+            "Validation loss",
+            f"{last['val_loss']:.3f}",
+            delta_color="inverse",
+            delta=f"{last['val_loss'] - first['val_loss']:+.3f}" if first else None,
+        )
+        c3.metric(
+            "Gap (val − train)",
+            f"{last['val_loss'] - last['train_loss']:.3f}",
+            help="Grows when the model memorises the training text: overfitting.",
+        )
         c4.metric("Tokens seen", f"{last['tokens_seen']:,}")
         common.chart(figure(evals), "training-loss", presentation, a11y.describe_training(evals))
     _samples(snap["samples"])
@@ -94,11 +115,17 @@ def _finished(run: TrainingRun, presentation: bool) -> None:
     if snap["error"]:
         st.error(common.md(snap["error"]), icon=":material/error:")
     elif snap["finished"]:
-        st.success(f"Finished and saved. “Trained: {common.md(run.name)}” is now in the model picker, "
-                   "so every view can use it.", icon=":material/check_circle:")
+        st.success(
+            f"Finished and saved. “Trained: {common.md(run.name)}” is now in the model picker, "
+            "so every view can use it.",
+            icon=":material/check_circle:",
+        )
     elif snap["stopped"]:
-        st.warning(f"Stopped after {snap['step']} steps and saved: “Trained: {common.md(run.name)}” is in the model "
-                   "picker, and Resume continues exactly where it stopped.", icon=":material/stop_circle:")
+        st.warning(
+            f"Stopped after {snap['step']} steps and saved: “Trained: {common.md(run.name)}” is in the model "
+            "picker, and Resume continues exactly where it stopped.",
+            icon=":material/stop_circle:",
+        )
     if not st.session_state.get("_train_acknowledged"):
         st.session_state["_train_acknowledged"] = True
         common.forget_model(f"trained-{run.name}")
@@ -106,7 +133,9 @@ def _finished(run: TrainingRun, presentation: bool) -> None:
 
 
 def _start(preset, name: str, resume: bool, device: str) -> None:
-    st.session_state["_train_run"] = _slot().start(preset, common.verdict(), name, resume=resume, device=device)
+    st.session_state["_train_run"] = _slot().start(
+        preset, common.verdict(), name, resume=resume, device=device
+    )
     st.session_state["_train_acknowledged"] = False
     st.rerun()
 
@@ -114,7 +143,8 @@ def _start(preset, name: str, resume: bool, device: str) -> None:
 def render(inputs: common.Inputs) -> None:
     st.header("Training", anchor=False)
     st.caption(
-        "Section 5.2: `torch.manual_seed(123)`, a fresh `GPTModel`, AdamW (lr 0.0004, weight decay 0.1 in the "
+        "Section 5.2: `torch.manual_seed(123)`, a fresh `GPTModel`, "
+        "AdamW (lr 0.0004, weight decay 0.1 in the "
         "book preset), and `train_model_simple` on The Verdict: an evaluation every `eval_freq` steps over "
         "`eval_iter` batches, and a greedy sample after each epoch. Watch the training loss fall and the "
         "validation loss stop following it."
@@ -126,29 +156,53 @@ def render(inputs: common.Inputs) -> None:
             return
 
         c1, c2, c3 = st.columns([2, 1, 2])
-        preset_name = c1.radio("Preset", sorted(PRESETS, key=lambda n: n != "quick"), horizontal=True, key="train_preset",
-                               format_func=lambda n: {"quick": "quick (small GPT)", "book": "book (124M, section 5.2)"}[n])
+        preset_name = c1.radio(
+            "Preset",
+            sorted(PRESETS, key=lambda n: n != "quick"),
+            horizontal=True,
+            key="train_preset",
+            format_func=lambda n: {"quick": "quick (small GPT)", "book": "book (124M, section 5.2)"}[n],
+        )
         base = get_preset(preset_name)
         epochs = c2.number_input("Epochs", 1, 100, base.num_epochs, step=1, key=f"train_epochs_{preset_name}")
         # Widgets not drawn during a live run lose their state: the chosen name is kept here.
         names = st.session_state.setdefault("_train_names", {})
-        name = c3.text_input("Save as", value=names.get(preset_name, preset_name), max_chars=64,
-                             key=f"train_name_{preset_name}").strip()
+        name = c3.text_input(
+            "Save as",
+            value=names.get(preset_name, preset_name),
+            max_chars=64,
+            key=f"train_name_{preset_name}",
+        ).strip()
         names[preset_name] = name
         preset = get_preset(preset_name, num_epochs=int(epochs))
-        st.caption(common.md(preset.description) + f" Needs about {training_memory_gb(preset):.1f} GB of RAM.")
+        st.caption(
+            common.md(preset.description) + f" Needs about {training_memory_gb(preset):.1f} GB of RAM."
+        )
         check_name(name)
 
-        if st.button("Estimate the time on this server", icon=":material/timer:", key="train_estimate",
-                     help="Times a few real training steps here (a busy server is slower)."):
-            st.info(describe_estimate(project(_estimate(preset_name, inputs.device), preset)), icon=":material/timer:")
+        if st.button(
+            "Estimate the time on this server",
+            icon=":material/timer:",
+            key="train_estimate",
+            help="Times a few real training steps here (a busy server is slower).",
+        ):
+            st.info(
+                describe_estimate(project(_estimate(preset_name, inputs.device), preset)),
+                icon=":material/timer:",
+            )
 
         resumable = is_resumable(name)
         b1, b2, _ = st.columns([1, 1, 3])
         start = b1.button("Train", type="primary", icon=":material/play_arrow:", key="train_start")
-        resume = b2.button("Resume", icon=":material/resume:", key="train_resume", disabled=not resumable,
-                           help="Continue the stopped run saved under this name." if resumable else
-                           "No stopped run is saved under this name.")
+        resume = b2.button(
+            "Resume",
+            icon=":material/resume:",
+            key="train_resume",
+            disabled=not resumable,
+            help="Continue the stopped run saved under this name."
+            if resumable
+            else "No stopped run is saved under this name.",
+        )
         if start or resume:
             _start(plan_run(preset, name, resume=resume), name, resume=resume, device=inputs.device)
 

@@ -9,7 +9,9 @@ from . import cli
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m core", description="LossLens: the loss math of GPT-2, step by step.")
+    parser = argparse.ArgumentParser(
+        prog="python -m core", description="LossLens: the loss math of GPT-2, step by step."
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     for register in cli.COMMANDS:
         register(sub)

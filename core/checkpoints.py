@@ -37,7 +37,8 @@ def models_dir() -> Path:
 def check_name(name: str) -> str:
     if not isinstance(name, str) or not _NAME.match(name) or name.endswith(".resume"):
         raise InvalidParameterError(
-            f"Model name {name!r}: use 1-64 letters, digits, '-', '_' or '.', starting with a letter or digit."
+            f"Model name {name!r}: use 1-64 letters, digits, '-', '_' or '.', "
+            "starting with a letter or digit."
         )
     return name
 
@@ -61,8 +62,9 @@ def _atomic_save(tensors: dict, path: Path, metadata: dict) -> None:
     tmp.replace(path)  # a reader never sees a half-written file
 
 
-def save_checkpoint(name: str, model, optimizer, state: TrainState, preset, corpus_sha256: str,
-                    elapsed_s: float = 0.0) -> Path:
+def save_checkpoint(
+    name: str, model, optimizer, state: TrainState, preset, corpus_sha256: str, elapsed_s: float = 0.0
+) -> Path:
     """Weights + description to <name>.safetensors; optimizer and generators to <name>.resume.safetensors."""
     meta = {
         "format": FORMAT,
@@ -148,8 +150,9 @@ def load_resume_state(name: str, model) -> tuple[torch.optim.Optimizer, TrainSta
     lr, decay = groups[0]["lr"], groups[0]["weight_decay"]
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=decay)
     optimizer.load_state_dict({"state": opt_state, "param_groups": groups})
-    state = TrainState(**meta["state"], rng_epoch_start=tensors.get("rng.epoch_start"),
-                       rng_now=tensors["rng.now"])
+    state = TrainState(
+        **meta["state"], rng_epoch_start=tensors.get("rng.epoch_start"), rng_now=tensors["rng.now"]
+    )
     return optimizer, state, meta
 
 

@@ -22,10 +22,17 @@ def _fmt_e(x) -> str:
 
 
 def _add_model_options(p) -> None:
-    p.add_argument("--model", metavar="KEY", default=DEFAULT_MODEL,
-                   help=f"a model key from the registry (default {DEFAULT_MODEL}; a wrong key lists them)")
-    p.add_argument("--device", default=None,
-                   help=f"auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps (default: ${DEVICE_ENV} or auto)")
+    p.add_argument(
+        "--model",
+        metavar="KEY",
+        default=DEFAULT_MODEL,
+        help=f"a model key from the registry (default {DEFAULT_MODEL}; a wrong key lists them)",
+    )
+    p.add_argument(
+        "--device",
+        default=None,
+        help=f"auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps (default: ${DEVICE_ENV} or auto)",
+    )
 
 
 def _load(args):
@@ -44,7 +51,9 @@ def add_loss(sub) -> None:
     p = sub.add_parser("loss", help="the six steps of figure 5.7 and the loss for one or more texts")
     p.add_argument("texts", nargs="+", metavar="TEXT", help="one text per batch row")
     p.add_argument("--top-k", type=int, default=5, help="next tokens listed per position (1..50257)")
-    p.add_argument("--temperature", type=float, default=1.0, help="divides the logits before every step (> 0)")
+    p.add_argument(
+        "--temperature", type=float, default=1.0, help="divides the logits before every step (> 0)"
+    )
     p.add_argument("--seed", type=int, default=123, help="seed of the untrained model (book: 123)")
     _add_model_options(p)
     p.add_argument("--json", action="store_true", help="print JSON instead of tables")
@@ -82,10 +91,17 @@ def format_loss(summary: dict) -> str:
     k = summary["top_k"]
     out = [f"Model: {summary['model']}   temperature {summary['temperature']}   top-k {k}"]
     for n, text in enumerate(summary["texts"], 1):
-        out.append(f"\nText {n}: {text['text']!r}  ({len(text['token_ids'])} tokens, {len(text['positions'])} predictions)")
-        out.append("  tokens: " + " | ".join(f"{t} ({i})" for t, i in zip(text["tokens"], text["token_ids"], strict=True)))
         out.append(
-            f"  {'pos':>3}  {'input':<14} -> {'target':<14} {'logit':>9} {'target_proba':>12} {'log_proba':>10} "
+            f"\nText {n}: {text['text']!r}  ({len(text['token_ids'])} tokens, "
+            f"{len(text['positions'])} predictions)"
+        )
+        out.append(
+            "  tokens: "
+            + " | ".join(f"{t} ({i})" for t, i in zip(text["tokens"], text["token_ids"], strict=True))
+        )
+        out.append(
+            f"  {'pos':>3}  {'input':<14} -> {'target':<14} {'logit':>9} "
+            f"{'target_proba':>12} {'log_proba':>10} "
             f"{'rank':>6}   top-{k} next tokens (proba)"
         )
         for p in text["positions"]:
@@ -107,9 +123,15 @@ def format_loss(summary: dict) -> str:
         "log_probas          " + ", ".join(_fmt(x) for x in summary["log_probas"]),
         f"avg_log_probas      {_fmt(summary['avg_log_probas'])}",
         f"neg_avg_log_probas  {_fmt(summary['neg_avg_log_probas'])}   (cross entropy by hand"
-        + ("; a target proba underflowed to 0, so log gave -inf)" if summary["neg_avg_log_probas"] == "inf" else ")"),
-        f"F.cross_entropy     {_fmt(summary['loss'])}   (built-in; difference {_fmt_e(summary['difference'])})",
-        f"perplexity          {ppl}   = exp(loss); a uniform guess over the vocabulary: {summary['uniform_perplexity']}",
+        + (
+            "; a target proba underflowed to 0, so log gave -inf)"
+            if summary["neg_avg_log_probas"] == "inf"
+            else ")"
+        ),
+        f"F.cross_entropy     {_fmt(summary['loss'])}   "
+        f"(built-in; difference {_fmt_e(summary['difference'])})",
+        f"perplexity          {ppl}   = exp(loss); "
+        f"a uniform guess over the vocabulary: {summary['uniform_perplexity']}",
     ]
     if "lessons" in summary:
         u, les = summary["lessons"]["units"]["batch"], summary["lessons"]
@@ -123,15 +145,26 @@ def format_loss(summary: dict) -> str:
 
 def add_dataset(sub) -> None:
     p = sub.add_parser("dataset", help="training and validation loss over a corpus (section 5.1.3)")
-    p.add_argument("--corpus", metavar="PATH", help="a UTF-8 text file (default: The Verdict that ships with LossLens)")
-    p.add_argument("--train-ratio", type=float, default=0.9, help="share of characters for training (book: 0.9)")
-    p.add_argument("--context-length", type=int, default=256, help="window length, the loaders' max_length (book: 256)")
+    p.add_argument(
+        "--corpus", metavar="PATH", help="a UTF-8 text file (default: The Verdict that ships with LossLens)"
+    )
+    p.add_argument(
+        "--train-ratio", type=float, default=0.9, help="share of characters for training (book: 0.9)"
+    )
+    p.add_argument(
+        "--context-length", type=int, default=256, help="window length, the loaders' max_length (book: 256)"
+    )
     p.add_argument("--stride", type=int, default=256, help="tokens between window starts (book: 256)")
     p.add_argument("--batch-size", type=int, default=2, help="windows per batch (book: 2)")
     p.add_argument("--num-batches", type=int, default=None, help="only the first N batches of each split")
-    p.add_argument("--seed", type=int, default=123, help="seed of the untrained model and the shuffle (book: 123)")
-    p.add_argument("--positions", action="store_true",
-                   help="also the mean loss at each position of the window (a second pass)")
+    p.add_argument(
+        "--seed", type=int, default=123, help="seed of the untrained model and the shuffle (book: 123)"
+    )
+    p.add_argument(
+        "--positions",
+        action="store_true",
+        help="also the mean loss at each position of the window (a second pass)",
+    )
     _add_model_options(p)
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
     p.set_defaults(func=cmd_dataset)
@@ -152,17 +185,28 @@ def cmd_dataset(args) -> int:
 
     def progress(done, total, split):
         end = "\n" if done == total or not tty else ""
-        print(f"\r{split:>5} batches {done}/{total}" if tty else f"{split} batches {done}/{total}", end=end,
-              file=sys.stderr, flush=True)
+        print(
+            f"\r{split:>5} batches {done}/{total}" if tty else f"{split} batches {done}/{total}",
+            end=end,
+            file=sys.stderr,
+            flush=True,
+        )
 
     result = evaluate_dataset(model, text, settings, num_batches=args.num_batches, progress=progress)
-    summary = {"model": label, "model_key": args.model, "corpus": args.corpus or "The Verdict", **result.to_dict()}
+    summary = {
+        "model": label,
+        "model_key": args.model,
+        "corpus": args.corpus or "The Verdict",
+        **result.to_dict(),
+    }
     if args.positions:
         from .positions import position_losses
 
         pos = position_losses(model, text, settings, args.num_batches, progress=progress)
-        summary["positions"] = {s: {k: pos[s][k] for k in ("position_means", "counts", "token_weighted_loss")}
-                                for s in ("train", "val")}
+        summary["positions"] = {
+            s: {k: pos[s][k] for k in ("position_means", "counts", "token_weighted_loss")}
+            for s in ("train", "val")
+        }
     if args.json:
         print(json.dumps(summary, indent=2, ensure_ascii=False))
         return 0
@@ -173,9 +217,13 @@ def cmd_dataset(args) -> int:
         f"Settings: train ratio {settings.train_ratio}, context length {settings.context_length}, "
         f"stride {settings.stride}, batch size {settings.batch_size}"
         + (f", first {args.num_batches} batches" if args.num_batches else ""),
-        f"{'split':<11}{'chars':>9}{'tokens':>9}{'windows':>9}{'batches':>9}{'batch tokens':>14}{'loss':>12}{'perplexity':>13}",
+        f"{'split':<11}{'chars':>9}{'tokens':>9}{'windows':>9}{'batches':>9}"
+        f"{'batch tokens':>14}{'loss':>12}{'perplexity':>13}",
     ]
-    for c, loss, ppl in ((s.train, result.train_loss, result.train_perplexity), (s.val, result.val_loss, result.val_perplexity)):
+    for c, loss, ppl in (
+        (s.train, result.train_loss, result.train_perplexity),
+        (s.val, result.val_loss, result.val_perplexity),
+    ):
         out.append(
             f"{c.name:<11}{c.characters:>9,}{c.tokens:>9,}{c.windows:>9,}{c.batches:>9,}{c.batch_tokens:>14,}"
             f"{loss:>12.6f}{format_perplexity(ppl):>13}"
@@ -184,25 +232,45 @@ def cmd_dataset(args) -> int:
     out += [f"warning: {w}" for w in s.warnings]
     for split, p in summary.get("positions", {}).items():
         m = p["position_means"]
-        out.append(f"{split:>5} loss by position: first {m[0]:.4f}, middle {m[len(m) // 2]:.4f}, "
-                   f"last {m[-1]:.4f}")
+        out.append(
+            f"{split:>5} loss by position: first {m[0]:.4f}, middle {m[len(m) // 2]:.4f}, last {m[-1]:.4f}"
+        )
     print("\n".join(out))
     return 0
 
 
 def add_train(sub) -> None:
-    p = sub.add_parser("train", help="pretrain a GPT on a corpus with the book's train_model_simple (section 5.2)")
-    p.add_argument("--preset", choices=["quick", "book"], default="quick",
-                   help="quick: a small GPT in under a minute; book: GPT_CONFIG_124M for 10 epochs")
-    p.add_argument("--corpus", metavar="PATH", help="a UTF-8 text file (default: The Verdict that ships with LossLens)")
+    p = sub.add_parser(
+        "train", help="pretrain a GPT on a corpus with the book's train_model_simple (section 5.2)"
+    )
+    p.add_argument(
+        "--preset",
+        choices=["quick", "book"],
+        default="quick",
+        help="quick: a small GPT in under a minute; book: GPT_CONFIG_124M for 10 epochs",
+    )
+    p.add_argument(
+        "--corpus", metavar="PATH", help="a UTF-8 text file (default: The Verdict that ships with LossLens)"
+    )
     p.add_argument("--epochs", type=int, default=None, help="number of epochs (default: the preset's)")
-    p.add_argument("--out", metavar="NAME", default=None, help="save as NAME in the cache (default: the preset's name)")
+    p.add_argument(
+        "--out", metavar="NAME", default=None, help="save as NAME in the cache (default: the preset's name)"
+    )
     p.add_argument("--resume", action="store_true", help="continue the stopped run saved as NAME")
-    p.add_argument("--estimate", action="store_true", help="only measure a few steps and print the time estimate")
-    p.add_argument("--model", metavar="KEY", default=None,
-                   help="start from this model's weights and configuration (default: the preset's fresh model)")
-    p.add_argument("--device", default=None,
-                   help=f"auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps (default: ${DEVICE_ENV} or auto)")
+    p.add_argument(
+        "--estimate", action="store_true", help="only measure a few steps and print the time estimate"
+    )
+    p.add_argument(
+        "--model",
+        metavar="KEY",
+        default=None,
+        help="start from this model's weights and configuration (default: the preset's fresh model)",
+    )
+    p.add_argument(
+        "--device",
+        default=None,
+        help=f"auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps (default: ${DEVICE_ENV} or auto)",
+    )
     p.set_defaults(func=cmd_train)
 
 
@@ -211,14 +279,16 @@ def cmd_train(args) -> int:
     from .checkpoints import check_name
     from .corpus import load_verdict, read_corpus_file
     from .presets import describe_estimate, estimate_time, get_preset
-    from .registry import get_spec
+    from .registry import get_spec, load_model
     from .runner import run_training
 
     preset = get_preset(args.preset, num_epochs=args.epochs)
     name = check_name(args.out or preset.name)  # fail fast, before reading the corpus
     if args.model is not None:
-        get_spec(args.model)
+        get_spec(args.model)  # a wrong key lists the valid ones before the corpus is read
     device = resolve_device(args.device)  # fail fast on a device this machine lacks
+    # --model: start from that model's weights (a copy of its own; a resumed run has its own)
+    start = load_model(args.model, preset.seed, "cpu") if args.model and not args.resume else None
     text = read_corpus_file(args.corpus) if args.corpus else load_verdict()
     print(f"Preset {preset.name}: {preset.description}", flush=True)
     if args.estimate or preset.name == "book":
@@ -226,16 +296,33 @@ def cmd_train(args) -> int:
         if args.estimate:
             return 0
     stop = []
-    previous = signal.signal(signal.SIGINT, lambda *_: stop.append(True))  # Ctrl-C: stop after this step, save
+    previous = signal.signal(
+        signal.SIGINT, lambda *_: stop.append(True)
+    )  # Ctrl-C: stop after this step, save
     try:
-        result = run_training(preset, text, name, resume=args.resume, device=device,
-                              should_stop=lambda: bool(stop), log=lambda line: print(line, flush=True))
+        result = run_training(
+            preset,
+            text,
+            name,
+            resume=args.resume,
+            device=device,
+            init_model=start,
+            should_stop=lambda: bool(stop),
+            log=lambda line: print(line, flush=True),
+        )
     finally:
         signal.signal(signal.SIGINT, previous)
     s = result.state
-    status = "finished" if result.finished else f"stopped at step {s.global_step}; continue with --resume --out {name}"
-    print(f"{status}: {s.global_step + 1} steps, {s.tokens_seen:,} tokens seen, {result.elapsed_s:.1f} s "
-          f"({result.elapsed_s / max(s.global_step + 1, 1):.2f} s per step incl. evaluation). Saved {result.path}")
+    status = (
+        "finished"
+        if result.finished
+        else f"stopped at step {s.global_step}; continue with --resume --out {name}"
+    )
+    print(
+        f"{status}: {s.global_step + 1} steps, {s.tokens_seen:,} tokens seen, {result.elapsed_s:.1f} s "
+        f"({result.elapsed_s / max(s.global_step + 1, 1):.2f} s per step incl. evaluation). "
+        f"Saved {result.path}"
+    )
     return 0
 
 

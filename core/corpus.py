@@ -50,7 +50,9 @@ def validate_corpus_text(text: str, name: str = "The text") -> str:
         raise CorpusError(f"{name} must be text, got {type(text).__name__}.")
     if len(text) > MAX_CORPUS_BYTES or len(text.encode("utf-8", "surrogatepass")) > MAX_CORPUS_BYTES:
         raise CorpusError(
-            f"{name} is larger than {MAX_CORPUS_LABEL}, the largest corpus LossLens accepts. {TOO_LARGE_ADVICE}")
+            f"{name} is larger than {MAX_CORPUS_LABEL}, the largest corpus LossLens accepts. "
+            f"{TOO_LARGE_ADVICE}"
+        )
     if not text.strip():
         raise CorpusError(f"{name} is empty: give a text of at least a few hundred words.")
     if "\x00" in text:
@@ -93,8 +95,8 @@ def read_corpus_file(path: str | os.PathLike) -> str:
         size = path.stat().st_size
         if size > MAX_CORPUS_BYTES:
             raise CorpusError(
-                f"{path.name} is {size / 1e6:.1f} MB; the largest corpus LossLens accepts is {MAX_CORPUS_LABEL}. "
-                + TOO_LARGE_ADVICE
+                f"{path.name} is {size / 1e6:.1f} MB; "
+                f"the largest corpus LossLens accepts is {MAX_CORPUS_LABEL}. " + TOO_LARGE_ADVICE
             )
         data = path.read_bytes()
     except OSError as e:

@@ -102,7 +102,11 @@ def create_dataloader_v1(
     # from the global generator on every pass, which would disturb other sessions' seeding.
     generator = torch.Generator() if seed is not None else None
     return DataLoader(
-        dataset, batch_size=batch_size, shuffle=shuffle, drop_last=drop_last, num_workers=num_workers,
+        dataset,
+        batch_size=batch_size,
+        shuffle=shuffle,
+        drop_last=drop_last,
+        num_workers=num_workers,
         generator=generator,
     )
 
@@ -116,7 +120,9 @@ def split_text(text: str, train_ratio: float = 0.9) -> tuple[str, str]:
 
 def _check_ratio(train_ratio: float) -> None:
     if isinstance(train_ratio, bool) or not isinstance(train_ratio, (int, float)) or not 0 < train_ratio < 1:
-        raise InvalidParameterError(f"The train ratio must be a number between 0 and 1 (exclusive), got {train_ratio!r}.")
+        raise InvalidParameterError(
+            f"The train ratio must be a number between 0 and 1 (exclusive), got {train_ratio!r}."
+        )
 
 
 @dataclass(frozen=True)
@@ -138,10 +144,13 @@ class LoaderSettings:
         for name in ("context_length", "stride", "batch_size"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise InvalidParameterError(f"{name.replace('_', ' ')} must be a whole number >= 1, got {value!r}.")
+                raise InvalidParameterError(
+                    f"{name.replace('_', ' ')} must be a whole number >= 1, got {value!r}."
+                )
         if model_context_length is not None and self.context_length > model_context_length:
             raise InvalidParameterError(
-                f"Context length {self.context_length} is longer than the model's {model_context_length} tokens."
+                f"Context length {self.context_length} is longer than the model's "
+                f"{model_context_length} tokens."
             )
         if self.batch_size > 64:
             raise InvalidParameterError(f"Batch size {self.batch_size} is too large; use at most 64.")
@@ -218,11 +227,23 @@ def make_loaders(
     train_text, val_text = split_text(text, settings.train_ratio)
     L, S, B = settings.context_length, settings.stride, settings.batch_size
     train_loader = create_dataloader_v1(
-        train_text, batch_size=B, max_length=L, stride=S, shuffle=True, drop_last=True,
-        tokenizer=tokenizer, seed=settings.seed,
+        train_text,
+        batch_size=B,
+        max_length=L,
+        stride=S,
+        shuffle=True,
+        drop_last=True,
+        tokenizer=tokenizer,
+        seed=settings.seed,
     )
     val_loader = create_dataloader_v1(
-        val_text, batch_size=B, max_length=L, stride=S, shuffle=False, drop_last=False, tokenizer=tokenizer,
+        val_text,
+        batch_size=B,
+        max_length=L,
+        stride=S,
+        shuffle=False,
+        drop_last=False,
+        tokenizer=tokenizer,
         seed=settings.seed,
     )
     total_tokens = len(token_tensor(text, tokenizer))
@@ -238,7 +259,8 @@ def make_loaders(
         )
     if total_tokens * (1 - settings.train_ratio) < L:
         warnings.append(
-            f"Not enough tokens for the validation loader: {total_tokens} tokens x {1 - settings.train_ratio:.2f} "
+            "Not enough tokens for the validation loader: "
+            f"{total_tokens} tokens x {1 - settings.train_ratio:.2f} "
             f"< context length {L}. Try a lower context length or a lower train ratio."
         )
     if train.dropped_windows and not train.batches:

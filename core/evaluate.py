@@ -139,10 +139,15 @@ def _check_batches(data: DataSplit) -> None:
     ):
         if split.batches:
             continue
-        need = s.context_length + 1 + (s.batch_size - 1) * s.stride if split.name == "train" else s.context_length + 1
+        need = (
+            s.context_length + 1 + (s.batch_size - 1) * s.stride
+            if split.name == "train"
+            else s.context_length + 1
+        )
         what = f"a full batch of {s.batch_size} windows" if split.name == "train" else "one window"
         raise NoBatchesError(
-            f"The {label} split has no batch: its {split.characters:,} characters are {split.tokens:,} tokens, "
+            f"The {label} split has no batch: "
+            f"its {split.characters:,} characters are {split.tokens:,} tokens, "
             f"and {what} of context length {s.context_length} needs at least {need:,} tokens. "
             f"Use a longer text, a shorter context length, or {fix}."
         )
@@ -168,8 +173,12 @@ def evaluate_dataset(
     if model.training:
         raise RuntimeError("evaluate_dataset needs a model in eval mode (dropout off)")
     settings.validate(getattr(model, "context_length", None))
-    if num_batches is not None and (isinstance(num_batches, bool) or not isinstance(num_batches, int) or num_batches < 1):
-        raise InvalidParameterError(f"The number of batches must be a whole number >= 1, got {num_batches!r}.")
+    if num_batches is not None and (
+        isinstance(num_batches, bool) or not isinstance(num_batches, int) or num_batches < 1
+    ):
+        raise InvalidParameterError(
+            f"The number of batches must be a whole number >= 1, got {num_batches!r}."
+        )
     validate_corpus_text(text)
     data = make_loaders(text, settings, tokenizer)
     _check_batches(data)
@@ -179,7 +188,9 @@ def evaluate_dataset(
     n_val = _num_batches(data.val_loader, num_batches)
     total = n_train + n_val
     # The result keeps the counts, not the loaders: small, and picklable for a UI cache.
-    result = DatasetLosses(replace(data, train_loader=None, val_loader=None), None, None, num_batches=num_batches)
+    result = DatasetLosses(
+        replace(data, train_loader=None, val_loader=None), None, None, num_batches=num_batches
+    )
     if progress:
         progress(0, total, "train")
     for name, loader, n, losses, offset in (

@@ -242,5 +242,11 @@ def compute_loss(
         # On a GPU: compute there, hand back CPU tensors (the report and the views read them).
         logits = model(batch.inputs.to(device))
         result = loss_from_logits(logits, batch.targets.to(device), top_k, temperature, batch)
-        return replace(result, **{f.name: getattr(result, f.name).cpu() for f in fields(result)
-                                  if isinstance(getattr(result, f.name), torch.Tensor)})
+        return replace(
+            result,
+            **{
+                f.name: getattr(result, f.name).cpu()
+                for f in fields(result)
+                if isinstance(getattr(result, f.name), torch.Tensor)
+            },
+        )

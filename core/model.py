@@ -76,7 +76,9 @@ class MultiHeadAttention(nn.Module):
         # The book's causal softmax(queries @ keys^T / sqrt(head_dim)) with dropout, times
         # the values, as one fused kernel: (b, num_heads, num_tokens, head_dim)
         context_vec = F.scaled_dot_product_attention(
-            queries, keys, values,
+            queries,
+            keys,
+            values,
             dropout_p=self.dropout.p if self.training else 0.0,
             is_causal=True,
         )

@@ -17,9 +17,11 @@ WAIT_POLL_S = 0.5  # how often a waiting request hears its place in the queue
 def describe_wait(what: str, ahead: int) -> str:
     """What a waiting visitor reads: why they wait, for how many, and what to do."""
     requests = "request" if ahead == 1 else "requests"
-    return (f"{what}; {ahead} {requests} ahead of you. This server builds one model at a time so that every "
-            "visitor's views stay quick; yours starts as soon as those are done. A seed someone already "
-            "uses (123 is the book's) needs no build.")
+    return (
+        f"{what}; {ahead} {requests} ahead of you. This server builds one model at a time so that every "
+        "visitor's views stay quick; yours starts as soon as those are done. A seed someone already "
+        "uses (123 is the book's) needs no build."
+    )
 
 
 class ModelPool:

@@ -71,7 +71,9 @@ def get_preset(name: str, **overrides) -> Preset:
     if "num_epochs" in overrides:
         n = overrides["num_epochs"]
         if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= 1000:
-            raise InvalidParameterError(f"The number of epochs must be a whole number from 1 to 1000, got {n!r}.")
+            raise InvalidParameterError(
+                f"The number of epochs must be a whole number from 1 to 1000, got {n!r}."
+            )
     return replace(preset, **overrides) if overrides else preset
 
 
@@ -90,17 +92,21 @@ def training_memory_gb(preset: Preset) -> float:
     return (16 * n + logits) / 1024**3 + 0.3  # + activations and the interpreter's working set
 
 
-def check_training_memory(preset: Preset) -> None:
-    """Refuse a run that would not fit in the free RAM (a small server would be killed)."""
+def check_training_memory(preset: Preset, device="cpu") -> None:
+    """Refuse a run that would not fit in the free memory of `device` (a small server would be
+    killed; a GPU would run out of memory mid-run)."""
     require_free_ram(
-        training_memory_gb(preset), f"Training the {preset.name} preset",
+        training_memory_gb(preset),
+        f"Training the {preset.name} preset",
         f"Use the quick preset, or run `python -m core train --preset {preset.name}` "
         "on a machine with more memory.",
         error=InvalidParameterError,
+        device=device,
     )
 
 
 # --- the time estimate: the app and the CLI print the same one ---------------------------------
+
 
 def estimate_time(preset: Preset, text: str, steps: int = 2, tokenizer=None, device="cpu") -> dict:
     """Seconds per training step, per epoch and for the whole preset, measured on this machine.
@@ -116,8 +122,12 @@ def estimate_time(preset: Preset, text: str, steps: int = 2, tokenizer=None, dev
             timings = _measure(preset, next(iter(val_loader)), steps, tokenizer, torch.device(device))
         finally:
             torch.set_rng_state(rng)
-    timings.update(train_batches=len(train_loader), val_batches=len(val_loader),
-                   threads=torch.get_num_threads(), device=str(device))
+    timings.update(
+        train_batches=len(train_loader),
+        val_batches=len(val_loader),
+        threads=torch.get_num_threads(),
+        device=str(device),
+    )
     return project(timings, preset)
 
 
@@ -159,6 +169,8 @@ def project(timings: dict, preset: Preset) -> dict:
 def describe_estimate(e: dict) -> str:
     """One sentence for the app and the CLI alike."""
     book = " (the book: about 5 min for 10 epochs on an M3 MacBook Air)" if e["preset"] == "book" else ""
-    return (f"Measured on this machine ({e['threads']} threads): {e['step_s']:.2f} s per training step, "
-            f"{e['steps_per_epoch']} steps per epoch → about {e['epoch_s']:.0f} s per epoch, "
-            f"{e['total_s'] / 60:.1f} min for {e['num_epochs']} epochs with evaluations and samples{book}.")
+    return (
+        f"Measured on this machine ({e['threads']} threads): {e['step_s']:.2f} s per training step, "
+        f"{e['steps_per_epoch']} steps per epoch → about {e['epoch_s']:.0f} s per epoch, "
+        f"{e['total_s'] / 60:.1f} min for {e['num_epochs']} epochs with evaluations and samples{book}."
+    )

@@ -97,7 +97,8 @@ def _register_pretrained() -> None:
             ModelSpec(
                 key=f"gpt2-{size.lower()}",
                 label=f"Pretrained {SIZE_NAMES[size]} (OpenAI weights)",
-                description=f"OpenAI's GPT-2 weights ({HF_REPOS[size]}, {MEMORY[size][0]} download on first use), "
+                description=f"OpenAI's GPT-2 weights ({HF_REPOS[size]}, {MEMORY[size][0]} download "
+                "on first use), "
                 "context 1024, qkv_bias True (section 5.5)." + (f" {warning}" if warning else ""),
                 load=lambda seed, size=size: load_pretrained_gpt2(size),
                 needs_download=True,
@@ -111,12 +112,15 @@ def _trained_models() -> list[ModelSpec]:
     for path, meta in list_trained_models():
         s, cfg = meta["state"], meta["config"]
         val = f", val loss {s['val_losses'][-1]:.3f}" if s.get("val_losses") else ""
-        progress = f"stopped after {s['global_step'] + 1} steps" if s.get("stopped") else f"{s['epoch']} epochs"
+        progress = (
+            f"stopped after {s['global_step'] + 1} steps" if s.get("stopped") else f"{s['epoch']} epochs"
+        )
         specs.append(
             ModelSpec(
                 key=f"trained-{meta['name']}",
                 label=f"Trained: {meta['name']} ({meta['preset']} preset, {progress}{val})",
-                description=f"Trained on a corpus by train_model_simple (section 5.2): {cfg['n_layers']} layers, "
+                description="Trained on a corpus by train_model_simple (section 5.2): "
+                f"{cfg['n_layers']} layers, "
                 f"width {cfg['emb_dim']}, context {cfg['context_length']}, {s['global_step'] + 1} steps, "
                 f"{s['tokens_seen']:,} tokens seen; saved {meta.get('saved_at', '')}.",
                 load=lambda seed, path=path: load_trained_model(path),

@@ -36,8 +36,16 @@ def format_perplexity(x) -> str:
 STEPS = [
     ("logits", "Logits", "logits = model(inputs)"),
     ("probas", "Probabilities", "probas = torch.softmax(logits, dim=-1)"),
-    ("target_probas", "Target probabilities", "target_probas = probas[text_idx, [0, 1, 2], targets[text_idx]]"),
-    ("log_probas", "Log probabilities", "log_probas = torch.log(torch.cat((target_probas_1, target_probas_2)))"),
+    (
+        "target_probas",
+        "Target probabilities",
+        "target_probas = probas[text_idx, [0, 1, 2], targets[text_idx]]",
+    ),
+    (
+        "log_probas",
+        "Log probabilities",
+        "log_probas = torch.log(torch.cat((target_probas_1, target_probas_2)))",
+    ),
     ("avg_log_probas", "Average log probability", "avg_log_probas = torch.mean(log_probas)"),
     ("neg_avg_log_probas", "Negative average = loss", "neg_avg_log_probas = avg_log_probas * -1"),
 ]
@@ -59,7 +67,10 @@ def _top_k(result: LossResult, row: int, t: int, tokenizer: tiktoken.Encoding) -
     return [
         {"id": i, "piece": token_piece(i, tokenizer).display, "proba": p, "logit": logit}
         for i, p, logit in zip(
-            ids.tolist(), result.topk_probas[row, t].tolist(), result.logits[row, t, ids].tolist(), strict=True
+            ids.tolist(),
+            result.topk_probas[row, t].tolist(),
+            result.logits[row, t, ids].tolist(),
+            strict=True,
         )
     ]
 

@@ -25,6 +25,7 @@ from .checkpoints import (
     saved_run,
 )
 from .errors import InvalidParameterError, ServerBusyError
+from .model import GPTModel
 from .presets import Preset, check_training_memory, preset_of
 from .rng import seeded_fresh_model
 from .tokenizer import get_tokenizer
@@ -59,43 +60,86 @@ def plan_run(preset: Preset, name: str, resume: bool = False) -> Preset:
     return preset
 
 
-def run_training(preset: Preset, text: str, name: str, *, resume: bool = False, device="cpu",
-                 on_eval=None, on_sample=None, on_step=None, should_stop=None, log=print,
-                 tokenizer=None) -> TrainingResult:
+def _trainable(model):
+    """A registry model (frozen for inference) made trainable: gradients on, train mode."""
+    for p in model.parameters():
+        p.requires_grad_(True)
+    return model.train()
+
+
+def run_training(
+    preset: Preset,
+    text: str,
+    name: str,
+    *,
+    resume: bool = False,
+    device="cpu",
+    init_model: GPTModel | None = None,
+    on_eval=None,
+    on_sample=None,
+    on_step=None,
+    should_stop=None,
+    log=print,
+    tokenizer=None,
+) -> TrainingResult:
     """Train `preset` on `text` (or resume the run saved as `name`) on `device`; save it as `name`.
 
     A fresh run does the book's `torch.manual_seed(seed); model = GPTModel(cfg)` on the CPU
-    (the same weights on every device); it never touches a shared (frozen) model.
+    (the same weights on every device); it never touches a shared (frozen) model. `init_model`
+    (a model of its own, e.g. from core.registry.load_model) starts the run from its weights and
+    configuration instead; it is made trainable in place.
     """
     check_name(name)
     device = torch.device(device)
     tokenizer = tokenizer or get_tokenizer()
     digest = corpus_digest(text)
+    start = None
+    if init_model is not None and not resume:
+        start = _trainable(init_model)
+        preset = replace(preset, cfg=dict(start.cfg))  # memory, checkpoint and loaders follow its size
     train_loader, val_loader = make_train_loaders(text, preset.settings, tokenizer)
-    check_training_memory(preset)
+    check_training_memory(preset, device)
     elapsed = 0.0
     if resume:
         model = load_trained_model(model_path(name), trainable=True).to(device)
         optimizer, state, meta = load_resume_state(name, model)
         if meta["corpus_sha256"] != digest:
             raise InvalidParameterError(
-                f"{name!r} was trained on another text; resume it on the same corpus.")
+                f"{name!r} was trained on another text; resume it on the same corpus."
+            )
         if meta["config"] != model.cfg or meta["preset"] != preset.name:
             raise InvalidParameterError(
-                f"{name!r} was trained with preset {meta['preset']!r}; resume it with that preset.")
+                f"{name!r} was trained with preset {meta['preset']!r}; resume it with that preset."
+            )
         elapsed = meta.get("elapsed_s", 0.0)
         state.stopped = False
     else:
         state = TrainState()
-        model = seeded_fresh_model(preset.cfg, preset.seed, state).to(device)
+        model = (start if start is not None else seeded_fresh_model(preset.cfg, preset.seed, state)).to(
+            device
+        )
         optimizer = torch.optim.AdamW(model.parameters(), lr=preset.lr, weight_decay=preset.weight_decay)
     if preset.settings.context_length > model.context_length:
         raise InvalidParameterError("The loaders' context length exceeds the model's.")
     t0 = time.perf_counter()
-    train_model_simple(model, train_loader, val_loader, optimizer, device, preset.num_epochs,
-                       preset.eval_freq, preset.eval_iter, preset.start_context, tokenizer,
-                       state=state, on_eval=on_eval, on_sample=on_sample, on_step=on_step,
-                       should_stop=should_stop, log=log)
+    train_model_simple(
+        model,
+        train_loader,
+        val_loader,
+        optimizer,
+        device,
+        preset.num_epochs,
+        preset.eval_freq,
+        preset.eval_iter,
+        preset.start_context,
+        tokenizer,
+        state=state,
+        on_eval=on_eval,
+        on_sample=on_sample,
+        on_step=on_step,
+        should_stop=should_stop,
+        log=log,
+    )
     elapsed += time.perf_counter() - t0
     path = save_checkpoint(name, model, optimizer, state, preset, digest, elapsed)
     return TrainingResult(name, path, state, preset, elapsed, len(train_loader))
@@ -131,10 +175,17 @@ def _child(preset, text, name, resume, device, threads, nice, events, stop, pare
         steps_per_epoch = len(make_train_loaders(text, preset.settings)[0])
         events.put(("total_steps", steps_per_epoch * preset.num_epochs))
         result = run_training(
-            preset, text, name, resume=resume, device=device, log=None, should_stop=stop.is_set,
+            preset,
+            text,
+            name,
+            resume=resume,
+            device=device,
+            log=None,
+            should_stop=stop.is_set,
             on_eval=lambda *e: events.put(("eval", dict(zip(EVAL_FIELDS, e, strict=True)))),
             on_sample=lambda epoch, sample: events.put(("sample", (epoch, sample))),
-            on_step=lambda state: events.put(("step", state.global_step + 1)))
+            on_step=lambda state: events.put(("step", state.global_step + 1)),
+        )
         state = replace(result.state, rng_now=None, rng_epoch_start=None)  # small to send back
         events.put(("result", replace(result, state=state)))
     except Exception as e:  # shown in the UI as a message, never lost in a process
@@ -152,8 +203,17 @@ class TrainingRun:
     terminated, then killed.
     """
 
-    def __init__(self, preset: Preset, text: str, name: str, resume: bool = False, device="cpu",
-                 threads: int | None = None, nice: int = NICE, grace_s: float = 120.0):
+    def __init__(
+        self,
+        preset: Preset,
+        text: str,
+        name: str,
+        resume: bool = False,
+        device="cpu",
+        threads: int | None = None,
+        nice: int = NICE,
+        grace_s: float = 120.0,
+    ):
         self.preset, self.text, self.name, self.resume = preset, text, check_name(name), resume
         self.device, self.threads = str(device), threads or default_threads()
         self.nice, self.grace_s = nice, grace_s
@@ -161,9 +221,23 @@ class TrainingRun:
         ctx = multiprocessing.get_context("spawn")  # a fresh interpreter: no copy of the server's threads
         self._events = ctx.Queue()
         self._stop = ctx.Event()
-        self._proc = ctx.Process(target=_child, name=f"losslens-train-{self.name}", daemon=True,
-                                 args=(preset, text, self.name, resume, self.device, self.threads, nice,
-                                       self._events, self._stop, os.getpid()))
+        self._proc = ctx.Process(
+            target=_child,
+            name=f"losslens-train-{self.name}",
+            daemon=True,
+            args=(
+                preset,
+                text,
+                self.name,
+                resume,
+                self.device,
+                self.threads,
+                nice,
+                self._events,
+                self._stop,
+                os.getpid(),
+            ),
+        )
         self.evals: list[dict] = []
         self.samples: list[tuple[int, str]] = []
         self.step = 0
@@ -241,9 +315,11 @@ class TrainingRun:
         self._events.close()
         with self._lock:
             if self.result is None and self.error is None:
-                self.error = (f"The training process ended without saving (exit code {self._proc.exitcode}); "
-                              "it was stopped by force or ran out of memory. Start it again, or Resume an "
-                              "earlier stop.")
+                self.error = (
+                    f"The training process ended without saving (exit code {self._proc.exitcode}); "
+                    "it was stopped by force or ran out of memory. Start it again, or Resume an "
+                    "earlier stop."
+                )
 
     def snapshot(self) -> dict:
         with self._lock:
@@ -282,6 +358,7 @@ class TrainingSlot:
                 raise ServerBusyError(
                     f"Another visitor's training run ({snap['preset']} preset, {done}) is using this server: "
                     "it trains one model at a time so that everyone's views stay quick. Start yours when it "
-                    "has finished, or train on your own machine with `python -m core train`.")
+                    "has finished, or train on your own machine with `python -m core train`."
+                )
             self.run = TrainingRun(preset, text, name, resume=resume, device=device, **self._options).start()
             return self.run

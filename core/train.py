@@ -26,6 +26,7 @@ START_CONTEXT = "Every effort moves you"
 
 # --- the book's helpers (sections 4.7 and 5.1) ----------------------------------------------
 
+
 def text_to_token_ids(text, tokenizer):
     encoded = tokenizer.encode(text, allowed_special={ENDOFTEXT})
     return torch.tensor(encoded).unsqueeze(0)  # add the batch dimension
@@ -71,10 +72,12 @@ def make_train_loaders(text: str, settings: LoaderSettings, tokenizer=None):
     settings.validate()
     train_text, val_text = split_text(text, settings.train_ratio)
     L, S, B = settings.context_length, settings.stride, settings.batch_size
-    train_loader = create_dataloader_v1(train_text, batch_size=B, max_length=L, stride=S, shuffle=True,
-                                        drop_last=True, tokenizer=tokenizer)
-    val_loader = create_dataloader_v1(val_text, batch_size=B, max_length=L, stride=S, shuffle=False,
-                                      drop_last=False, tokenizer=tokenizer)
+    train_loader = create_dataloader_v1(
+        train_text, batch_size=B, max_length=L, stride=S, shuffle=True, drop_last=True, tokenizer=tokenizer
+    )
+    val_loader = create_dataloader_v1(
+        val_text, batch_size=B, max_length=L, stride=S, shuffle=False, drop_last=False, tokenizer=tokenizer
+    )
     for name, loader in (("training", train_loader), ("validation", val_loader)):
         if len(loader) == 0:
             raise NoBatchesError(
@@ -84,6 +87,7 @@ def make_train_loaders(text: str, settings: LoaderSettings, tokenizer=None):
 
 
 # --- where a run is -------------------------------------------------------------------------
+
 
 @dataclass
 class TrainState:
@@ -147,14 +151,26 @@ def epoch_batches(train_loader, state: TrainState) -> Iterator:
 
 # --- the book's loop ------------------------------------------------------------------------
 
-def train_model_simple(model, train_loader, val_loader, optimizer, device, num_epochs,
-                       eval_freq, eval_iter, start_context, tokenizer, *,
-                       state: TrainState | None = None,
-                       on_eval: Callable[[int, int, float, float], None] | None = None,
-                       on_sample: Callable[[int, str], None] | None = None,
-                       on_step: Callable[[TrainState], None] | None = None,
-                       should_stop: Callable[[], bool] | None = None,
-                       log: Callable[[str], None] | None = print):
+
+def train_model_simple(
+    model,
+    train_loader,
+    val_loader,
+    optimizer,
+    device,
+    num_epochs,
+    eval_freq,
+    eval_iter,
+    start_context,
+    tokenizer,
+    *,
+    state: TrainState | None = None,
+    on_eval: Callable[[int, int, float, float], None] | None = None,
+    on_sample: Callable[[int, str], None] | None = None,
+    on_step: Callable[[TrainState], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    log: Callable[[str], None] | None = print,
+):
     """The book's loop. Returns train_losses, val_losses, track_tokens_seen.
 
     `state` (fresh or resumed) is updated in place; should_stop() is asked after every step
@@ -164,7 +180,8 @@ def train_model_simple(model, train_loader, val_loader, optimizer, device, num_e
     should_stop = should_stop or (lambda: False)
     if len(train_loader) == 0:
         raise NoBatchesError(
-            "The training loader has no batch: use a longer text or a shorter context length.")
+            "The training loader has no batch: use a longer text or a shorter context length."
+        )
 
     for epoch in range(s.epoch, num_epochs):
         model.train()
@@ -183,8 +200,10 @@ def train_model_simple(model, train_loader, val_loader, optimizer, device, num_e
             if evaluated:
                 s.record(train_loss, val_loss)
                 if log:
-                    log(f"Ep {epoch + 1} (Step {s.global_step:06d}): "
-                        f"Train loss {train_loss:.3f}, Val loss {val_loss:.3f}")
+                    log(
+                        f"Ep {epoch + 1} (Step {s.global_step:06d}): "
+                        f"Train loss {train_loss:.3f}, Val loss {val_loss:.3f}"
+                    )
                 if on_eval:
                     on_eval(s.global_step, s.tokens_seen, train_loss, val_loss)
             if on_step:

@@ -19,7 +19,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 
-from .device import available_ram_gb
+from .device import available_memory_gb, describe
 from .errors import WeightsError
 from .model import GPT2_MODEL_CONFIGS, GPT2_SMALL_CONFIG, GPTModel, freeze
 from .paths import cache_dir as default_cache
@@ -65,12 +65,17 @@ def memory_warning(size: str) -> str | None:
     )
 
 
-def require_free_ram(need_gb: float, what: str, advice: str = "", error=WeightsError) -> None:
-    """Refuse work that would not fit in the free RAM, before the OOM killer ends the server."""
-    free = available_ram_gb()
+def require_free_ram(need_gb: float, what: str, advice: str = "", error=WeightsError, device="cpu") -> None:
+    """Refuse work that would not fit in the free memory of `device` (the RAM for the CPU, the
+    GPU's own memory for CUDA), before the OOM killer ends the server or CUDA runs out."""
+    device = torch.device(device)
+    free = available_memory_gb(device)
+    where = "RAM" if device.type == "cpu" else f"memory on {describe(device)}"
     if free is not None and free < need_gb:
-        raise error(f"{what} needs about {need_gb:.1f} GB of free RAM; this machine has {free:.1f} GB free."
-                    + (f" {advice}" if advice else ""))
+        raise error(
+            f"{what} needs about {need_gb:.1f} GB of free {where}; it has {free:.1f} GB free."
+            + (f" {advice}" if advice else "")
+        )
 
 
 def check_memory(size: str) -> None:
@@ -89,8 +94,9 @@ def _network_errors() -> tuple[type[BaseException], ...]:
     return tuple(errors)
 
 
-def download_gpt2_safetensors(size: str = "124M", cache_dir: str | Path | None = None,
-                              local_path: str | Path | None = None) -> Path:
+def download_gpt2_safetensors(
+    size: str = "124M", cache_dir: str | Path | None = None, local_path: str | Path | None = None
+) -> Path:
     """Path of GPT-2's model.safetensors: `local_path`, $LOSSLENS_GPT2_<size>_SAFETENSORS, or the Hub.
 
     The Hub download goes through huggingface_hub: its cache (under LossLens' cache folder
@@ -113,8 +119,11 @@ def download_gpt2_safetensors(size: str = "124M", cache_dir: str | Path | None =
         )
     except _network_errors() as e:
         reason = (str(e).splitlines() or ["no connection"])[0].split(". ")[0].rstrip(".")
-        offline = (" HF_HUB_OFFLINE is set, so only the local cache is searched."
-                   if huggingface_hub.constants.HF_HUB_OFFLINE else "")
+        offline = (
+            " HF_HUB_OFFLINE is set, so only the local cache is searched."
+            if huggingface_hub.constants.HF_HUB_OFFLINE
+            else ""
+        )
         raise WeightsError(
             f"Could not download GPT-2 {size} ({HF_REPOS[size]}/{FILENAME} on the Hugging Face Hub): "
             f"{type(e).__name__}: {reason}.{offline} Connect to the internet and retry (an interrupted "
@@ -143,7 +152,9 @@ def _check_safetensors_file(path: Path) -> None:
         head = f.read(9)
     header_len = int.from_bytes(head[:8], "little") if len(head) >= 8 else -1
     if not (0 < header_len < SAFETENSORS_MAGIC_MAX_HEADER) or head[8:9] != b"{":
-        raise WeightsError(f"{path.name} is not a safetensors file; only safetensors weights are loaded (never pickle).")
+        raise WeightsError(
+            f"{path.name} is not a safetensors file; only safetensors weights are loaded (never pickle)."
+        )
 
 
 def read_safetensors(path: str | Path) -> dict[str, torch.Tensor]:
@@ -219,7 +230,9 @@ def _strip_prefix(sd: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k.removeprefix("transformer."): v for k, v in sd.items()}
 
 
-def map_gpt2_state_dict(hf: Mapping[str, torch.Tensor], cfg: dict, consume: bool = False) -> dict[str, torch.Tensor]:
+def map_gpt2_state_dict(
+    hf: Mapping[str, torch.Tensor], cfg: dict, consume: bool = False
+) -> dict[str, torch.Tensor]:
     """Hugging Face GPT-2 names and layouts -> GPTModel's state_dict (out_head not included).
 
     consume=True empties `hf` (a dict with the prefix already stripped) as it maps: each
@@ -231,7 +244,9 @@ def map_gpt2_state_dict(hf: Mapping[str, torch.Tensor], cfg: dict, consume: bool
 
     def take(key: str, shape: tuple[int, ...], copy: bool = True) -> torch.Tensor:
         if key not in sd:
-            raise WeightsError(f"GPT-2 weights are missing {key!r} (is the config right? {cfg['n_layers']} layers expected).")
+            raise WeightsError(
+                f"GPT-2 weights are missing {key!r} (is the config right? {cfg['n_layers']} layers expected)."
+            )
         t = sd.pop(key)
         if tuple(t.shape) != shape:
             raise WeightsError(f"GPT-2 tensor {key!r} has shape {tuple(t.shape)}, the model expects {shape}.")
@@ -248,8 +263,8 @@ def map_gpt2_state_dict(hf: Mapping[str, torch.Tensor], cfg: dict, consume: bool
         w_qkv = take(h + "attn.c_attn.weight", (d, 3 * d), copy=False)
         b_qkv = take(h + "attn.c_attn.bias", (3 * d,), copy=False)
         for j, name in enumerate(("W_query", "W_key", "W_value")):
-            out[b + f"att.{name}.weight"] = w_qkv[:, j * d:(j + 1) * d].t().contiguous()
-            out[b + f"att.{name}.bias"] = b_qkv[j * d:(j + 1) * d].clone()
+            out[b + f"att.{name}.weight"] = w_qkv[:, j * d : (j + 1) * d].t().contiguous()
+            out[b + f"att.{name}.bias"] = b_qkv[j * d : (j + 1) * d].clone()
         out[b + "att.out_proj.weight"] = take(h + "attn.c_proj.weight", (d, d), copy=False).t().contiguous()
         out[b + "att.out_proj.bias"] = take(h + "attn.c_proj.bias", (d,))
         out[b + "ff.layers.0.weight"] = take(h + "mlp.c_fc.weight", (d, 4 * d), copy=False).t().contiguous()
@@ -264,7 +279,9 @@ def map_gpt2_state_dict(hf: Mapping[str, torch.Tensor], cfg: dict, consume: bool
     # Leftovers allowed: the causal-mask buffers (attn.bias, attn.masked_bias) and a tied lm_head.
     extra = [k for k in sd if not re.search(r"attn\.(masked_)?bias$", k) and k != "lm_head.weight"]
     if extra:
-        raise WeightsError(f"Unexpected tensors in GPT-2 weights (more layers than the config?): {', '.join(extra[:5])}")
+        raise WeightsError(
+            f"Unexpected tensors in GPT-2 weights (more layers than the config?): {', '.join(extra[:5])}"
+        )
     return out
 
 
@@ -289,7 +306,10 @@ def _build(sd, cfg: dict | None, hf_config: dict | None) -> GPTModel:
     # Build on the meta device: no random init of weights that are overwritten anyway.
     with torch.device("meta"):
         model = GPTModel(cfg)
-    tied = lm_head is None or (lm_head.shape == mapped["tok_emb.weight"].shape and torch.equal(lm_head.float(), mapped["tok_emb.weight"]))
+    tied = lm_head is None or (
+        lm_head.shape == mapped["tok_emb.weight"].shape
+        and torch.equal(lm_head.float(), mapped["tok_emb.weight"])
+    )
     mapped["out_head.weight"] = mapped["tok_emb.weight"] if tied else lm_head.float()
     try:
         model.load_state_dict(mapped, strict=True, assign=True)

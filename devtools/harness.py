@@ -191,7 +191,8 @@ _IDLE_JS = """(states) => {
     return !!app && app.getAttribute('data-test-connection-state') === 'CONNECTED'
         && states.includes(app.getAttribute('data-test-script-state'))
         && !document.querySelector('[data-testid="stAppSkeleton"], [data-testid="stSkeleton"]')
-        && !document.querySelector('[data-testid="stStatusWidgetRunningIcon"], [data-testid="stStatusWidgetRunningManIcon"]');
+        && !document.querySelector(
+            '[data-testid="stStatusWidgetRunningIcon"], [data-testid="stStatusWidgetRunningManIcon"]');
 }"""
 
 
@@ -341,9 +342,11 @@ def injected(page) -> list[str]:
             if (s.textContent.includes('*{display:none}')) out.push('a user <style> element exists');
         for (const s of document.querySelectorAll('script'))
             if (s.textContent.includes('__pwned')) out.push('a user <script> element exists');
-        for (const a of document.querySelectorAll('a[href^="javascript:"]')) out.push('a javascript: link exists');
+        for (const a of document.querySelectorAll('a[href^="javascript:"]'))
+            out.push('a javascript: link exists');
         const app = document.querySelector('[data-testid="stApp"]');
-        if (getComputedStyle(document.body).display === 'none' || !app || getComputedStyle(app).display === 'none')
+        if (getComputedStyle(document.body).display === 'none' || !app
+            || getComputedStyle(app).display === 'none')
             out.push('the page was hidden by a style');
         return out;
     }"""

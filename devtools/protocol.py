@@ -110,7 +110,9 @@ def expected_numbers(plans: list[Plan], texts: dict[int, str], seeds: dict[int, 
                 plan.expected = book
     for i, plan in sorted(((i, p) for i, p in enumerate(plans) if p.kind in {"text", "hostile"})):
         plan.expected = loss(texts[i], BOOK_SEED)
-    for i, plan in sorted(((i, p) for i, p in enumerate(plans) if p.kind == "seed"), key=lambda x: seeds[x[0]]):
+    for i, plan in sorted(
+        ((i, p) for i, p in enumerate(plans) if p.kind == "seed"), key=lambda x: seeds[x[0]]
+    ):
         plan.expected = loss(BOOK_TEXT, seeds[i])
 
 

@@ -1,7 +1,7 @@
 """Take the README's screenshots from a running app in headless Chromium.
 
-    streamlit run app.py --server.port 8501 &
-    python docs/screenshots.py http://localhost:8501
+streamlit run app.py --server.port 8501 &
+python docs/screenshots.py http://localhost:8501
 """
 
 from __future__ import annotations
@@ -13,8 +13,15 @@ from playwright.sync_api import TimeoutError as PlaywrightTimeout
 from playwright.sync_api import sync_playwright
 
 HERE = Path(__file__).parent
-ARGS = ["--no-sandbox", "--headless", "--disable-gpu", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync", "--no-first-run"]
+ARGS = [
+    "--no-sandbox",
+    "--headless",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 # A short Verdict text and a model trained on it (`python -m core train`, saved as tiny-verdict).
 VERDICT = "text=I+HAD+always+thought+Jack+Gisburn+rather+a+cheap+genius--though+a+good+fellow+enough"
 TINY = "&model=trained-tiny-verdict"
@@ -42,8 +49,13 @@ VIEWPORTS = {  # file: (width, height, device scale); the others use 1440x1000 a
     "presentation-1280x720.png": (1280, 720, 1),
 }
 # The lesson views show their own first metric, and two need clicks (element to shoot, buttons).
-WAIT = {"temperature.png": "Lowest loss", "units.png": "Bits per byte", "confidence.png": "Mean entropy",
-        "gradient.png": "Target pushed up by", "compare-tokens.png": "Mean KL"}
+WAIT = {
+    "temperature.png": "Lowest loss",
+    "units.png": "Bits per byte",
+    "confidence.png": "Mean entropy",
+    "gradient.png": "Target pushed up by",
+    "compare-tokens.png": "Mean KL",
+}
 
 
 def main(base: str, only: list[str]) -> None:
@@ -56,7 +68,10 @@ def main(base: str, only: list[str]) -> None:
             page = browser.new_page(viewport={"width": width, "height": height}, device_scale_factor=scale)
             page.goto(base.rstrip("/") + path)
             if name == "loss-by-position.png":
-                for label in ("Compute", "Compute loss by position"):  # results kept from a run before: no button
+                for label in (
+                    "Compute",
+                    "Compute loss by position",
+                ):  # results kept from a run before: no button
                     try:
                         page.get_by_role("button", name=label, exact=True).click(timeout=60_000)
                     except PlaywrightTimeout:
@@ -79,7 +94,9 @@ def main(base: str, only: list[str]) -> None:
                 page.get_by_text("Loss (cross entropy)").first.wait_for(timeout=120_000)
             page.wait_for_timeout(2500)  # charts finish their first animation
             if name == "zoom-200.png":  # past the stacked metrics: the step controls and diagram
-                page.locator('[data-testid="stSlider"]').first.evaluate("e => e.scrollIntoView({block: 'start'})")
+                page.locator('[data-testid="stSlider"]').first.evaluate(
+                    "e => e.scrollIntoView({block: 'start'})"
+                )
                 page.wait_for_timeout(500)
             page.screenshot(path=str(HERE / name), full_page=False)
             print("saved", HERE / name)

@@ -59,18 +59,27 @@ def test_heatmap_and_loss_announcement(book):
     text = a11y.describe_heat(book["texts"][0], 0)
     surprisals = {p["target"]: p["surprisal"] for p in book["texts"][0]["positions"]}
     worst = max(surprisals, key=surprisals.get)
-    assert text.startswith(f"Text 1, 3 predicted tokens: most surprising {worst} ({surprisals[worst]:.2f} nats)")
+    assert text.startswith(
+        f"Text 1, 3 predicted tokens: most surprising {worst} ({surprisals[worst]:.2f} nats)"
+    )
     assert a11y.loss_announcement(book) == "Loss 10.7940, perplexity 48,726, over 6 predicted tokens."
 
 
 def test_dataset_training_and_comparison_in_words():
-    r = {"train_batch_losses": [10.5, 11.0, 10.9], "train_loss": 10.8, "val_batch_losses": [10.95], "val_loss": 10.95}
+    r = {
+        "train_batch_losses": [10.5, 11.0, 10.9],
+        "train_loss": 10.8,
+        "val_batch_losses": [10.95],
+        "val_loss": 10.95,
+    }
     assert a11y.describe_dataset(r) == (
         "Training loss 10.8000, the mean of 3 batches (lowest 10.5000, highest 11.0000); "
         "validation loss 10.9500, the mean of 1 batch (lowest 10.9500, highest 10.9500)."
     )
-    evals = [{"step": 0, "tokens_seen": 512, "train_loss": 10.98, "val_loss": 10.99},
-             {"step": 20, "tokens_seen": 10_752, "train_loss": 6.5, "val_loss": 7.25}]
+    evals = [
+        {"step": 0, "tokens_seen": 512, "train_loss": 10.98, "val_loss": 10.99},
+        {"step": 20, "tokens_seen": 10_752, "train_loss": 6.5, "val_loss": 7.25},
+    ]
     assert a11y.describe_training(evals) == (
         "At step 20 (10,752 tokens seen): training loss 6.500, validation loss 7.250; "
         "at the first evaluation (step 0) they were 10.980 and 10.990."

@@ -174,7 +174,10 @@ def test_url_state_round_trip(model):
     assert at.select_slider(key="step").value == 5
     assert at.toggle(key="presentation").value is True
     expected = compute_loss(model, texts, top_k=7, temperature=2.0)
-    assert any(c.value.startswith("torch.mean(") and f"{float(expected.avg_log_probas):.4f}" in c.value for c in at.code)
+    assert any(
+        c.value.startswith("torch.mean(") and f"{float(expected.avg_log_probas):.4f}" in c.value
+        for c in at.code
+    )
     # ...and a change made by the app goes back into the URL (a browser writes its own edits).
     at.selectbox(key="preset").set_value("Book, first text only").run()
     assert at.query_params["text"] in ("every effort moves you", ["every effort moves you"])
@@ -284,7 +287,9 @@ def test_every_preset_renders_on_every_view(model):
             assert metric(at, "Loss (cross entropy)") == expected, (name, page)
 
 
-@pytest.mark.parametrize("query", [{"step": "9"}, {"top_k": "100000"}, {"temperature": "-1"}, {"model": "nope"}])
+@pytest.mark.parametrize(
+    "query", [{"step": "9"}, {"top_k": "100000"}, {"temperature": "-1"}, {"model": "nope"}]
+)
 def test_a_broken_link_still_opens(query):
     at = app("figure57", **query)
     assert not at.exception

@@ -48,7 +48,8 @@ def test_training_view_trains_in_the_background_stops_and_saves():
     assert "Stopped after" in text_of(at) and model_path("app-quick").is_file()
     # The saved run is in the model picker of every view, and Resume is offered.
     assert "trained-app-quick" in at.selectbox(key="model").options or any(
-        "app-quick" in o for o in at.selectbox(key="model").options)
+        "app-quick" in o for o in at.selectbox(key="model").options
+    )
     assert at.text_input(key="train_name_quick").value == "app-quick"  # kept through the live run
     assert not at.button(key="train_resume").disabled
 
@@ -64,7 +65,9 @@ def test_compare_view_matches_core_for_each_model(verdict_path):
 
     from test_train import TINY
 
-    run_training(replace(TINY, num_epochs=1), verdict_path.read_text(encoding="utf-8")[:6000], "cmp-tiny", log=None)
+    run_training(
+        replace(TINY, num_epochs=1), verdict_path.read_text(encoding="utf-8")[:6000], "cmp-tiny", log=None
+    )
     at = page("compare")
     keys = at.multiselect(key="cmp_models").value
     assert "untrained-124m" in keys and "trained-cmp-tiny" in keys
@@ -80,8 +83,9 @@ def test_compare_reuses_the_dataset_views_result_for_a_trained_model(verdict_pat
 
     from test_train import TINY
 
-    run_training(replace(TINY, num_epochs=1), verdict_path.read_text(encoding="utf-8")[:6000], "reuse-tiny",
-                 log=None)
+    run_training(
+        replace(TINY, num_epochs=1), verdict_path.read_text(encoding="utf-8")[:6000], "reuse-tiny", log=None
+    )
     at = page("dataset")
     at.selectbox(key="model").set_value("trained-reuse-tiny").run()
     at.number_input(key="ds_stride").set_value(32).run()  # Compare's loaders: stride = context length (32)

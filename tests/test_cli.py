@@ -24,7 +24,11 @@ LONG_TEXT = "a" + " a" * 257  # 258 tokens: one more than a 256-token context al
 
 def run_cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "core", "loss", *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout
+        [sys.executable, "-m", "core", "loss", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
 
 
@@ -42,7 +46,9 @@ def same_model(model, monkeypatch):
     """The CLI builds `build_untrained_model(seed)`; for seed 123 hand it the session's copy of
     that same model (saves building 163M parameters per call)."""
     real = core.model.build_untrained_model
-    monkeypatch.setattr(core.model, "build_untrained_model", lambda seed=123: model if seed == 123 else real(seed))
+    monkeypatch.setattr(
+        core.model, "build_untrained_model", lambda seed=123: model if seed == 123 else real(seed)
+    )
     return model
 
 
@@ -66,7 +72,14 @@ def test_json_shows_the_book_numbers():
     assert round(s["loss"], 4) == 10.7940 and round(s["neg_avg_log_probas"], 4) == 10.7940
     assert round(s["avg_log_probas"], 4) == -10.7940
     assert s["perplexity"] == pytest.approx(48725.8, rel=1e-5)
-    assert [round(x, 4) for x in s["log_probas"]] == [-9.5042, -10.3796, -11.3677, -11.4798, -9.7764, -12.2561]
+    assert [round(x, 4) for x in s["log_probas"]] == [
+        -9.5042,
+        -10.3796,
+        -11.3677,
+        -11.4798,
+        -9.7764,
+        -12.2561,
+    ]
     assert s["shapes"]["logits"] == [2, 3, 50257] and s["shapes"]["logits_flat"] == [6, 50257]
     assert s["model"] == "Untrained GPT-2 124M (book, section 5.1), seed 123, on CPU"
     assert s["model_key"] == "untrained-124m" and s["temperature"] == 1.0 and s["top_k"] == 5
@@ -147,7 +160,10 @@ def test_output_to_an_ascii_pipe():
     """A pipe or console without UTF-8 gets escapes instead of a UnicodeEncodeError."""
     proc = subprocess.run(
         [sys.executable, "-m", "core", "loss", "I 💜 chocolate", "every effort moves you"],
-        cwd=ROOT, capture_output=True, timeout=300, env={**os.environ, "PYTHONIOENCODING": "ascii"},
+        cwd=ROOT,
+        capture_output=True,
+        timeout=300,
+        env={**os.environ, "PYTHONIOENCODING": "ascii"},
     )
     assert proc.returncode == 0, proc.stderr.decode("ascii", "replace")
     out = proc.stdout.decode("ascii")

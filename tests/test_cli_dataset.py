@@ -46,8 +46,19 @@ def test_json_counts_and_losses(verdict_path, first_batches, capsys):
     out, err = capsys.readouterr()
     d = json.loads(out)
     assert (d["characters"], d["tokens"], d["train_tokens"], d["val_tokens"]) == (20479, 5145, 4608, 512)
-    assert (d["train"]["windows"], d["train"]["batches"], d["val"]["windows"], d["val"]["batches"]) == (18, 9, 2, 1)
-    assert d["settings"] == {"train_ratio": 0.9, "context_length": 256, "stride": 256, "batch_size": 2, "seed": 123}
+    assert (d["train"]["windows"], d["train"]["batches"], d["val"]["windows"], d["val"]["batches"]) == (
+        18,
+        9,
+        2,
+        1,
+    )
+    assert d["settings"] == {
+        "train_ratio": 0.9,
+        "context_length": 256,
+        "stride": 256,
+        "batch_size": 2,
+        "seed": 123,
+    }
     assert d["num_batches"] == 1 and d["cancelled"] is False and d["warnings"] == []
     assert [d["train_loss"], d["val_loss"]] == pytest.approx(first_batches, abs=1e-6)
     assert d["train_perplexity"] == pytest.approx(2.718281828459045 ** d["train_loss"])
@@ -111,7 +122,9 @@ def test_module_entry_point_offline_without_corpus(tmp_path):
     )
     env = {**os.environ, "LOSSLENS_CACHE_DIR": str(tmp_path)}
     env.pop(VERDICT_ENV, None)
-    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
+    )
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout)
     assert out["corpus"] == "The Verdict"

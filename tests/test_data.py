@@ -170,7 +170,9 @@ def test_short_split_warns_like_the_book(verdict):
     text = verdict[:1500]  # ~360 tokens: the validation tenth has ~36
     s = make_loaders(text, LoaderSettings())
     assert len(s.warnings) == 2 and s.warnings[0].startswith("Not enough tokens for the validation loader")
-    assert s.warnings[1].startswith("The training loader has no batch: its 1 window(s) do not fill one batch of 2")
+    assert s.warnings[1].startswith(
+        "The training loader has no batch: its 1 window(s) do not fill one batch of 2"
+    )
     assert (s.val.windows, s.val.batches, s.val_tokens) == (0, 0, 0)
     assert s.train.windows == 1 and s.train.batches == 0 and s.train.dropped_windows == 1
 

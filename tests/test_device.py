@@ -48,7 +48,9 @@ def test_the_environment_variable_decides_when_nothing_is_given(monkeypatch):
     monkeypatch.setenv(DEVICE_ENV, "cpu")
     assert resolve_device(None) == torch.device("cpu")
     monkeypatch.setenv(DEVICE_ENV, "tpu")
-    with pytest.raises(InvalidParameterError, match="Unknown device 'tpu'; choose one of auto, cpu, cuda, mps"):
+    with pytest.raises(
+        InvalidParameterError, match="Unknown device 'tpu'; choose one of auto, cpu, cuda, mps"
+    ):
         resolve_device(None)
     assert resolve_device("cpu") == torch.device("cpu")  # an explicit choice wins
 
@@ -76,8 +78,9 @@ def test_load_model_puts_the_model_on_the_device():
 
 
 def run(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "core", *args], cwd=ROOT, capture_output=True, text=True,
-                          timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "core", *args], cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
 
 
 def test_cli_book_numbers_on_the_cpu():
@@ -112,14 +115,18 @@ def test_cli_uses_a_trained_model_by_its_key(verdict_path, tmp_path, monkeypatch
     from core.runner import run_training
 
     monkeypatch.setenv("LOSSLENS_CACHE_DIR", str(tmp_path))
-    run_training(replace(TINY, num_epochs=1), verdict_path.read_text(encoding="utf-8")[:6000], "cli-tiny", log=None)
+    run_training(
+        replace(TINY, num_epochs=1), verdict_path.read_text(encoding="utf-8")[:6000], "cli-tiny", log=None
+    )
     assert "trained-cli-tiny" in available_models()
     expected = float(compute_loss(load_trained_model(model_path("cli-tiny")), BOOK_TEXTS).loss)
     proc = run("loss", *BOOK_TEXTS, "--model", "trained-cli-tiny", "--device", "cpu", "--json")
     assert proc.returncode == 0, proc.stderr
     s = json.loads(proc.stdout)
     assert s["model_key"] == "trained-cli-tiny" and s["model"].startswith("Trained: cli-tiny")
-    assert s["loss"] == pytest.approx(expected, abs=1e-5) and abs(s["loss"] - 10.7940) > 0.05  # not the book model
+    assert (
+        s["loss"] == pytest.approx(expected, abs=1e-5) and abs(s["loss"] - 10.7940) > 0.05
+    )  # not the book model
 
 
 # --- on a GPU (run where one exists) ------------------------------------------------------

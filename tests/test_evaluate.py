@@ -92,7 +92,10 @@ def test_num_batches_takes_the_first_batches(model, verdict, book_run):
 
 
 def test_calc_loss_batch_equals_the_books(tiny_model, verdict):
-    ch05 = pytest.importorskip("llms_from_scratch.ch05", reason="reference code absent: pip install --no-deps llms-from-scratch==1.0.19 (as .ci/run does)")
+    ch05 = pytest.importorskip(
+        "llms_from_scratch.ch05",
+        reason="reference code absent: pip install --no-deps llms-from-scratch==1.0.19 (as .ci/run does)",
+    )
 
     loader = create_dataloader_v1(verdict, batch_size=3, max_length=32, stride=32, shuffle=False)
     x, y = next(iter(loader))
@@ -101,7 +104,9 @@ def test_calc_loss_batch_equals_the_books(tiny_model, verdict):
         book = ch05.calc_loss_batch(x, y, tiny_model, "cpu")  # model(x) + F.cross_entropy
         logits = tiny_model(x)
     assert ours.item() == pytest.approx(book.item(), abs=1e-6)
-    assert ours.item() == pytest.approx(F.cross_entropy(logits.flatten(0, 1).double(), y.flatten()).item(), abs=1e-5)
+    assert ours.item() == pytest.approx(
+        F.cross_entropy(logits.flatten(0, 1).double(), y.flatten()).item(), abs=1e-5
+    )
 
 
 def test_calc_loss_batch_keeps_gradients():
@@ -114,7 +119,10 @@ def test_calc_loss_batch_keeps_gradients():
 
 
 def test_calc_loss_loader_equals_the_books(tiny_model, verdict):
-    ch05 = pytest.importorskip("llms_from_scratch.ch05", reason="reference code absent: pip install --no-deps llms-from-scratch==1.0.19 (as .ci/run does)")
+    ch05 = pytest.importorskip(
+        "llms_from_scratch.ch05",
+        reason="reference code absent: pip install --no-deps llms-from-scratch==1.0.19 (as .ci/run does)",
+    )
 
     loader = create_dataloader_v1(verdict[:3000], batch_size=2, max_length=32, stride=32, shuffle=False)
     assert len(loader) > 5
@@ -163,7 +171,11 @@ def test_cancel_returns_what_was_done(tiny_model, verdict):
     settings = LoaderSettings(context_length=32, stride=32)
     done = []
     result = evaluate_dataset(
-        tiny_model, verdict[:4000], settings, progress=lambda *a: done.append(a), cancel=lambda: len(done) >= 3
+        tiny_model,
+        verdict[:4000],
+        settings,
+        progress=lambda *a: done.append(a),
+        cancel=lambda: len(done) >= 3,
     )
     assert result.cancelled
     assert len(result.train_batch_losses) == 2  # progress(0), batch 1, batch 2, then stop
@@ -177,7 +189,10 @@ def test_cancel_during_validation_keeps_the_training_loss(tiny_model, verdict):
     n_train = make_loaders(text, settings).train.batches
     done = []
     result = evaluate_dataset(
-        tiny_model, text, settings, progress=lambda *a: done.append(a),
+        tiny_model,
+        text,
+        settings,
+        progress=lambda *a: done.append(a),
         cancel=lambda: done[-1][2] == "val",
     )
     assert result.cancelled and len(result.train_batch_losses) == n_train
@@ -186,15 +201,22 @@ def test_cancel_during_validation_keeps_the_training_loss(tiny_model, verdict):
 
 
 def test_small_settings_match_the_books_function(tiny_model, verdict):
-    ch05 = pytest.importorskip("llms_from_scratch.ch05", reason="reference code absent: pip install --no-deps llms-from-scratch==1.0.19 (as .ci/run does)")
+    ch05 = pytest.importorskip(
+        "llms_from_scratch.ch05",
+        reason="reference code absent: pip install --no-deps llms-from-scratch==1.0.19 (as .ci/run does)",
+    )
 
     settings = LoaderSettings(train_ratio=0.8, context_length=32, stride=16, batch_size=3, seed=5)
     text = verdict[:4000]
     result = evaluate_dataset(tiny_model, text, settings)
     data = make_loaders(text, settings)
     with torch.no_grad():
-        assert result.train_loss == pytest.approx(ch05.calc_loss_loader(data.train_loader, tiny_model, "cpu"), abs=1e-6)
-        assert result.val_loss == pytest.approx(ch05.calc_loss_loader(data.val_loader, tiny_model, "cpu"), abs=1e-6)
+        assert result.train_loss == pytest.approx(
+            ch05.calc_loss_loader(data.train_loader, tiny_model, "cpu"), abs=1e-6
+        )
+        assert result.val_loss == pytest.approx(
+            ch05.calc_loss_loader(data.val_loader, tiny_model, "cpu"), abs=1e-6
+        )
     assert result.data.train.batches == len(result.train_batch_losses)
 
 

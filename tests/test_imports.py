@@ -67,7 +67,10 @@ def test_core_has_no_import_cycle():
 
 def test_the_cycle_finder_finds_one():
     assert _cycle({"registry": {"train"}, "train": {"rng", "registry"}, "rng": set()}) == [
-        "registry", "train", "registry"]
+        "registry",
+        "train",
+        "registry",
+    ]
 
 
 def test_the_registry_imports_saved_runs_only_from_checkpoints():
@@ -93,8 +96,13 @@ def test_core_never_imports_streamlit_and_pages_never_import_pages():
 def test_every_core_module_imports_first_in_a_fresh_interpreter():
     """Importing a module first, alone, is where a cycle hidden by the usual order breaks."""
     procs = {
-        name: subprocess.Popen([sys.executable, "-c", f"import core.{name}"], cwd=ROOT,
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        name: subprocess.Popen(
+            [sys.executable, "-c", f"import core.{name}"],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
         for name in CORE
     }
     failed = {}

@@ -155,7 +155,10 @@ def test_padded_loss_is_cross_entropy_with_ignore_index(padded):
     assert torch.equal(padded.loss, expected)
     assert float(padded.neg_avg_log_probas) == pytest.approx(float(expected), rel=1e-5)
     # Counting the padded positions would give a different number.
-    assert abs(float(F.cross_entropy(padded.logits_flat, padded.targets_flat.clamp(min=0))) - float(expected)) > 1e-3
+    assert (
+        abs(float(F.cross_entropy(padded.logits_flat, padded.targets_flat.clamp(min=0))) - float(expected))
+        > 1e-3
+    )
 
 
 def test_padded_batch_matches_each_text_alone(model, padded):
@@ -164,7 +167,9 @@ def test_padded_batch_matches_each_text_alone(model, padded):
         alone = compute_loss(model, [text], top_k=10)
         n = alone.num_tokens
         torch.testing.assert_close(padded.logits[row, :n], alone.logits[0], rtol=1e-4, atol=1e-5)
-        torch.testing.assert_close(padded.target_probas[row, :n], alone.target_probas[0], rtol=1e-4, atol=1e-9)
+        torch.testing.assert_close(
+            padded.target_probas[row, :n], alone.target_probas[0], rtol=1e-4, atol=1e-9
+        )
         torch.testing.assert_close(padded.log_probas[flat : flat + n], alone.log_probas, rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(padded.surprisal[row, :n], alone.surprisal[0], rtol=1e-5, atol=1e-5)
         # Ranks count logits above the target's: float noise may move a near-tie by one or two.
@@ -209,7 +214,9 @@ def test_temperature_applies_to_every_step(book, temperature):
     assert torch.equal(r.log_probas, torch.log(picked.flatten()))
     assert torch.equal(r.neg_avg_log_probas, -torch.log(picked).mean())
     assert torch.equal(r.loss, F.cross_entropy(scaled.flatten(0, 1), targets.flatten()))
-    torch.testing.assert_close(r.surprisal, -torch.log_softmax(scaled, -1).gather(-1, targets[..., None])[..., 0])
+    torch.testing.assert_close(
+        r.surprisal, -torch.log_softmax(scaled, -1).gather(-1, targets[..., None])[..., 0]
+    )
     assert torch.equal(r.topk_probas, torch.softmax(scaled, -1).topk(5, dim=-1).values)
     assert float(r.neg_avg_log_probas) == pytest.approx(float(r.loss), rel=1e-5)
     assert r.temperature == temperature
@@ -363,7 +370,10 @@ def test_invalid_temperature(model, temperature):
 def test_top_k_lists_are_bounded(model):
     long = "a" + " a" * 255  # 255 predictions
     limit = MAX_TOPK_ENTRIES // 255
-    assert len(summarize(compute_loss(model, [long], top_k=limit))["texts"][0]["positions"][-1]["top_k"]) == limit
+    assert (
+        len(summarize(compute_loss(model, [long], top_k=limit))["texts"][0]["positions"][-1]["top_k"])
+        == limit
+    )
     with pytest.raises(InvalidParameterError, match=f"top-k {limit + 1} x 255 positions.*at most 500,000"):
         compute_loss(model, [long], top_k=limit + 1)
 

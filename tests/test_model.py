@@ -23,7 +23,9 @@ def reference_model():
 
 
 def _n_params(model, skip_out_head=False):
-    return sum(p.numel() for n, p in model.named_parameters() if not (skip_out_head and n.startswith("out_head")))
+    return sum(
+        p.numel() for n, p in model.named_parameters() if not (skip_out_head and n.startswith("out_head"))
+    )
 
 
 def test_seed_123_weights_equal_the_reference(model, reference_model):
@@ -83,8 +85,13 @@ def test_longer_than_context_is_refused(model):
 
 def test_book_config_and_parameter_counts(model):
     assert GPT_CONFIG_124M == {
-        "vocab_size": 50257, "context_length": 256, "emb_dim": 768, "n_heads": 12,
-        "n_layers": 12, "drop_rate": 0.1, "qkv_bias": False,
+        "vocab_size": 50257,
+        "context_length": 256,
+        "emb_dim": 768,
+        "n_heads": 12,
+        "n_layers": 12,
+        "drop_rate": 0.1,
+        "qkv_bias": False,
     }
     assert model.pos_emb.weight.shape == (256, 768)
     assert model.out_head.bias is None and model.trf_blocks[0].att.W_query.bias is None

@@ -45,7 +45,9 @@ def test_a_storm_of_builds_queues_one_at_a_time_and_never_stalls_a_kept_model():
     threads = []
     for n, seed in enumerate(range(1, 6), 1):
         heard[seed] = []
-        t = threading.Thread(target=pool.get, args=("untrained", seed), kwargs={"on_wait": heard[seed].append})
+        t = threading.Thread(
+            target=pool.get, args=("untrained", seed), kwargs={"on_wait": heard[seed].append}
+        )
         t.start()
         threads.append(t)
         _until(lambda n=n: pool.waiting() == n)  # arrival order 1, 2, 3, 4, 5

@@ -24,7 +24,28 @@ from core.tokenizer import (
 )
 
 ISSUE_TEXT = "Hello, do you like tea? <|endoftext|> In the sunlit terraces of someunknownPlace."
-ISSUE_IDS = [15496, 11, 466, 345, 588, 8887, 30, 220, 50256, 554, 262, 4252, 18250, 8812, 2114, 286, 617, 34680, 27271, 13]
+ISSUE_IDS = [
+    15496,
+    11,
+    466,
+    345,
+    588,
+    8887,
+    30,
+    220,
+    50256,
+    554,
+    262,
+    4252,
+    18250,
+    8812,
+    2114,
+    286,
+    617,
+    34680,
+    27271,
+    13,
+]
 SAMPLES = [
     ISSUE_TEXT,
     "every effort moves you",
@@ -129,10 +150,19 @@ def _bytes_shown(ch: str) -> str:
 
 @pytest.mark.parametrize(
     "ch, shown",
-    [("\x00", "\\x00"), ("\x07", "\\x07"), ("\x1b", "\\x1b"), ("\r", "␍"), ("\xa0", "\\xa0"), ("\xad", "\\xad"),
-     ("\u200b", "\\u200b"),
-     # BPE splits these into byte pieces, which are visible as such.
-     ("\u202e", _bytes_shown("\u202e")), ("\u2066", _bytes_shown("\u2066")), ("\ufeff", _bytes_shown("\ufeff"))],
+    [
+        ("\x00", "\\x00"),
+        ("\x07", "\\x07"),
+        ("\x1b", "\\x1b"),
+        ("\r", "␍"),
+        ("\xa0", "\\xa0"),
+        ("\xad", "\\xad"),
+        ("\u200b", "\\u200b"),
+        # BPE splits these into byte pieces, which are visible as such.
+        ("\u202e", _bytes_shown("\u202e")),
+        ("\u2066", _bytes_shown("\u2066")),
+        ("\ufeff", _bytes_shown("\ufeff")),
+    ],
 )
 def test_control_zero_width_and_bidi_are_visible(tokenizer, ch, shown):
     ids = encode(f"a{ch}b", tokenizer)

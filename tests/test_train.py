@@ -26,8 +26,15 @@ from core.train import (
     train_model_simple,
 )
 
-TINY_CFG = {"vocab_size": 50257, "context_length": 32, "emb_dim": 32, "n_heads": 2, "n_layers": 2,
-            "drop_rate": 0.1, "qkv_bias": False}
+TINY_CFG = {
+    "vocab_size": 50257,
+    "context_length": 32,
+    "emb_dim": 32,
+    "n_heads": 2,
+    "n_layers": 2,
+    "drop_rate": 0.1,
+    "qkv_bias": False,
+}
 TINY = Preset(
     name="tiny",
     description="test configuration",
@@ -56,7 +63,18 @@ def test_a_few_steps_lower_the_loss(text, tokenizer):
     model, optimizer = _fresh()
     lines = []
     train_losses, val_losses, tokens = train_model_simple(
-        model, train_loader, val_loader, optimizer, "cpu", 2, 2, 2, "Every effort moves you", tokenizer, log=lines.append)
+        model,
+        train_loader,
+        val_loader,
+        optimizer,
+        "cpu",
+        2,
+        2,
+        2,
+        "Every effort moves you",
+        tokenizer,
+        log=lines.append,
+    )
     assert len(train_losses) == len(val_losses) == len(tokens) >= 4
     assert train_losses[0] > math.log(50257) - 0.5  # untrained: about uniform over the vocabulary
     assert train_losses[-1] < train_losses[0] - 1.0 and val_losses[-1] < val_losses[0] - 0.5
@@ -70,11 +88,23 @@ def test_same_log_as_the_books_reference_code(text, tokenizer, capsys):
     ch05 = pytest.importorskip("llms_from_scratch.ch05")
     train_loader, val_loader = make_train_loaders(text, TINY.settings, tokenizer)
     model, optimizer = _fresh()
-    ours = train_model_simple(model, train_loader, val_loader, optimizer, "cpu", 1, 2, 2,
-                              "Every effort moves you", tokenizer, log=None)
+    ours = train_model_simple(
+        model,
+        train_loader,
+        val_loader,
+        optimizer,
+        "cpu",
+        1,
+        2,
+        2,
+        "Every effort moves you",
+        tokenizer,
+        log=None,
+    )
     model, optimizer = _fresh()
-    book = ch05.train_model_simple(model, train_loader, val_loader, optimizer, "cpu", 1, 2, 2,
-                                   "Every effort moves you", tokenizer)
+    book = ch05.train_model_simple(
+        model, train_loader, val_loader, optimizer, "cpu", 1, 2, 2, "Every effort moves you", tokenizer
+    )
     capsys.readouterr()
     assert book[2] == ours[2]
     for a, b in zip(book[0] + book[1], ours[0] + ours[1], strict=True):
@@ -85,8 +115,21 @@ def test_should_stop_ends_after_the_current_step(text, tokenizer):
     train_loader, val_loader = make_train_loaders(text, TINY.settings, tokenizer)
     model, optimizer = _fresh()
     state = TrainState()
-    train_model_simple(model, train_loader, val_loader, optimizer, "cpu", 5, 2, 2, "Every", tokenizer,
-                       state=state, should_stop=lambda: state.global_step >= 2, log=None)
+    train_model_simple(
+        model,
+        train_loader,
+        val_loader,
+        optimizer,
+        "cpu",
+        5,
+        2,
+        2,
+        "Every",
+        tokenizer,
+        state=state,
+        should_stop=lambda: state.global_step >= 2,
+        log=None,
+    )
     assert state.stopped and state.global_step == 2 and state.epoch == 0 and state.batch == 3
     assert state.tokens_seen == 3 * 4 * 32 and state.eval_steps == [0, 2]
 
@@ -95,13 +138,21 @@ def test_stop_and_resume_equals_an_uninterrupted_run(text):
     full = run_training(TINY, text, "uninterrupted", log=None)
     assert full.finished and full.state.global_step + 1 == 2 * full.steps_per_epoch
     steps = []
-    part = run_training(TINY, text, "resumed", log=None, on_step=lambda s: steps.append(s.global_step),
-                        should_stop=lambda: len(steps) >= full.steps_per_epoch + 2)  # mid epoch 2
+    part = run_training(
+        TINY,
+        text,
+        "resumed",
+        log=None,
+        on_step=lambda s: steps.append(s.global_step),
+        should_stop=lambda: len(steps) >= full.steps_per_epoch + 2,
+    )  # mid epoch 2
     assert not part.finished and part.state.epoch == 1 and part.state.batch == 2
     # Resume from the files alone (weights, AdamW moments, generator states).
     done = run_training(TINY, text, "resumed", resume=True, log=None)
     assert done.finished and done.state.global_step == full.state.global_step
-    assert done.state.train_losses == full.state.train_losses and done.state.val_losses == full.state.val_losses
+    assert (
+        done.state.train_losses == full.state.train_losses and done.state.val_losses == full.state.val_losses
+    )
     assert done.state.samples == full.state.samples
     a = load_trained_model(full.path).state_dict()
     b = load_trained_model(done.path).state_dict()
@@ -208,7 +259,9 @@ def test_a_stopped_child_saves_a_resumable_run_and_leaves_nothing(text):
 def test_one_training_run_per_server(text):
     slot = TrainingSlot(nice=1, grace_s=0)
     first = slot.start(replace(TINY, num_epochs=50), text, "slot-first")
-    with pytest.raises(ServerBusyError, match="Another visitor's training run .* Start yours when it has finished"):
+    with pytest.raises(
+        ServerBusyError, match="Another visitor's training run .* Start yours when it has finished"
+    ):
         slot.start(TINY, text, "slot-second")
     first.stop()
     first.join(120)
@@ -230,7 +283,10 @@ def test_cli_train_prints_the_book_log_and_saves(tmp_path, verdict_path, capsys)
 
     corpus = tmp_path / "slice.txt"
     corpus.write_text(verdict_path.read_text(encoding="utf-8")[:8000], encoding="utf-8")
-    assert main(["train", "--preset", "quick", "--corpus", str(corpus), "--epochs", "1", "--out", "cli-quick"]) == 0
+    assert (
+        main(["train", "--preset", "quick", "--corpus", str(corpus), "--epochs", "1", "--out", "cli-quick"])
+        == 0
+    )
     out = capsys.readouterr().out
     assert "Ep 1 (Step 000000): Train loss " in out and "\nEvery effort moves you" in out
     assert "finished: " in out and model_path("cli-quick").is_file()
@@ -297,7 +353,11 @@ def test_a_training_child_ends_when_its_server_is_killed(tmp_path, text):
 
     corpus = tmp_path / "corpus.txt"
     corpus.write_text(text, encoding="utf-8")
-    server = subprocess.Popen([sys.executable, "-c", f"""
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            f"""
 import sys, time
 from dataclasses import replace
 sys.path[:0] = [{str(Path(__file__).parent)!r}, {str(Path(__file__).parents[1])!r}]
@@ -309,7 +369,11 @@ if __name__ == "__main__":
         time.sleep(0.1)
     print(run.pid, flush=True)
     time.sleep(600)
-"""], stdout=subprocess.PIPE, text=True)
+""",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     pid = int(server.stdout.readline())
     assert Path(f"/proc/{pid}").exists()
     server.send_signal(signal.SIGKILL)

@@ -40,7 +40,9 @@ def test_logits_and_loss_match_transformers(hf_checkpoint, tokenizer):
     hf_model, path = hf_checkpoint
     model = load_gpt2_weights(path)
     assert model.cfg["n_layers"] == 2 and model.cfg["n_heads"] == 4 and model.cfg["context_length"] == 128
-    ids = torch.tensor([tokenizer.encode("every effort moves you forward"), tokenizer.encode("I really like chocolate cake")])
+    ids = torch.tensor(
+        [tokenizer.encode("every effort moves you forward"), tokenizer.encode("I really like chocolate cake")]
+    )
     with torch.no_grad():
         ours = model(ids)
         theirs = hf_model(ids, labels=ids)  # transformers shifts the labels itself
@@ -69,8 +71,15 @@ def test_loads_hub_layout_without_prefix_and_with_mask_buffers(hf_checkpoint):
 
 
 def _tiny_cfg():
-    return {"vocab_size": 50257, "context_length": 128, "emb_dim": 64, "n_heads": 4, "n_layers": 2,
-            "drop_rate": 0.0, "qkv_bias": True}
+    return {
+        "vocab_size": 50257,
+        "context_length": 128,
+        "emb_dim": 64,
+        "n_heads": 4,
+        "n_layers": 2,
+        "drop_rate": 0.0,
+        "qkv_bias": True,
+    }
 
 
 def test_shape_mismatch_is_a_weights_error(hf_checkpoint):
@@ -107,7 +116,13 @@ def test_download_uses_hub_with_its_cache(monkeypatch, tmp_path):
 
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake_download)
     assert download_gpt2_safetensors("355M", cache_dir=tmp_path) == tmp_path / "model.safetensors"
-    assert calls == [{"repo_id": "openai-community/gpt2-medium", "filename": "model.safetensors", "cache_dir": str(tmp_path)}]
+    assert calls == [
+        {
+            "repo_id": "openai-community/gpt2-medium",
+            "filename": "model.safetensors",
+            "cache_dir": str(tmp_path),
+        }
+    ]
 
 
 @pytest.mark.parametrize("error", ["connect", "offline-mode", "http"])

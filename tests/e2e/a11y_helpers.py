@@ -43,7 +43,10 @@ def audit(page, state: str) -> list[str]:
     AUDIT_DIR.mkdir(parents=True, exist_ok=True)
     name = "".join(c if c.isalnum() or c in "-_" else "-" for c in state)
     (AUDIT_DIR / f"{name}.json").write_text(
-        json.dumps({"state": state, "axe_core": version, "tags": WCAG_TAGS, "url": page.url, "violations": lines}, indent=1),
+        json.dumps(
+            {"state": state, "axe_core": version, "tags": WCAG_TAGS, "url": page.url, "violations": lines},
+            indent=1,
+        ),
         encoding="utf-8",
     )
     print(f"axe-core {version}: {state}: {len(lines)} violations")
@@ -56,8 +59,10 @@ def audit(page, state: str) -> list[str]:
 # and screen-reader-only or disabled text are left out.
 CONTRAST_JS = """() => {
   const parse = c => { const m = c.match(/rgba?\\(([^)]+)\\)/); if (!m) return null;
-    const p = m[1].split(/[ ,\\/]+/).filter(Boolean).map(Number); return [p[0], p[1], p[2], p.length > 3 ? p[3] : 1]; };
-  const lum = ([r, g, b]) => { const f = x => { x /= 255; return x <= 0.03928 ? x / 12.92 : Math.pow((x + 0.055) / 1.055, 2.4); };
+    const p = m[1].split(/[ ,\\/]+/).filter(Boolean).map(Number);
+    return [p[0], p[1], p[2], p.length > 3 ? p[3] : 1]; };
+  const lum = ([r, g, b]) => { const f = x => { x /= 255;
+      return x <= 0.03928 ? x / 12.92 : Math.pow((x + 0.055) / 1.055, 2.4); };
     return 0.2126 * f(r) + 0.7152 * f(g) + 0.0722 * f(b); };
   const blend = (t, b) => [0, 1, 2].map(i => t[i] * t[3] + b[i] * (1 - t[3])).concat([1]);
   // The backgrounds actually behind the text: an ancestor's box counts only if it contains the text's
@@ -66,10 +71,13 @@ CONTRAST_JS = """() => {
     const x = r.left + r.width / 2, y = r.top + r.height / 2;
     for (let e = el; e; e = e.parentElement) { const c = parse(getComputedStyle(e).backgroundColor);
       const b = e.getBoundingClientRect();
-      const behind = e === document.documentElement || (x >= b.left && x <= b.right && y >= b.top && y <= b.bottom);
+      const behind = e === document.documentElement
+        || (x >= b.left && x <= b.right && y >= b.top && y <= b.bottom);
       if (c && c[3] > 0 && behind) { layers.push(c); if (c[3] >= 1) break; } }
-    let out = [255, 255, 255, 1]; for (let i = layers.length - 1; i >= 0; i--) out = blend(layers[i], out); return out; };
-  const opacity = el => { let o = 1; for (let e = el; e; e = e.parentElement) o *= parseFloat(getComputedStyle(e).opacity); return o; };
+    let out = [255, 255, 255, 1];
+    for (let i = layers.length - 1; i >= 0; i--) out = blend(layers[i], out); return out; };
+  const opacity = el => { let o = 1;
+    for (let e = el; e; e = e.parentElement) o *= parseFloat(getComputedStyle(e).opacity); return o; };
   const main = document.querySelector('[data-testid="stMain"]');
   const walker = document.createTreeWalker(main, NodeFilter.SHOW_TEXT);
   const out = [];
@@ -83,7 +91,8 @@ CONTRAST_JS = """() => {
     const fg = blend([c[0], c[1], c[2], c[3] * opacity(el)], bg);
     const a = lum(fg), b = lum(bg);
     out.push({ratio: (Math.max(a, b) + 0.05) / (Math.min(a, b) + 0.05), text: text.slice(0, 40),
-              color: getComputedStyle(el).color, background: 'rgb(' + bg.slice(0, 3).map(Math.round).join(',') + ')'});
+              color: getComputedStyle(el).color,
+              background: 'rgb(' + bg.slice(0, 3).map(Math.round).join(',') + ')'});
   }
   out.sort((x, y) => x.ratio - y.ratio);
   return {count: out.length, lowest: out.slice(0, 8)};

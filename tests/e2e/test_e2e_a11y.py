@@ -14,8 +14,14 @@ from devtools.harness import BOOK_TEXTS, LOSS_LABEL, expected_loss, set_text, wa
 from .a11y_helpers import app_views, audit, lowest_contrast
 
 VIEWS = app_views()
-STEP_TITLES = ["Logits", "Probabilities", "Target probabilities", "Log probabilities", "Average log probability",
-               "Negative average = loss"]
+STEP_TITLES = [
+    "Logits",
+    "Probabilities",
+    "Target probabilities",
+    "Log probabilities",
+    "Average log probability",
+    "Negative average = loss",
+]
 RAGGED = "Ragged batch (padding)"
 
 
@@ -112,8 +118,8 @@ FOCUSED_JS = """() => { const e = document.activeElement; if (!e || e === docume
   shown.querySelectorAll('[aria-hidden="true"]').forEach(x => x.remove());
   const name = e.getAttribute('aria-label') || (e.labels && e.labels[0] && e.labels[0].innerText)
     || shown.textContent || e.getAttribute('role') || e.tagName;
-  return {name: name.trim().split('\\n')[0], tag: e.tagName, outline: cs.outlineStyle, width: parseFloat(cs.outlineWidth),
-          sidebar: !!e.closest('[data-testid="stSidebar"]')}; }"""
+  return {name: name.trim().split('\\n')[0], tag: e.tagName, outline: cs.outlineStyle,
+          width: parseFloat(cs.outlineWidth), sidebar: !!e.closest('[data-testid="stSidebar"]')}; }"""
 
 
 def tab_to(page, name: str, limit: int = 120, key: str = "Tab", tag: str = "BUTTON") -> list[dict]:
@@ -175,7 +181,9 @@ def test_keyboard_only_walks_figure_5_7(new_page, server, book_summary):
     page.keyboard.press("Space")
     page.get_by_role("button", name=re.compile("^Pause")).wait_for(timeout=60_000)
     heading(page, 6).wait_for(timeout=60_000)
-    page.get_by_role("button", name=re.compile("^Play")).wait_for(timeout=60_000)  # stops by itself at the end
+    page.get_by_role("button", name=re.compile("^Play")).wait_for(
+        timeout=60_000
+    )  # stops by itself at the end
     wait_for_app(page)
     assert focused_name(page).startswith("Play")
     page.keyboard.press("Space")  # plays again from step 1 ...
@@ -214,16 +222,28 @@ def test_screen_reader_hears_the_steps_in_order(new_page, server, book_summary):
 
     page = new_page()
     open_url(page, server, "figure-5-7")
-    facts = ["[2, 3, 50,257]", "[2, 3, 50,257], rows sum to 1", "6 values, one per target", "[6]",
-             common.num(book_summary["avg_log_probas"]), common.num(book_summary["neg_avg_log_probas"])]
+    facts = [
+        "[2, 3, 50,257]",
+        "[2, 3, 50,257], rows sum to 1",
+        "6 values, one per target",
+        "[6]",
+        common.num(book_summary["avg_log_probas"]),
+        common.num(book_summary["neg_avg_log_probas"]),
+    ]
     for step in range(1, 7):
         if step > 1:
             page.get_by_role("button", name=re.compile("^Next")).click()
         heading(page, step).wait_for()
         wait_for_app(page)
         snapshot = page.locator("ol.ll-flow").aria_snapshot()
-        items = [" ".join(re.sub(r"^- (text|code): ", "", line.strip()).strip("'\"") for line in block.splitlines()
-                          if line.strip()) for block in snapshot.split("- listitem:")[1:]]
+        items = [
+            " ".join(
+                re.sub(r"^- (text|code): ", "", line.strip()).strip("'\"")
+                for line in block.splitlines()
+                if line.strip()
+            )
+            for block in snapshot.split("- listitem:")[1:]
+        ]
         assert 'list "The six steps of figure 5.7"' in snapshot
         assert len(items) == 6, snapshot
         for k, item in enumerate(items, 1):
@@ -231,8 +251,11 @@ def test_screen_reader_hears_the_steps_in_order(new_page, server, book_summary):
             assert ("current step" in item) == (k == step), item
         # In reading order: the list, the step's heading, its code, the chart's description.
         main = page.locator('[data-testid="stMain"]').aria_snapshot()
-        order = [main.index("The six steps"), main.index(f"Step {step} of 6: {STEP_TITLES[step - 1]}"),
-                 main.index("Chart values as a table")]
+        order = [
+            main.index("The six steps"),
+            main.index(f"Step {step} of 6: {STEP_TITLES[step - 1]}"),
+            main.index("Chart values as a table"),
+        ]
         assert order == sorted(order), main
     assert book_summary["neg_avg_log_probas"] is not None
     assert "10.7940" in page.locator('[data-testid="stMain"]').aria_snapshot()
@@ -242,16 +265,23 @@ def test_live_regions_announce_the_step_and_the_new_loss(new_page, server, core_
     page = new_page()
     open_url(page, server, "")
     # On the tokens view the only announcement is the loss: short, not the whole page.
-    regions = page.locator('[aria-live]')
+    regions = page.locator("[aria-live]")
     assert live_text(page) == ["Loss 10.7940, perplexity 48,726, over 6 predicted tokens."]
-    assert page.locator('[data-testid="stMain"][aria-live], [data-testid="stMainBlockContainer"][aria-live]').count() == 0
+    assert (
+        page.locator(
+            '[data-testid="stMain"][aria-live], [data-testid="stMainBlockContainer"][aria-live]'
+        ).count()
+        == 0
+    )
     texts = ["The projector is on", "every learner can hear it"]
     loss, perplexity = expected_loss(core_model, texts)
     set_text(page, "\n".join(texts))
     wait_for_metric(page, LOSS_LABEL, f"{loss:.4f}")
     predicted = sum(len(core_model_tokens(t)) - 1 for t in texts)
     announced = live_text(page)
-    assert announced == [f"Loss {loss:.4f}, perplexity {format_perplexity(perplexity)}, over {predicted} predicted tokens."]
+    assert announced == [
+        f"Loss {loss:.4f}, perplexity {format_perplexity(perplexity)}, over {predicted} predicted tokens."
+    ]
     assert regions.count() == 1
 
 
@@ -287,9 +317,12 @@ def test_play_respects_reduced_motion(new_page, server):
 
 
 # Collapsed, Streamlit's sidebar is 0 px wide and moved off the left edge.
-SIDEBAR_COLLAPSED_JS = """() => { const r = document.querySelector('[data-testid="stSidebar"]').getBoundingClientRect();
+SIDEBAR_COLLAPSED_JS = """() => {
+  const r = document.querySelector('[data-testid="stSidebar"]').getBoundingClientRect();
   return r.width < 5 || r.right <= 0; }"""
-NO_SIDEWAYS_SCROLL_JS = "() => document.documentElement.scrollWidth <= document.documentElement.clientWidth + 1"
+NO_SIDEWAYS_SCROLL_JS = (
+    "() => document.documentElement.scrollWidth <= document.documentElement.clientWidth + 1"
+)
 
 
 @pytest.mark.parametrize("path,params", [("figure-5-7", {"step": 3}), ("", {}), ("per-token-loss", {})])
@@ -313,8 +346,11 @@ def test_200_percent_zoom_at_1280x720(new_page, server, path, params):
     assert audit(page, f"zoom-200-{path or 'tokens'}") == []
 
 
-@pytest.mark.parametrize("path,params", [("figure-5-7", {"step": k}) for k in (1, 3, 6)]
-                         + [(p, {}) for p in ("", "probabilities", "cross-entropy", "per-token-loss")])
+@pytest.mark.parametrize(
+    "path,params",
+    [("figure-5-7", {"step": k}) for k in (1, 3, 6)]
+    + [(p, {}) for p in ("", "probabilities", "cross-entropy", "per-token-loss")],
+)
 def test_presentation_mode_on_a_projector(new_page, server, path, params):
     page = new_page(viewport={"width": 1280, "height": 720})
     open_url(page, server, path, presentation="true", **params)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import urllib.parse
 
-from .e2e_helpers import BOOK_TEXTS, metric_value, wait_for_app
+from devtools.harness import BOOK_TEXTS, metric_value, wait_for_app
 
 
 def open_url(page, server, path: str, **params) -> None:

@@ -1,4 +1,5 @@
-"""The Training view in the browser: a run in the background with a live chart, stopped, then in the picker."""
+"""The Training view in the browser: a run in the background with a live chart, stopped, then in the
+picker."""
 
 from __future__ import annotations
 
