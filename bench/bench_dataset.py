@@ -31,6 +31,7 @@ from machine import describe_cpu, matmul_peak  # bench/ is the script's folder
 
 from core.corpus import load_verdict
 from core.data import LoaderSettings
+from core.device import available_devices, describe, resolve_device
 from core.evaluate import evaluate_dataset
 from core.model import GPT_CONFIG_124M, build_untrained_model
 from core.tokenizer import seed_tiktoken_cache
@@ -72,8 +73,8 @@ def reference_pass(text: str):
     return time.perf_counter() - start, time.process_time() - cpu, losses, shapes
 
 
-def our_pass(text: str):
-    model = build_untrained_model(123)
+def our_pass(text: str, device="cpu"):
+    model = build_untrained_model(123).to(device)
     start, cpu = time.perf_counter(), time.process_time()
     r = evaluate_dataset(model, text, LoaderSettings())
     return time.perf_counter() - start, time.process_time() - cpu, (r.train_loss, r.val_loss)
@@ -139,6 +140,18 @@ def main() -> int:
         f"reference at {flops / min(ref_cpu) / 1e9 / cpu_peak:.0%} "
         f"(target >= {TARGET_PEAK:.0%}: {'met' if cpu_share >= TARGET_PEAK else 'NOT met'})"
     )
+    others = [d for d in available_devices() if d != "cpu"]
+    for device in map(resolve_device, others):
+        our_pass(text, device)  # warm-up: kernels, memory pool
+        t_dev, _, dev_losses = our_pass(text, device)
+        gap = max(abs(a - b) for a, b in zip(dev_losses, our_losses, strict=True))
+        print(
+            f"on {describe(device)}: {t_dev:6.2f} s, {flops / t_dev / 1e9:8.1f} GFLOPS, "
+            f"{t_our / t_dev:.1f}x the CPU; losses {dev_losses[0]:.6f} / {dev_losses[1]:.6f}, "
+            f"max |difference| to the CPU {gap:.1e} (within 1e-4: {'yes' if gap <= 1e-4 else 'NO'})"
+        )
+    if not others:
+        print("no CUDA or MPS device present: the pass above ran on the CPU only")
     print(describe_cpu())
     return 0 if diff <= 1e-6 else 1
 

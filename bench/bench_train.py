@@ -47,6 +47,12 @@ def main() -> int:
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument(
+        "--device",
+        action="append",
+        default=None,
+        help="time the estimate on this device (repeatable; default: every device present)",
+    )
+    ap.add_argument(
         "--corpus", default=None, help="a UTF-8 text file (default: The Verdict that ships with LossLens)"
     )
     args = ap.parse_args()
@@ -55,6 +61,7 @@ def main() -> int:
     import torch.nn.functional as F
 
     from core.corpus import load_verdict
+    from core.device import available_devices, describe, resolve_device
     from core.evaluate import calc_loss_batch
     from core.model import GPTModel
     from core.presets import estimate_time, get_preset
@@ -103,22 +110,23 @@ def main() -> int:
         else:
             print("  (llms-from-scratch not installed: no reference)")
         del model, ref
-        e = estimate_time(preset, text, steps=2)
-        print(
-            f"  estimate_time: {e['step_s']:.3f} s per step, eval batch {e['eval_batch_s']:.3f} s, "
-            f"sample {e['sample_s']:.2f} s"
-        )
-        print(
-            f"  {e['steps_per_epoch']} steps per epoch -> {e['epoch_s']:.1f} s per epoch; "
-            f"{preset.num_epochs} epochs ({e['total_steps']} steps, with evaluation every {preset.eval_freq} "
-            f"steps over {preset.eval_iter} batches and a sample per epoch): {e['total_s']:.0f} s "
-            f"= {e['total_s'] / 60:.1f} min"
-        )
-        if name == "book":
+        for device in [resolve_device(d) for d in (args.device or available_devices())]:
+            e = estimate_time(preset, text, steps=2, device=device)
             print(
-                f"  the book, M3 MacBook Air: about 5 min for 10 epochs -> this machine is "
-                f"{e['total_s'] / 300:.1f}x that"
+                f"  on {describe(device)}: estimate_time {e['step_s']:.3f} s per step, "
+                f"eval batch {e['eval_batch_s']:.3f} s, sample {e['sample_s']:.2f} s"
             )
+            print(
+                f"  {e['steps_per_epoch']} steps per epoch -> {e['epoch_s']:.1f} s per epoch; "
+                f"{preset.num_epochs} epochs ({e['total_steps']} steps, with evaluation every "
+                f"{preset.eval_freq} steps over {preset.eval_iter} batches and a sample per epoch): "
+                f"{e['total_s']:.0f} s = {e['total_s'] / 60:.1f} min"
+            )
+            if name == "book":
+                print(
+                    f"  the book, M3 MacBook Air: about 5 min for 10 epochs -> {describe(device)} here "
+                    f"is {e['total_s'] / 300:.1f}x that"
+                )
     return 0
 
 
