@@ -7,7 +7,7 @@ All maths lives in `core`; each view is a page file in `components/` with a rend
 import streamlit as st
 import torch
 
-from components import common, sidebar
+from components import common, sidebar, style
 
 # One intra-op thread per script run: visitors already run in parallel sessions, and on shared
 # cores torch's spinning worker threads cost 3-5x the CPU per forward pass (bench/README.md).
@@ -44,7 +44,7 @@ st.set_page_config(
 with common.friendly_errors():
     inputs = sidebar.render()
     common.set_current_inputs(inputs)
-    common.apply_style(inputs.presentation)
+    style.apply_style(inputs.presentation)
     pages = [
         st.Page(file, title=title, icon=icon, url_path=path, default=n == 0)
         for n, (file, title, icon, path) in enumerate(VIEWS)

@@ -9,7 +9,7 @@ import math
 
 import streamlit as st
 
-from components import common
+from components import common, style
 
 MAX_TABLE_ROWS = 500  # a chart with more points keeps its values in the CSV download
 
@@ -221,11 +221,11 @@ def chart_alternative(fig, description: str = "") -> None:
     axis, columns, body = figure_rows(fig)
     if body:
         with st.expander(f"Chart values as a table: {title}"):
-            common.html_block(table_html(title, [axis, *columns], body))
+            style.html_block(table_html(title, [axis, *columns], body))
 
 
 def announce(text: str) -> None:
     """A polite live region: screen readers read this short text when it changes, not the page."""
-    common.html_block(
+    style.html_block(
         f'<div class="ll-sr" role="status" aria-live="polite" aria-atomic="true">{common.esc(text)}</div>'
     )

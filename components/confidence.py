@@ -5,7 +5,7 @@ from __future__ import annotations
 import plotly.graph_objects as go
 import streamlit as st
 
-from components import common, lesson_data
+from components import common, lesson_data, style
 
 # Okabe-Ito, colour-blind safe, in GLTR's order: green (top 10) ... purple (beyond 1000).
 BUCKET_COLOURS = ["#009e73", "#f0e442", "#e69f00", "#cc79a7"]
@@ -108,7 +108,7 @@ def render(inputs: common.Inputs) -> None:
         )
         common.chart(scatter(rows), "confidence-scatter", inputs.presentation)
         if st.toggle("Colour the text by the target's rank (GLTR)", key="gltr", bind="query-params"):
-            common.html_block(
+            style.html_block(
                 '<div class="ll-legend">'
                 + "".join(
                     f'<span style="background:{col};color:#000;padding:0 6px;border-radius:4px">'
@@ -117,7 +117,7 @@ def render(inputs: common.Inputs) -> None:
                 )
                 + "</div>"
             )
-            common.html_block(coloured(c))
+            style.html_block(coloured(c))
             common.chart(histogram(c), "rank-buckets", inputs.presentation)
         table = [
             {

@@ -8,7 +8,7 @@ import time
 import plotly.graph_objects as go
 import streamlit as st
 
-from components import a11y, common
+from components import a11y, common, style
 from core.report import STEPS
 
 PLAY_SECONDS = 2.0  # long enough to read a step aloud
@@ -273,7 +273,7 @@ def render(inputs: common.Inputs) -> None:
                 key="step_play",
             )
 
-        common.html_block(diagram(s, step))
+        style.html_block(diagram(s, step))
         key, title, code = STEPS[step - 1]
         st.subheader(f"Step {step} of {len(STEPS)}: {title}", anchor=False)
         description = a11y.describe_step(s, step)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from components import a11y, common
+from components import a11y, common, style
 
 
 def _colour(x: float, lo: float, hi: float) -> tuple[str, str]:
@@ -57,14 +57,14 @@ def render(inputs: common.Inputs) -> None:
             "term it adds to the loss, which is their average. Hover or Tab to a token for its probability, "
             "rank and the model's top alternatives."
         )
-        common.html_block(
+        style.html_block(
             f'<div class="ll-legend"><span>{lo:.2f} nats (expected)</span><span class="bar"></span>'
             f"<span>{hi:.2f} nats (surprising)</span></div>"
         )
         rows = []
         for r, t in enumerate(s["texts"]):
             st.markdown(f"**Text {r + 1}**")
-            common.html_block(heat(t, lo, hi, r))
+            style.html_block(heat(t, lo, hi, r))
             st.caption(common.md(a11y.describe_heat(t, r)))
             for p in t["positions"]:
                 rows.append(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import plotly.graph_objects as go
 import streamlit as st
 
-from components import a11y, common
+from components import a11y, common, style
 
 
 def _plot_label(piece: str, token_id: int) -> str:
@@ -72,7 +72,7 @@ def render(inputs: common.Inputs) -> None:
         c2.metric("Target probability", common.proba(p["target_proba"]))
         c3.metric("Target rank", f"{p['rank']:,} of {s['vocab_size']:,}", help="1 = the model's favourite")
         st.caption("Context the model has read:")
-        common.html_block("".join(common.chip(c, None) for c in s["texts"][r]["tokens"][: i + 1]))
+        style.html_block("".join(style.chip(c, None) for c in s["texts"][r]["tokens"][: i + 1]))
         common.chart(
             figure(p, s["temperature"]),
             f"top{s['top_k']}-text{r + 1}-pos{i}",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import plotly.graph_objects as go
 import streamlit as st
 
-from components import common
+from components import common, style
 from core.divergence import compare_models
 from core.tokenizer import token_piece
 
@@ -100,7 +100,7 @@ def section(inputs: common.Inputs, keys: list[str], labels: dict[str, str]) -> N
         "Each token coloured by surprisal A − B: orange where A was more surprised, purple where B was "
         "(ColorBrewer PuOr, colour-blind safe). Hover for both surprisals and the KL divergence."
     )
-    common.html_block(heat(c))
+    style.html_block(heat(c))
     fig = go.Figure(
         go.Bar(
             x=list(range(len(rows))),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from components import common
+from components import common, style
 from core.loss import IGNORE_INDEX, PAD_ID
 
 
@@ -12,10 +12,10 @@ def _shift_table(t: dict) -> str:
     """All tokens, then one column per position: the input over the target it must predict.
     Columns wrap, so a long text stays readable."""
     ids, pieces, is_bytes = t["token_ids"], t["tokens"], t["byte_tokens"]
-    kinds = [common.chip_kind(i, b) for i, b in zip(ids, is_bytes, strict=True)]
-    chips = [common.chip(p, i, k) for p, i, k in zip(pieces, ids, kinds, strict=True)]
+    kinds = [style.chip_kind(i, b) for i, b in zip(ids, is_bytes, strict=True)]
+    chips = [style.chip(p, i, k) for p, i, k in zip(pieces, ids, kinds, strict=True)]
     targets = [
-        common.chip(p, i, f"target {k}") for p, i, k in zip(pieces[1:], ids[1:], kinds[1:], strict=True)
+        style.chip(p, i, f"target {k}") for p, i, k in zip(pieces[1:], ids[1:], kinds[1:], strict=True)
     ]
     head = (
         '<div class="ll-col ll-head"><span>inputs = tokens[:-1]</span>'
@@ -50,7 +50,7 @@ def render(inputs: common.Inputs) -> None:
                 f"Text {r + 1}: {len(t['token_ids'])} tokens, {len(t['positions'])} predictions", anchor=False
             )
             st.text(t["text"])
-            common.html_block(_shift_table(t))
+            style.html_block(_shift_table(t))
             rows += [
                 {
                     "text": r + 1,

@@ -14,6 +14,7 @@ import tiktoken
 import torch
 import torch.nn.functional as F
 
+from .device import available_memory_gb
 from .errors import InvalidParameterError, LossLensError
 from .loss import prepare_batch
 
@@ -67,8 +68,6 @@ def gradient_bars(logits: torch.Tensor, targets: torch.Tensor, k: int) -> list[d
 
 def _available_bytes(model: torch.nn.Module) -> int | None:
     """Free memory where the model's weights live (RAM, or the GPU's own memory)."""
-    from .device import available_memory_gb
-
     free = available_memory_gb(next(model.parameters()).device)
     return None if free is None else int(free * 1024**3)
 

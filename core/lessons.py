@@ -11,7 +11,11 @@ import math
 import tiktoken
 import torch
 
+from .confidence import confidence
 from .loss import Batch, prepare_batch
+from .sweep import temperature_sweep
+from .tokenizer import get_tokenizer
+from .units import loss_units
 
 
 def forward(
@@ -37,11 +41,6 @@ def predictions(logits: torch.Tensor, batch: Batch) -> tuple[torch.Tensor, torch
 def lessons_report(result, tokenizer: tiktoken.Encoding | None = None) -> dict:
     """The lesson views' numbers for `python -m core loss --json`: units, entropy per position,
     and the loss-minimising temperature (from the same logits)."""
-    from .confidence import confidence
-    from .sweep import temperature_sweep
-    from .tokenizer import get_tokenizer
-    from .units import loss_units
-
     tokenizer = tokenizer or get_tokenizer()
     batch = result.batch
     z, y = predictions(result.logits, batch)  # already divided by the temperature

@@ -13,6 +13,7 @@ from dataclasses import asdict
 import torch
 import torch.nn.functional as F
 
+from .corpus import validate_corpus_text
 from .data import LoaderSettings, make_loaders
 from .evaluate import EvaluationCancelled, _check_batches
 
@@ -62,8 +63,6 @@ def position_losses(
     its count of windows. With the book's loaders (drop_last=True for training, equal windows),
     the count-weighted position means equal the split's loss. Returns {"cancelled": True} when
     cancel() stopped it."""
-    from .corpus import validate_corpus_text
-
     settings = (settings or LoaderSettings()).validate(getattr(model, "context_length", None))
     if model.training:
         raise RuntimeError("position_losses needs a model in eval mode (dropout off)")
