@@ -43,3 +43,8 @@ def forget(model: str) -> None:
     results = _results()
     for k in [k for k in list(results) if k[0] == model]:
         results.pop(k, None)
+
+
+def clear() -> None:
+    """Forget every stored result (tests start each from an empty store, as a new server does)."""
+    _results().clear()

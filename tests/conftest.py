@@ -45,11 +45,15 @@ def verdict_path() -> Path:
 
 @pytest.fixture
 def app_env(monkeypatch, verdict_path):
-    """For AppTest: The Verdict from the packaged copy (no override), and an empty result cache
-    before and after each test (the model stays cached: it is only read)."""
+    """For AppTest: The Verdict from the packaged copy (no override), and empty result caches and
+    dataset store before and after each test (the model stays cached: it is only read)."""
     import streamlit as st
+
+    from components import store
 
     monkeypatch.delenv("LOSSLENS_VERDICT_PATH", raising=False)
     st.cache_data.clear()
+    store.clear()
     yield
     st.cache_data.clear()
+    store.clear()
