@@ -141,7 +141,8 @@ def _steps(inputs: common.Inputs) -> None:
 def render(inputs: common.Inputs) -> None:
     st.header("Gradient and a training step", anchor=False)
     st.caption(
-        "What the loss asks the model to change. The gradient of the mean cross entropy with respect to one prediction's logits is "
+        "What the loss asks the model to change. The gradient of the mean cross entropy "
+        "with respect to one prediction's logits is "
         "(softmax − one_hot(target)) / N for N predictions: "
         "training raises the target's logit by (1 − p) / N "
         "and lowers every other token's in proportion to its probability. The two amounts are equal."

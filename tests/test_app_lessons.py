@@ -147,8 +147,9 @@ def test_compare_view_two_models_token_by_token(model, verdict_path):
 
     from test_train import TINY
 
+    from core.checkpoints import load_trained_model, model_path
     from core.divergence import compare_models
-    from core.train import load_trained_model, model_path, run_training
+    from core.runner import run_training
 
     run_training(
         replace(TINY, num_epochs=1), verdict_path.read_text(encoding="utf-8")[:6000], "tok-tiny", log=None

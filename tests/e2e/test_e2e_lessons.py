@@ -84,8 +84,9 @@ def test_compare_two_models_token_by_token(new_page, server, core_model, verdict
 
     from test_train import TINY
 
+    from core.checkpoints import load_trained_model, model_path
     from core.divergence import compare_models
-    from core.train import load_trained_model, model_path, run_training
+    from core.runner import run_training
 
     monkeypatch.setenv("LOSSLENS_CACHE_DIR", server.env["LOSSLENS_CACHE_DIR"])  # where the app looks
     run_training(
