@@ -38,26 +38,15 @@ def test_a_run_starts_from_the_given_models_weights(cache, verdict_path):
     assert any(not torch.equal(saved[k], before[k]) for k in before)  # and it trained on from there
 
 
+def train_quick(corpus, *options: str) -> int:
+    """`python -m core train --preset quick --epochs 1 --corpus CORPUS OPTIONS...`, in process."""
+    return main(["train", "--preset", "quick", "--epochs", "1", "--corpus", str(corpus), *options])
+
+
 def test_the_cli_trains_from_a_model_key_on_a_device(cache, verdict_path, capsys, tmp_path):
     corpus = tmp_path / "corpus.txt"
     corpus.write_text(verdict_path.read_text(encoding="utf-8")[:3000], encoding="utf-8")
-    code = main(
-        [
-            "train",
-            "--preset",
-            "quick",
-            "--epochs",
-            "1",
-            "--corpus",
-            str(corpus),
-            "--model",
-            "untrained-124m",
-            "--device",
-            "cpu",
-            "--out",
-            "from-book",
-        ]
-    )
+    code = train_quick(corpus, "--model", "untrained-124m", "--device", "cpu", "--out", "from-book")
     out = capsys.readouterr().out
     assert code == 0 and "finished:" in out
     saved = load_trained_model(model_path("from-book"))
@@ -68,20 +57,6 @@ def test_a_model_that_cannot_read_the_presets_windows_is_a_clear_error(cache, ve
     corpus = tmp_path / "corpus.txt"
     corpus.write_text(verdict_path.read_text(encoding="utf-8")[:6000], encoding="utf-8")
     run_training(replace(TINY, num_epochs=1), corpus.read_text(encoding="utf-8"), "small", log=None)
-    code = main(
-        [
-            "train",
-            "--preset",
-            "quick",
-            "--epochs",
-            "1",
-            "--corpus",
-            str(corpus),
-            "--model",
-            "trained-small",
-            "--out",
-            "continued",
-        ]
-    )
+    code = train_quick(corpus, "--model", "trained-small", "--out", "continued")
     assert code == 2  # the quick preset's 64-token windows do not fit a 32-token model
     assert "context length" in capsys.readouterr().err
