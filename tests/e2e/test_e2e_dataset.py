@@ -52,7 +52,7 @@ def test_the_verdict_losses_with_progress(new_page, server, verdict_losses):
     page = new_page()
     open_dataset(page, server)
     page.get_by_text("20,479 characters, 5,145 tokens").wait_for()
-    page.get_by_role("button", name="Compute").click()
+    page.get_by_role("button", name="Compute", exact=True).click()
     # The progress bar shows while the batches run (the pass takes seconds).
     page.locator('[data-testid="stProgress"]').wait_for(timeout=30_000)
     page.get_by_text("batches:").first.wait_for(timeout=30_000)
@@ -70,7 +70,7 @@ def test_the_verdict_losses_with_progress(new_page, server, verdict_losses):
     page.get_by_role("link", name="Dataset losses").click()
     wait_for_app(page)
     assert metric_value(page, "Training loss", timeout=10_000) == f"{train:.4f}"
-    assert page.get_by_role("button", name="Compute").count() == 0
+    assert page.get_by_role("button", name="Compute", exact=True).count() == 0
 
 
 BAD_UPLOADS = [
@@ -91,7 +91,7 @@ def test_bad_upload_gets_a_clear_message(new_page, server, tmp_path, name, data,
     upload(page, path)
     page.locator('[data-testid="stAlert"]', has_text=message).wait_for(timeout=30_000)
     assert name in alerts(page)
-    assert page.get_by_role("button", name="Compute").count() == 0
+    assert page.get_by_role("button", name="Compute", exact=True).count() == 0
     assert_verdict_usable(page)
 
 
@@ -106,7 +106,7 @@ def test_upload_over_the_size_limit_is_refused(new_page, server, tmp_path):
     uploader.get_by_text("20").first.wait_for()
     text = uploader.inner_text()
     assert "MB" in text and ("smaller" in text or "limit" in text or "large" in text), text
-    assert page.get_by_role("button", name="Compute").count() == 0
+    assert page.get_by_role("button", name="Compute", exact=True).count() == 0
     assert_verdict_usable(page)
 
 
@@ -120,7 +120,7 @@ def test_a_corpus_too_short_for_one_window_says_so(new_page, server, tmp_path):
     page.get_by_text("short.txt").first.wait_for()
     text = alerts(page)
     assert "Not enough tokens" in text or "no batch" in text, text
-    compute = page.get_by_role("button", name="Compute")
+    compute = page.get_by_role("button", name="Compute", exact=True)
     if compute.count():
         compute.click()
         wait_for_app(page)
@@ -137,7 +137,7 @@ def test_loader_settings_that_give_no_batch_say_so(new_page, server):
     set_number(page, "Batch size", 64)
     page.get_by_text("training 0 batches").wait_for()
     assert "no batch" in alerts(page)
-    compute = page.get_by_role("button", name="Compute")
+    compute = page.get_by_role("button", name="Compute", exact=True)
     if compute.count():
         compute.click()
         wait_for_app(page)
@@ -167,7 +167,7 @@ def test_hostile_text_in_the_upload_path(new_page, server, tmp_path):
     set_number(page, "Context length", 64)
     set_number(page, "Stride", 64)
     set_number(page, "Batches per split (0 = all)", 2)  # enough to run the payload through the model
-    page.get_by_role("button", name="Compute").click()
+    page.get_by_role("button", name="Compute", exact=True).click()
     page.locator('[data-testid="stMetricLabel"]', has_text="Validation loss").wait_for(timeout=300_000)
     wait_for_app(page)
     assert injected(page) == []

@@ -69,8 +69,10 @@ def test_gradient_and_one_training_step(new_page, server, core_model):
 def test_dataset_loss_by_position(new_page, server):
     page = new_page()
     open_url(page, server, "dataset")
-    page.get_by_role("button", name="Compute", exact=True).click()
-    wait_for_app(page, timeout=600_000)
+    compute = page.get_by_role("button", name="Compute", exact=True)
+    if compute.count():  # another test on this server may have computed The Verdict already: kept
+        compute.click()
+        wait_for_app(page, timeout=600_000)
     page.get_by_role("button", name="Compute loss by position").click()
     wait_for_app(page, timeout=600_000)
     # Section 5.1.3: training loss 10.9876; the position means, count-weighted, give it back.

@@ -77,7 +77,7 @@ def test_the_verdict_losses_offline_with_no_file_provided(new_page, offline_serv
     page.goto(f"{offline_server.url}/dataset")
     wait_for_app(page)
     page.get_by_text("20,479 characters, 5,145 tokens").wait_for()
-    page.get_by_role("button", name="Compute").click()
+    page.get_by_role("button", name="Compute", exact=True).click()
     page.locator('[data-testid="stMetricLabel"]', has_text="Training loss").wait_for(timeout=300_000)
     wait_for_app(page)
     assert metric_value(page, "Training loss") == "10.9876"  # the book: 10.98758347829183

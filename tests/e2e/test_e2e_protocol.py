@@ -4,6 +4,7 @@ real server: each gets its own loss, and the check would catch a wrong one."""
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 from dataclasses import replace
 
 import pytest
@@ -12,6 +13,13 @@ from devtools.harness import StreamlitServer, server_env
 from devtools.protocol import Plan, Session, crowd, expected_numbers, visit, visitor_text
 
 TIMEOUT = 180  # s per interaction: the first run builds the 124M model on a busy machine
+
+
+def run(coro):
+    """asyncio.run in a thread of its own: the browser tests' Playwright (sync API) keeps an event
+    loop running in this thread for the whole session, and asyncio.run refuses to nest in it."""
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, coro).result()
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +38,7 @@ def test_three_visitors_each_get_their_own_loss(app_server):
     assert len({round(p.expected, 4) for p in plans}) == 3  # distinct, so cross-talk would show
     assert plans[0].open_expected == pytest.approx(10.7940, abs=5e-4)  # the book's number on opening
 
-    outcomes = asyncio.run(crowd(app_server.port, plans, ramp=0.5, timeout=TIMEOUT))
+    outcomes = run(crowd(app_server.port, plans, ramp=0.5, timeout=TIMEOUT))
 
     assert [o.error for o in outcomes] == [None, None, None]
     assert all(o.t_open is not None and o.t_own >= o.t_open for o in outcomes)
@@ -42,7 +50,7 @@ def test_a_wrong_number_counts_as_an_error(app_server):
     expected_numbers([plan], texts, {})
     wrong = replace(plan, expected=plan.expected + 0.01)
 
-    outcome = asyncio.run(visit(app_server.port, wrong, TIMEOUT))
+    outcome = run(visit(app_server.port, wrong, TIMEOUT))
 
     assert outcome.error is not None and "!= own" in outcome.error
     assert outcome.t_own is None
@@ -59,4 +67,4 @@ def test_running_server_uses_the_production_config(app_server):
         finally:
             await session.close()
 
-    assert asyncio.run(first_session()) is False
+    assert run(first_session()) is False
