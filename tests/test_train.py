@@ -308,7 +308,13 @@ def test_training_in_a_thread_and_seeded_draws_elsewhere_do_not_disturb_each_oth
         torch.manual_seed(7)
         expected = torch.rand(1000)
     result = {}
-    worker = threading.Thread(target=lambda: result.update(r=run_training(TINY, text, "busy", log=None)))
+    threads = torch.get_num_threads()  # a thread count is per thread: the worker reduces alike
+
+    def train_busy():
+        torch.set_num_threads(threads)
+        result.update(r=run_training(TINY, text, "busy", log=None))
+
+    worker = threading.Thread(target=train_busy)
     worker.start()
     draws = 0
     while worker.is_alive():
