@@ -81,7 +81,9 @@ def test_axe_states(new_page, server, state, path, params, marker):
 def test_axe_dataset_result(new_page, server):
     page = new_page()
     open_url(page, server, "dataset")
-    page.get_by_role("button", name="Compute", exact=True).click()
+    compute = page.get_by_role("button", name="Compute", exact=True)
+    if compute.count():  # another test on this server may have computed The Verdict already: kept
+        compute.click()
     page.locator('[data-testid="stMetricLabel"]', has_text="Validation perplexity").wait_for(timeout=600_000)
     wait_for_app(page)
     page.get_by_text("Chart values as a table").first.click()  # the table is audited too

@@ -6,15 +6,27 @@ import pytest
 
 from devtools.harness import (
     HOSTILE_LINES,
+    StreamlitServer,
     alerts,
     choose_corpus,
     injected,
     metric_value,
+    server_env,
     upload,
     wait_for_app,
 )
 
 SHORT_CORPUS = "A short note about painting and money. " * 10  # ~90 tokens: no 256-token window
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, chromium_path, verdict_file):
+    """A server of this module's own: results are kept per server for every visitor, and these
+    tests must find The Verdict not yet computed, whatever other modules did before them."""
+    work = tmp_path_factory.mktemp("e2e-dataset-server")
+    srv = StreamlitServer(server_env(work / "cache"), work).start()
+    yield srv
+    srv.stop()
 
 
 def open_dataset(page, server) -> None:
