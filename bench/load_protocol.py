@@ -183,21 +183,34 @@ async def burst(app, n, ramp, timeout, name="burst", start=0) -> Figures:
     return await measure(name, app, plans, ramp, timeout)
 
 
-async def seed_storm(app, args, idle: Figures) -> list[str]:
-    m = args.visitors
-    plans, _ = text_plans(m, 20_000)
-    for j in range(args.seeds):  # spread over the ramp, not all at its end
-        plans.insert(round((j + 0.5) * (m + j) / args.seeds), Plan("seed", {"seed": 1000 + j}))
-    texts = {i: p.edits["text"] for i, p in enumerate(plans) if p.kind == "text"}
+def storm_plans(m: int, n_seeds: int, start: int, seeded: bool) -> list[Plan]:
+    """m text visitors with n_seeds others spread among them: each picks a new seed (`seeded`), or
+    types a text instead (the same room without model builds, as the storm's reference)."""
+    plans, _ = text_plans(m, start)
+    for j in range(n_seeds):  # spread over the ramp, not all at its end
+        extra = Plan("extra", {"text": visitor_text(start + 500 + j)})
+        other = Plan("seed", {"seed": 1000 + j}) if seeded else extra
+        plans.insert(round((j + 0.5) * (m + j) / n_seeds), other)
+    texts = {i: p.edits["text"] for i, p in enumerate(plans) if p.kind in {"text", "extra"}}
     seeds = {i: p.edits["seed"] for i, p in enumerate(plans) if p.kind == "seed"}
     expected_numbers(plans, texts, seeds)
+    return plans
+
+
+async def seed_storm(app, args, idle: Figures) -> list[str]:
+    m = args.visitors
+    room = storm_plans(m, args.seeds, 40_000, seeded=False)
+    same = await measure("same room, texts only", app, room, args.ramp, args.timeout, only={"text"})
+    plans = storm_plans(m, args.seeds, 20_000, seeded=True)
     f = await measure("seed storm (text visitors)", app, plans, args.ramp, args.timeout, only={"text"})
     s = error_note(f)
     return [
+        same.line(),
         f.line(),
         f"  with {args.seeds} seed visitors among them; "
         f"text visitors' p95 {f.p95:.2f} s vs idle {idle.p95:.2f} s "
-        f"-> {f.p95 / idle.p95:.2f}x (goal <= 2x){s}",
+        f"-> {f.p95 / idle.p95:.2f}x (goal <= 2x){s}; against the same room whose {args.seeds} others "
+        f"type a text instead (no builds): {same.p95:.2f} s -> {f.p95 / same.p95:.2f}x",
     ]
 
 

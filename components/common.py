@@ -15,10 +15,11 @@ import streamlit as st
 
 from components import store
 from core.corpus import load_verdict
+from core.device import available_devices
 from core.errors import LossLensError, ServerBusyError, WeightsError
 from core.loss import compute_loss
 from core.pool import ModelPool, describe_wait
-from core.registry import effective_seed, get_spec, load_model
+from core.registry import BOOK_MODEL, BOOK_SEED, effective_seed, get_spec, load_model
 from core.report import PERPLEXITY_NOTE, format_perplexity, summarize
 from core.tokenizer import get_tokenizer
 
@@ -65,10 +66,12 @@ RETRY_AFTER = 60  # seconds before a failed model load (e.g. a download offline)
 
 @st.cache_resource
 def _pool() -> ModelPool:
-    """Frozen models shared by every visitor (inference only, so threads can share them): two kept
-    (~650 MB each; a seed change keeps the previous one for a quick switch back), built one at a
-    time in arrival order, so a storm of new seeds never stalls a visitor whose model is kept."""
-    return ModelPool(load_model, size=2)  # keyed by load_model's (key, seed, device)
+    """Frozen models shared by every visitor (inference only, so threads can share them): the
+    book's model, never evicted, and two more (~650 MB each; a seed change keeps the previous one
+    for a quick switch back), built one at a time in arrival order at lower OS priority, so a storm
+    of new seeds neither stalls a visitor whose model is kept nor holds more than three models."""
+    book = [(BOOK_MODEL, BOOK_SEED, d) for d in available_devices()]
+    return ModelPool(load_model, size=2, pinned=book)  # keyed by load_model's (key, seed, device)
 
 
 @st.cache_resource

@@ -1,17 +1,24 @@
 """Frozen models shared by every visitor: a few kept, one built at a time, in arrival order.
 
-Building an untrained 124M model takes seconds of every core; a storm of new seeds would
-otherwise build ten at once and stall everyone. Here a request for a kept model returns at
-once, never behind the queue, and each waiting build learns how many are ahead of it.
+Building an untrained 124M model takes seconds of CPU; a storm of new seeds would otherwise
+build ten at once, stall everyone and hold ten models in memory. Here a request for a kept model
+returns at once, never behind the queue; each waiting build learns how many are ahead of it;
+builds run one at a time on a builder thread at lower OS priority, so visitors whose model is
+kept keep their share of the CPU; and pinned models (the book's) are never evicted, so a storm
+cannot make everyone else wait for a rebuild of the default.
 """
 
 from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Collection, Hashable
+from concurrent.futures import ThreadPoolExecutor
+
+from .priority import lower_thread_priority
 
 WAIT_POLL_S = 0.5  # how often a waiting request hears its place in the queue
+BUILD_NICE = 10  # the builder thread's nice value: visitors' requests go first
 
 
 def describe_wait(what: str, ahead: int) -> str:
@@ -25,11 +32,21 @@ def describe_wait(what: str, ahead: int) -> str:
 
 
 class ModelPool:
-    def __init__(self, load: Callable[..., object], size: int = 2):
-        self._load, self._size = load, size
+    """`size` models kept besides the `pinned` keys; a build first evicts the least recently used
+    unpinned model, so at most len(pinned) + size models are ever in memory, a build included."""
+
+    def __init__(
+        self,
+        load: Callable[..., object],
+        size: int = 2,
+        pinned: Collection[tuple] = (),
+        nice: int = BUILD_NICE,
+    ):
+        self._load, self._size, self._pinned = load, size, set(pinned)
         self._models: OrderedDict[Hashable, object] = OrderedDict()
         self._queue: list[Hashable] = []  # keys being built (first) or waiting, in arrival order
         self._cond = threading.Condition()
+        self._builder = ThreadPoolExecutor(1, "losslens-model-build", lower_thread_priority, (nice,))
 
     def kept(self, *key) -> bool:
         with self._cond:
@@ -44,6 +61,14 @@ class ModelPool:
         with self._cond:
             for key in [k for k in self._models if match(k)]:
                 del self._models[key]
+
+    def _make_room(self, keep: int) -> None:
+        """Evict the least recently used unpinned models until `keep` are left (a model a request
+        still holds is freed when that request ends)."""
+        with self._cond:
+            unpinned = [k for k in self._models if k not in self._pinned]
+            for k in unpinned[: max(0, len(unpinned) - keep)]:
+                del self._models[k]
 
     def get(self, *key, on_wait: Callable[[int], None] | None = None):
         """The model for `key` (the arguments of `load`), built if needed after those ahead.
@@ -71,12 +96,14 @@ class ModelPool:
                 with self._cond:
                     if self._queue.index(ticket) == ahead:
                         self._cond.wait(WAIT_POLL_S)
-            model = self._load(*key)  # the lock is not held: kept models stay served meanwhile
+            if key not in self._pinned:
+                self._make_room(self._size - 1)
+            # The lock is not held: kept models stay served meanwhile.
+            model = self._builder.submit(self._load, *key).result()
             with self._cond:
                 self._models[key] = model
                 self._models.move_to_end(key)
-                while len(self._models) > self._size:
-                    self._models.popitem(last=False)
+                self._make_room(self._size)
                 return model
         finally:
             with self._cond:

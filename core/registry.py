@@ -70,6 +70,9 @@ def load_model(key: str, seed: int = 123, device: str | torch.device | None = No
     return model.to(target)
 
 
+BOOK_MODEL, BOOK_SEED = "untrained-124m", 123  # section 5.1's model and seed: the app's default
+
+
 def effective_seed(key: str, seed: int) -> int:
     """The seed that picks `key`'s weights: the user's for a seeded model, else 0 (one entry
     for every seed). Every cache of models or results keys on this."""
@@ -79,7 +82,7 @@ def effective_seed(key: str, seed: int) -> int:
 
 register(
     ModelSpec(
-        key="untrained-124m",
+        key=BOOK_MODEL,
         label="Untrained GPT-2 124M (book, section 5.1)",
         description="GPT_CONFIG_124M with random weights from torch.manual_seed(seed); "
         "the book's numbers come from seed 123.",

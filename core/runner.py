@@ -27,6 +27,7 @@ from .checkpoints import (
 from .errors import InvalidParameterError, ServerBusyError
 from .model import GPTModel
 from .presets import Preset, check_training_memory, preset_of
+from .priority import lower_thread_priority
 from .rng import seeded_fresh_model
 from .tokenizer import get_tokenizer
 from .train import TrainState, make_train_loaders, train_model_simple
@@ -166,10 +167,10 @@ def _child(preset, text, name, resume, device, threads, nice, events, stop, pare
     """The training process: lower priority, its own thread count; reports through `events`."""
     threading.Thread(target=_end_with_parent, args=(parent,), daemon=True).start()
     torch.set_num_threads(threads)
-    w = torch.zeros(1, requires_grad=True)  # AdamW's first step imports torch._dynamo: done before the
-    w.sum().backward()  # lower priority, where on a busy server that import alone would take minutes
+    w = torch.zeros(1, requires_grad=True)  # AdamW's first step imports torch._dynamo (seconds of CPU):
+    w.sum().backward()  # done before the run reports that it started
     torch.optim.AdamW([w]).step()
-    os.nice(nice)
+    os.nice(max(0, nice - os.nice(0)))  # on Linux the child was born at this nice value already
     events.put(("started", {"pid": os.getpid(), "nice": os.nice(0), "threads": torch.get_num_threads()}))
     try:
         steps_per_epoch = len(make_train_loaders(text, preset.settings)[0])
@@ -217,6 +218,7 @@ class TrainingRun:
         self.preset, self.text, self.name, self.resume = preset, text, check_name(name), resume
         self.device, self.threads = str(device), threads or default_threads()
         self.nice, self.grace_s = nice, grace_s
+        target_nice = min(19, os.nice(0) + nice)  # the child's nice value: `nice` below this thread's
         self._lock, self._end_lock = threading.Lock(), threading.Lock()
         ctx = multiprocessing.get_context("spawn")  # a fresh interpreter: no copy of the server's threads
         self._events = ctx.Queue()
@@ -232,7 +234,7 @@ class TrainingRun:
                 resume,
                 self.device,
                 self.threads,
-                nice,
+                target_nice,
                 self._events,
                 self._stop,
                 os.getpid(),
@@ -254,10 +256,24 @@ class TrainingRun:
 
     def start(self) -> TrainingRun:
         self.started_at = time.time()
-        self._proc.start()
+        # Started from a thread of lower priority, the child is born with it (Linux): even its
+        # imports, seconds of CPU, wait for the visitors' requests.
+        failed: list[BaseException] = []
+        starter = threading.Thread(target=self._start_child, args=(failed,), name="losslens-train-start")
+        starter.start()
+        starter.join()
+        if failed:
+            raise failed[0]
         self._reader = threading.Thread(target=self._read, name=f"losslens-train-{self.name}", daemon=True)
         self._reader.start()
         return self
+
+    def _start_child(self, failed: list[BaseException]) -> None:
+        try:
+            lower_thread_priority(self.nice)
+            self._proc.start()
+        except BaseException as e:  # raised again in start()
+            failed.append(e)
 
     def stop(self) -> None:
         """End the run after its current step (saved, resumable); for certain after grace_s."""

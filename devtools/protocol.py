@@ -62,7 +62,7 @@ def hostile_texts() -> list[str]:
 class Plan:
     """One visitor: open the page, then set widgets (by key) and expect a metric or an error."""
 
-    kind: str  # fresh | text | seed | hostile | minimal-fresh | minimal-text
+    kind: str  # fresh | text | extra (a text visitor left out of the figures) | seed | hostile | minimal-*
     edits: dict = field(default_factory=dict)  # widget key -> value
     label: str = LOSS_LABEL
     expected: float | None = None  # the metric's value; None: a clear error message instead
@@ -108,7 +108,7 @@ def expected_numbers(plans: list[Plan], texts: dict[int, str], seeds: dict[int, 
             plan.open_expected = book
             if plan.kind == "fresh":
                 plan.expected = book
-    for i, plan in sorted(((i, p) for i, p in enumerate(plans) if p.kind in {"text", "hostile"})):
+    for i, plan in sorted(((i, p) for i, p in enumerate(plans) if p.kind in {"text", "extra", "hostile"})):
         plan.expected = loss(texts[i], BOOK_SEED)
     for i, plan in sorted(
         ((i, p) for i, p in enumerate(plans) if p.kind == "seed"), key=lambda x: seeds[x[0]]

@@ -3,10 +3,13 @@ time in arrival order, and each waiting request hears its place in the queue."""
 
 from __future__ import annotations
 
+import gc
+import sys
 import threading
 import time
 
-from core.pool import ModelPool, describe_wait
+from core.pool import BUILD_NICE, ModelPool, describe_wait
+from core.priority import thread_nice
 
 
 class SlowLoads:
@@ -39,7 +42,7 @@ def _until(condition, timeout: float = 30) -> None:
 def test_a_storm_of_builds_queues_one_at_a_time_and_never_stalls_a_kept_model():
     gate = threading.Event()  # the builds of the storm wait here until the checks are done
     loads = SlowLoads(0.05, gate)
-    pool = ModelPool(loads, size=2)
+    pool = ModelPool(loads, size=2, pinned=[("untrained", 123)])
     kept = pool.get("untrained", 123)  # the book's model, built before the storm
     heard: dict[int, list[int]] = {}
     threads = []
@@ -63,7 +66,53 @@ def test_a_storm_of_builds_queues_one_at_a_time_and_never_stalls_a_kept_model():
     assert loads.order == [("untrained", s) for s in (123, 1, 2, 3, 4, 5)]
     assert heard[1] == [] and heard[2][0] == 1 and heard[5][0] == 4  # each heard its place
     assert all(h == sorted(h, reverse=True) for h in heard.values())  # and it only came closer
-    assert pool.kept("untrained", 5) and pool.kept("untrained", 4) and not pool.kept("untrained", 123)
+    # The two newest are kept, and the pinned book model survived the storm: no rebuild for anyone.
+    assert pool.kept("untrained", 5) and pool.kept("untrained", 4) and not pool.kept("untrained", 3)
+    assert pool.get("untrained", 123) is kept and loads.order.count(("untrained", 123)) == 1
+
+
+class Model:
+    """Counts the instances alive, as the memory they would hold."""
+
+    alive = 0
+
+    def __init__(self):
+        Model.alive += 1
+
+    def __del__(self):
+        Model.alive -= 1
+
+
+def test_a_build_evicts_first_so_memory_never_holds_more_than_pinned_plus_size():
+    peaks = []
+
+    def load(key, seed):
+        peaks.append(Model.alive)  # models alive while this one is built
+        m = Model()
+        m.niceness = thread_nice()
+        return m
+
+    pool = ModelPool(load, size=2, pinned=[("untrained", 123)])
+    book = pool.get("untrained", 123)
+    for seed in range(1, 8):
+        assert pool.get("untrained", seed).niceness == (BUILD_NICE if sys.platform == "linux" else None)
+    gc.collect()
+    assert max(peaks) == 2  # the book's model and one kept: with the build, never more than 3
+    assert Model.alive == 3  # the book's model and the two newest
+    assert pool.get("untrained", 123) is book
+    assert [pool.kept("untrained", s) for s in (5, 6, 7)] == [False, True, True]
+
+
+def test_builds_run_below_the_visitors_priority_and_leave_their_thread_alone():
+    seen = []
+    before = thread_nice()
+    pool = ModelPool(lambda key, seed: seen.append((threading.get_ident(), thread_nice())) or key)
+    pool.get("a", 1)
+    pool.get("b", 1)
+    assert thread_nice() == before  # the caller's priority is untouched
+    assert seen[0][0] != threading.get_ident() and seen[0][0] == seen[1][0]  # one builder thread
+    if sys.platform == "linux":
+        assert seen[0][1] == BUILD_NICE
 
 
 def test_the_same_model_asked_twice_at_once_is_built_once():

@@ -232,6 +232,9 @@ def _wait_for_step(run, step: int, deadline: float = 180) -> None:
 
 def test_training_runs_in_a_child_process_at_lower_priority_and_stop_ends_it_for_certain(text):
     run = TrainingRun(replace(TINY, num_epochs=50), text, "forced", threads=1, nice=10, grace_s=0).start()
+    # Born at the lower priority: its imports (seconds of CPU) already yield to the visitors.
+    stat = Path(f"/proc/{run.pid}/stat").read_text()
+    assert int(stat.rsplit(")", 1)[1].split()[16]) == min(19, os.nice(0) + 10)
     t0 = time.time()
     while not run.snapshot()["child"] and run.running and time.time() - t0 < 180:
         time.sleep(0.05)
