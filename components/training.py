@@ -1,8 +1,8 @@
 """View: pretrain a GPT on The Verdict with the book's train_model_simple (section 5.2), live.
 
-The run is a core.runner.TrainingRun: a child process at lower priority that trains its own
+The run is a core.background.TrainingRun: a child process at lower priority that trains its own
 fresh model (never the shared one). A fragment polls it every second for the progress bar,
-the loss curves and the samples. One run at a time per server (core.runner.TrainingSlot).
+the loss curves and the samples. One run at a time per server (core.background.TrainingSlot).
 """
 
 from __future__ import annotations
@@ -11,9 +11,10 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from components import a11y, common
+from core.background import TrainingRun, TrainingSlot
 from core.checkpoints import check_name, is_resumable
 from core.presets import PRESETS, describe_estimate, estimate_time, get_preset, project, training_memory_gb
-from core.runner import TrainingRun, TrainingSlot, plan_run
+from core.runner import plan_run
 
 POLL_S = 1.0
 

@@ -21,6 +21,7 @@ from .errors import (
     InvalidParameterError,
     TooFewTokensError,
 )
+from .priority import FOREGROUND
 from .tokenizer import ENDOFTEXT_ID, encode, get_tokenizer
 
 IGNORE_INDEX = -100  # F.cross_entropy's default: padded targets count for nothing
@@ -236,7 +237,7 @@ def compute_loss(
     if model.training:
         raise RuntimeError("compute_loss needs a model in eval mode (dropout off)")
     device = next(model.parameters()).device
-    with torch.inference_mode():
+    with torch.inference_mode(), FOREGROUND.request():  # a training run waits for this (priority.py)
         if device.type == "cpu":
             return loss_from_logits(model(batch.inputs), batch.targets, top_k, temperature, batch)
         # On a GPU: compute there, hand back CPU tensors (the report and the views read them).

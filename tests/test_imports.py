@@ -76,7 +76,7 @@ def test_the_cycle_finder_finds_one():
 def test_the_registry_imports_saved_runs_only_from_checkpoints():
     graph = _graph("core")
     assert "checkpoints" in graph["registry"]
-    assert not graph["registry"] & {"train", "runner", "presets"}
+    assert not graph["registry"] & {"train", "runner", "background", "presets"}
     assert "registry" not in graph["train"] | graph["checkpoints"] | graph["runner"]
 
 

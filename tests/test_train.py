@@ -11,12 +11,14 @@ from pathlib import Path
 import pytest
 import torch
 
+from core.background import TrainingRun, TrainingSlot
 from core.checkpoints import list_trained_models, load_trained_model, model_path
 from core.data import LoaderSettings
 from core.errors import InvalidParameterError, LossLensError, NoBatchesError, ServerBusyError, WeightsError
 from core.model import GPTModel
 from core.presets import Preset, get_preset
-from core.runner import TrainingRun, TrainingSlot, run_training
+from core.priority import FOREGROUND
+from core.runner import run_training
 from core.train import (
     TrainState,
     generate_text_simple,
@@ -259,6 +261,31 @@ def test_a_stopped_child_saves_a_resumable_run_and_leaves_nothing(text):
     assert model_path("child").is_file() and not Path(f"/proc/{run.pid}").exists()
 
 
+def test_a_training_child_waits_between_steps_while_visitors_requests_run(text):
+    run = TrainingRun(replace(TINY, num_epochs=50), text, "yields", nice=1, yield_s=60).start()
+    _wait_for_step(run, 2)
+    with FOREGROUND.request():  # a visitor's forward pass, as compute_loss counts it
+        time.sleep(1.0)  # the step under way ends; then the child waits
+        held = run.snapshot()["step"]
+        time.sleep(2.0)
+        assert run.snapshot()["step"] == held and run.running
+    _wait_for_step(run, held + 2, deadline=60)  # the request ended: training goes on
+    assert run.snapshot()["step"] >= held + 2
+    run.stop()
+    run.join(300)
+
+
+def test_a_busy_server_still_trains_a_step_per_yield_limit(text):
+    run = TrainingRun(replace(TINY, num_epochs=50), text, "busy", nice=1, yield_s=0.2).start()
+    _wait_for_step(run, 1)
+    with FOREGROUND.request():  # visitors without a pause
+        start = run.snapshot()["step"]
+        _wait_for_step(run, start + 3, deadline=60)
+        assert run.snapshot()["step"] >= start + 3
+    run.stop()
+    run.join(300)
+
+
 def test_one_training_run_per_server(text):
     slot = TrainingSlot(nice=1, grace_s=0)
     first = slot.start(replace(TINY, num_epochs=50), text, "slot-first")
@@ -371,7 +398,7 @@ import sys, time
 from dataclasses import replace
 sys.path[:0] = [{str(Path(__file__).parent)!r}, {str(Path(__file__).parents[1])!r}]
 from test_train import TINY
-from core.runner import TrainingRun
+from core.background import TrainingRun
 if __name__ == "__main__":
     run = TrainingRun(replace(TINY, num_epochs=500), open({str(corpus)!r}).read(), "orphan", nice=1).start()
     while not run.snapshot()["child"]:

@@ -1,0 +1,72 @@
+"""Background work yields to visitors: lower thread priority, and the count of visitors' requests
+that a training child waits on between its steps."""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+
+import pytest
+
+from core.loss import compute_loss
+from core.priority import FOREGROUND, Foreground, lower_thread_priority, thread_nice, yield_to_foreground
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread priority is Linux's")
+def test_lowering_a_threads_priority_leaves_the_others_alone():
+    before, seen = thread_nice(), []
+
+    def work():
+        seen.append(lower_thread_priority(5))
+        seen.append(thread_nice())
+
+    t = threading.Thread(target=work)
+    t.start()
+    t.join()
+    assert seen == [True, min(19, before + 5)] and thread_nice() == before
+
+
+def test_requests_are_counted_once_a_shared_counter_exists():
+    fg = Foreground()
+    with fg.request():  # no training run asked yet: nothing to count, nothing allocated
+        assert fg._count is None
+    count = fg.shared()
+    assert fg.shared() is count and count.value == 0
+    with fg.request():
+        with fg.request():
+            assert count.value == 2
+    assert count.value == 0
+    with pytest.raises(ValueError), fg.request():
+        raise ValueError("a failed request still ends")
+    assert count.value == 0
+
+
+def test_yielding_waits_while_requests_run_and_never_longer_than_its_limit():
+    fg = Foreground()
+    count = fg.shared()
+    assert yield_to_foreground(count, 5.0) < 0.5  # nobody waiting: no pause
+    with fg.request():
+        assert 0.3 <= yield_to_foreground(count, 0.3) < 2.0  # bounded: training always advances
+
+    def visitor():
+        with fg.request():
+            time.sleep(0.5)
+
+    t = threading.Thread(target=visitor)
+    t.start()
+    time.sleep(0.1)
+    waited = yield_to_foreground(count, 10.0)
+    t.join()
+    assert 0.2 < waited < 5.0  # until the request ended, not the 10 s limit
+
+
+def test_compute_loss_counts_as_a_visitors_request(model):
+    count = FOREGROUND.shared()
+    seen = []
+    hook = model.register_forward_pre_hook(lambda module, args: seen.append(count.value))
+    try:
+        compute_loss(model, ["every effort moves you"])
+    finally:
+        hook.remove()
+    assert seen == [1] and count.value == 0
