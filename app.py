@@ -8,6 +8,7 @@ import streamlit as st
 import torch
 
 from components import common, sidebar, style
+from core.priority import FOREGROUND
 
 # One intra-op thread per script run: visitors already run in parallel sessions, and on shared
 # cores torch's spinning worker threads cost 3-5x the CPU per forward pass (bench/README.md).
@@ -41,7 +42,8 @@ st.set_page_config(
     layout="wide",
     initial_sidebar_state="collapsed" if _presenting else "auto",
 )
-with common.friendly_errors():
+# A run counts as a visitor's request: a training child waits between its steps until none is in flight.
+with common.friendly_errors(), FOREGROUND.request():
     inputs = sidebar.render()
     common.set_current_inputs(inputs)
     style.apply_style(inputs.presentation)

@@ -27,7 +27,7 @@ EXIT_GRACE_S = 10.0  # a child that has saved and reported, or been terminated, 
 NICE = int(os.environ.get("LOSSLENS_TRAIN_NICE", "10"))  # how much lower the training child's priority is
 # The longest a training child waits, between two steps, for visitors' requests to end: visitors
 # go first, and a server busy without a pause still trains at least one step per this long.
-YIELD_S = 2.0
+YIELD_S = 5.0
 
 
 def default_threads() -> int:
@@ -49,6 +49,7 @@ def _child(
     Between steps it waits while visitors' requests run (`foreground`), at most `yield_s`."""
     threading.Thread(target=_end_with_parent, args=(parent,), daemon=True).start()
     torch.set_num_threads(threads)
+    yield_to_foreground(foreground, yield_s)  # the imports are done; the warm-up and set-up wait too
     w = torch.zeros(1, requires_grad=True)  # AdamW's first step imports torch._dynamo (seconds of CPU):
     w.sum().backward()  # done before the run reports that it started
     torch.optim.AdamW([w]).step()
@@ -60,6 +61,7 @@ def _child(
         yield_to_foreground(foreground, yield_s)  # visitors first: the next step waits for them
 
     try:
+        yield_to_foreground(foreground, yield_s)
         steps_per_epoch = len(make_train_loaders(text, preset.settings)[0])
         events.put(("total_steps", steps_per_epoch * preset.num_epochs))
         result = run_training(
