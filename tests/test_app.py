@@ -380,3 +380,19 @@ def test_a_link_with_a_text_shows_the_matching_preset(query, preset):
     at = app(**query)
     assert at.text_area(key="text").value == query["text"]
     assert at.selectbox(key="preset").value == preset
+
+
+def test_a_script_run_counts_as_a_visitors_request_for_training_to_wait_on(monkeypatch):
+    import components.common as common_module
+    from core.priority import FOREGROUND
+
+    count, seen = FOREGROUND.shared(), []
+
+    def counting(*args, **kwargs):
+        seen.append(count.value)  # the app's run, before compute_loss adds its own
+        return compute_loss(*args, **kwargs)
+
+    monkeypatch.setattr(common_module, "compute_loss", counting)
+    at = app(text="A sentence that no other test typed.")
+    assert seen == [1] and count.value == 0  # counted while the run lasted, and not after
+    assert not at.error
