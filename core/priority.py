@@ -28,7 +28,7 @@ def lower_thread_priority(by: int) -> bool:
 
 
 def thread_nice() -> int | None:
-    """The calling thread's nice value (Linux), for tests and the UI."""
+    """The calling thread's nice value (Linux); None elsewhere."""
     if not sys.platform.startswith("linux"):
         return None
     return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
