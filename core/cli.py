@@ -276,6 +276,8 @@ def add_train(sub) -> None:
 
 def cmd_train(args) -> int:
     # Lazy imports (as in every command): a command loads only the modules it uses.
+    from dataclasses import replace
+
     from .checkpoints import check_name
     from .corpus import load_verdict, read_corpus_file
     from .presets import describe_estimate, estimate_time, get_preset
@@ -289,6 +291,8 @@ def cmd_train(args) -> int:
     device = resolve_device(args.device)  # fail fast on a device this machine lacks
     # --model: start from that model's weights (a copy of its own; a resumed run has its own)
     start = load_model(args.model, preset.seed, "cpu") if args.model and not args.resume else None
+    if start is not None:  # the run, its memory check and its estimate follow the start model's size
+        preset = replace(preset, cfg=dict(start.cfg))
     text = read_corpus_file(args.corpus) if args.corpus else load_verdict()
     print(f"Preset {preset.name}: {preset.description}", flush=True)
     if args.estimate or preset.name == "book":

@@ -60,3 +60,18 @@ def test_a_model_that_cannot_read_the_presets_windows_is_a_clear_error(cache, ve
     code = train_quick(corpus, "--model", "trained-small", "--out", "continued")
     assert code == 2  # the quick preset's 64-token windows do not fit a 32-token model
     assert "context length" in capsys.readouterr().err
+
+
+def test_the_estimate_times_the_start_models_size_not_the_presets(cache, monkeypatch):
+    import core.presets
+
+    timed = []
+
+    def estimate(preset, text, **kwargs):
+        timed.append(preset.cfg)
+        return {"step_s": 1.0}
+
+    monkeypatch.setattr(core.presets, "estimate_time", estimate)
+    monkeypatch.setattr(core.presets, "describe_estimate", lambda e: "estimate")
+    assert main(["train", "--preset", "quick", "--model", "untrained-124m", "--estimate"]) == 0
+    assert timed[0]["emb_dim"] == 768 and timed[0]["n_layers"] == 12  # the 124M, not the quick preset's
