@@ -11,10 +11,7 @@ machine wall times swing widely: compare the core-alone reference measured in th
 from __future__ import annotations
 
 import argparse
-import os
-import socket
 import statistics
-import subprocess
 import sys
 import threading
 import time
@@ -100,78 +97,47 @@ def bench_reruns(n: int, views: list[str] = VIEWS) -> None:
         )
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
-
-
 def bench_server() -> None:
+    """Cold start and RSS of a real server, driven by Chromium (the shared devtools.harness)."""
+    import tempfile
+
     from playwright.sync_api import sync_playwright
 
-    port = _free_port()
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    t0 = time.perf_counter()
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "streamlit",
-            "run",
-            "app.py",
-            "--server.headless",
-            "true",
-            "--server.port",
-            str(port),
-        ],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+    from devtools.harness import (
+        CHROMIUM_ARGS,
+        LOSS_LABEL,
+        StreamlitServer,
+        find_chromium,
+        metric_value,
+        proc_kib,
+        server_env,
     )
+
+    chromium = find_chromium()
+    if chromium is None:
+        raise SystemExit("--server needs Chromium (apt-get install chromium, or set LOSSLENS_CHROMIUM)")
+    work = Path(tempfile.mkdtemp(prefix="losslens-bench-app-"))
+    t0 = time.perf_counter()
+    server = StreamlitServer(server_env(work / "cache"), work).start()
     try:
         with sync_playwright() as p:
-            browser = p.chromium.launch(
-                executable_path="/usr/bin/chromium",
-                args=[
-                    "--no-sandbox",
-                    "--headless",
-                    "--disable-gpu",
-                    "--disable-background-networking",
-                    "--disable-component-update",
-                    "--disable-sync",
-                    "--no-first-run",
-                ],
-            )
+            browser = p.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
             page = browser.new_page()
-            while True:
-                try:
-                    page.goto(f"http://127.0.0.1:{port}/", timeout=5000)
-                    break
-                except Exception:
-                    time.sleep(0.2)
-            page.get_by_text("48725.8").first.wait_for(timeout=300_000)
+            page.goto(f"{server.url}/")
+            loss = metric_value(page, LOSS_LABEL, timeout=300_000)
             cold = time.perf_counter() - t0
-            print(f"cold start (process start -> book numbers on the page): {cold:.1f} s")
-            print(f"server RSS after the first page: {_rss_mb(proc.pid):.0f} MB")
-            page.goto(f"http://127.0.0.1:{port}/figure-5-7?step=6")
+            print(f"cold start (process start -> the book's loss {loss} on the page): {cold:.1f} s")
+            print(f"server RSS after the first page: {proc_kib(server.pid, 'VmRSS') / 1024:.0f} MB")
+            page.goto(f"{server.url}/figure-5-7?step=6")
             page.get_by_text("Step 6 of 6").first.wait_for(timeout=60_000)
             t = time.perf_counter()
-            page.goto(f"http://127.0.0.1:{port}/")
-            page.get_by_text("48725.8").first.wait_for(timeout=60_000)
+            page.goto(f"{server.url}/")
+            metric_value(page, LOSS_LABEL, timeout=60_000)
             print(f"warm page load in a new visit: {time.perf_counter() - t:.2f} s")
-            print(f"server RSS after visiting two views: {_rss_mb(proc.pid):.0f} MB")
+            print(f"server RSS after visiting two views: {proc_kib(server.pid, 'VmRSS') / 1024:.0f} MB")
             browser.close()
     finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+        server.stop()
 
 
 if __name__ == "__main__":

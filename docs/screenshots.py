@@ -13,15 +13,9 @@ from playwright.sync_api import TimeoutError as PlaywrightTimeout
 from playwright.sync_api import sync_playwright
 
 HERE = Path(__file__).parent
-ARGS = [
-    "--no-sandbox",
-    "--headless",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
+sys.path.insert(0, str(HERE.parent))
+from devtools.harness import CHROMIUM_ARGS, find_chromium  # noqa: E402  (after the path)
+
 # A short Verdict text and a model trained on it (`python -m core train`, saved as tiny-verdict).
 VERDICT = "text=I+HAD+always+thought+Jack+Gisburn+rather+a+cheap+genius--though+a+good+fellow+enough"
 TINY = "&model=trained-tiny-verdict"
@@ -60,7 +54,7 @@ WAIT = {
 
 def main(base: str, only: list[str]) -> None:
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=ARGS)
+        browser = p.chromium.launch(executable_path=find_chromium(), args=CHROMIUM_ARGS)
         for name, path in SHOTS:
             if only and name not in only:
                 continue
