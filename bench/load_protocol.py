@@ -89,6 +89,7 @@ class Figures:
     open_p50: float = float("nan")
     edit_p50: float = float("nan")
     edit_p95: float = float("nan")
+    child_cpu: float = 0.0  # the server's child processes (a training run), included in server_cpu
 
     def line(self) -> str:
         return (
@@ -106,10 +107,12 @@ class Figures:
 
 async def measure(name: str, server: StreamlitServer, plans, ramp, timeout, only=None) -> Figures:
     """Run the crowd; figures over all visitors, or over those whose kind is in `only`."""
-    cpu0, me0, t0 = tree_cpu_seconds(server.pid), client_cpu(), time.perf_counter()
+    own0, cpu0 = cpu_seconds(server.pid), tree_cpu_seconds(server.pid)
+    me0, t0 = client_cpu(), time.perf_counter()
     outs = await crowd(server.port, plans, ramp, timeout)
     wall = time.perf_counter() - t0
     cpu, me = tree_cpu_seconds(server.pid) - cpu0, client_cpu() - me0
+    child = cpu - (cpu_seconds(server.pid) - own0)
     chosen = [o for o in outs if only is None or o.kind in only]
     own = [o.t_own for o in chosen if o.t_own is not None]
     opens = [o.t_open for o in chosen if o.t_open is not None]
@@ -118,7 +121,7 @@ async def measure(name: str, server: StreamlitServer, plans, ramp, timeout, only
         name, len(plans), percentile(own, 0.5), percentile(own, 0.95),
         [f"{o.kind}: {o.error}" for o in outs if o.error], cpu, me, wall,
         tree_rss_kib(server.pid) / 1024, os.getloadavg()[0], percentile(opens, 0.5),
-        percentile(edits, 0.5), percentile(edits, 0.95),
+        percentile(edits, 0.5), percentile(edits, 0.95), child,
     )  # fmt: skip
 
 
@@ -248,6 +251,8 @@ async def training(app, args, idle: Figures) -> list[str]:
         f"  training started: {started}, stopped by Stop: {stopped}; "
         f"text visitors' p95 {f.p95:.2f} s vs idle "
         f"{idle.p95:.2f} s -> {f.p95 / idle.p95:.2f}x (goal <= 1.5x){error_note(f)}",
+        f"  the training child's CPU while the crowd came: {f.child_cpu:.1f} s of the "
+        f"{f.server_cpu:.1f} s above",
     ]
 
 

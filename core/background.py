@@ -25,9 +25,10 @@ from .train import make_train_loaders
 EVAL_FIELDS = ("step", "tokens_seen", "train_loss", "val_loss")
 EXIT_GRACE_S = 10.0  # a child that has saved and reported, or been terminated, gets this long to exit
 NICE = int(os.environ.get("LOSSLENS_TRAIN_NICE", "10"))  # how much lower the training child's priority is
-# The longest a training child waits, between two steps, for visitors' requests to end: visitors
-# go first, and a server busy without a pause still trains at least one step per this long.
-YIELD_S = 5.0
+# The longest a training child waits, between two steps, for a quiet moment among visitors'
+# requests (priority.QUIET_S): visitors go first, and a server busy without a pause still trains
+# at least one step per this long.
+YIELD_S = 10.0
 
 
 def default_threads() -> int:
@@ -46,7 +47,8 @@ def _child(
     preset, text, name, resume, device, threads, nice, events, stop, parent, foreground, yield_s
 ) -> None:
     """The training process: lower priority, its own thread count; reports through `events`.
-    Between steps it waits while visitors' requests run (`foreground`), at most `yield_s`."""
+    Between steps it waits while visitors are busy (`foreground`, a SharedForeground), at most
+    `yield_s`."""
     threading.Thread(target=_end_with_parent, args=(parent,), daemon=True).start()
     torch.set_num_threads(threads)
     yield_to_foreground(foreground, yield_s)  # the imports are done; the warm-up and set-up wait too

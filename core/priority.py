@@ -8,6 +8,11 @@ import os
 import sys
 import threading
 import time
+from dataclasses import dataclass
+from typing import Any
+
+# A training child goes on once no visitor's request has run for this long (yield_to_foreground).
+QUIET_S = 1.0
 
 
 def lower_thread_priority(by: int) -> bool:
@@ -34,45 +39,66 @@ def thread_nice() -> int | None:
     return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
 
 
+@dataclass(frozen=True)
+class SharedForeground:
+    """Visitors' requests, in shared memory a training child can read (pass it to the child)."""
+
+    count: Any  # multiprocessing Value("i"): requests in flight
+    ended: Any  # Value("d"): time.monotonic() when the last one ended (one clock for all processes)
+
+    def busy(self, quiet_s: float) -> bool:
+        """A request runs, or one ended less than `quiet_s` ago (the next visitor is likely close)."""
+        return self.count.value > 0 or time.monotonic() - self.ended.value < quiet_s
+
+
 class Foreground:
     """Visitors' requests in flight, counted where a training child can read it.
 
-    A training run yields between its steps while the count is above zero (for at most a bound,
-    so it always advances): the visitors' forward passes then don't share the memory bus and the
-    caches with a training step. The shared counter exists once a training run has asked for it;
-    until then counting costs nothing.
+    A training run yields between its steps while visitors are busy (for at most a bound, so it
+    always advances): the visitors' forward passes then don't share the memory bus and the caches
+    with a training step. The shared state exists once a training run has asked for it; until
+    then counting costs nothing.
     """
 
     def __init__(self):
-        self._count = None
+        self._state: SharedForeground | None = None
 
-    def shared(self):
-        """The counter, created on first use (a multiprocessing Value: pass it to the child)."""
-        if self._count is None:
-            self._count = multiprocessing.get_context("spawn").Value("i", 0)
-        return self._count
+    def shared(self) -> SharedForeground:
+        """The shared state, created on first use."""
+        if self._state is None:
+            ctx = multiprocessing.get_context("spawn")
+            self._state = SharedForeground(ctx.Value("i", 0), ctx.Value("d", 0.0, lock=False))
+        return self._state
 
     @contextlib.contextmanager
     def request(self):
-        count = self._count
-        if count is None:
+        state = self._state
+        if state is None:
             yield
             return
-        with count.get_lock():
-            count.value += 1
+        with state.count.get_lock():
+            state.count.value += 1
         try:
             yield
         finally:
-            with count.get_lock():
-                count.value -= 1
+            with state.count.get_lock():
+                state.count.value -= 1
+                state.ended.value = time.monotonic()
 
 
 FOREGROUND = Foreground()
 
 
-def yield_to_foreground(count, limit_s: float, poll_s: float = 0.01) -> float:
-    """Wait while `count` (Foreground.shared()) is above zero, at most `limit_s`; seconds waited."""
+def yield_to_foreground(
+    state: SharedForeground, limit_s: float, quiet_s: float = QUIET_S, poll_s: float = 0.01
+) -> float:
+    """Wait while visitors are busy (`SharedForeground.busy`), at most `limit_s`; seconds waited.
+
+    Why a quiet gap and not just "no request now": in a room of visitors the requests come one
+    after another with short gaps, and a step started in such a gap runs for seconds beside the
+    next visitors. An idle server has no recent request, so the child goes on at once.
+    """
     t0 = time.monotonic()
-    while count.value > 0 and time.monotonic() - t0 < limit_s:
+    while state.busy(quiet_s) and time.monotonic() - t0 < limit_s:
         time.sleep(poll_s)
     return time.monotonic() - t0

@@ -386,7 +386,7 @@ def test_a_script_run_counts_as_a_visitors_request_for_training_to_wait_on(monke
     import components.common as common_module
     from core.priority import FOREGROUND
 
-    count, seen = FOREGROUND.shared(), []
+    count, seen = FOREGROUND.shared().count, []
 
     def counting(*args, **kwargs):
         seen.append(count.value)  # the app's run, before compute_loss adds its own

@@ -30,24 +30,25 @@ def test_lowering_a_threads_priority_leaves_the_others_alone():
 def test_requests_are_counted_once_a_shared_counter_exists():
     fg = Foreground()
     with fg.request():  # no training run asked yet: nothing to count, nothing allocated
-        assert fg._count is None
-    count = fg.shared()
-    assert fg.shared() is count and count.value == 0
+        assert fg._state is None
+    state = fg.shared()
+    assert fg.shared() is state and state.count.value == 0 and state.ended.value == 0.0
     with fg.request():
         with fg.request():
-            assert count.value == 2
-    assert count.value == 0
+            assert state.count.value == 2
+    assert state.count.value == 0
+    assert 0 <= time.monotonic() - state.ended.value < 1.0  # when the last one ended
     with pytest.raises(ValueError), fg.request():
         raise ValueError("a failed request still ends")
-    assert count.value == 0
+    assert state.count.value == 0
 
 
 def test_yielding_waits_while_requests_run_and_never_longer_than_its_limit():
     fg = Foreground()
-    count = fg.shared()
-    assert yield_to_foreground(count, 5.0) < 0.5  # nobody waiting: no pause
+    state = fg.shared()
+    assert yield_to_foreground(state, 5.0) < 0.5  # nobody has come: no pause
     with fg.request():
-        assert 0.3 <= yield_to_foreground(count, 0.3) < 2.0  # bounded: training always advances
+        assert 0.3 <= yield_to_foreground(state, 0.3) < 2.0  # bounded: training always advances
 
     def visitor():
         with fg.request():
@@ -56,13 +57,37 @@ def test_yielding_waits_while_requests_run_and_never_longer_than_its_limit():
     t = threading.Thread(target=visitor)
     t.start()
     time.sleep(0.1)
-    waited = yield_to_foreground(count, 10.0)
+    waited = yield_to_foreground(state, 10.0, quiet_s=0.0)
     t.join()
     assert 0.2 < waited < 5.0  # until the request ended, not the 10 s limit
 
 
+def test_yielding_waits_for_a_quiet_gap_after_the_last_request():
+    fg = Foreground()
+    state = fg.shared()
+    with fg.request():
+        pass
+    waited = yield_to_foreground(state, 10.0, quiet_s=0.8)  # the next visitor may be close
+    assert 0.6 < waited < 5.0 and time.monotonic() - state.ended.value >= 0.8
+
+    def visitors():  # one after another, with gaps shorter than the quiet time
+        for _ in range(4):
+            with fg.request():
+                time.sleep(0.1)
+            time.sleep(0.2)
+
+    t = threading.Thread(target=visitors)
+    t.start()
+    time.sleep(0.05)
+    waited = yield_to_foreground(state, 10.0, quiet_s=0.5)
+    t.join()
+    # Through the gaps, until the last visitor (ended ~1.0 s in) had been gone 0.5 s; with no
+    # quiet time it would have gone on in the first gap, 0.05 s in.
+    assert 1.2 < waited < 5.0
+
+
 def test_compute_loss_counts_as_a_visitors_request(model):
-    count = FOREGROUND.shared()
+    count = FOREGROUND.shared().count
     seen = []
     hook = model.register_forward_pre_hook(lambda module, args: seen.append(count.value))
     try:
