@@ -12,6 +12,7 @@ from core.corpus import MAX_CORPUS_LABEL, decode_corpus_bytes, validate_corpus_t
 from core.data import LoaderSettings, make_loaders
 from core.errors import CorpusError
 from core.evaluate import evaluate_dataset
+from core.precision import bf16_unavailable
 
 SOURCES = ["The Verdict", "Upload a file", "Paste text"]
 
@@ -106,6 +107,14 @@ def _show(r: dict, presentation: bool) -> None:
     c4.metric(
         "Validation perplexity", common.ppl(r["val_perplexity"]) if r["val_perplexity"] is not None else "n/a"
     )
+    if r.get("precision") == "bfloat16":
+        d = r["bf16_differences"]
+        st.info(
+            "Fast mode: the matmuls ran in bfloat16. On each split's first batch, run again in "
+            f"float32, bfloat16 moved the loss by {d['train']:+.5f} (training) and {d['val']:+.5f} "
+            "(validation). The book's numbers are float32.",
+            icon=":material/speed:",
+        )
     common.chart(figure(r), "dataset-batch-losses", presentation, a11y.describe_dataset(r))
     rows = [{"split": "train", "batch": i + 1, "loss": x} for i, x in enumerate(r["train_batch_losses"])]
     rows += [{"split": "val", "batch": i + 1, "loss": x} for i, x in enumerate(r["val_batch_losses"])]
@@ -168,7 +177,8 @@ def render(inputs: common.Inputs) -> None:
         with st.expander("Token and batch counts"):
             _counts_table(c)
 
-        key = store.dataset_key(inputs.model, inputs.seed, text, settings, num_batches, inputs.device)
+        fast = _fast_toggle(inputs.device)
+        key = store.dataset_key(inputs.model, inputs.seed, text, settings, num_batches, inputs.device, fast)
         stopped = st.session_state.pop("_ds_running", None)
         if stopped and store.get(key) is None:
             st.warning(
@@ -181,14 +191,27 @@ def render(inputs: common.Inputs) -> None:
                 st.info("Press Compute to run the model over both splits.", icon=":material/info:")
                 return
             slot.empty()
-            _compute(model, text, settings, num_batches, key)
+            _compute(model, text, settings, num_batches, key, fast)
         if (r := store.get(key)) is not None:
             st.caption("Computed once and kept: coming back to this view shows it again at once.")
             _show(r, inputs.presentation)
             position_loss.section(model, text, settings, num_batches, key, inputs.presentation)
 
 
-def _compute(model, text, settings, num_batches, key) -> None:
+def _fast_toggle(device: str) -> bool:
+    """The bfloat16 fast mode, offered only where it is fast; the reason where it is not."""
+    reason = bf16_unavailable(device)
+    help_ = "Runs the matmuls in bfloat16 (autocast): faster where the hardware has it; losses move "
+    help_ += "in their third or fourth digit, and the result says by how much."
+    fast = st.toggle(
+        "Fast mode (bfloat16)", key="ds_fast", disabled=reason is not None, help=help_, value=False
+    )
+    if reason:
+        st.caption(f"Fast mode is not offered: {reason}.")
+    return fast and reason is None
+
+
+def _compute(model, text, settings, num_batches, key, fast=False) -> None:
     bar = st.progress(0.0, text="Starting…")
     # Any click reruns the page, which interrupts this loop at the next progress update.
     stop = st.empty()
@@ -199,7 +222,9 @@ def _compute(model, text, settings, num_batches, key) -> None:
         st.session_state._ds_running = f"{done} of {total}"  # read by the run a Stop click starts
         bar.progress(done / max(total, 1), text=f"{split_name[split]} batches: {done} of {total}")
 
-    r = evaluate_dataset(model, text, settings, num_batches, progress=progress, tokenizer=common.tokenizer())
+    r = evaluate_dataset(
+        model, text, settings, num_batches, progress=progress, tokenizer=common.tokenizer(), fast=fast
+    )
     st.session_state.pop("_ds_running", None)
     bar.empty()
     stop.empty()

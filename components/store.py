@@ -19,11 +19,19 @@ def _results() -> dict:
 
 
 def dataset_key(
-    model: str, seed: int, text: str, settings: LoaderSettings, num_batches: int | None, device: str = "cpu"
+    model: str,
+    seed: int,
+    text: str,
+    settings: LoaderSettings,
+    num_batches: int | None,
+    device: str = "cpu",
+    fast: bool = False,
 ) -> tuple:
-    """The key of one dataset evaluation: the Dataset and Compare views find each other's results."""
+    """The key of one dataset evaluation: the Dataset and Compare views find each other's results
+    (float32 ones: the fast mode's bfloat16 results are kept apart)."""
     sha = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
-    return (model, effective_seed(model, seed), sha, tuple(asdict(settings).values()), num_batches, device)
+    key = (model, effective_seed(model, seed), sha, tuple(asdict(settings).values()), num_batches, device)
+    return (*key, "bfloat16") if fast else key
 
 
 def get(key: tuple) -> dict | None:

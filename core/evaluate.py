@@ -19,6 +19,7 @@ from .data import DataSplit, LoaderSettings, make_loaders
 from .device import model_device
 from .errors import InvalidParameterError, NoBatchesError
 from .loss import perplexity
+from .precision import autocast
 
 Progress = Callable[[int, int], None]
 Cancel = Callable[[], bool]
@@ -44,13 +45,13 @@ def calc_loss_batch(input_batch, target_batch, model, device="cpu"):
     return F.cross_entropy(logits.flatten(0, 1), target_batch.flatten())
 
 
-def _batch_losses(data_loader, model, device, num_batches) -> Iterator[float]:
+def _batch_losses(data_loader, model, device, num_batches, fast=False) -> Iterator[float]:
     for i, (input_batch, target_batch) in enumerate(data_loader):
         if i >= num_batches:
             break
-        # Entered per batch, not around the loop: grad mode is thread-local, and it must
-        # not stay off in the caller while this generator waits (or is abandoned).
-        with torch.inference_mode():
+        # Entered per batch, not around the loop: grad mode (and autocast) is thread-local,
+        # and it must not stay off in the caller while this generator waits (or is abandoned).
+        with torch.inference_mode(), autocast(device, fast):
             loss = calc_loss_batch(input_batch, target_batch, model, device).item()
         yield loss
 
@@ -62,11 +63,14 @@ def _num_batches(data_loader, num_batches) -> int:
     return min(num_batches, len(data_loader))
 
 
-def calc_loss_loader(data_loader, model, device="cpu", num_batches=None, progress=None, cancel=None):
+def calc_loss_loader(
+    data_loader, model, device="cpu", num_batches=None, progress=None, cancel=None, fast=False
+):
     """Mean batch loss over the first `num_batches` batches (all by default); NaN if none.
 
     progress(done, total) is called after each batch (and once with 0 before the first);
     cancel() is checked before each batch and raises EvaluationCancelled when it is True.
+    fast=True runs the matmuls in bfloat16 (core.precision).
     """
     if len(data_loader) == 0:
         return float("nan")
@@ -74,17 +78,17 @@ def calc_loss_loader(data_loader, model, device="cpu", num_batches=None, progres
     losses: list[float] = []
     if progress:
         progress(0, total)
-    for _ in _run(data_loader, model, device, total, cancel, losses):
+    for _ in _run(data_loader, model, device, total, cancel, losses, fast):
         if progress:
             progress(len(losses), total)
     return sum(losses) / total
 
 
-def _run(data_loader, model, device, total, cancel, losses) -> Iterator[float]:
+def _run(data_loader, model, device, total, cancel, losses, fast=False) -> Iterator[float]:
     """Yield each batch loss, appended to `losses`; stop cooperatively when cancel() says so."""
     if cancel and cancel():
         raise EvaluationCancelled(losses)
-    for loss in _batch_losses(data_loader, model, device, total):
+    for loss in _batch_losses(data_loader, model, device, total, fast):
         losses.append(loss)
         yield loss
         if len(losses) < total and cancel and cancel():
@@ -100,6 +104,17 @@ class DatasetLosses:
     val_batch_losses: list[float] = field(default_factory=list)
     num_batches: int | None = None
     cancelled: bool = False
+    precision: str = "float32"  # "bfloat16" in the fast mode
+    # The fast mode's yardstick: each split's first batch again in float32, {"train": …, "val": …}.
+    float32_first_batch: dict[str, float] | None = None
+
+    @property
+    def bf16_differences(self) -> dict[str, float] | None:
+        """bfloat16 minus float32 loss on each split's first batch (the same data); None in float32."""
+        if not self.float32_first_batch:
+            return None
+        firsts = {"train": self.train_batch_losses, "val": self.val_batch_losses}
+        return {k: firsts[k][0] - v for k, v in self.float32_first_batch.items() if firsts[k]}
 
     @property
     def train_perplexity(self) -> float | None:
@@ -124,6 +139,9 @@ class DatasetLosses:
             "train_batch_losses": list(self.train_batch_losses),
             "val_batch_losses": list(self.val_batch_losses),
             "cancelled": self.cancelled,
+            "precision": self.precision,
+            "float32_first_batch": self.float32_first_batch,
+            "bf16_differences": self.bf16_differences,
         }
 
 
@@ -161,6 +179,7 @@ def evaluate_dataset(
     progress: Callable[[int, int, str], None] | None = None,
     cancel: Cancel | None = None,
     tokenizer=None,
+    fast: bool = False,
 ) -> DatasetLosses:
     """Training and validation loss of `model` on `text` with the book's loaders.
 
@@ -168,6 +187,8 @@ def evaluate_dataset(
     first, then validation), so one progress bar covers the whole pass; `split` is
     "train" or "val". cancel() is checked between batches; a cancelled run returns
     what it has with cancelled=True. Raises NoBatchesError when a split has no batch.
+    fast=True runs the matmuls in bfloat16 (core.precision), then each split's first batch
+    again in float32, so the result says how far bfloat16 moved the loss on the same data.
     """
     settings = settings or LoaderSettings()
     if model.training:
@@ -189,8 +210,9 @@ def evaluate_dataset(
     total = n_train + n_val
     # The result keeps the counts, not the loaders: small, and picklable for a UI cache.
     result = DatasetLosses(
-        replace(data, train_loader=None, val_loader=None), None, None, num_batches=num_batches
-    )
+        replace(data, train_loader=None, val_loader=None), None, None, num_batches=num_batches,
+        precision="bfloat16" if fast else "float32",
+    )  # fmt: skip
     if progress:
         progress(0, total, "train")
     for name, loader, n, losses, offset in (
@@ -198,7 +220,7 @@ def evaluate_dataset(
         ("val", data.val_loader, n_val, result.val_batch_losses, n_train),
     ):
         try:
-            for _ in _run(loader, model, device, n, cancel, losses):
+            for _ in _run(loader, model, device, n, cancel, losses, fast):
                 if progress:
                     progress(offset + len(losses), total, name)
         except EvaluationCancelled:
@@ -209,4 +231,9 @@ def evaluate_dataset(
             result.train_loss = mean
         else:
             result.val_loss = mean
+    if fast:
+        result.float32_first_batch = {
+            name: next(_batch_losses(loader, model, device, 1))
+            for name, loader in (("train", data.train_loader), ("val", data.val_loader))
+        }
     return result

@@ -274,6 +274,39 @@ def test_dataset_view_pasted_text_and_bad_corpus(model):
     assert "NUL" in " ".join(e.value for e in at.error)
 
 
+def test_dataset_view_fast_mode_only_where_offered_and_how_far_from_float32(model, monkeypatch):
+    from core.data import LoaderSettings
+    from core.evaluate import evaluate_dataset
+    from core.precision import FORCE_ENV, bf16_unavailable
+
+    monkeypatch.delenv(FORCE_ENV, raising=False)
+    reason = bf16_unavailable("cpu")
+    at = app("dataset")
+    assert at.toggle(key="ds_fast").disabled == (reason is not None)
+    captions = " ".join(c.value for c in at.caption)
+    assert (f"Fast mode is not offered: {reason}." in captions) == (reason is not None)
+
+    monkeypatch.setenv(FORCE_ENV, "1")  # offered anyway, so that this CPU runs it too
+    text = VERDICT_PATH.read_text(encoding="utf-8")[:3000]
+    at = app("dataset")
+    at.radio(key="corpus").set_value("Paste text").run()
+    at.text_area(key="corpus_text").set_value(text).run()
+    at.number_input(key="ds_len").set_value(32).run()
+    at.number_input(key="ds_stride").set_value(32).run()
+    at.number_input(key="ds_batches").set_value(2).run()
+    assert not at.toggle(key="ds_fast").disabled
+    at.toggle(key="ds_fast").set_value(True).run()
+    at.button(key="ds_compute").click().run()
+    assert not at.exception and not at.error
+    want = evaluate_dataset(model, text, LoaderSettings(context_length=32, stride=32), 2, fast=True)
+    assert metric(at, "Training loss") == f"{want.train_loss:.4f}"
+    d = want.bf16_differences
+    info = " ".join(i.value for i in at.info)
+    assert f"moved the loss by {d['train']:+.5f} (training) and {d['val']:+.5f} (validation)" in info
+    at.toggle(key="ds_fast").set_value(False).run()  # float32 is kept apart: Compute again
+    assert at.button(key="ds_compute") and "bfloat16" not in " ".join(i.value for i in at.info)
+
+
 def test_every_preset_renders_on_every_view(model):
     from components.sidebar import PRESETS, split_texts
 

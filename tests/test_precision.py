@@ -1,0 +1,95 @@
+"""The bfloat16 fast mode: offered only where it is native, and every result says how far it
+moved the loss from float32 on the same data."""
+
+from __future__ import annotations
+
+import json
+import platform
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from core.data import LoaderSettings
+from core.evaluate import evaluate_dataset
+from core.model import GPT_CONFIG_124M, GPTModel, freeze
+from core.precision import CPU_BF16_FLAGS, FORCE_ENV, autocast, bf16_unavailable, cpu_flags
+
+TINY = {**GPT_CONFIG_124M, "context_length": 32, "emb_dim": 64, "n_heads": 2, "n_layers": 2}
+SETTINGS = LoaderSettings(context_length=32, stride=32, batch_size=2)
+
+
+@pytest.fixture(scope="module")
+def tiny_model():
+    torch.manual_seed(7)
+    return freeze(GPTModel(TINY))
+
+
+def test_offered_on_the_cpu_only_where_bfloat16_is_native(monkeypatch):
+    monkeypatch.delenv(FORCE_ENV, raising=False)
+    flags = cpu_flags()
+    if sys.platform.startswith("linux") and platform.machine() == "x86_64":
+        assert "sse2" in flags  # the flags were read
+    native = bool(flags & set(CPU_BF16_FLAGS))
+    reason = bf16_unavailable("cpu")
+    assert (reason is None) == native
+    if not native:
+        assert "no native bfloat16" in reason and "slower than float32" in reason
+    assert "not on meta" in bf16_unavailable("meta")
+    monkeypatch.setenv(FORCE_ENV, "1")  # asked for: offered anyway (slow where not native)
+    assert bf16_unavailable("cpu") is None
+
+
+def test_autocast_runs_matmuls_in_bfloat16_only_when_fast():
+    x, w = torch.randn(3, 8), torch.randn(4, 8)
+    with autocast("cpu", False):
+        assert torch.nn.functional.linear(x, w).dtype == torch.float32
+    with autocast("cpu", True):
+        assert torch.nn.functional.linear(x, w).dtype == torch.bfloat16
+
+
+def test_fast_dataset_pass_says_how_far_it_is_from_float32(tiny_model, verdict_path):
+    text = verdict_path.read_text(encoding="utf-8")[:6000]
+    exact = evaluate_dataset(tiny_model, text, SETTINGS)
+    fast = evaluate_dataset(tiny_model, text, SETTINGS, fast=True)
+    assert exact.precision == "float32" and exact.bf16_differences is None
+    assert fast.precision == "bfloat16"
+    # The yardstick is float32 on the same first batches: the exact pass's own first losses.
+    assert fast.float32_first_batch == {
+        "train": exact.train_batch_losses[0],
+        "val": exact.val_batch_losses[0],
+    }
+    d = fast.bf16_differences
+    assert d == {
+        "train": fast.train_batch_losses[0] - exact.train_batch_losses[0],
+        "val": fast.val_batch_losses[0] - exact.val_batch_losses[0],
+    }
+    # bfloat16 did run (the losses moved), and moved them only a little.
+    assert fast.train_batch_losses != exact.train_batch_losses
+    assert all(0 < abs(v) < 0.05 for v in d.values())
+    assert fast.train_loss == pytest.approx(exact.train_loss, abs=0.05)
+    assert fast.val_loss == pytest.approx(exact.val_loss, abs=0.05)
+    out = fast.to_dict()
+    assert out["precision"] == "bfloat16" and out["bf16_differences"] == d
+    assert exact.to_dict()["float32_first_batch"] is None
+
+
+def test_cli_dataset_fast(tmp_path):
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(("Every effort moves you, said Gisburn, and so it did. " * 60), encoding="utf-8")
+    cmd = [sys.executable, "-m", "core", "dataset", "--corpus", str(corpus), "--fast"]
+    cmd += ["--context-length", "16", "--stride", "16", "--num-batches", "1"]
+    json_run = subprocess.run([*cmd, "--json"], capture_output=True, text=True, timeout=600)
+    assert json_run.returncode == 0, json_run.stderr
+    out = json.loads(json_run.stdout)
+    assert out["precision"] == "bfloat16" and set(out["bf16_differences"]) == {"train", "val"}
+    assert out["bf16_differences"]["train"] == pytest.approx(
+        out["train_batch_losses"][0] - out["float32_first_batch"]["train"], abs=1e-12
+    )
+    native = bf16_unavailable("cpu") is None
+    assert ("no native bfloat16" in json_run.stderr) != native  # warned where it is slow
+    text_run = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert text_run.returncode == 0, text_run.stderr
+    d = out["bf16_differences"]
+    assert f"moved {d['train']:+.6f} (train) and {d['val']:+.6f} (val)" in text_run.stdout
