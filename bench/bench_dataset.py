@@ -34,6 +34,7 @@ from core.data import LoaderSettings
 from core.device import available_devices, describe, resolve_device
 from core.evaluate import evaluate_dataset
 from core.model import GPT_CONFIG_124M, build_untrained_model
+from core.precision import bf16_unavailable
 from core.tokenizer import seed_tiktoken_cache
 
 TARGET_PEAK = 0.85  # our pass's GFLOPS over the large-matmul GFLOPS of the same run
@@ -73,11 +74,23 @@ def reference_pass(text: str):
     return time.perf_counter() - start, time.process_time() - cpu, losses, shapes
 
 
-def our_pass(text: str, device="cpu"):
+def our_pass(text: str, device="cpu", fast=False):
     model = build_untrained_model(123).to(device)
     start, cpu = time.perf_counter(), time.process_time()
-    r = evaluate_dataset(model, text, LoaderSettings())
+    r = evaluate_dataset(model, text, LoaderSettings(), fast=fast)
     return time.perf_counter() - start, time.process_time() - cpu, (r.train_loss, r.val_loss)
+
+
+def fast_pass(text: str, device, t_float32: float, losses) -> None:
+    """The bfloat16 fast mode's pass (its float32 first-batch yardstick included) against float32."""
+    why = bf16_unavailable(device)
+    t, _, fast_losses = our_pass(text, device, fast=True)
+    gap = max(abs(a - b) for a, b in zip(fast_losses, losses, strict=True))
+    print(
+        f"bfloat16 on {describe(device)}: {t:6.2f} s, {t_float32 / t:.2f}x the float32 pass; losses "
+        f"{fast_losses[0]:.6f} / {fast_losses[1]:.6f}, max |difference| to float32 {gap:.1e}; "
+        f"offered by the app: {'yes' if why is None else 'no, ' + why}"
+    )
 
 
 def main() -> int:
@@ -87,6 +100,7 @@ def main() -> int:
     )
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
+    p.add_argument("--fast", action="store_true", help="also time the bfloat16 fast mode on each device")
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -140,10 +154,14 @@ def main() -> int:
         f"reference at {flops / min(ref_cpu) / 1e9 / cpu_peak:.0%} "
         f"(target >= {TARGET_PEAK:.0%}: {'met' if cpu_share >= TARGET_PEAK else 'NOT met'})"
     )
+    if args.fast:
+        fast_pass(text, torch.device("cpu"), t_our, our_losses)
     others = [d for d in available_devices() if d != "cpu"]
     for device in map(resolve_device, others):
         our_pass(text, device)  # warm-up: kernels, memory pool
         t_dev, _, dev_losses = our_pass(text, device)
+        if args.fast:
+            fast_pass(text, device, t_dev, dev_losses)
         gap = max(abs(a - b) for a, b in zip(dev_losses, our_losses, strict=True))
         print(
             f"on {describe(device)}: {t_dev:6.2f} s, {flops / t_dev / 1e9:8.1f} GFLOPS, "

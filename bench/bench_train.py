@@ -55,6 +55,7 @@ def main() -> int:
     ap.add_argument(
         "--corpus", default=None, help="a UTF-8 text file (default: The Verdict that ships with LossLens)"
     )
+    ap.add_argument("--fast", action="store_true", help="also time bfloat16 steps (the fast mode)")
     args = ap.parse_args()
 
     import torch
@@ -64,6 +65,7 @@ def main() -> int:
     from core.device import available_devices, describe, resolve_device
     from core.evaluate import calc_loss_batch
     from core.model import GPTModel
+    from core.precision import bf16_unavailable
     from core.presets import estimate_time, get_preset
     from core.train import make_train_loaders
 
@@ -122,6 +124,14 @@ def main() -> int:
                 f"{preset.eval_freq} steps over {preset.eval_iter} batches and a sample per epoch): "
                 f"{e['total_s']:.0f} s = {e['total_s'] / 60:.1f} min"
             )
+            if args.fast:
+                f = estimate_time(get_preset(name, fast=True), text, steps=2, device=device)
+                why = bf16_unavailable(device)
+                print(
+                    f"  bfloat16 (fast mode): {f['step_s']:.3f} s per step, "
+                    f"{e['step_s'] / f['step_s']:.2f}x the float32 step; "
+                    f"offered by the app: {'yes' if why is None else 'no, ' + why}"
+                )
             if name == "book":
                 print(
                     f"  the book, M3 MacBook Air: about 5 min for 10 epochs -> {describe(device)} here "

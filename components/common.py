@@ -19,6 +19,7 @@ from core.device import available_devices
 from core.errors import LossLensError, ServerBusyError, WeightsError
 from core.loss import compute_loss
 from core.pool import ModelPool, describe_wait
+from core.precision import bf16_unavailable
 from core.registry import BOOK_MODEL, BOOK_SEED, effective_seed, get_spec, load_model
 from core.report import PERPLEXITY_NOTE, format_perplexity, summarize
 from core.tokenizer import get_tokenizer
@@ -199,6 +200,22 @@ def esc(text: str) -> str:
 
 
 _MD_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+\-.!|$<>~:&])")
+
+
+def fast_toggle(key: str, device: str) -> bool:
+    """The bfloat16 fast mode, offered only where it is fast; the reason shown where it is not."""
+    reason = bf16_unavailable(device)
+    fast = st.toggle(
+        "Fast mode (bfloat16)",
+        key=key,
+        value=False,
+        disabled=reason is not None,
+        help="Runs the matmuls in bfloat16 (autocast): faster where the hardware has it. Losses move "
+        "in their third or fourth digit, and the result says by how much. The book's numbers are float32.",
+    )
+    if reason:
+        st.caption(f"Fast mode is not offered: {reason}.")
+    return fast and reason is None
 
 
 def md(text: str) -> str:

@@ -12,7 +12,6 @@ from core.corpus import MAX_CORPUS_LABEL, decode_corpus_bytes, validate_corpus_t
 from core.data import LoaderSettings, make_loaders
 from core.errors import CorpusError
 from core.evaluate import evaluate_dataset
-from core.precision import bf16_unavailable
 
 SOURCES = ["The Verdict", "Upload a file", "Paste text"]
 
@@ -177,7 +176,7 @@ def render(inputs: common.Inputs) -> None:
         with st.expander("Token and batch counts"):
             _counts_table(c)
 
-        fast = _fast_toggle(inputs.device)
+        fast = common.fast_toggle("ds_fast", inputs.device)
         key = store.dataset_key(inputs.model, inputs.seed, text, settings, num_batches, inputs.device, fast)
         stopped = st.session_state.pop("_ds_running", None)
         if stopped and store.get(key) is None:
@@ -196,19 +195,6 @@ def render(inputs: common.Inputs) -> None:
             st.caption("Computed once and kept: coming back to this view shows it again at once.")
             _show(r, inputs.presentation)
             position_loss.section(model, text, settings, num_batches, key, inputs.presentation)
-
-
-def _fast_toggle(device: str) -> bool:
-    """The bfloat16 fast mode, offered only where it is fast; the reason where it is not."""
-    reason = bf16_unavailable(device)
-    help_ = "Runs the matmuls in bfloat16 (autocast): faster where the hardware has it; losses move "
-    help_ += "in their third or fourth digit, and the result says by how much."
-    fast = st.toggle(
-        "Fast mode (bfloat16)", key="ds_fast", disabled=reason is not None, help=help_, value=False
-    )
-    if reason:
-        st.caption(f"Fast mode is not offered: {reason}.")
-    return fast and reason is None
 
 
 def _compute(model, text, settings, num_batches, key, fast=False) -> None:

@@ -26,8 +26,8 @@ def _slot() -> TrainingSlot:
 
 
 @st.cache_resource(show_spinner="Timing a few training steps on this server…", max_entries=4)
-def _estimate(preset_name: str, device: str) -> dict:
-    return estimate_time(get_preset(preset_name), common.verdict(), device=device)
+def _estimate(preset_name: str, device: str, fast: bool = False) -> dict:
+    return estimate_time(get_preset(preset_name, fast=fast or None), common.verdict(), device=device)
 
 
 def figure(evals: list[dict], title: str = "Training and validation loss") -> go.Figure:
@@ -93,6 +93,18 @@ def _show(snap: dict, presentation: bool) -> None:
             help="Grows when the model memorises the training text: overfitting.",
         )
         c4.metric("Tokens seen", f"{last['tokens_seen']:,}")
+        if snap.get("fast"):
+            gap = snap.get("bf16_gap")
+            st.info(
+                "Fast mode: each training step ran in bfloat16; the losses here are float32. "
+                + (
+                    f"At the last evaluation, bfloat16 on the same batches gave {gap[0]:+.4f} "
+                    f"(training) and {gap[1]:+.4f} (validation)."
+                    if gap
+                    else "The first evaluation will say how far bfloat16 is on the same batches."
+                ),
+                icon=":material/speed:",
+            )
         common.chart(figure(evals), "training-loss", presentation, a11y.describe_training(evals))
     _samples(snap["samples"])
 
@@ -175,7 +187,8 @@ def render(inputs: common.Inputs) -> None:
             key=f"train_name_{preset_name}",
         ).strip()
         names[preset_name] = name
-        preset = get_preset(preset_name, num_epochs=int(epochs))
+        fast = common.fast_toggle("train_fast", inputs.device)
+        preset = get_preset(preset_name, num_epochs=int(epochs), fast=fast or None)
         st.caption(
             common.md(preset.description) + f" Needs about {training_memory_gb(preset):.1f} GB of RAM."
         )
@@ -188,7 +201,7 @@ def render(inputs: common.Inputs) -> None:
             help="Times a few real training steps here (a busy server is slower).",
         ):
             st.info(
-                describe_estimate(project(_estimate(preset_name, inputs.device), preset)),
+                describe_estimate(project(_estimate(preset_name, inputs.device, fast), preset)),
                 icon=":material/timer:",
             )
 

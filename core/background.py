@@ -60,6 +60,8 @@ def _child(
 
     def on_step(state) -> None:
         events.put(("step", state.global_step + 1))
+        if state.bf16_gaps:  # a fast run: how far bfloat16 was at the last evaluation
+            events.put(("bf16_gap", state.bf16_gaps[-1]))
         yield_to_foreground(foreground, yield_s)  # visitors first: the next step waits for them
 
     try:
@@ -141,6 +143,7 @@ class TrainingRun:
         self.total_steps: int | None = None
         self.result: TrainingResult | None = None
         self.error: str | None = None
+        self.bf16_gap: list[float] | None = None
         self.child: dict = {}
         self.started_at: float | None = None
         self._reader: threading.Thread | None = None
@@ -215,7 +218,7 @@ class TrainingRun:
                     break
             done = kind in ("result", "error")
             with self._lock:
-                if kind in ("started", "total_steps", "step", "result", "error"):
+                if kind in ("started", "total_steps", "step", "result", "error", "bf16_gap"):
                     setattr(self, {"started": "child"}.get(kind, kind), value)
                 elif kind == "eval":
                     self.evals.append(value)
@@ -237,6 +240,8 @@ class TrainingRun:
             return {
                 "name": self.name,
                 "preset": self.preset.name,
+                "fast": self.preset.fast,
+                "bf16_gap": self.bf16_gap,
                 "step": self.step,
                 "total_steps": self.total_steps,
                 "evals": list(self.evals),

@@ -11,6 +11,7 @@ from .data import LoaderSettings
 from .errors import InvalidParameterError
 from .evaluate import calc_loss_batch
 from .model import GPT_CONFIG_124M, GPTModel
+from .precision import autocast
 from .rng import RNG_LOCK
 from .tokenizer import VOCAB_SIZE, get_tokenizer
 from .train import START_CONTEXT, generate_sample, make_train_loaders
@@ -30,6 +31,7 @@ class Preset:
     eval_iter: int = 5
     seed: int = 123
     start_context: str = START_CONTEXT
+    fast: bool = False  # bfloat16 training steps (core.precision); the book's presets are float32
 
 
 QUICK_CONFIG = {
@@ -78,8 +80,10 @@ def get_preset(name: str, **overrides) -> Preset:
 
 
 def preset_of(meta: dict) -> Preset:
-    """The preset a saved run was trained with (core.checkpoints' description), to resume it."""
-    return get_preset(meta["preset"], num_epochs=meta["num_epochs"])
+    """The preset a saved run was trained with (core.checkpoints' description), to resume it:
+    its epochs, and its precision (a run resumes as it started)."""
+    fast = meta.get("hyperparameters", {}).get("fast", False)
+    return get_preset(meta["preset"], num_epochs=meta["num_epochs"], fast=fast or None)
 
 
 def training_memory_gb(preset: Preset) -> float:
@@ -139,13 +143,18 @@ def _measure(preset: Preset, batch, steps: int, tokenizer, device) -> dict:
     for _ in range(steps + 1):
         t = time.perf_counter()
         optimizer.zero_grad()
-        calc_loss_batch(*batch, model, device).backward()
+        with autocast(device, preset.fast):
+            loss = calc_loss_batch(*batch, model, device)
+        loss.backward()
         optimizer.step()
         times.append(time.perf_counter() - t)
     model.eval()
     t = time.perf_counter()
     with torch.no_grad():
         calc_loss_batch(*batch, model, device)
+        if preset.fast:  # a fast run evaluates in float32 and again in bfloat16 (its yardstick)
+            with autocast(device, True):
+                calc_loss_batch(*batch, model, device)
     eval_batch_s = time.perf_counter() - t
     t = time.perf_counter()
     generate_sample(model, tokenizer, preset.start_context, device=device)

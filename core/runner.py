@@ -107,6 +107,9 @@ def run_training(
             raise InvalidParameterError(
                 f"{name!r} was trained with preset {meta['preset']!r}; resume it with that preset."
             )
+        if meta["hyperparameters"].get("fast", False) != preset.fast:
+            was = "bfloat16 (fast mode)" if not preset.fast else "float32"
+            raise InvalidParameterError(f"{name!r} was trained in {was}; resume it in the same precision.")
         elapsed = meta.get("elapsed_s", 0.0)
         state.stopped = False
     else:
@@ -135,6 +138,7 @@ def run_training(
         on_step=on_step,
         should_stop=should_stop,
         log=log,
+        fast=preset.fast,
     )
     elapsed += time.perf_counter() - t0
     path = save_checkpoint(name, model, optimizer, state, preset, digest, elapsed)

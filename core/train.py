@@ -18,6 +18,7 @@ from .corpus import validate_corpus_text
 from .data import LoaderSettings, create_dataloader_v1, split_text
 from .errors import NoBatchesError
 from .evaluate import calc_loss_batch, calc_loss_loader
+from .precision import autocast
 from .rng import own_rng
 from .tokenizer import ENDOFTEXT
 
@@ -57,11 +58,11 @@ def generate_sample(model, tokenizer, start_context=START_CONTEXT, max_new_token
     return token_ids_to_text(token_ids.cpu(), tokenizer).replace("\n", " ")
 
 
-def evaluate_model(model, train_loader, val_loader, device, eval_iter):
+def evaluate_model(model, train_loader, val_loader, device, eval_iter, fast=False):
     model.eval()
     with torch.no_grad():
-        train_loss = calc_loss_loader(train_loader, model, device, num_batches=eval_iter)
-        val_loss = calc_loss_loader(val_loader, model, device, num_batches=eval_iter)
+        train_loss = calc_loss_loader(train_loader, model, device, num_batches=eval_iter, fast=fast)
+        val_loss = calc_loss_loader(val_loader, model, device, num_batches=eval_iter, fast=fast)
     model.train()
     return train_loss, val_loss
 
@@ -101,6 +102,9 @@ class TrainState:
     val_losses: list[float] = field(default_factory=list)
     track_tokens_seen: list[int] = field(default_factory=list)
     eval_steps: list[int] = field(default_factory=list)
+    # A bfloat16 run's yardstick, per evaluation: [train, val] loss in bfloat16 minus float32 on
+    # the same batches (the recorded losses are float32). Empty for a float32 run.
+    bf16_gaps: list[list[float]] = field(default_factory=list)
     samples: list[str] = field(default_factory=list)
     stopped: bool = False
     # Global generator states: at the start of the current epoch (it drew the epoch's
@@ -170,11 +174,14 @@ def train_model_simple(
     on_step: Callable[[TrainState], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
     log: Callable[[str], None] | None = print,
+    fast: bool = False,
 ):
     """The book's loop. Returns train_losses, val_losses, track_tokens_seen.
 
     `state` (fresh or resumed) is updated in place; should_stop() is asked after every step
-    and ends the run with state.stopped = True, ready to be resumed.
+    and ends the run with state.stopped = True, ready to be resumed. fast=True runs each
+    step's forward pass in bfloat16 (core.precision); evaluations stay float32, and are done
+    again in bfloat16 on the same batches to record how far it is (state.bf16_gaps).
     """
     s = state if state is not None else TrainState()
     should_stop = should_stop or (lambda: False)
@@ -188,7 +195,8 @@ def train_model_simple(
         for input_batch, target_batch in epoch_batches(train_loader, s):
             with own_rng(s):  # dropout, and the evaluation's pass over the shuffled train_loader
                 optimizer.zero_grad()
-                loss = calc_loss_batch(input_batch, target_batch, model, device)
+                with autocast(device, fast):  # backward runs outside, in each op's forward dtype
+                    loss = calc_loss_batch(input_batch, target_batch, model, device)
                 loss.backward()
                 optimizer.step()
                 s.tokens_seen += input_batch.numel()
@@ -196,13 +204,26 @@ def train_model_simple(
                 s.batch += 1
                 evaluated = s.global_step % eval_freq == 0
                 if evaluated:
+                    before = torch.get_rng_state()  # the pass over train_loader draws its shuffle
                     train_loss, val_loss = evaluate_model(model, train_loader, val_loader, device, eval_iter)
+                    if fast:  # again in bfloat16 on the same batches (the same shuffle), then on
+                        after = torch.get_rng_state()
+                        torch.set_rng_state(before)
+                        bf16 = evaluate_model(model, train_loader, val_loader, device, eval_iter, fast)
+                        torch.set_rng_state(after)
+                        s.bf16_gaps.append([bf16[0] - train_loss, bf16[1] - val_loss])
             if evaluated:
                 s.record(train_loss, val_loss)
                 if log:
                     log(
                         f"Ep {epoch + 1} (Step {s.global_step:06d}): "
                         f"Train loss {train_loss:.3f}, Val loss {val_loss:.3f}"
+                        + (
+                            f" (bfloat16 on the same batches: {s.bf16_gaps[-1][0]:+.4f}, "
+                            f"{s.bf16_gaps[-1][1]:+.4f})"
+                            if fast
+                            else ""
+                        )
                     )
                 if on_eval:
                     on_eval(s.global_step, s.tokens_seen, train_loss, val_loss)

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import re
+import time
 
 import pytest
 from conftest import BOOK_TEXTS, ROOT
 from streamlit.testing.v1 import AppTest
 
-from core.checkpoints import load_trained_model, model_path
+from core.checkpoints import load_trained_model, model_path, saved_run
 from core.loss import compute_loss
 from core.runner import run_training
 
@@ -52,6 +53,34 @@ def test_training_view_trains_in_the_background_stops_and_saves():
     )
     assert at.text_input(key="train_name_quick").value == "app-quick"  # kept through the live run
     assert not at.button(key="train_resume").disabled
+
+
+def test_training_view_fast_mode_only_where_offered_and_how_far_from_float32(monkeypatch):
+    from core.precision import FORCE_ENV, bf16_unavailable
+
+    monkeypatch.delenv(FORCE_ENV, raising=False)
+    reason = bf16_unavailable("cpu")
+    at = page("training")
+    assert at.toggle(key="train_fast").disabled == (reason is not None)
+
+    monkeypatch.setenv(FORCE_ENV, "1")  # offered anyway, so that this CPU runs it too
+    at = page("training")
+    at.text_input(key="train_name_quick").set_value("app-fast").run()
+    at.toggle(key="train_fast").set_value(True).run()
+    at.button(key="train_start").click().run()
+    assert not at.exception, at.exception
+    run = at.session_state["_train_run"]
+    deadline = time.monotonic() + TIMEOUT
+    while run.snapshot()["bf16_gap"] is None and run.running and time.monotonic() < deadline:
+        time.sleep(0.5)  # the first evaluation follows the first step
+    at.button(key="train_stop").click().run()
+    run.join(TIMEOUT)
+    at.run()
+    snap = run.snapshot()
+    assert snap["error"] is None and snap["fast"] and snap["bf16_gap"] is not None
+    gap = snap["bf16_gap"]
+    assert f"bfloat16 on the same batches gave {gap[0]:+.4f} (training) and {gap[1]:+.4f}" in text_of(at)
+    assert saved_run("app-fast")["hyperparameters"]["fast"] is True
 
 
 def test_training_view_refuses_a_bad_or_taken_name():

@@ -93,3 +93,72 @@ def test_cli_dataset_fast(tmp_path):
     assert text_run.returncode == 0, text_run.stderr
     d = out["bf16_differences"]
     assert f"moved {d['train']:+.6f} (train) and {d['val']:+.6f} (val)" in text_run.stdout
+
+
+# --- training in bfloat16 ----------------------------------------------------------------
+
+
+def test_fast_training_steps_in_bfloat16_and_records_how_far_on_the_same_batches(verdict_path):
+    from dataclasses import replace
+
+    from test_train import TINY
+
+    from core.checkpoints import load_trained_model, saved_run
+    from core.errors import InvalidParameterError
+    from core.presets import preset_of
+    from core.runner import run_training
+
+    text = verdict_path.read_text(encoding="utf-8")[:6000]
+    exact = run_training(TINY, text, "exact-f32", log=None)
+    lines = []
+    fast = run_training(replace(TINY, fast=True), text, "fast-bf16", log=lines.append)
+    assert exact.state.bf16_gaps == [] and len(fast.state.bf16_gaps) == len(fast.state.train_losses) > 1
+    gaps = [g for pair in fast.state.bf16_gaps for g in pair]
+    # Small, and not nothing: on the same batches (on other batches they reach 0.1 and more).
+    assert all(abs(g) < 0.01 for g in gaps) and any(g != 0 for g in gaps)
+    # The steps ran in bfloat16: the same seed, data and order end in other weights.
+    a, b = load_trained_model(exact.path).state_dict(), load_trained_model(fast.path).state_dict()
+    assert not torch.equal(a["out_head.weight"], b["out_head.weight"])
+    assert fast.state.train_losses[-1] == pytest.approx(exact.state.train_losses[-1], abs=0.1)
+    g = fast.state.bf16_gaps[0]
+    assert f"(bfloat16 on the same batches: {g[0]:+.4f}, {g[1]:+.4f})" in lines[0]
+    # Saved with its precision; a resume continues in it and refuses the other one.
+    assert saved_run("fast-bf16")["hyperparameters"]["fast"] is True
+    assert saved_run("exact-f32")["hyperparameters"]["fast"] is False
+    meta = {"preset": "quick", "num_epochs": 3, "hyperparameters": {"fast": True}}
+    assert preset_of(meta).fast and not preset_of({**meta, "hyperparameters": {}}).fast
+    stopped = run_training(replace(TINY, fast=True), text, "fast-stopped", log=None, should_stop=lambda: True)
+    with pytest.raises(InvalidParameterError, match="trained in bfloat16 .* same precision"):
+        run_training(TINY, text, "fast-stopped", resume=True, log=None)
+    done = run_training(replace(TINY, fast=True), text, "fast-stopped", resume=True, log=None)
+    assert done.finished and len(done.state.bf16_gaps) == len(done.state.train_losses)
+    assert stopped.state.bf16_gaps == done.state.bf16_gaps[: len(stopped.state.bf16_gaps)]
+
+
+def test_a_fast_training_child_reports_how_far_bfloat16_is(verdict_path):
+    from dataclasses import replace
+
+    from test_train import TINY
+
+    from core.background import TrainingRun
+
+    text = verdict_path.read_text(encoding="utf-8")[:6000]
+    run = TrainingRun(replace(TINY, fast=True), text, "fast-child", nice=1).start()
+    run.join(300)
+    snap = run.snapshot()
+    assert snap["error"] is None and snap["finished"] and snap["fast"]
+    assert snap["bf16_gap"] == run.result.state.bf16_gaps[-1]
+
+
+def test_cli_train_fast(tmp_path, verdict_path, capsys):
+    from core.__main__ import main
+    from core.checkpoints import saved_run
+
+    corpus = tmp_path / "slice.txt"
+    corpus.write_text(verdict_path.read_text(encoding="utf-8")[:4000], encoding="utf-8")
+    args = ["train", "--preset", "quick", "--corpus", str(corpus), "--epochs", "1", "--out", "cli-fast"]
+    assert main([*args, "--fast"]) == 0
+    captured = capsys.readouterr()
+    gaps = saved_run("cli-fast")["state"]["bf16_gaps"]
+    assert f"(bfloat16 on the same batches: {gaps[0][0]:+.4f}, {gaps[0][1]:+.4f})" in captured.out
+    assert ("no native bfloat16" in captured.err) == (bf16_unavailable("cpu") is not None)
