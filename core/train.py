@@ -204,7 +204,8 @@ def train_model_simple(
                 s.batch += 1
                 evaluated = s.global_step % eval_freq == 0
                 if evaluated:
-                    before = torch.get_rng_state()  # the pass over train_loader draws its shuffle
+                    # The pass over train_loader draws its shuffle: a fast run replays it.
+                    before = torch.get_rng_state() if fast else None
                     train_loss, val_loss = evaluate_model(model, train_loader, val_loader, device, eval_iter)
                     if fast:  # again in bfloat16 on the same batches (the same shuffle), then on
                         after = torch.get_rng_state()
