@@ -75,11 +75,11 @@ def section(model, text: str, settings, num_batches, key: tuple, presentation: b
         col.metric(
             f"{name} loss (book)", common.num(p["loss"]), help="calc_loss_loader: the mean of batch losses"
         )
-        weighted = sum(m * c for m, c in zip(p["position_means"], p["counts"], strict=True)) / sum(
-            p["counts"]
-        )
         (c2 if split == "train" else c4).metric(
-            f"{name}: position means, count-weighted", common.num(weighted)
+            f"{name}, by position",
+            common.num(p["token_weighted_loss"]),
+            help="The mean loss at each position, weighted by how many windows reach it: every "
+            "token once, so it equals the book's loss when all batches are full.",
         )
     common.chart(figure(r, show), "loss-by-position", presentation)
     rows = [

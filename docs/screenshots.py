@@ -70,7 +70,7 @@ def main(base: str, only: list[str]) -> None:
                         page.get_by_role("button", name=label, exact=True).click(timeout=60_000)
                     except PlaywrightTimeout:
                         pass
-                page.get_by_text("position means, count-weighted").first.wait_for(timeout=600_000)
+                page.get_by_text("Training, by position").first.wait_for(timeout=600_000)
                 page.wait_for_timeout(2500)
                 page.locator(".js-plotly-plot").nth(1).scroll_into_view_if_needed()
             elif name in WAIT:

@@ -133,9 +133,7 @@ def test_dataset_view_loss_by_position(model, verdict_path):
     assert not at.exception and not at.error
     r = position_losses(model, text, LoaderSettings(context_length=32, stride=32))
     assert metric(at, "Training loss (book)") == f"{r['train']['loss']:.4f}" == metric(at, "Training loss")
-    assert (
-        metric(at, "Validation: position means, count-weighted") == f"{r['val']['token_weighted_loss']:.4f}"
-    )
+    assert metric(at, "Validation, by position") == f"{r['val']['token_weighted_loss']:.4f}"
     assert at.radio(key="pos_split").value == "Validation"
     (spec,) = [s for s in specs(at) if "position" in s["layout"]["title"]["text"]]
     assert [t["name"] for t in spec["data"]] == ["validation: mean loss at the position"]

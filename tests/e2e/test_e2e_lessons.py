@@ -76,7 +76,7 @@ def test_dataset_loss_by_position(new_page, server):
     page.get_by_role("button", name="Compute loss by position").click()
     wait_for_app(page, timeout=600_000)
     # Section 5.1.3: training loss 10.9876; the position means, count-weighted, give it back.
-    assert metric_value(page, "Training: position means, count-weighted", timeout=600_000) == "10.9876"
+    assert metric_value(page, "Training, by position", timeout=600_000) == "10.9876"
     assert metric_value(page, "Training loss (book)") == "10.9876"
     assert page.locator(".js-plotly-plot").count() == 2
 
