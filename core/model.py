@@ -192,9 +192,7 @@ class FewTokenLinear(nn.Linear):
     """nn.Linear (same parameters, same init) computing (W @ x^T)^T for a few tokens on the CPU.
 
     Why: for a sentence, MKL streams W about 3x faster in this orientation on AMD Zen (on par on
-    Intel). On one thread (a server's requests) that holds for the out_head's 50257 rows only:
-    the blocks' layers are 3-11 % faster as F.linear there (bench/README.md). Elsewhere (a
-    training batch, CUDA, MPS) it is plain F.linear.
+    Intel); elsewhere (a training batch, CUDA, MPS) it is plain F.linear.
     """
 
     # From a full window of tokens on, both orientations run at the same speed, and
@@ -210,7 +208,8 @@ class FewTokenLinear(nn.Linear):
         self.contiguous_output = contiguous_output
 
     def forward(self, x):
-        if x.device.type != "cpu" or (self.contiguous_output and self._plain_on_cpu(x)):
+        many_rows = self.contiguous_output and x.numel() >= self.MANY_ROWS * self.in_features
+        if x.device.type != "cpu" or many_rows:
             return F.linear(x, self.weight, self.bias)
         x2d = x.reshape(-1, self.in_features).t()
         if self.bias is None:
@@ -219,9 +218,6 @@ class FewTokenLinear(nn.Linear):
             y = torch.addmm(self.bias[:, None], self.weight, x2d)
         y = y.t().contiguous() if self.contiguous_output else y.t()
         return y.reshape(*x.shape[:-1], self.out_features)
-
-    def _plain_on_cpu(self, x) -> bool:
-        return x.numel() >= self.MANY_ROWS * self.in_features or torch.get_num_threads() == 1
 
 
 def build_untrained_model(seed: int = 123, cfg: dict | None = None) -> GPTModel:
