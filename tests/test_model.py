@@ -150,3 +150,21 @@ def test_model_layers_are_few_token_linear(model):
     assert len(linears) == 12 * 6 + 1 and all(isinstance(m, FewTokenLinear) for m in linears)
     assert model.out_head.contiguous_output is False
     assert all(m.contiguous_output for m in linears[:-1])
+
+
+@pytest.mark.parametrize("shape", [(2, 3), (1, 11), (2, 256)])  # the book batch, a sentence, a batch
+def test_logits_do_not_depend_on_the_thread_count(model, shape):
+    """The app's server runs on one torch thread, the CLI and tests on more: the same numbers, bit
+    for bit (a layer whose kernel depends on the thread count would change the last digits of
+    sharp results, e.g. the loss at temperature 0.001)."""
+    x = torch.randint(0, 50257, shape, generator=torch.Generator().manual_seed(5))
+    before = torch.get_num_threads()
+    try:
+        with torch.inference_mode():
+            torch.set_num_threads(1)
+            one = model(x)
+            torch.set_num_threads(2)
+            two = model(x)
+    finally:
+        torch.set_num_threads(before)
+    assert torch.equal(one, two)
