@@ -253,16 +253,22 @@ def test_dataset_view_on_the_verdict_gives_the_books_losses():
     assert metric(at, "Training loss") == "10.9876"
 
 
-def test_dataset_view_pasted_text_and_bad_corpus(model):
-    from core.data import LoaderSettings
-    from core.evaluate import evaluate_dataset
-
+def _pasted_corpus() -> tuple[str, AppTest]:
+    """The Dataset view on 3000 characters of The Verdict, pasted, in windows of 32 tokens."""
     text = VERDICT_PATH.read_text(encoding="utf-8")[:3000]
     at = app("dataset")
     at.radio(key="corpus").set_value("Paste text").run()
     at.text_area(key="corpus_text").set_value(text).run()
     at.number_input(key="ds_len").set_value(32).run()
     at.number_input(key="ds_stride").set_value(32).run()
+    return text, at
+
+
+def test_dataset_view_pasted_text_and_bad_corpus(model):
+    from core.data import LoaderSettings
+    from core.evaluate import evaluate_dataset
+
+    text, at = _pasted_corpus()
     at.button(key="ds_compute").click().run()
     assert not at.exception and not at.error
     expected = evaluate_dataset(model, text, LoaderSettings(context_length=32, stride=32))
@@ -287,12 +293,7 @@ def test_dataset_view_fast_mode_only_where_offered_and_how_far_from_float32(mode
     assert (f"Fast mode is not offered: {reason}." in captions) == (reason is not None)
 
     monkeypatch.setenv(FORCE_ENV, "1")  # offered anyway, so that this CPU runs it too
-    text = VERDICT_PATH.read_text(encoding="utf-8")[:3000]
-    at = app("dataset")
-    at.radio(key="corpus").set_value("Paste text").run()
-    at.text_area(key="corpus_text").set_value(text).run()
-    at.number_input(key="ds_len").set_value(32).run()
-    at.number_input(key="ds_stride").set_value(32).run()
+    text, at = _pasted_corpus()
     at.number_input(key="ds_batches").set_value(2).run()
     assert not at.toggle(key="ds_fast").disabled
     at.toggle(key="ds_fast").set_value(True).run()
