@@ -46,6 +46,7 @@ sys.path.insert(0, str(ROOT))
 
 TEXTS = ["every effort moves you", "I really like chocolate"]
 TOP_K = 5
+SENTENCE = "The loss tells us how far the model is from the text it reads."  # 15 tokens
 TARGET_RATIO = 1.5
 TARGET_ROOFLINE = 1.5  # request time / (weight bytes / read bandwidth)
 TARGET_EXTRA = 0.10  # our work after the forward pass minus the book's, over our forward pass
@@ -193,6 +194,7 @@ def main(argv=None) -> int:
 
     from machine import describe_cpu, read_bandwidth, weight_bytes
 
+    import core.model
     from core.loss import compute_loss
     from core.model import GPT_CONFIG_124M, build_untrained_model
     from core.tokenizer import get_tokenizer, seed_tiktoken_cache
@@ -253,7 +255,29 @@ def main(argv=None) -> int:
         with torch.no_grad():
             reference(ref_inputs)
 
+    # The linear kernels: oneDNN (CpuLinear's inference path on x86-64) against MKL, on the book
+    # batch and on a 15-token sentence, so a learner sees which one wins on their CPU.
+    sentence = torch.tensor([tokenizer.encode(SENTENCE)])
+    onednn = core.model.ONEDNN_LINEAR
+
+    def kernel_forward(inputs, use_onednn):
+        def run():
+            core.model.ONEDNN_LINEAR = use_onednn
+            try:
+                with torch.inference_mode():
+                    ours(inputs)
+            finally:
+                core.model.ONEDNN_LINEAR = onednn
+
+        return run
+
     fns = {"ours": ours_request, "ref": ref_request, "ours_fwd": ours_forward, "ref_fwd": ref_forward}
+    if onednn:
+        fns |= {
+            "mkl_fwd": kernel_forward(ref_inputs, False),
+            "dnn_sentence": kernel_forward(sentence, True),
+            "mkl_sentence": kernel_forward(sentence, False),
+        }
     times = {name: [] for name in fns}
     bandwidths = []
     for _ in range(args.warmup):
@@ -284,6 +308,14 @@ def main(argv=None) -> int:
     f_ours, f_ref = statistics.median(times["ours_fwd"]), statistics.median(times["ref_fwd"])
     print(f"  of which the forward pass alone: ours {f_ours * 1e3:.1f} ms, reference {f_ref * 1e3:.1f} ms "
           f"= {f_ref / f_ours:.2f}x")  # fmt: skip
+    if onednn:
+        m_mkl = statistics.median(times["mkl_fwd"])
+        s_dnn, s_mkl = statistics.median(times["dnn_sentence"]), statistics.median(times["mkl_sentence"])
+        print(f"  linear kernels, forward pass: oneDNN {f_ours * 1e3:.1f} ms, MKL {m_mkl * 1e3:.1f} ms = "
+              f"{m_mkl / f_ours:.2f}x (book batch); oneDNN {s_dnn * 1e3:.1f} ms, MKL {s_mkl * 1e3:.1f} ms = "
+              f"{s_mkl / s_dnn:.2f}x ({sentence.shape[1]}-token sentence)")  # fmt: skip
+    else:
+        print("  linear kernels: MKL only (oneDNN's linear is used on x86-64, unless LOSSLENS_ONEDNN=0)")
     # After the forward pass: tokenizing and the steps (paired per round, so load cancels).
     after_ours = statistics.median(r - f for r, f in zip(t_ours, times["ours_fwd"], strict=True))
     after_ref = statistics.median(r - f for r, f in zip(t_ref, times["ref_fwd"], strict=True))

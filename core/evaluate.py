@@ -36,9 +36,9 @@ class EvaluationCancelled(Exception):
 def calc_loss_batch(input_batch, target_batch, model, device="cpu"):
     """Cross entropy of one batch over its flattened logits and targets (the book's code).
 
-    With core.model.GPTModel the logits arrive as a transposed view of a [vocab, tokens]
-    matmul (the faster orientation for MKL); flattening keeps it a view, and cross_entropy
-    reads it as it is, rounding exactly as on the book's layout.
+    With core.model.GPTModel on the CPU the logits arrive as rows (oneDNN, in inference) or as a
+    transposed view of a [vocab, tokens] matmul (MKL, where gradients are needed); flattening
+    keeps either a view, and cross_entropy reads it as it is.
     """
     input_batch, target_batch = input_batch.to(device), target_batch.to(device)
     logits = model(input_batch)

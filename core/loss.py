@@ -166,8 +166,8 @@ def loss_from_logits(
     mask = targets != IGNORE_INDEX
     if not bool(mask.any()):
         raise TooFewTokensError("No target tokens: every position is padding.")
-    # One copy into rows, if any: the model's out_head hands over a transposed view, and every
-    # step below reads whole rows (log_softmax would otherwise copy it again for itself).
+    # One copy into rows, if any: the model's out_head may hand over a transposed view (MKL's
+    # path), and every step below reads whole rows (log_softmax would otherwise copy it again).
     logits = logits.float().contiguous()
     if float(temperature) != 1.0:
         logits = logits / float(temperature)

@@ -4,10 +4,13 @@ Building the submodules in the book's order makes `torch.manual_seed(123);
 GPTModel(GPT_CONFIG_124M)` draw exactly the book's weights. The forward pass uses fused
 kernels (scaled_dot_product_attention, layer_norm, tanh-GELU) that compute the same
 functions as the book's step-by-step code. One addition follows the book's classes:
-FewTokenLinear, an nn.Linear that multiplies in the faster orientation for a sentence.
+CpuLinear, an nn.Linear with faster CPU kernels for inference.
 """
 
 from __future__ import annotations
+
+import os
+import platform
 
 import torch
 import torch.nn as nn
@@ -48,10 +51,10 @@ class MultiHeadAttention(nn.Module):
         self.num_heads = num_heads
         self.head_dim = d_out // num_heads  # Reduce the projection dim to match desired output dim
 
-        self.W_query = FewTokenLinear(d_in, d_out, bias=qkv_bias)
-        self.W_key = FewTokenLinear(d_in, d_out, bias=qkv_bias)
-        self.W_value = FewTokenLinear(d_in, d_out, bias=qkv_bias)
-        self.out_proj = FewTokenLinear(d_out, d_out)  # Linear layer to combine head outputs
+        self.W_query = CpuLinear(d_in, d_out, bias=qkv_bias)
+        self.W_key = CpuLinear(d_in, d_out, bias=qkv_bias)
+        self.W_value = CpuLinear(d_in, d_out, bias=qkv_bias)
+        self.out_proj = CpuLinear(d_out, d_out)  # Linear layer to combine head outputs
         self.dropout = nn.Dropout(dropout)
         # The book's causal-mask buffer is not needed: the fused kernel below masks by itself.
         self.context_length = context_length
@@ -114,9 +117,9 @@ class FeedForward(nn.Module):
     def __init__(self, cfg):
         super().__init__()
         self.layers = nn.Sequential(
-            FewTokenLinear(cfg["emb_dim"], 4 * cfg["emb_dim"]),
+            CpuLinear(cfg["emb_dim"], 4 * cfg["emb_dim"]),
             GELU(),
-            FewTokenLinear(4 * cfg["emb_dim"], cfg["emb_dim"]),
+            CpuLinear(4 * cfg["emb_dim"], cfg["emb_dim"]),
         )
 
     def forward(self, x):
@@ -168,7 +171,7 @@ class GPTModel(nn.Module):
         self.trf_blocks = nn.Sequential(*[TransformerBlock(cfg) for _ in range(cfg["n_layers"])])
 
         self.final_norm = LayerNorm(cfg["emb_dim"])
-        self.out_head = FewTokenLinear(cfg["emb_dim"], cfg["vocab_size"], bias=False, contiguous_output=False)
+        self.out_head = CpuLinear(cfg["emb_dim"], cfg["vocab_size"], bias=False, contiguous_output=False)
 
     @property
     def context_length(self) -> int:
@@ -188,11 +191,34 @@ class GPTModel(nn.Module):
         return logits
 
 
-class FewTokenLinear(nn.Linear):
-    """nn.Linear (same parameters, same init) computing (W @ x^T)^T for a few tokens on the CPU.
+def _onednn_linear_available() -> bool:
+    """oneDNN's fused linear on x86-64 (measured there; elsewhere the MKL/F.linear paths stay)."""
+    if os.environ.get("LOSSLENS_ONEDNN", "1") == "0" or platform.machine().lower() not in ("x86_64", "amd64"):
+        return False
+    try:
+        return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+    except (AttributeError, RuntimeError):
+        return False
 
-    Why: for a sentence, MKL streams W about 3x faster in this orientation on AMD Zen (on par on
-    Intel); elsewhere (a training batch, CUDA, MPS) it is plain F.linear.
+
+# Switched off by LOSSLENS_ONEDNN=0; bench/bench_loss.py flips it to time both kernels.
+ONEDNN_LINEAR = _onednn_linear_available()
+# oneDNN keeps a compiled kernel and its buffers per input shape, and every token count is a new
+# shape: unbounded, a server's memory grew by ~400 MB over 150 sentence lengths. Re-creating a
+# kernel costs well under a millisecond, so a small cache loses no speed. Read at oneDNN's first
+# use (after this import); a value set by the user wins.
+os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "16")
+os.environ.setdefault("LRU_CACHE_CAPACITY", "16")  # ideep's cache in front of oneDNN's
+
+
+class CpuLinear(nn.Linear):
+    """nn.Linear (same parameters, same init) with faster CPU kernels for inference.
+
+    Why: MKL's float32 GEMM is slow for a sentence's few rows (on AMD Zen it streams the weights at
+    a third of the memory bandwidth) and for the 50257-wide out_head, whose (W @ x^T)^T view then
+    costs the loss steps a copy. oneDNN's fused linear is 1.3-2x faster for 11-255 tokens and on
+    a 2x256 batch, returns rows, and gives the same bits on any thread count. Where gradients
+    are needed (training, the gradient view) it keeps F.linear, or (W @ x^T)^T for a few tokens.
     """
 
     # From a full window of tokens on, both orientations run at the same speed, and
@@ -208,8 +234,14 @@ class FewTokenLinear(nn.Linear):
         self.contiguous_output = contiguous_output
 
     def forward(self, x):
-        many_rows = self.contiguous_output and x.numel() >= self.MANY_ROWS * self.in_features
-        if x.device.type != "cpu" or many_rows:
+        if x.device.type != "cpu":
+            return F.linear(x, self.weight, self.bias)
+        if ONEDNN_LINEAR and _inference(x, self.weight):
+            # oneDNN sizes its OpenMP team from this thread's setting, which a new thread (a
+            # Streamlit script run, a worker) starts at the core count: follow torch's count.
+            torch.set_num_threads(torch.get_num_threads())
+            return torch.ops.mkldnn._linear_pointwise(x.contiguous(), self.weight, self.bias, "none", [], "")
+        if self.contiguous_output and x.numel() >= self.MANY_ROWS * self.in_features:
             return F.linear(x, self.weight, self.bias)
         x2d = x.reshape(-1, self.in_features).t()
         if self.bias is None:
@@ -218,6 +250,15 @@ class FewTokenLinear(nn.Linear):
             y = torch.addmm(self.bias[:, None], self.weight, x2d)
         y = y.t().contiguous() if self.contiguous_output else y.t()
         return y.reshape(*x.shape[:-1], self.out_features)
+
+
+def _inference(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """No gradient to record, no autocast to apply, float32 throughout: oneDNN's op has neither."""
+    return (
+        x.dtype == weight.dtype == torch.float32
+        and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))
+        and not torch.is_autocast_enabled("cpu")
+    )
 
 
 def build_untrained_model(seed: int = 123, cfg: dict | None = None) -> GPTModel:

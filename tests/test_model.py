@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+import os
+import resource
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
 import pytest
 import torch
 
-from core.model import GPT2_SMALL_CONFIG, GPT_CONFIG_124M, FewTokenLinear, GPTModel, build_untrained_model
+from core import model as model_module
+from core.model import GPT2_SMALL_CONFIG, GPT_CONFIG_124M, CpuLinear, GPTModel, build_untrained_model
 
+ROOT = Path(__file__).resolve().parents[1]
 BOOK_INPUTS = torch.tensor([[16833, 3626, 6100], [40, 1107, 588]])
 BOOK_ARGMAX = [[16657, 339, 42826], [49906, 29669, 41751]]
 
@@ -116,38 +125,121 @@ def test_gpt2_small_shape():
     assert _n_params(small, skip_out_head=True) == 124_439_808
 
 
-# --- FewTokenLinear: the faster orientation computes F.linear's numbers -----------------
+# --- CpuLinear: oneDNN for inference, (W @ x^T)^T or F.linear with gradients -------------
+
+needs_onednn = pytest.mark.skipif(
+    not model_module.ONEDNN_LINEAR, reason="oneDNN's linear is used on x86-64 only"
+)
 
 
-@pytest.mark.parametrize("rows", [1, 6, 300])  # a token, the book batch, more than MANY_ROWS
+@pytest.mark.parametrize("rows", [1, 6, 11, 300])  # a token, the book batch, a sentence, > MANY_ROWS
 @pytest.mark.parametrize("bias", [True, False])
 @pytest.mark.parametrize("contiguous_output", [True, False])
-def test_few_token_linear_equals_f_linear(rows, bias, contiguous_output):
+@pytest.mark.parametrize("grad", [False, True])  # inference (oneDNN) and training (MKL) paths
+def test_cpu_linear_equals_f_linear(rows, bias, contiguous_output, grad):
     torch.manual_seed(1)
-    layer = FewTokenLinear(768, 3072, bias=bias, contiguous_output=contiguous_output)
-    x = torch.randn(1, rows, 768)
-    with torch.inference_mode():
+    layer = CpuLinear(768, 3072, bias=bias, contiguous_output=contiguous_output)
+    x = torch.randn(1, rows, 768, requires_grad=grad)
+    with torch.set_grad_enabled(grad):
         got = layer(x)
         want = torch.nn.functional.linear(x, layer.weight, layer.bias)
-    assert got.shape == (1, rows, 3072)
+    assert got.shape == (1, rows, 3072) and got.requires_grad == grad
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
     # Rows come back contiguous where attention needs them; the out_head may hand over a view.
     assert got.is_contiguous() or not contiguous_output
+    if grad:  # the training path still trains: the same gradients as F.linear's
+        (w_got,) = torch.autograd.grad(got.square().sum(), layer.weight)
+        (w_want,) = torch.autograd.grad(want.square().sum(), layer.weight)
+        torch.testing.assert_close(w_got, w_want, rtol=1e-4, atol=1e-3)
 
 
-def test_few_token_linear_is_plain_f_linear_off_the_cpu():
-    """On another device (CUDA, MPS; here the meta device) no CPU orientation: F.linear's layout."""
+@needs_onednn
+def test_inference_runs_onednn_and_training_keeps_the_view():
+    """The out_head in inference gets oneDNN's rows (no (W @ x^T)^T view for the loss steps to copy);
+    with gradients, or with oneDNN switched off, it is the view again."""
+    head = CpuLinear(768, 50257, bias=False, contiguous_output=False)
+    x = torch.randn(2, 3, 768)
+    with torch.inference_mode():
+        assert head(x).is_contiguous()
+    assert not head(x).is_contiguous()  # weights that need gradients: the MKL view
+    with torch.no_grad(), pytest.MonkeyPatch.context() as mp:
+        mp.setattr(model_module, "ONEDNN_LINEAR", False)
+        assert not head(x).is_contiguous()
+
+
+def test_cpu_linear_under_autocast_computes_in_bfloat16():
+    """Fast mode's autocast must reach the matmul: oneDNN's op has no autocast rule, so it is skipped."""
+    layer = CpuLinear(768, 64)
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        assert layer(torch.randn(1, 5, 768)).dtype == torch.bfloat16
+
+
+def test_cpu_linear_is_plain_f_linear_off_the_cpu():
+    """On another device (CUDA, MPS; here the meta device) no CPU kernels: F.linear's layout."""
     with torch.device("meta"):
-        layer = FewTokenLinear(768, 50257, bias=False, contiguous_output=False)
+        layer = CpuLinear(768, 50257, bias=False, contiguous_output=False)
         out = layer(torch.empty(2, 3, 768))
     assert out.device.type == "meta" and out.shape == (2, 3, 50257) and out.is_contiguous()
-    cpu = FewTokenLinear(768, 64, bias=False, contiguous_output=False)
+    cpu = CpuLinear(768, 64, bias=False, contiguous_output=False)
     assert not cpu(torch.randn(2, 3, 768)).is_contiguous()  # the CPU path did run the (W @ x^T)^T view
 
 
-def test_model_layers_are_few_token_linear(model):
+@needs_onednn
+@pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="needs two cores to tell one thread from two")
+def test_onednn_follows_torch_thread_count_in_a_new_thread():
+    """Streamlit runs each script in a new thread, whose OpenMP setting starts at the core count:
+    oneDNN must still use torch's one thread there (else every request takes two cores)."""
+    head = CpuLinear(768, 50257, bias=False)
+    x = torch.randn(1, 64, 768)
+    seen = {}
+
+    def work():
+        with torch.inference_mode():
+            head(x)  # warm-up: creates the kernel
+            before_thread = resource.getrusage(resource.RUSAGE_THREAD)
+            before_all = resource.getrusage(resource.RUSAGE_SELF)
+            for _ in range(3):
+                head(x)
+            after_thread = resource.getrusage(resource.RUSAGE_THREAD)
+            after_all = resource.getrusage(resource.RUSAGE_SELF)
+        seen["thread"] = _cpu_s(after_thread) - _cpu_s(before_thread)
+        seen["all"] = _cpu_s(after_all) - _cpu_s(before_all)
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        worker = threading.Thread(target=work)
+        worker.start()
+        worker.join()
+    finally:
+        torch.set_num_threads(threads)
+    # One thread did the work: the process spent about what the calling thread did (two would double it).
+    assert seen["all"] < 1.4 * seen["thread"], seen
+
+
+def _cpu_s(usage) -> float:
+    return usage.ru_utime + usage.ru_stime
+
+
+def test_onednn_kernel_caches_are_bounded():
+    """Every token count is a new oneDNN kernel; its caches are capped unless the user set them."""
+    names = ("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "LRU_CACHE_CAPACITY")
+    code = f"import os, core.model; print(*(os.environ[n] for n in {names!r}))"
+    env = {k: v for k, v in os.environ.items() if k not in names}
+
+    def capacities():
+        run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, cwd=ROOT)
+        assert run.returncode == 0, run.stderr
+        return run.stdout.split()
+
+    assert capacities() == ["16", "16"]
+    env["LRU_CACHE_CAPACITY"] = "64"
+    assert capacities() == ["16", "64"]
+
+
+def test_model_layers_are_cpu_linear(model):
     linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
-    assert len(linears) == 12 * 6 + 1 and all(isinstance(m, FewTokenLinear) for m in linears)
+    assert len(linears) == 12 * 6 + 1 and all(isinstance(m, CpuLinear) for m in linears)
     assert model.out_head.contiguous_output is False
     assert all(m.contiguous_output for m in linears[:-1])
 
