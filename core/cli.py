@@ -143,6 +143,14 @@ def format_loss(summary: dict) -> str:
     return "\n".join(out)
 
 
+def _warn_unless_bf16_native(device) -> None:
+    """--fast where bfloat16 is not native: say why it will be slow, then run it as asked."""
+    from .precision import bf16_unavailable
+
+    if reason := bf16_unavailable(device):
+        print(f"warning: {reason}; running it anyway, as asked", file=sys.stderr)
+
+
 def add_dataset(sub) -> None:
     p = sub.add_parser("dataset", help="training and validation loss over a corpus (section 5.1.3)")
     p.add_argument(
@@ -200,10 +208,8 @@ def cmd_dataset(args) -> int:
 
     if args.fast:
         from .device import model_device
-        from .precision import bf16_unavailable
 
-        if reason := bf16_unavailable(model_device(model)):
-            print(f"warning: {reason}; running it anyway, as asked", file=sys.stderr)
+        _warn_unless_bf16_native(model_device(model))
     result = evaluate_dataset(
         model, text, settings, num_batches=args.num_batches, progress=progress, fast=args.fast
     )
@@ -315,10 +321,7 @@ def cmd_train(args) -> int:
         get_spec(args.model)  # a wrong key lists the valid ones before the corpus is read
     device = resolve_device(args.device)  # fail fast on a device this machine lacks
     if args.fast:
-        from .precision import bf16_unavailable
-
-        if reason := bf16_unavailable(device):
-            print(f"warning: {reason}; running it anyway, as asked", file=sys.stderr)
+        _warn_unless_bf16_native(device)
     # --model: start from that model's weights (a copy of its own; a resumed run has its own)
     start = load_model(args.model, preset.seed, "cpu") if args.model and not args.resume else None
     if start is not None:  # the run, its memory check and its estimate follow the start model's size
