@@ -204,7 +204,7 @@ def _onednn_linear_available() -> bool:
 # Switched off by LOSSLENS_ONEDNN=0; bench/bench_loss.py flips it to time both kernels.
 ONEDNN_LINEAR = _onednn_linear_available()
 # oneDNN keeps a compiled kernel and its buffers per input shape, and every token count is a new
-# shape: unbounded, a server's memory grew by ~400 MB over 150 sentence lengths. Re-creating a
+# shape: unbounded, a process grew by ~430 MB over 150 sentence lengths. Re-creating a
 # kernel costs well under a millisecond, so a small cache loses no speed. Read at oneDNN's first
 # use (after this import); a value set by the user wins.
 os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "16")
@@ -216,9 +216,10 @@ class CpuLinear(nn.Linear):
 
     Why: MKL's float32 GEMM is slow for a sentence's few rows (on AMD Zen it streams the weights at
     a third of the memory bandwidth) and for the 50257-wide out_head, whose (W @ x^T)^T view then
-    costs the loss steps a copy. oneDNN's fused linear is 1.3-2x faster for 11-255 tokens and on
-    a 2x256 batch, returns rows, and gives the same bits on any thread count. Where gradients
-    are needed (training, the gradient view) it keeps F.linear, or (W @ x^T)^T for a few tokens.
+    costs the loss steps a copy. oneDNN's fused linear was 1.1-1.6x faster for 11-255 tokens and
+    on a 2x256 batch (bench/README.md), returns rows, and gives the same bits on any thread count.
+    Where gradients are needed (training, the gradient view) it keeps F.linear, or (W @ x^T)^T for
+    a few tokens.
     """
 
     # From a full window of tokens on, both orientations run at the same speed, and
