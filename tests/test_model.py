@@ -132,11 +132,20 @@ needs_onednn = pytest.mark.skipif(
 )
 
 
+@pytest.fixture
+def threads(request):
+    before = torch.get_num_threads()
+    torch.set_num_threads(request.param)
+    yield request.param
+    torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("threads", [1, 2], indirect=True)
 @pytest.mark.parametrize("rows", [1, 6, 11, 300])  # a token, the book batch, a sentence, > MANY_ROWS
 @pytest.mark.parametrize("bias", [True, False])
 @pytest.mark.parametrize("contiguous_output", [True, False])
 @pytest.mark.parametrize("grad", [False, True])  # inference (oneDNN) and training (MKL) paths
-def test_cpu_linear_equals_f_linear(rows, bias, contiguous_output, grad):
+def test_cpu_linear_equals_f_linear(rows, bias, contiguous_output, grad, threads):
     torch.manual_seed(1)
     layer = CpuLinear(768, 3072, bias=bias, contiguous_output=contiguous_output)
     x = torch.randn(1, rows, 768, requires_grad=grad)
