@@ -57,10 +57,9 @@ def plan_run(preset: Preset, name: str, resume: bool = False) -> Preset:
 
 
 def _trainable(model):
-    """A registry model (frozen for inference) made trainable: gradients on, train mode."""
-    for p in model.parameters():
-        p.requires_grad_(True)
-    return model.train()
+    """A registry model (frozen for inference) made trainable: plain weights with gradients
+    (GPTModel.requires_grad_ unpacks those packed for inference), train mode."""
+    return model.requires_grad_(True).train()
 
 
 def run_training(

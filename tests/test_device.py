@@ -15,6 +15,7 @@ import pytest
 import torch
 from conftest import BOOK_TEXTS, ROOT
 
+import core.model
 from core.device import (
     DEVICE_ENV,
     available_devices,
@@ -71,6 +72,8 @@ def test_memory_is_read_where_the_tensors_live():
 def test_load_model_puts_the_model_on_the_device():
     model = load_model("untrained-124m", 123, "cpu")
     assert model_device(model) == torch.device("cpu") and not model.training
+    # Kept as freeze() packed it for oneDNN (a .to("cpu") would have unpacked it).
+    assert model.out_head.weight.is_mkldnn == core.model.ONEDNN_LINEAR
     assert float(compute_loss(model, BOOK_TEXTS).loss) == pytest.approx(10.7940, abs=5e-5)
 
 

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import copy
+import gc
 import os
 import resource
 import subprocess
 import sys
 import threading
+import weakref
 from pathlib import Path
 
 import pytest
@@ -38,7 +41,7 @@ def _n_params(model, skip_out_head=False):
 
 
 def test_seed_123_weights_equal_the_reference(model, reference_model):
-    ours = dict(model.named_parameters())
+    ours = model.state_dict()  # the plain layout, also of weights packed for oneDNN (freeze)
     ref = dict(reference_model.named_parameters())
     assert ours.keys() == ref.keys()
     for name, p in ref.items():
@@ -174,6 +177,79 @@ def test_inference_runs_onednn_and_training_keeps_the_view():
     with torch.no_grad(), pytest.MonkeyPatch.context() as mp:
         mp.setattr(model_module, "ONEDNN_LINEAR", False)
         assert not head(x).is_contiguous()
+
+
+@needs_onednn
+@pytest.mark.parametrize("threads", [1, 2], indirect=True)
+@pytest.mark.parametrize("rows", [1, 6, 11, 300])
+@pytest.mark.parametrize("bias", [True, False])
+def test_packed_cpu_linear_equals_f_linear(rows, bias, threads):
+    torch.manual_seed(1)
+    layer = CpuLinear(768, 3072, bias=bias).requires_grad_(False)
+    plain = layer.weight
+    assert layer.pack() and layer.weight.is_mkldnn and not layer.pack()  # once
+    x = torch.randn(1, rows, 768)
+    with torch.inference_mode():
+        got = layer(x)
+        want = torch.nn.functional.linear(x, plain, layer.bias)
+    assert got.is_contiguous()
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    # Fast mode's autocast and any pass that records gradients read the plain layout, per call.
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        fast = layer(x)
+    assert fast.dtype == torch.bfloat16
+    torch.testing.assert_close(fast.float(), want, rtol=0.05, atol=0.05)
+    x.requires_grad_(True)
+    (gx,) = torch.autograd.grad(layer(x).sum(), x)
+    torch.testing.assert_close(gx, plain.sum(0).expand_as(x), rtol=1e-4, atol=1e-4)
+
+
+@needs_onednn
+def test_freeze_packs_the_weights_in_place_of_the_plain_ones():
+    """The app's shared models hold each linear weight once, in oneDNN's layout; everything that
+    reads weights (state dicts, deep copies, training, .to()) still sees the plain ones."""
+    cfg = {**GPT_CONFIG_124M, "emb_dim": 64, "n_heads": 4, "n_layers": 2, "vocab_size": 500}
+    torch.manual_seed(3)
+    model = GPTModel(cfg).eval()  # no dropout
+    want = {k: v.clone() for k, v in model.state_dict().items()}
+    old = weakref.ref(model.out_head.weight)
+    x = torch.randint(0, 500, (2, 7))
+    with torch.inference_mode():
+        logits = model(x)
+    model_module.freeze(model)
+    gc.collect()
+    assert old() is None  # no plain copy kept beside the packed one
+    layers = [m for m in model.modules() if isinstance(m, CpuLinear)]
+    assert all(isinstance(m.weight, model_module.PackedWeight) for m in layers)
+    with torch.inference_mode():
+        torch.testing.assert_close(model(x), logits, rtol=1e-5, atol=1e-5)
+    state = model.state_dict()
+    assert state.keys() == want.keys() and all(torch.equal(state[k], v) for k, v in want.items())
+    assert not any(v.is_mkldnn for v in state.values())
+    # A deep copy (the gradient view trains one) is plain and trains; the original stays packed.
+    copy_ = copy.deepcopy(model).requires_grad_(True)
+    assert not any(p.is_mkldnn for p in copy_.parameters()) and model.out_head.weight.is_mkldnn
+    torch.nn.functional.cross_entropy(copy_(x).flatten(0, 1), x.flatten()).backward()
+    assert copy_.out_head.weight.grad is not None
+    with pytest.raises(RuntimeError, match="model.requires_grad_"):
+        model.out_head.weight.requires_grad_(True)
+    # .to() and requires_grad_(True) unpack; a state dict loads into a packed model.
+    model.load_state_dict(want)
+    assert not model.out_head.weight.is_mkldnn
+    model_module.freeze(model)
+    assert model.to(torch.float64).out_head.weight.dtype == torch.float64
+    model_module.freeze(model.float())
+    assert not any(p.is_mkldnn for p in model.requires_grad_(True).parameters())
+
+
+def test_freeze_keeps_a_tied_out_head_tied():
+    """GPT-2's out_head shares the token embedding: packing it would hold 154 MB twice."""
+    cfg = {**GPT_CONFIG_124M, "emb_dim": 64, "n_heads": 4, "n_layers": 1, "vocab_size": 500}
+    model = GPTModel(cfg)
+    model.out_head.weight = model.tok_emb.weight
+    model_module.freeze(model)
+    assert model.out_head.weight is model.tok_emb.weight and not model.out_head.weight.is_mkldnn
+    assert model.trf_blocks[0].ff.layers[0].weight.is_mkldnn == model_module.ONEDNN_LINEAR
 
 
 def test_cpu_linear_under_autocast_computes_in_bfloat16():
