@@ -271,7 +271,7 @@ def main(argv=None) -> int:
 
     # The linear kernels, so a learner sees which one wins on their CPU, on the book batch and on a
     # 15-token sentence: oneDNN with the weights packed for it (the frozen model: the app, the CLI),
-    # oneDNN with plain weights (re-blocked on every call), and MKL (a pass with gradients).
+    # oneDNN with plain weights (as before freeze() packed them), and MKL (a pass with gradients).
     sentence = torch.tensor([tokenizer.encode(SENTENCE)])
     onednn = core.model.ONEDNN_LINEAR
     plain = copy.deepcopy(ours)  # a deep copy holds the plain layout

@@ -194,14 +194,18 @@ def test_packed_cpu_linear_equals_f_linear(rows, bias, threads):
         want = torch.nn.functional.linear(x, plain, layer.bias)
     assert got.is_contiguous()
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
-    # Fast mode's autocast and any pass that records gradients read the plain layout, per call.
+    # Fast mode's autocast needs the plain layout: the layer goes back to it (in inference mode
+    # too, a normal tensor that autograd can use afterwards).
     with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
         fast = layer(x)
-    assert fast.dtype == torch.bfloat16
+    assert fast.dtype == torch.bfloat16 and not layer.weight.is_mkldnn
+    assert torch.equal(layer.weight, plain) and not layer.weight.is_inference()
     torch.testing.assert_close(fast.float(), want, rtol=0.05, atol=0.05)
+    assert layer.pack()  # and so does a pass that records gradients
     x.requires_grad_(True)
     (gx,) = torch.autograd.grad(layer(x).sum(), x)
     torch.testing.assert_close(gx, plain.sum(0).expand_as(x), rtol=1e-4, atol=1e-4)
+    assert not layer.weight.is_mkldnn
 
 
 @needs_onednn
