@@ -144,14 +144,14 @@ def main() -> int:
         f"(float32 2048^3 torch.mm, best of {len(peaks)} probes between passes)"
     )
     print(
-        f"ours at {share:.0%} of the peak, reference at {flops / t_ref / 1e9 / peak:.0%} "
+        f"ours at {share:.1%} of the peak, reference at {flops / t_ref / 1e9 / peak:.1%} "
         f"(target >= {TARGET_PEAK:.0%}: {'met' if share >= TARGET_PEAK else 'NOT met'})"
     )
     cpu_peak = max(cpu_peaks)
     cpu_share = flops / min(our_cpu) / 1e9 / cpu_peak
     print(
-        f"by process CPU time: peak {cpu_peak:6.1f} GFLOPS per CPU-second; ours at {cpu_share:.0%}, "
-        f"reference at {flops / min(ref_cpu) / 1e9 / cpu_peak:.0%} "
+        f"by process CPU time: peak {cpu_peak:6.1f} GFLOPS per CPU-second; ours at {cpu_share:.1%}, "
+        f"reference at {flops / min(ref_cpu) / 1e9 / cpu_peak:.1%} "
         f"(target >= {TARGET_PEAK:.0%}: {'met' if cpu_share >= TARGET_PEAK else 'NOT met'})"
     )
     if args.fast:

@@ -273,7 +273,7 @@ class CpuLinear(nn.Linear):
         faster forward passes measured for 6-40 tokens (bench/README.md), the same logits. For frozen
         float32 models on the CPU only: see freeze()."""
         w = self.weight
-        if self.weight.is_mkldnn or not (
+        if w.is_mkldnn or not (
             ONEDNN_LINEAR and w.device.type == "cpu" and w.dtype == torch.float32 and not w.requires_grad
         ):
             return False
