@@ -9,8 +9,10 @@ CpuLinear, an nn.Linear with faster CPU kernels for inference.
 
 from __future__ import annotations
 
+import ctypes
 import os
 import platform
+import sys
 from collections import Counter
 
 import torch
@@ -219,6 +221,12 @@ os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "16")
 os.environ.setdefault("LRU_CACHE_CAPACITY", "16")  # ideep's cache in front of oneDNN's
 
 
+# Packing copies a weight before the plain one is freed. The 154 MB out_head (every GPT-2's is
+# larger than this) would be held twice for a moment: +154 MB of peak RSS per model build, which
+# took a seed storm's server peak from ~2.46 to ~2.8 GB, near a small host's limit.
+PACK_MAX_BYTES = 64 * 2**20
+
+
 class CpuLinear(nn.Linear):
     """nn.Linear (same parameters, same init) with faster CPU kernels for inference.
 
@@ -276,6 +284,8 @@ class CpuLinear(nn.Linear):
         if w.is_mkldnn or not (
             ONEDNN_LINEAR and w.device.type == "cpu" and w.dtype == torch.float32 and not w.requires_grad
         ):
+            return False
+        if w.numel() * w.element_size() > PACK_MAX_BYTES:
             return False
         packed = torch.ops.mkldnn._reorder_linear_weight(w.detach(), None)
         self.weight = PackedWeight(packed, requires_grad=False)
@@ -352,6 +362,22 @@ def freeze(model: nn.Module) -> nn.Module:
     model.requires_grad_(False)
     uses = Counter(id(p) for _, p in model.named_parameters(remove_duplicate=False))
     for layer in model.modules():
-        if isinstance(layer, CpuLinear) and uses[id(layer.weight)] == 1:
-            layer.pack()
+        if isinstance(layer, CpuLinear) and uses[id(layer.weight)] == 1 and layer.pack():
+            release_free_memory()  # the plain weight just freed, before the next layer's copy
     return model
+
+
+def release_free_memory() -> bool:
+    """Hand the heap's free pages back to the OS (glibc's malloc_trim); False where there is none.
+
+    Why: packing frees each plain weight after its packed copy is made, and glibc keeps such
+    blocks in its heaps. Building eight seeds' models with three kept, a process grew from 2.1 to
+    3.0 GB without this and stayed at 2.1 GB with it; trimmed after each layer, a build's peak is
+    its final RSS + 9 MB instead of + 190 MB. A call takes ~0.1-0.2 ms."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        ctypes.CDLL(None).malloc_trim(0)
+    except (OSError, AttributeError):  # another C library (musl): nothing to trim with
+        return False
+    return True

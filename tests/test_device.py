@@ -73,7 +73,7 @@ def test_load_model_puts_the_model_on_the_device():
     model = load_model("untrained-124m", 123, "cpu")
     assert model_device(model) == torch.device("cpu") and not model.training
     # Kept as freeze() packed it for oneDNN (a .to("cpu") would have unpacked it).
-    assert model.out_head.weight.is_mkldnn == core.model.ONEDNN_LINEAR
+    assert model.trf_blocks[0].att.W_query.weight.is_mkldnn == core.model.ONEDNN_LINEAR
     assert float(compute_loss(model, BOOK_TEXTS).loss) == pytest.approx(10.7940, abs=5e-5)
 
 

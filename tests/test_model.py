@@ -246,6 +246,45 @@ def test_freeze_packs_the_weights_in_place_of_the_plain_ones():
     assert not any(p.is_mkldnn for p in model.requires_grad_(True).parameters())
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc_trim is Linux's")
+def test_release_free_memory_hands_freed_heap_blocks_back():
+    """Packing frees every plain weight, and glibc keeps such blocks in its heap unless trimmed
+    (a process building seeds' models grew by ~0.9 GB). Fresh process: glibc's state is known."""
+    code = """
+import os, torch
+from core.model import release_free_memory
+def rss(): return int(open("/proc/self/statm").read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+big = torch.ones(4 * 2**20); del big  # freeing a 16 MiB mmapped block raises glibc's mmap threshold
+blocks = [torch.ones(2**19) for _ in range(200)]  # so these 2 MiB blocks come from the heap
+kept = blocks[1::2]; del blocks  # every other one freed: holes the heap cannot shrink around
+before = rss(); ok = release_free_memory(); print(ok, before - rss())
+"""
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert run.returncode == 0, run.stderr
+    ok, released_mib = run.stdout.split()
+    assert ok == "True" and float(released_mib) > 150, run.stdout  # of the 200 MiB freed
+
+
+def test_freeze_trims_the_heap_after_packing(monkeypatch):
+    calls = []
+    monkeypatch.setattr(model_module, "release_free_memory", lambda: calls.append(1) or True)
+    cfg = {**GPT_CONFIG_124M, "emb_dim": 64, "n_heads": 4, "n_layers": 1, "vocab_size": 500}
+    model_module.freeze(GPTModel(cfg))
+    # After each packed layer (six in the block and the out_head): its plain weight just freed.
+    assert len(calls) == 7 * int(model_module.ONEDNN_LINEAR)
+
+
+@needs_onednn
+def test_freeze_leaves_a_weight_too_large_to_copy_plain(model, monkeypatch):
+    """Packing holds a weight twice for a moment: not the 154 MB out_head (server peak RSS)."""
+    assert not model.out_head.weight.is_mkldnn and model.trf_blocks[0].ff.layers[0].weight.is_mkldnn
+    monkeypatch.setattr(model_module, "PACK_MAX_BYTES", 100_000)
+    cfg = {**GPT_CONFIG_124M, "emb_dim": 64, "n_heads": 4, "n_layers": 1, "vocab_size": 500}
+    small = model_module.freeze(GPTModel(cfg))  # out_head 128,000 bytes; the largest block layer 65,536
+    assert not small.out_head.weight.is_mkldnn
+    assert all(m.weight.is_mkldnn for m in small.trf_blocks.modules() if isinstance(m, CpuLinear))
+
+
 def test_freeze_keeps_a_tied_out_head_tied():
     """GPT-2's out_head shares the token embedding: packing it would hold 154 MB twice."""
     cfg = {**GPT_CONFIG_124M, "emb_dim": 64, "n_heads": 4, "n_layers": 1, "vocab_size": 500}
