@@ -277,9 +277,9 @@ class CpuLinear(nn.Linear):
         """Hold the weight in oneDNN's blocked layout, in place of the plain one (no extra memory).
 
         Why: oneDNN's kernel works on 16 x 64 blocks of the weight; packed that way (AB16b64a), a
-        block is 4 contiguous KB instead of 64 pieces of 64 bytes, in rows 3-12 KB apart. 1.1-1.3x
-        faster forward passes measured for 6-40 tokens (bench/README.md), the same logits. For frozen
-        float32 models on the CPU only: see freeze()."""
+        block is 4 contiguous KB instead of 64 pieces of 64 bytes, in rows 3-12 KB apart. Forward
+        passes of 6-40 tokens measured 1.0-1.2x faster (bench/README.md), the same logits. For
+        frozen float32 models on the CPU only, up to PACK_MAX_BYTES: see freeze()."""
         w = self.weight
         if w.is_mkldnn or not (
             ONEDNN_LINEAR and w.device.type == "cpu" and w.dtype == torch.float32 and not w.requires_grad
