@@ -275,9 +275,11 @@ def test_freeze_trims_the_heap_after_packing(monkeypatch):
 
 
 @needs_onednn
-def test_freeze_leaves_a_weight_too_large_to_copy_plain(model, monkeypatch):
+def test_freeze_leaves_a_weight_too_large_to_copy_plain(monkeypatch):
     """Packing holds a weight twice for a moment: not the 154 MB out_head (server peak RSS)."""
-    assert not model.out_head.weight.is_mkldnn and model.trf_blocks[0].ff.layers[0].weight.is_mkldnn
+    book = build_untrained_model(123)  # its own: fast-mode tests may have unpacked the shared one
+    assert not book.out_head.weight.is_mkldnn and book.trf_blocks[0].ff.layers[0].weight.is_mkldnn
+    del book
     monkeypatch.setattr(model_module, "PACK_MAX_BYTES", 100_000)
     cfg = {**GPT_CONFIG_124M, "emb_dim": 64, "n_heads": 4, "n_layers": 1, "vocab_size": 500}
     small = model_module.freeze(GPTModel(cfg))  # out_head 128,000 bytes; the largest block layer 65,536
