@@ -270,12 +270,22 @@ def main(argv=None) -> int:
             reference(ref_inputs)
 
     # The linear kernels, so a learner sees which one wins on their CPU, on the book batch and on a
-    # 15-token sentence: oneDNN with the weights packed for it (the frozen model: the app, the CLI),
-    # oneDNN with plain weights (as before freeze() packed them), and MKL (a pass with gradients).
+    # 15-token sentence: LossLens's panels (core/panel.py, where it measured faster: the app, the
+    # CLI), oneDNN with the weights packed for it (elsewhere), oneDNN with plain weights (as before
+    # freeze() packed them), and MKL (a pass with gradients).
     sentence = torch.tensor([tokenizer.encode(SENTENCE)])
     onednn = core.model.ONEDNN_LINEAR
+    panels = core.model.panel.selected()
     plain = copy.deepcopy(ours)  # a deep copy holds the plain layout
-    packed = any(p.is_mkldnn for p in ours.parameters())
+    dnn = copy.deepcopy(ours)
+    use_panels = core.model.panel.selected
+    core.model.panel.selected = lambda: False
+    try:
+        for layer in dnn.modules():
+            if isinstance(layer, core.model.CpuLinear):
+                layer.pack()  # for oneDNN, as where the panels are not faster
+    finally:
+        core.model.panel.selected = use_panels
 
     def kernel_forward(model, inputs, use_onednn):
         def run():
@@ -309,9 +319,11 @@ def main(argv=None) -> int:
     fns |= {"ours_after": ours_after, "ref_after": ref_after}
     if onednn:
         fns |= {
+            "dnn_fwd": kernel_forward(dnn, ref_inputs, True),
             "plain_fwd": kernel_forward(plain, ref_inputs, True),
             "mkl_fwd": kernel_forward(plain, ref_inputs, False),
-            "dnn_sentence": kernel_forward(ours, sentence, True),
+            "app_sentence": kernel_forward(ours, sentence, True),
+            "dnn_sentence": kernel_forward(dnn, sentence, True),
             "plain_sentence": kernel_forward(plain, sentence, True),
             "mkl_sentence": kernel_forward(plain, sentence, False),
         }
@@ -347,15 +359,26 @@ def main(argv=None) -> int:
           f"= {f_ref / f_ours:.2f}x")  # fmt: skip
     if onednn:
         k = {name: statistics.median(times[name]) for name in fns}
-        kind = "packed" if packed else "plain"
-        print(f"  linear kernels, forward pass ({kind} weights in the app's model):")
+        if panels:
+            print("  linear kernels, forward pass (the app's model: LossLens's panels, core/panel.py):")
+        else:
+            print(f"  linear kernels, forward pass (the app's model: oneDNN packed; LossLens's panels "
+                  f"off: {core.model.panel.reason})")  # fmt: skip
         n = sentence.shape[1]
-        for label, dnn, plain_t, mkl in (
-            ("book batch", f_ours, k["plain_fwd"], k["mkl_fwd"]),
-            (f"{n}-token sentence", k["dnn_sentence"], k["plain_sentence"], k["mkl_sentence"]),
+        for label, app, dnn_t, plain_t, mkl in (
+            ("book batch", f_ours, k["dnn_fwd"], k["plain_fwd"], k["mkl_fwd"]),
+            (
+                f"{n}-token sentence",
+                k["app_sentence"],
+                k["dnn_sentence"],
+                k["plain_sentence"],
+                k["mkl_sentence"],
+            ),
         ):
-            print(f"    {label:<18} oneDNN packed {dnn * 1e3:6.1f} ms, oneDNN plain {plain_t * 1e3:6.1f} "
-                  f"ms ({plain_t / dnn:.2f}x), MKL {mkl * 1e3:6.1f} ms ({mkl / dnn:.2f}x)")  # fmt: skip
+            own = f"panels {app * 1e3:6.1f} ms, " if panels else ""
+            print(f"    {label:<18} {own}oneDNN packed {dnn_t * 1e3:6.1f} ms ({dnn_t / app:.2f}x), "
+                  f"oneDNN plain {plain_t * 1e3:6.1f} ms ({plain_t / app:.2f}x), "
+                  f"MKL {mkl * 1e3:6.1f} ms ({mkl / app:.2f}x)")  # fmt: skip
     else:
         print("  linear kernels: MKL only (oneDNN's linear is used on x86-64, unless LOSSLENS_ONEDNN=0)")
     after_ours, after_ref = statistics.median(times["ours_after"]), statistics.median(times["ref_after"])

@@ -122,6 +122,7 @@ def load_trained_model(path: str | Path, trainable: bool = False) -> GPTModel:
         raise WeightsError(f"{Path(path).name} does not fit its own config: {e}") from e
     if tied:
         model.out_head.weight = model.tok_emb.weight
+    del weights  # the model is now the weights' only holder: freeze() may pack them in place
     if trainable:
         model.train()
         model.requires_grad_(True)

@@ -19,6 +19,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from . import panel
+
 # Section 5.1 shortens the context to 256 tokens to train on a laptop.
 GPT_CONFIG_124M = {
     "vocab_size": 50257,
@@ -221,9 +223,10 @@ os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "16")
 os.environ.setdefault("LRU_CACHE_CAPACITY", "16")  # ideep's cache in front of oneDNN's
 
 
-# Packing copies a weight before the plain one is freed. The 154 MB out_head (every GPT-2's is
-# larger than this) would be held twice for a moment: +154 MB of peak RSS per model build, which
-# took a seed storm's server peak from ~2.46 to ~2.8 GB, near a small host's limit.
+# oneDNN's packing copies a weight before the plain one is freed. The 154 MB out_head (every
+# GPT-2's is larger than this) would be held twice for a moment: +154 MB of peak RSS per model
+# build, which took a seed storm's server peak from ~2.46 to ~2.8 GB, near a small host's limit.
+# LossLens's panels (core/panel.py) pack in place, so they have no such limit.
 PACK_MAX_BYTES = 64 * 2**20
 
 
@@ -234,8 +237,9 @@ class CpuLinear(nn.Linear):
     a third of the memory bandwidth) and for the 50257-wide out_head, whose (W @ x^T)^T view then
     costs the loss steps a copy. oneDNN's fused linear was 1.1-1.6x faster for 11-255 tokens and
     on a 2x256 batch (bench/README.md), returns rows, and gives the same bits on any thread count.
-    Where gradients are needed (training, the gradient view) it keeps F.linear, or (W @ x^T)^T for
-    a few tokens.
+    A frozen model's weights are packed (pack): for LossLens's own kernel where it measures faster
+    (core/panel.py; ~2x on a sentence here), else for oneDNN's. Where gradients are needed
+    (training, the gradient view) it keeps F.linear, or (W @ x^T)^T for a few tokens.
     """
 
     # From a full window of tokens on, both orientations run at the same speed, and
@@ -252,9 +256,11 @@ class CpuLinear(nn.Linear):
 
     def forward(self, x):
         weight = self.weight
-        if weight.is_mkldnn:
+        if isinstance(weight, PackedWeight):
             if _inference(x, weight):
-                return _onednn_linear(x, weight, self.bias)
+                if weight.is_mkldnn:
+                    return _onednn_linear(x, weight, self.bias)
+                return panel.linear(x, weight, self.bias, self.out_features)
             # Autocast (fast mode) or gradients need the plain layout: back to it for good, since
             # unpacking per call would cost more than fast mode saves (to_dense ~1.3 GB/s here).
             self.unpack()
@@ -274,34 +280,42 @@ class CpuLinear(nn.Linear):
         return y.reshape(*x.shape[:-1], self.out_features)
 
     def pack(self) -> bool:
-        """Hold the weight in oneDNN's blocked layout, in place of the plain one (no extra memory).
+        """Hold the weight in a faster kernel's layout, in place of the plain one (no extra memory).
 
-        Why: oneDNN's kernel works on 16 x 64 blocks of the weight; packed that way (AB16b64a), a
-        block is 4 contiguous KB instead of 64 pieces of 64 bytes, in rows 3-12 KB apart. Forward
-        passes of 6-40 tokens measured 1.0-1.2x faster (bench/README.md), the same logits. For
-        frozen float32 models on the CPU only, up to PACK_MAX_BYTES: see freeze()."""
+        Where LossLens's own kernel measured faster (core/panel.py), its panels of 16 outputs:
+        each panel one contiguous stream, packed in place, so the out_head too. Else oneDNN's
+        blocked layout: its kernel works on 16 x 64 blocks; packed that way (AB16b64a) a block is
+        4 contiguous KB instead of 64 pieces of 64 bytes in rows 3-12 KB apart, 1.0-1.2x faster
+        for 6-40 tokens (bench/README.md). Same logits within float32 rounding. For frozen float32
+        models on the CPU only: see freeze()."""
         w = self.weight
-        if w.is_mkldnn or not (
-            ONEDNN_LINEAR and w.device.type == "cpu" and w.dtype == torch.float32 and not w.requires_grad
+        if isinstance(w, PackedWeight) or not (
+            w.device.type == "cpu" and w.dtype == torch.float32 and not w.requires_grad
         ):
             return False
-        if w.numel() * w.element_size() > PACK_MAX_BYTES:
+        if panel.selected() and w.is_contiguous() and _sole_owner(w):
+            self.weight = PackedWeight(panel.pack_(w.detach()), requires_grad=False)
+            self.weight.plain_shape = tuple(w.shape)
+            return True
+        if not ONEDNN_LINEAR or w.numel() * w.element_size() > PACK_MAX_BYTES:
             return False
         packed = torch.ops.mkldnn._reorder_linear_weight(w.detach(), None)
         self.weight = PackedWeight(packed, requires_grad=False)
         return True
 
     def unpack(self) -> None:
-        if self.weight.is_mkldnn:
+        w = self.weight
+        if isinstance(w, PackedWeight):
+            # A copy, not in place: another request may be reading the packed weight right now.
             with torch.inference_mode(False):  # a normal tensor, which autograd may use later
-                self.weight = nn.Parameter(self.weight.to_dense(), requires_grad=self.weight.requires_grad)
+                self.weight = nn.Parameter(w.plain(), requires_grad=w.requires_grad)
 
     # A packed weight is an implementation detail: state dicts hold the plain layout, and
     # .to()/.half()/loading a state dict work on the plain weight.
     def _save_to_state_dict(self, destination, prefix, keep_vars):
         super()._save_to_state_dict(destination, prefix, keep_vars)
-        if self.weight.is_mkldnn:
-            destination[prefix + "weight"] = self.weight.to_dense()
+        if isinstance(self.weight, PackedWeight):
+            destination[prefix + "weight"] = self.weight.plain()
 
     def _load_from_state_dict(self, *args, **kwargs):
         self.unpack()
@@ -313,22 +327,38 @@ class CpuLinear(nn.Linear):
 
 
 class PackedWeight(nn.Parameter):
-    """A weight in oneDNN's blocked layout (an opaque tensor), for inference only. A deep copy,
-    made to train (the gradient view), gets the plain layout: an opaque tensor cannot be copied.
-    GPTModel.requires_grad_(True) unpacks; asking the weight itself for gradients is an error."""
+    """A weight packed for a faster kernel, for inference only: oneDNN's blocked layout (an opaque
+    tensor), or LossLens's panels (a flat tensor, so that reading it as a matrix fails loudly).
+    A deep copy, made to train (the gradient view), gets the plain layout. GPTModel.requires_grad_(True)
+    unpacks; asking the weight itself for gradients is an error."""
+
+    plain_shape: tuple[int, int]  # the panels' [out_features, in_features]
+
+    def plain(self) -> torch.Tensor:
+        """A plain [out_features, in_features] copy."""
+        return self.to_dense() if self.is_mkldnn else panel.unpacked(self.detach(), *self.plain_shape)
 
     def requires_grad_(self, requires_grad=True):
         if requires_grad:
             raise RuntimeError(
-                "A weight packed for oneDNN takes no gradients: call model.requires_grad_(True), "
+                "A packed weight takes no gradients: call model.requires_grad_(True), "
                 "which unpacks the model's weights first."
             )
         return super().requires_grad_(False)
 
     def __deepcopy__(self, memo):
         if id(self) not in memo:
-            memo[id(self)] = nn.Parameter(self.to_dense(), self.requires_grad)
+            memo[id(self)] = nn.Parameter(self.plain(), self.requires_grad)
         return memo[id(self)]
+
+
+def _sole_owner(w: torch.Tensor) -> bool:
+    """No other tensor shares w's memory (a caller's state dict, a tied layer): packing in place
+    would change that tensor too. The count includes w and the probe's own reference."""
+    try:
+        return w._base is None and torch._C._storage_Use_Count(w.untyped_storage()._cdata) <= 2
+    except (AttributeError, RuntimeError):
+        return False
 
 
 def _onednn_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
@@ -355,15 +385,15 @@ def build_untrained_model(seed: int = 123, cfg: dict | None = None) -> GPTModel:
 
 
 def freeze(model: nn.Module) -> nn.Module:
-    """Eval mode and no gradients: inference only, so one copy can serve every session. On a
-    CPU with oneDNN, each linear layer's weight is packed for it (CpuLinear.pack); a weight shared
-    with another layer (GPT-2's tied out_head) stays plain, or it would be held twice."""
+    """Eval mode and no gradients: inference only, so one copy can serve every session. On an
+    x86-64 CPU, each linear layer's weight is packed for a faster kernel (CpuLinear.pack); a weight
+    shared with another layer (GPT-2's tied out_head) stays plain, or it would be held twice."""
     model.eval()
     model.requires_grad_(False)
     uses = Counter(id(p) for _, p in model.named_parameters(remove_duplicate=False))
     for layer in model.modules():
         if isinstance(layer, CpuLinear) and uses[id(layer.weight)] == 1 and layer.pack():
-            release_free_memory()  # the plain weight just freed, before the next layer's copy
+            release_free_memory()  # a freed plain weight or packing buffer, before the next layer
     return model
 
 

@@ -317,6 +317,7 @@ def _build(sd, cfg: dict | None, hf_config: dict | None) -> GPTModel:
         raise WeightsError(f"GPT-2 weights do not fit the model: {e}") from e
     if tied:
         model.out_head.weight = model.tok_emb.weight  # one Parameter, as GPT-2 ties them
+    del mapped, lm_head  # the model is now the weights' only holder: freeze() may pack them in place
     return freeze(model)
 
 

@@ -136,6 +136,16 @@ needs_onednn = pytest.mark.skipif(
 
 
 @pytest.fixture
+def onednn_packing(monkeypatch):
+    """Pack for oneDNN, as on a CPU where LossLens's own kernel (core/panel.py) is not faster."""
+    monkeypatch.setattr(model_module.panel, "selected", lambda: False)
+
+
+def packed(p) -> bool:
+    return isinstance(p, model_module.PackedWeight)
+
+
+@pytest.fixture
 def threads(request):
     before = torch.get_num_threads()
     torch.set_num_threads(request.param)
@@ -183,7 +193,7 @@ def test_inference_runs_onednn_and_training_keeps_the_view():
 @pytest.mark.parametrize("threads", [1, 2], indirect=True)
 @pytest.mark.parametrize("rows", [1, 6, 11, 300])
 @pytest.mark.parametrize("bias", [True, False])
-def test_packed_cpu_linear_equals_f_linear(rows, bias, threads):
+def test_packed_cpu_linear_equals_f_linear(rows, bias, threads, onednn_packing):
     torch.manual_seed(1)
     layer = CpuLinear(768, 3072, bias=bias).requires_grad_(False)
     plain = layer.weight
@@ -209,9 +219,14 @@ def test_packed_cpu_linear_equals_f_linear(rows, bias, threads):
 
 
 @needs_onednn
-def test_freeze_packs_the_weights_in_place_of_the_plain_ones():
-    """The app's shared models hold each linear weight once, in oneDNN's layout; everything that
-    reads weights (state dicts, deep copies, training, .to()) still sees the plain ones."""
+@pytest.mark.parametrize("kind", ["onednn", "panels"])
+def test_freeze_packs_the_weights_in_place_of_the_plain_ones(kind, monkeypatch):
+    """The app's shared models hold each linear weight once, packed for oneDNN or in LossLens's
+    panels; everything that reads weights (state dicts, deep copies, training, .to()) still sees
+    the plain ones."""
+    if kind == "panels" and model_module.panel.library() is None:
+        pytest.skip(f"LossLens's kernel: {model_module.panel.reason}")
+    monkeypatch.setattr(model_module.panel, "selected", lambda: kind == "panels")
     cfg = {**GPT_CONFIG_124M, "emb_dim": 64, "n_heads": 4, "n_layers": 2, "vocab_size": 500}
     torch.manual_seed(3)
     model = GPTModel(cfg).eval()  # no dropout
@@ -224,26 +239,31 @@ def test_freeze_packs_the_weights_in_place_of_the_plain_ones():
     gc.collect()
     assert old() is None  # no plain copy kept beside the packed one
     layers = [m for m in model.modules() if isinstance(m, CpuLinear)]
-    assert all(isinstance(m.weight, model_module.PackedWeight) for m in layers)
+    assert all(packed(m.weight) and m.weight.is_mkldnn == (kind == "onednn") for m in layers)
+    with pytest.raises(RuntimeError):  # read as a plain matrix, a packed weight fails loudly
+        torch.nn.functional.linear(x.float()[..., :1].expand(2, 7, 64), model.out_head.weight)
     with torch.inference_mode():
         torch.testing.assert_close(model(x), logits, rtol=1e-5, atol=1e-5)
     state = model.state_dict()
     assert state.keys() == want.keys() and all(torch.equal(state[k], v) for k, v in want.items())
-    assert not any(v.is_mkldnn for v in state.values())
+    assert not any(packed(v) or v.is_mkldnn for v in state.values())
     # A deep copy (the gradient view trains one) is plain and trains; the original stays packed.
     copy_ = copy.deepcopy(model).requires_grad_(True)
-    assert not any(p.is_mkldnn for p in copy_.parameters()) and model.out_head.weight.is_mkldnn
+    assert not any(packed(p) for p in copy_.parameters()) and packed(model.out_head.weight)
+    assert torch.equal(copy_.out_head.weight, want["out_head.weight"])
     torch.nn.functional.cross_entropy(copy_(x).flatten(0, 1), x.flatten()).backward()
     assert copy_.out_head.weight.grad is not None
     with pytest.raises(RuntimeError, match="model.requires_grad_"):
         model.out_head.weight.requires_grad_(True)
     # .to() and requires_grad_(True) unpack; a state dict loads into a packed model.
     model.load_state_dict(want)
-    assert not model.out_head.weight.is_mkldnn
+    assert not packed(model.out_head.weight)
     model_module.freeze(model)
     assert model.to(torch.float64).out_head.weight.dtype == torch.float64
     model_module.freeze(model.float())
-    assert not any(p.is_mkldnn for p in model.requires_grad_(True).parameters())
+    params = dict(model.requires_grad_(True).named_parameters())
+    assert not any(packed(p) for p in params.values())
+    assert all(torch.equal(params[k], v) for k, v in want.items())  # unpacked to the same values
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc_trim is Linux's")
@@ -265,18 +285,22 @@ before = rss(); ok = release_free_memory(); print(ok, before - rss())
     assert ok == "True" and float(released_mib) > 150, run.stdout  # of the 200 MiB freed
 
 
-def test_freeze_trims_the_heap_after_packing(monkeypatch):
+@pytest.mark.parametrize("kind", ["onednn", "panels"])
+def test_freeze_trims_the_heap_after_packing(kind, monkeypatch):
     calls = []
     monkeypatch.setattr(model_module, "release_free_memory", lambda: calls.append(1) or True)
+    if kind == "panels" and model_module.panel.library() is None:
+        pytest.skip(f"LossLens's kernel: {model_module.panel.reason}")
+    monkeypatch.setattr(model_module.panel, "selected", lambda: kind == "panels")
     cfg = {**GPT_CONFIG_124M, "emb_dim": 64, "n_heads": 4, "n_layers": 1, "vocab_size": 500}
     model_module.freeze(GPTModel(cfg))
-    # After each packed layer (six in the block and the out_head): its plain weight just freed.
-    assert len(calls) == 7 * int(model_module.ONEDNN_LINEAR)
+    # After each packed layer (six in the block and the out_head): a plain weight or buffer freed.
+    assert len(calls) == 7 * int(kind == "panels" or model_module.ONEDNN_LINEAR)
 
 
 @needs_onednn
-def test_freeze_leaves_a_weight_too_large_to_copy_plain(monkeypatch):
-    """Packing holds a weight twice for a moment: not the 154 MB out_head (server peak RSS)."""
+def test_freeze_leaves_a_weight_too_large_to_copy_plain(monkeypatch, onednn_packing):
+    """oneDNN's packing holds a weight twice for a moment: not the 154 MB out_head (server peak RSS)."""
     book = build_untrained_model(123)  # its own: fast-mode tests may have unpacked the shared one
     assert not book.out_head.weight.is_mkldnn and book.trf_blocks[0].ff.layers[0].weight.is_mkldnn
     del book
@@ -287,14 +311,19 @@ def test_freeze_leaves_a_weight_too_large_to_copy_plain(monkeypatch):
     assert all(m.weight.is_mkldnn for m in small.trf_blocks.modules() if isinstance(m, CpuLinear))
 
 
-def test_freeze_keeps_a_tied_out_head_tied():
-    """GPT-2's out_head shares the token embedding: packing it would hold 154 MB twice."""
+@pytest.mark.parametrize("kind", ["onednn", "panels"])
+def test_freeze_keeps_a_tied_out_head_tied(kind, monkeypatch):
+    """GPT-2's out_head shares the token embedding: packing it would hold 154 MB twice, or (in
+    place) scramble the embedding."""
+    if kind == "panels" and model_module.panel.library() is None:
+        pytest.skip(f"LossLens's kernel: {model_module.panel.reason}")
+    monkeypatch.setattr(model_module.panel, "selected", lambda: kind == "panels")
     cfg = {**GPT_CONFIG_124M, "emb_dim": 64, "n_heads": 4, "n_layers": 1, "vocab_size": 500}
     model = GPTModel(cfg)
     model.out_head.weight = model.tok_emb.weight
     model_module.freeze(model)
-    assert model.out_head.weight is model.tok_emb.weight and not model.out_head.weight.is_mkldnn
-    assert model.trf_blocks[0].ff.layers[0].weight.is_mkldnn == model_module.ONEDNN_LINEAR
+    assert model.out_head.weight is model.tok_emb.weight and not packed(model.out_head.weight)
+    assert packed(model.trf_blocks[0].ff.layers[0].weight) == (kind == "panels" or model_module.ONEDNN_LINEAR)
 
 
 def test_cpu_linear_under_autocast_computes_in_bfloat16():

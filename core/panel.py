@@ -1,0 +1,200 @@
+"""LossLens's own linear kernel for inference on x86-64 CPUs with AVX2 (core/kernels/panel_linear.c).
+
+Why: for a sentence's few rows, a linear layer is a stream over its weight, and neither MKL nor
+oneDNN streams it at the memory's speed (oneDNN's kernel read 6-9 GB/s on 6-15 rows here, where a
+plain sum reads 14-19 GB/s). This kernel reads each weight as contiguous panels of 16 outputs with
+a prefetch ahead; it is plain AVX2, so it runs on AMD and Intel alike.
+
+It is used only where it measures faster than oneDNN on the machine itself (`selected()`): its
+panels replace oneDNN's packing in `CpuLinear.pack`. Without a C compiler, on another CPU, or
+slower there, LossLens keeps oneDNN; `LOSSLENS_PANEL=0` switches it off, `=1` on without measuring.
+The C source is compiled once per machine (~1 s) into LossLens's cache folder.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+SOURCE = Path(__file__).with_name("kernels") / "panel_linear.c"
+FLAGS = ["-O3", "-mavx2", "-mfma", "-fopenmp", "-shared", "-fPIC"]
+PANEL = 16  # outputs per panel, as in the C source
+ENV = "LOSSLENS_PANEL"
+
+# Why the kernel is off, once known (None while on or not yet asked): the bench and `--info` show it.
+reason: str | None = None
+
+
+def _supported() -> str | None:
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        return f"{platform.machine()} is not x86-64"
+    if sys.platform not in ("linux", "darwin"):
+        return f"not built on {sys.platform}"
+    if torch.backends.cpu.get_cpu_capability() not in ("AVX2", "AVX512"):  # both imply AVX2 + FMA
+        return f"the CPU has no AVX2 ({torch.backends.cpu.get_cpu_capability()})"
+    return None
+
+
+def _build(out_dir: Path) -> Path:
+    """Compile the C source into out_dir (named by its hash, so an edit rebuilds); atomic rename,
+    so concurrent processes never load a half-written file."""
+    source = SOURCE.read_bytes()
+    compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+    if not compiler:
+        raise OSError("no C compiler (cc or gcc) on PATH")
+    digest = hashlib.sha256(source + " ".join([compiler, *FLAGS]).encode()).hexdigest()[:16]
+    target = out_dir / f"panel_linear-{digest}.so"
+    if target.exists():
+        return target
+    out_dir.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(suffix=".so", dir=out_dir)
+    os.close(fd)
+    try:
+        subprocess.run(
+            [compiler, *FLAGS, str(SOURCE), "-o", tmp], check=True, capture_output=True, timeout=60
+        )
+        os.replace(tmp, target)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return target
+
+
+@functools.cache
+def library() -> ctypes.CDLL | None:
+    """The compiled kernel, or None (with `reason` set) where it cannot be built or loaded."""
+    global reason
+    reason = _supported()
+    if reason:
+        return None
+    from .paths import cache_dir
+
+    try:
+        try:
+            path = _build(cache_dir() / "kernels")
+        except OSError:  # an unwritable cache folder: build in the temp folder
+            path = _build(Path(tempfile.gettempdir()) / "losslens-kernels")
+        lib = ctypes.CDLL(str(path))
+    except (OSError, subprocess.SubprocessError) as e:
+        err = getattr(e, "stderr", b"") or b""
+        reason = f"the kernel could not be built: {e} {err.decode(errors='replace')[:300]}".strip()
+        return None
+    fn = lib.losslens_panel_linear
+    fn.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_long] * 3 + [ctypes.c_int]
+    fn.restype = None
+    return lib
+
+
+def pack_(w: torch.Tensor) -> torch.Tensor:
+    """Pack a contiguous [N, K] float32 weight into panels in place; returns it flat ([N * K]).
+
+    In place, a few MB at a time: packing a 154 MB out_head adds no memory beside it."""
+    n, k = w.shape
+    flat = w.view(-1)
+    step = max(1, (4 << 20) // (PANEL * k * 4))
+    with torch.no_grad():
+        for j in range(0, n // PANEL, step):
+            e = min(n // PANEL, j + step)
+            chunk = flat[j * PANEL * k : e * PANEL * k]
+            chunk.copy_(chunk.view(e - j, PANEL, k).transpose(1, 2).reshape(-1))  # reshape copies
+    return flat
+
+
+def unpack_(flat: torch.Tensor, n: int, k: int) -> torch.Tensor:
+    """The inverse of pack_, in place: the plain [N, K] weight, on the same memory."""
+    step = max(1, (4 << 20) // (PANEL * k * 4))
+    with torch.no_grad():
+        for j in range(0, n // PANEL, step):
+            e = min(n // PANEL, j + step)
+            chunk = flat[j * PANEL * k : e * PANEL * k]
+            chunk.copy_(chunk.view(e - j, k, PANEL).transpose(1, 2).reshape(-1))
+    return flat.view(n, k)
+
+
+def unpacked(flat: torch.Tensor, n: int, k: int) -> torch.Tensor:
+    """A plain [N, K] copy of a packed weight (for state dicts and deep copies)."""
+    return unpack_(flat.detach().clone(), n, k)
+
+
+def linear(x: torch.Tensor, flat: torch.Tensor, bias: torch.Tensor | None, n: int) -> torch.Tensor:
+    """x @ W^T + bias with W packed by pack_: rows out, float32, on torch's thread count."""
+    lib = library()
+    k = x.shape[-1]
+    x2d = x.reshape(-1, k).contiguous()
+    b = None if bias is None else bias.contiguous()  # held: the C call reads its memory
+    y = torch.empty(x2d.shape[0], n, dtype=torch.float32)
+    if x2d.shape[0]:
+        lib.losslens_panel_linear(
+            x2d.data_ptr(),
+            flat.data_ptr(),
+            None if b is None else b.data_ptr(),
+            y.data_ptr(),
+            x2d.shape[0],
+            k,
+            n,
+            torch.get_num_threads(),
+        )
+    return y.view(*x.shape[:-1], n)
+
+
+def measure(rows: int, layers: int, reps: int) -> tuple[float, float]:
+    """Seconds for one pass over `layers` GPT-2-sized layers (3072 x 768, 9.4 MB each; four exceed
+    most L3 caches, so they are read from memory as in a model) with `rows` rows: this kernel, then
+    oneDNN on its packed weights. Alternated, best of reps: noise only ever adds time."""
+    weights = [torch.randn(3072, 768) for _ in range(layers)]
+    onednn = [torch.ops.mkldnn._reorder_linear_weight(w, None) for w in weights]
+    panels = [pack_(w) for w in weights]
+    x = torch.randn(rows, 768)
+    best = [float("inf"), float("inf")]
+    with torch.inference_mode():
+        for _ in range(reps + 1):  # the first round warms both
+            for i, run in enumerate(
+                (
+                    lambda: [linear(x, p, None, 3072) for p in panels],
+                    lambda: [torch.ops.mkldnn._linear_pointwise(x, w, None, "none", [], "") for w in onednn],
+                )
+            ):
+                t = time.perf_counter()
+                run()
+                best[i] = min(best[i], time.perf_counter() - t)
+    return best[0], best[1]
+
+
+@functools.cache
+def selected() -> bool:
+    """Whether CpuLinear packs weights for this kernel: on, built, and faster here than oneDNN for
+    a sentence (8 rows, by >= 10 %) and not much slower for a full window (256 rows, where an
+    AVX-512 or AMX CPU's oneDNN kernels would be ~2x faster; here both are within the noise)."""
+    global reason
+    setting = os.environ.get(ENV, "auto")
+    if setting == "0":
+        reason = f"{ENV}=0"
+        return False
+    if library() is None:
+        return False
+    if setting == "1":
+        return True
+    try:  # ~0.3 s, once per process
+        ours_few, onednn_few = measure(8, layers=4, reps=7)
+        ours_many, onednn_many = measure(256, layers=1, reps=5)
+    except (RuntimeError, AttributeError) as e:  # no oneDNN to compare with: keep torch's kernels
+        reason = f"could not be compared with oneDNN: {e}"
+        return False
+    if ours_few <= 0.9 * onednn_few and ours_many <= 1.25 * onednn_many:
+        return True
+    reason = (
+        f"not faster than oneDNN on this CPU: {ours_few * 1e3:.2f} vs {onednn_few * 1e3:.2f} ms for 8 rows, "
+        f"{ours_many * 1e3:.1f} vs {onednn_many * 1e3:.1f} ms for 256"
+    )
+    return False
