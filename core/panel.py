@@ -18,6 +18,7 @@ import functools
 import hashlib
 import os
 import platform
+import shlex
 import shutil
 import subprocess
 import sys
@@ -50,10 +51,11 @@ def _build(out_dir: Path) -> Path:
     """Compile the C source into out_dir (named by its hash, so an edit rebuilds); atomic rename,
     so concurrent processes never load a half-written file."""
     source = SOURCE.read_bytes()
-    compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+    found = shutil.which("cc") or shutil.which("gcc")
+    compiler = shlex.split(os.environ.get("CC", "")) or ([found] if found else [])  # CC may carry flags
     if not compiler:
         raise OSError("no C compiler (cc or gcc) on PATH")
-    digest = hashlib.sha256(source + " ".join([compiler, *FLAGS]).encode()).hexdigest()[:16]
+    digest = hashlib.sha256(source + " ".join([*compiler, *FLAGS]).encode()).hexdigest()[:16]
     target = out_dir / f"panel_linear-{digest}.so"
     if target.exists():
         return target
@@ -62,7 +64,7 @@ def _build(out_dir: Path) -> Path:
     os.close(fd)
     try:
         subprocess.run(
-            [compiler, *FLAGS, str(SOURCE), "-o", tmp], check=True, capture_output=True, timeout=60
+            [*compiler, *FLAGS, str(SOURCE), "-o", tmp], check=True, capture_output=True, timeout=60
         )
         os.replace(tmp, target)
     finally:
