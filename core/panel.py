@@ -33,7 +33,7 @@ FLAGS = ["-O3", "-mavx2", "-mfma", "-fopenmp", "-shared", "-fPIC"]
 PANEL = 16  # outputs per panel, as in the C source
 ENV = "LOSSLENS_PANEL"
 
-# Why the kernel is off, once known (None while on or not yet asked): the bench and `--info` show it.
+# Why the kernel is off, once known (None while on or not yet asked): bench/bench_loss.py prints it.
 reason: str | None = None
 
 
@@ -98,29 +98,29 @@ def library() -> ctypes.CDLL | None:
     return lib
 
 
+def _transpose_panels_(flat: torch.Tensor, n: int, k: int, rows: int, cols: int) -> None:
+    """Transpose each full panel of `flat`, seen as [rows, cols], in place, a few MB at a time."""
+    step = max(1, (4 << 20) // (PANEL * k * 4))
+    with torch.no_grad():
+        for j in range(0, n // PANEL, step):
+            e = min(n // PANEL, j + step)
+            chunk = flat[j * PANEL * k : e * PANEL * k]
+            chunk.copy_(chunk.view(e - j, rows, cols).transpose(1, 2).reshape(-1))  # reshape copies
+
+
 def pack_(w: torch.Tensor) -> torch.Tensor:
     """Pack a contiguous [N, K] float32 weight into panels in place; returns it flat ([N * K]).
 
     In place, a few MB at a time: packing a 154 MB out_head adds no memory beside it."""
     n, k = w.shape
     flat = w.view(-1)
-    step = max(1, (4 << 20) // (PANEL * k * 4))
-    with torch.no_grad():
-        for j in range(0, n // PANEL, step):
-            e = min(n // PANEL, j + step)
-            chunk = flat[j * PANEL * k : e * PANEL * k]
-            chunk.copy_(chunk.view(e - j, PANEL, k).transpose(1, 2).reshape(-1))  # reshape copies
+    _transpose_panels_(flat, n, k, PANEL, k)
     return flat
 
 
 def unpack_(flat: torch.Tensor, n: int, k: int) -> torch.Tensor:
     """The inverse of pack_, in place: the plain [N, K] weight, on the same memory."""
-    step = max(1, (4 << 20) // (PANEL * k * 4))
-    with torch.no_grad():
-        for j in range(0, n // PANEL, step):
-            e = min(n // PANEL, j + step)
-            chunk = flat[j * PANEL * k : e * PANEL * k]
-            chunk.copy_(chunk.view(e - j, k, PANEL).transpose(1, 2).reshape(-1))
+    _transpose_panels_(flat, n, k, k, PANEL)
     return flat.view(n, k)
 
 

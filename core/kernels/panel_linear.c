@@ -9,7 +9,8 @@
 #include <omp.h>
 #include <stddef.h>
 
-#define PREFETCH 512 /* floats ahead (2 KB): measured 1.2-1.5x over relying on the hardware's */
+#define PREFETCH 512 /* floats ahead (2 KB): over the hardware's prefetch alone, 1.2-1.3x per layer
+                        on one thread, 1.04-1.09x for a whole forward pass on two (AMD EPYC) */
 
 typedef struct {
     const float *x, *w, *b;
