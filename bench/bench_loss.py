@@ -278,14 +278,9 @@ def main(argv=None) -> int:
     panels = core.model.panel.selected()
     plain = copy.deepcopy(ours)  # a deep copy holds the plain layout
     dnn = copy.deepcopy(ours)
-    use_panels = core.model.panel.selected
-    core.model.panel.selected = lambda: False
-    try:
-        for layer in dnn.modules():
-            if isinstance(layer, core.model.CpuLinear):
-                layer.pack()  # for oneDNN, as where the panels are not faster
-    finally:
-        core.model.panel.selected = use_panels
+    for layer in dnn.modules():
+        if isinstance(layer, core.model.CpuLinear):
+            layer.pack(panels=False)  # for oneDNN, as where the panels are not faster
 
     def kernel_forward(model, inputs, use_onednn):
         def run():

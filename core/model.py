@@ -279,7 +279,7 @@ class CpuLinear(nn.Linear):
         y = y.t().contiguous() if self.contiguous_output else y.t()
         return y.reshape(*x.shape[:-1], self.out_features)
 
-    def pack(self) -> bool:
+    def pack(self, panels: bool | None = None) -> bool:
         """Hold the weight in a faster kernel's layout, in place of the plain one (no extra memory).
 
         Where LossLens's own kernel measured faster (core/panel.py), its panels of 16 outputs:
@@ -287,13 +287,14 @@ class CpuLinear(nn.Linear):
         blocked layout: its kernel works on 16 x 64 blocks; packed that way (AB16b64a) a block is
         4 contiguous KB instead of 64 pieces of 64 bytes in rows 3-12 KB apart, 1.0-1.2x faster
         for 6-40 tokens (bench/README.md). Same logits within float32 rounding. For frozen float32
-        models on the CPU only: see freeze()."""
+        models on the CPU only: see freeze(). `panels` overrides the measured choice (the bench
+        times both)."""
         w = self.weight
         if isinstance(w, PackedWeight) or not (
             w.device.type == "cpu" and w.dtype == torch.float32 and not w.requires_grad
         ):
             return False
-        if panel.selected() and w.is_contiguous() and _sole_owner(w):
+        if (panel.selected() if panels is None else panels) and w.is_contiguous() and _sole_owner(w):
             self.weight = PackedWeight(panel.pack_(w.detach()), requires_grad=False)
             self.weight.plain_shape = tuple(w.shape)
             return True

@@ -145,6 +145,15 @@ def packed(p) -> bool:
     return isinstance(p, model_module.PackedWeight)
 
 
+@pytest.fixture(params=["onednn", "panels"])
+def kind(request, monkeypatch):
+    """freeze() packs for oneDNN, or in LossLens's panels (where its kernel builds)."""
+    if request.param == "panels" and model_module.panel.library() is None:
+        pytest.skip(f"LossLens's kernel: {model_module.panel.reason}")
+    monkeypatch.setattr(model_module.panel, "selected", lambda: request.param == "panels")
+    return request.param
+
+
 @pytest.fixture
 def threads(request):
     before = torch.get_num_threads()
@@ -219,14 +228,10 @@ def test_packed_cpu_linear_equals_f_linear(rows, bias, threads, onednn_packing):
 
 
 @needs_onednn
-@pytest.mark.parametrize("kind", ["onednn", "panels"])
-def test_freeze_packs_the_weights_in_place_of_the_plain_ones(kind, monkeypatch):
+def test_freeze_packs_the_weights_in_place_of_the_plain_ones(kind):
     """The app's shared models hold each linear weight once, packed for oneDNN or in LossLens's
     panels; everything that reads weights (state dicts, deep copies, training, .to()) still sees
     the plain ones."""
-    if kind == "panels" and model_module.panel.library() is None:
-        pytest.skip(f"LossLens's kernel: {model_module.panel.reason}")
-    monkeypatch.setattr(model_module.panel, "selected", lambda: kind == "panels")
     cfg = {**GPT_CONFIG_124M, "emb_dim": 64, "n_heads": 4, "n_layers": 2, "vocab_size": 500}
     torch.manual_seed(3)
     model = GPTModel(cfg).eval()  # no dropout
@@ -285,13 +290,9 @@ before = rss(); ok = release_free_memory(); print(ok, before - rss())
     assert ok == "True" and float(released_mib) > 150, run.stdout  # of the 200 MiB freed
 
 
-@pytest.mark.parametrize("kind", ["onednn", "panels"])
 def test_freeze_trims_the_heap_after_packing(kind, monkeypatch):
     calls = []
     monkeypatch.setattr(model_module, "release_free_memory", lambda: calls.append(1) or True)
-    if kind == "panels" and model_module.panel.library() is None:
-        pytest.skip(f"LossLens's kernel: {model_module.panel.reason}")
-    monkeypatch.setattr(model_module.panel, "selected", lambda: kind == "panels")
     cfg = {**GPT_CONFIG_124M, "emb_dim": 64, "n_heads": 4, "n_layers": 1, "vocab_size": 500}
     model_module.freeze(GPTModel(cfg))
     # After each packed layer (six in the block and the out_head): a plain weight or buffer freed.
@@ -311,13 +312,9 @@ def test_freeze_leaves_a_weight_too_large_to_copy_plain(monkeypatch, onednn_pack
     assert all(m.weight.is_mkldnn for m in small.trf_blocks.modules() if isinstance(m, CpuLinear))
 
 
-@pytest.mark.parametrize("kind", ["onednn", "panels"])
-def test_freeze_keeps_a_tied_out_head_tied(kind, monkeypatch):
+def test_freeze_keeps_a_tied_out_head_tied(kind):
     """GPT-2's out_head shares the token embedding: packing it would hold 154 MB twice, or (in
     place) scramble the embedding."""
-    if kind == "panels" and model_module.panel.library() is None:
-        pytest.skip(f"LossLens's kernel: {model_module.panel.reason}")
-    monkeypatch.setattr(model_module.panel, "selected", lambda: kind == "panels")
     cfg = {**GPT_CONFIG_124M, "emb_dim": 64, "n_heads": 4, "n_layers": 1, "vocab_size": 500}
     model = GPTModel(cfg)
     model.out_head.weight = model.tok_emb.weight
