@@ -90,6 +90,8 @@ class Figures:
     edit_p50: float = float("nan")
     edit_p95: float = float("nan")
     child_cpu: float = 0.0  # the server's child processes (a training run), included in server_cpu
+    rest_p50: float = float("nan")  # the visitors left out by `only` (a storm's seed visitors)
+    rest_p95: float = float("nan")
 
     def line(self) -> str:
         return (
@@ -115,13 +117,14 @@ async def measure(name: str, server: StreamlitServer, plans, ramp, timeout, only
     child = cpu - (cpu_seconds(server.pid) - own0)
     chosen = [o for o in outs if only is None or o.kind in only]
     own = [o.t_own for o in chosen if o.t_own is not None]
+    rest = [o.t_own for o in outs if only is not None and o.kind not in only and o.t_own is not None]
     opens = [o.t_open for o in chosen if o.t_open is not None]
     edits = [o.t_own - o.t_open for o in chosen if o.t_own is not None]
     return Figures(
         name, len(plans), percentile(own, 0.5), percentile(own, 0.95),
         [f"{o.kind}: {o.error}" for o in outs if o.error], cpu, me, wall,
         tree_rss_kib(server.pid) / 1024, os.getloadavg()[0], percentile(opens, 0.5),
-        percentile(edits, 0.5), percentile(edits, 0.95), child,
+        percentile(edits, 0.5), percentile(edits, 0.95), child, percentile(rest, 0.5), percentile(rest, 0.95),
     )  # fmt: skip
 
 
@@ -187,13 +190,13 @@ async def burst(app, n, ramp, timeout, name="burst", start=0) -> Figures:
 
 
 def storm_plans(m: int, n_seeds: int, start: int, seeded: bool) -> list[Plan]:
-    """m text visitors with n_seeds others spread among them: each picks a new seed (`seeded`), or
-    types a text instead (the same room without model builds, as the storm's reference)."""
-    plans, _ = text_plans(m, start)
+    """A room of m visitors, n_seeds of them spread among the others: each picks a new seed
+    (`seeded`), or types a text instead (the same room without model builds, as the reference)."""
+    plans, _ = text_plans(m - n_seeds, start)
     for j in range(n_seeds):  # spread over the ramp, not all at its end
         extra = Plan("extra", {"text": visitor_text(start + 500 + j)})
         other = Plan("seed", {"seed": 1000 + j}) if seeded else extra
-        plans.insert(round((j + 0.5) * (m + j) / n_seeds), other)
+        plans.insert(round((j + 0.5) * len(plans) / n_seeds), other)
     texts = {i: p.edits["text"] for i, p in enumerate(plans) if p.kind in {"text", "extra"}}
     seeds = {i: p.edits["seed"] for i, p in enumerate(plans) if p.kind == "seed"}
     expected_numbers(plans, texts, seeds)
@@ -210,10 +213,12 @@ async def seed_storm(app, args, idle: Figures) -> list[str]:
     return [
         same.line(),
         f.line(),
-        f"  with {args.seeds} seed visitors among them; "
+        f"  {m - args.seeds} text visitors and {args.seeds} seed visitors among them; "
         f"text visitors' p95 {f.p95:.2f} s vs idle {idle.p95:.2f} s "
         f"-> {f.p95 / idle.p95:.2f}x (goal <= 2x){s}; against the same room whose {args.seeds} others "
         f"type a text instead (no builds): {same.p95:.2f} s -> {f.p95 / same.p95:.2f}x",
+        f"  seed visitors (builds one at a time, each told its place in the queue): own numbers "
+        f"p50 {f.rest_p50:.2f} s, p95 {f.rest_p95:.2f} s",
     ]
 
 
@@ -361,7 +366,7 @@ async def main_async(args) -> int:
             print("\n".join(lines[-2:]), flush=True)
         if "seeds" in todo:
             lines += await seed_storm(app, args, idle)
-            print("\n".join(lines[-2:]), flush=True)
+            print("\n".join(lines[-4:]), flush=True)
         if "training" in todo:
             lines += await training(app, args, idle)
             print("\n".join(lines[-2:]), flush=True)
@@ -402,8 +407,8 @@ def main() -> int:
         or not 0 <= args.ramp <= 60
     ):
         parser.error("--visitors and --sweep values must be 1..100, --ramp 0..60 s")
-    if not 1 <= args.bursts <= 5 or not 1 <= args.seeds <= 20:
-        parser.error("--bursts must be 1..5 and --seeds 1..20")
+    if not 1 <= args.bursts <= 5 or not 1 <= args.seeds <= min(20, args.visitors - 1):
+        parser.error("--bursts must be 1..5 and --seeds 1..20, fewer than --visitors")
     return asyncio.run(main_async(args))
 
 

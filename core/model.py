@@ -20,6 +20,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from . import panel
+from .priority import pause_point
 
 # Section 5.1 shortens the context to 256 tokens to train on a laptop.
 GPT_CONFIG_124M = {
@@ -134,6 +135,7 @@ class FeedForward(nn.Module):
 class TransformerBlock(nn.Module):
     def __init__(self, cfg):
         super().__init__()
+        pause_point()  # a model build on a background thread may wait here for visitors (priority.py)
         self.att = MultiHeadAttention(
             d_in=cfg["emb_dim"],
             d_out=cfg["emb_dim"],
@@ -176,6 +178,7 @@ class GPTModel(nn.Module):
         self.trf_blocks = nn.Sequential(*[TransformerBlock(cfg) for _ in range(cfg["n_layers"])])
 
         self.final_norm = LayerNorm(cfg["emb_dim"])
+        pause_point()
         self.out_head = CpuLinear(cfg["emb_dim"], cfg["vocab_size"], bias=False, contiguous_output=False)
 
     def requires_grad_(self, requires_grad: bool = True):
@@ -395,6 +398,7 @@ def freeze(model: nn.Module) -> nn.Module:
     for layer in model.modules():
         if isinstance(layer, CpuLinear) and uses[id(layer.weight)] == 1 and layer.pack():
             release_free_memory()  # a freed plain weight or packing buffer, before the next layer
+            pause_point()
     return model
 
 

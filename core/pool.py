@@ -3,9 +3,10 @@
 Building an untrained 124M model takes seconds of CPU; a storm of new seeds would otherwise
 build ten at once, stall everyone and hold ten models in memory. Here a request for a kept model
 returns at once, never behind the queue; each waiting build learns how many are ahead of it;
-builds run one at a time on a builder thread at lower OS priority, so visitors whose model is
-kept keep their share of the CPU; and pinned models (the book's) are never evicted, so a storm
-cannot make everyone else wait for a rebuild of the default.
+builds run one at a time on a builder thread at lower OS priority, and each part of a build
+starts only in a quiet moment (priority.pausing), so visitors whose model is kept keep the CPU;
+and pinned models (the book's) are never evicted, so a storm cannot make everyone else wait for a
+rebuild of the default.
 """
 
 from __future__ import annotations
@@ -15,10 +16,12 @@ from collections import OrderedDict
 from collections.abc import Callable, Collection, Hashable
 from concurrent.futures import ThreadPoolExecutor
 
-from .priority import lower_thread_priority
+from .priority import FOREGROUND, lower_thread_priority, pausing
 
 WAIT_POLL_S = 0.5  # how often a waiting request hears its place in the queue
 BUILD_NICE = 10  # the builder thread's nice value: visitors' requests go first
+BUILD_PAUSE_S = 10.0  # at most this long a build waits for busy visitors, in all its parts
+BUILD_QUIET_S = 0.5  # a part of a build starts once no visitor's request has run for this long
 
 
 def describe_wait(what: str, ahead: int) -> str:
@@ -41,8 +44,9 @@ class ModelPool:
         size: int = 2,
         pinned: Collection[tuple] = (),
         nice: int = BUILD_NICE,
+        pause_s: float = BUILD_PAUSE_S,
     ):
-        self._load, self._size, self._pinned = load, size, set(pinned)
+        self._load, self._size, self._pinned, self._pause_s = load, size, set(pinned), pause_s
         self._models: OrderedDict[Hashable, object] = OrderedDict()
         self._queue: list[Hashable] = []  # keys being built (first) or waiting, in arrival order
         self._cond = threading.Condition()
@@ -82,6 +86,10 @@ class ModelPool:
                 return self._models[key]
             ticket = object()
             self._queue.append(ticket)
+        with FOREGROUND.waiting():  # a waiting request is not busy: builds need not wait for it
+            return self._wait_and_build(key, ticket, on_wait)
+
+    def _wait_and_build(self, key: tuple, ticket: object, on_wait: Callable[[int], None] | None):
         try:
             while True:
                 with self._cond:
@@ -99,7 +107,7 @@ class ModelPool:
             if key not in self._pinned:
                 self._make_room(self._size - 1)
             # The lock is not held: kept models stay served meanwhile.
-            model = self._builder.submit(self._load, *key).result()
+            model = self._builder.submit(self._build, key).result()
             with self._cond:
                 self._models[key] = model
                 self._models.move_to_end(key)
@@ -109,3 +117,7 @@ class ModelPool:
             with self._cond:
                 self._queue.remove(ticket)
                 self._cond.notify_all()
+
+    def _build(self, key: tuple):
+        with pausing(FOREGROUND.shared(), self._pause_s, BUILD_QUIET_S):
+            return self._load(*key)

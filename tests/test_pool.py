@@ -8,8 +8,8 @@ import sys
 import threading
 import time
 
-from core.pool import BUILD_NICE, ModelPool, describe_wait
-from core.priority import thread_nice
+from core.pool import BUILD_NICE, BUILD_QUIET_S, ModelPool, describe_wait
+from core.priority import FOREGROUND, pause_point, thread_nice
 
 
 class SlowLoads:
@@ -113,6 +113,71 @@ def test_builds_run_below_the_visitors_priority_and_leave_their_thread_alone():
     assert seen[0][0] != threading.get_ident() and seen[0][0] == seen[1][0]  # one builder thread
     if sys.platform == "linux":
         assert seen[0][1] == BUILD_NICE
+
+
+class PausedLoads:
+    """A build in `parts` parts with a pause point before each; records when each part starts."""
+
+    def __init__(self, parts: int = 3):
+        self.parts, self.starts = parts, []
+
+    def __call__(self, key, seed):
+        for _ in range(self.parts):
+            pause_point()
+            self.starts.append(time.monotonic())
+        return {"model": key, "seed": seed}
+
+
+def test_a_build_waits_for_other_visitors_in_quiet_moments_never_for_its_own():
+    FOREGROUND.shared()
+    loads = PausedLoads()
+    pool = ModelPool(loads, pause_s=30.0)
+    with FOREGROUND.request():  # the visitor who asked: its request waits, so it is not busy
+        t0 = time.monotonic()
+        pool.get("a", 1)
+    assert time.monotonic() - t0 < BUILD_QUIET_S + 2.0
+    busy, done = threading.Event(), threading.Event()
+
+    def other_visitor():
+        with FOREGROUND.request():
+            busy.set()
+            done.wait(30)
+
+    t = threading.Thread(target=other_visitor)
+    t.start()
+    busy.wait(10)
+    builder = threading.Thread(target=pool.get, args=("a", 2))
+    builder.start()
+    time.sleep(1.0)
+    assert len(loads.starts) == 3  # seed 2's build has not begun: a visitor is busy
+    ended = time.monotonic()
+    done.set()
+    t.join(10)
+    builder.join(30)
+    assert pool.kept("a", 2) and loads.starts[3] >= ended + BUILD_QUIET_S - 0.05  # after a quiet gap
+
+
+def test_a_build_is_put_off_for_its_budget_at_most():
+    FOREGROUND.shared()
+    loads = PausedLoads(parts=4)
+    pool = ModelPool(loads, pause_s=0.5)
+    busy, done = threading.Event(), threading.Event()
+
+    def other_visitor():  # busy for far longer than the budget
+        with FOREGROUND.request():
+            busy.set()
+            done.wait(30)
+
+    t = threading.Thread(target=other_visitor)
+    t.start()
+    busy.wait(10)
+    try:
+        t0 = time.monotonic()
+        pool.get("a", 1)
+        assert 0.4 <= time.monotonic() - t0 < 3.0 and len(loads.starts) == 4
+    finally:
+        done.set()
+        t.join(10)
 
 
 def test_the_same_model_asked_twice_at_once_is_built_once():

@@ -10,7 +10,15 @@ import time
 import pytest
 
 from core.loss import compute_loss
-from core.priority import FOREGROUND, Foreground, lower_thread_priority, thread_nice, yield_to_foreground
+from core.priority import (
+    FOREGROUND,
+    Foreground,
+    lower_thread_priority,
+    pause_point,
+    pausing,
+    thread_nice,
+    yield_to_foreground,
+)
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread priority is Linux's")
@@ -41,6 +49,59 @@ def test_requests_are_counted_once_a_shared_counter_exists():
     with pytest.raises(ValueError), fg.request():
         raise ValueError("a failed request still ends")
     assert state.count.value == 0
+
+
+def test_a_request_that_waits_for_a_build_is_not_busy_meanwhile():
+    fg = Foreground()
+    with fg.waiting():  # no counter yet, no request on this thread: nothing to change
+        assert fg._state is None
+    state = fg.shared()
+    with fg.request(), fg.request():  # app.py's request and compute_loss's within it
+        with fg.waiting():
+            assert state.count.value == 0 and not state.busy(0.0)
+        assert state.count.value == 2
+    with fg.waiting():  # a thread with no request of its own takes nothing off the count
+        assert state.count.value == 0
+    assert state.count.value == 0
+
+
+def test_pause_points_wait_only_within_pausing_and_within_its_budget():
+    fg = Foreground()
+    state = fg.shared()
+    busy, done = threading.Event(), threading.Event()
+
+    def visitor():
+        with fg.request():
+            busy.set()
+            done.wait(30)
+
+    t = threading.Thread(target=visitor)
+    t.start()
+    busy.wait(10)
+    try:
+        t0 = time.monotonic()
+        pause_point()  # outside pausing(): a no-op, whoever is busy
+        assert time.monotonic() - t0 < 0.1
+        t0 = time.monotonic()
+        with pausing(state, budget_s=0.6, quiet_s=0.0):
+            for _ in range(5):  # five parts of a build, with one budget for all of them
+                pause_point()
+        assert 0.5 <= time.monotonic() - t0 < 2.5  # 0.6 s in all, not 5 x 0.6
+        took = []
+
+        def another_thread():
+            t1 = time.monotonic()
+            pause_point()
+            took.append(time.monotonic() - t1)
+
+        with pausing(state, budget_s=5.0, quiet_s=0.0):
+            other = threading.Thread(target=another_thread)
+            other.start()  # pausing() is this thread's only: another thread's pause point goes on
+            other.join(10)
+        assert took and took[0] < 0.5
+    finally:
+        done.set()
+        t.join(10)
 
 
 def test_yielding_waits_while_requests_run_and_never_longer_than_its_limit():
