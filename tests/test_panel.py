@@ -46,7 +46,8 @@ def test_pack_and_unpack_work_in_place_and_round_trip():
 
 @needs_kernel
 @pytest.mark.parametrize("threads", [1, 2, 3])
-@pytest.mark.parametrize(("n", "k"), [(3072, 768), (768, 3072), (50, 24), (7, 5), (50257, 64)])
+# k = 200: 14 rows go in k blocks of 128 (core/kernels/panel_linear.c), the last one partial.
+@pytest.mark.parametrize(("n", "k"), [(3072, 768), (768, 3072), (50, 24), (7, 5), (50257, 64), (40, 200)])
 @pytest.mark.parametrize("bias", [True, False])
 def test_panel_linear_equals_f_linear(n, k, bias, threads):
     torch.manual_seed(n + k)
@@ -60,7 +61,9 @@ def test_panel_linear_equals_f_linear(n, k, bias, threads):
     try:
         got = panel.linear(x, flat, b, n)
         rows = [panel.linear(x[i, j], flat, b, n) for i in range(2) for j in range(7)]
-        many = panel.linear(torch.randn(300, k), flat, b, n)  # several tiles of 6 rows and a rest
+        x300 = torch.randn(300, k)
+        many = panel.linear(x300, flat, b, n)  # several tiles of 6 rows and a rest
+        some = [panel.linear(x300[i], flat, b, n) for i in (0, 5, 6, 150, 299)]
     finally:
         torch.set_num_threads(before)
     assert got.shape == want.shape and got.is_contiguous()
@@ -75,7 +78,7 @@ def test_panel_linear_equals_f_linear(n, k, bias, threads):
     # Each row alone gives the very same bits as within the batch: a sentence's logits never
     # depend on what it is batched with, nor on the thread count (the threads split the outputs).
     assert torch.equal(torch.stack(rows).view_as(got), got)
-    assert many.shape == (300, n)
+    assert many.shape == (300, n) and torch.equal(torch.stack(some), many[[0, 5, 6, 150, 299]])
     alone = panel.linear(x.reshape(-1, k)[:1], flat, b, n)
     assert torch.equal(alone[0], got[0, 0])
 
