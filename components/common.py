@@ -99,7 +99,10 @@ def get_model(key: str, seed: int, device: str = "cpu"):
         box.info(describe_wait(what, ahead), icon=":material/hourglass_top:")
 
     try:
-        with st.spinner(f"{what} (once; a pretrained model downloads first)…"):
+        # The build goes on in the pauses between other visitors' requests (core/pool.py).
+        with st.spinner(
+            f"{what} (once, between other visitors' requests; a pretrained model downloads first)…"
+        ):
             return pool.get(key, seed, device, on_wait=on_wait)
     except LossLensError as e:
         failed[(key, seed)] = (time.monotonic(), str(e))

@@ -28,9 +28,9 @@ def describe_wait(what: str, ahead: int) -> str:
     """What a waiting visitor reads: why they wait, for how many, and what to do."""
     requests = "request" if ahead == 1 else "requests"
     return (
-        f"{what}; {ahead} {requests} ahead of you. This server builds one model at a time so that every "
-        "visitor's views stay quick; yours starts as soon as those are done. A seed someone already "
-        "uses (123 is the book's) needs no build."
+        f"{what}; {ahead} {requests} ahead of you. This server builds one model at a time, in the pauses "
+        "between other visitors' requests, so that every visitor's views stay quick; yours starts as "
+        "soon as those are done. A seed someone already uses (123 is the book's) needs no build."
     )
 
 

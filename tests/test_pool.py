@@ -210,5 +210,5 @@ def test_a_failed_build_frees_the_queue():
 def test_the_waiting_message_says_why_and_what_to_do():
     text = describe_wait("Building the model for seed 7", 3)
     assert text.startswith("Building the model for seed 7; 3 requests ahead of you.")
-    assert "one model at a time" in text and "123" in text
+    assert "one model at a time" in text and "pauses between other visitors" in text and "123" in text
     assert "1 request ahead" in describe_wait("Building the model for seed 7", 1)
