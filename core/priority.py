@@ -13,6 +13,7 @@ from typing import Any
 
 # A training child goes on once no visitor's request has run for this long (yield_to_foreground).
 QUIET_S = 1.0
+_local = threading.local()  # per thread: its requests counted (depth), and pausing()'s budget (pause)
 
 
 def lower_thread_priority(by: int) -> bool:
@@ -55,20 +56,22 @@ class Foreground:
     """Visitors' requests in flight, counted where a training child can read it.
 
     A training run yields between its steps while visitors are busy (for at most a bound, so it
-    always advances): the visitors' forward passes then don't share the memory bus and the caches
-    with a training step. The shared state exists once a training run has asked for it; until
-    then counting costs nothing.
+    always advances), and so does each part of a model build (`pausing`): the visitors' forward
+    passes then don't share the CPU, the memory bus and the caches with them. The shared state
+    exists once a training run or a build has asked for it; until then counting costs nothing.
     """
 
     def __init__(self):
         self._state: SharedForeground | None = None
+        self._lock = threading.Lock()  # a build and a training run may ask at once
 
     def shared(self) -> SharedForeground:
         """The shared state, created on first use."""
-        if self._state is None:
-            ctx = multiprocessing.get_context("spawn")
-            self._state = SharedForeground(ctx.Value("i", 0), ctx.Value("d", 0.0, lock=False))
-        return self._state
+        with self._lock:
+            if self._state is None:
+                ctx = multiprocessing.get_context("spawn")
+                self._state = SharedForeground(ctx.Value("i", 0), ctx.Value("d", 0.0, lock=False))
+            return self._state
 
     @contextlib.contextmanager
     def request(self):
@@ -105,7 +108,6 @@ class Foreground:
 
 
 FOREGROUND = Foreground()
-_local = threading.local()  # per thread: requests counted (depth), and a pausing() budget (pause)
 
 
 def yield_to_foreground(
@@ -137,7 +139,7 @@ def pausing(state: SharedForeground, budget_s: float, quiet_s: float = QUIET_S):
 
     Why: a model build is seconds of CPU, and a lower OS priority alone did not keep it off the
     visitors' way on two cores (a storm of ten builds made other visitors' p95 3-9x slower). Made
-    of parts of ~0.1-0.3 s that each start only in a quiet moment, it leaves the CPU to visitors;
+    of parts of ~0.1-0.4 s that each start only in a quiet moment, it leaves the CPU to visitors;
     the budget bounds how long a build can be put off, so every build finishes."""
     left = budget_s
 
