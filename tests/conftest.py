@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import threading
 from pathlib import Path
 
 import pytest
@@ -57,3 +59,29 @@ def app_env(monkeypatch, verdict_path):
     yield
     st.cache_data.clear()
     store.clear()
+
+
+@contextlib.contextmanager
+def _another_visitor_busy(foreground):
+    """Another visitor's request in flight, on a thread of its own, until the block ends."""
+    busy, done = threading.Event(), threading.Event()
+
+    def visitor():
+        with foreground.request():
+            busy.set()
+            done.wait(30)
+
+    t = threading.Thread(target=visitor)
+    t.start()
+    busy.wait(10)
+    try:
+        yield
+    finally:
+        done.set()
+        t.join(10)
+
+
+@pytest.fixture
+def another_visitor_busy():
+    """`with another_visitor_busy(foreground):` a request of another visitor runs meanwhile."""
+    return _another_visitor_busy

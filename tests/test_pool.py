@@ -128,7 +128,7 @@ class PausedLoads:
         return {"model": key, "seed": seed}
 
 
-def test_a_build_waits_for_other_visitors_in_quiet_moments_never_for_its_own():
+def test_a_build_waits_for_other_visitors_in_quiet_moments_never_for_its_own(another_visitor_busy):
     FOREGROUND.shared()
     loads = PausedLoads()
     pool = ModelPool(loads, pause_s=30.0)
@@ -136,48 +136,24 @@ def test_a_build_waits_for_other_visitors_in_quiet_moments_never_for_its_own():
         t0 = time.monotonic()
         pool.get("a", 1)
     assert time.monotonic() - t0 < BUILD_QUIET_S + 2.0
-    busy, done = threading.Event(), threading.Event()
-
-    def other_visitor():
-        with FOREGROUND.request():
-            busy.set()
-            done.wait(30)
-
-    t = threading.Thread(target=other_visitor)
-    t.start()
-    busy.wait(10)
     builder = threading.Thread(target=pool.get, args=("a", 2))
-    builder.start()
-    time.sleep(1.0)
-    assert len(loads.starts) == 3  # seed 2's build has not begun: a visitor is busy
-    ended = time.monotonic()
-    done.set()
-    t.join(10)
+    with another_visitor_busy(FOREGROUND):
+        builder.start()
+        time.sleep(1.0)
+        assert len(loads.starts) == 3  # seed 2's build has not begun: a visitor is busy
+        ended = time.monotonic()
     builder.join(30)
     assert pool.kept("a", 2) and loads.starts[3] >= ended + BUILD_QUIET_S - 0.05  # after a quiet gap
 
 
-def test_a_build_is_put_off_for_its_budget_at_most():
+def test_a_build_is_put_off_for_its_budget_at_most(another_visitor_busy):
     FOREGROUND.shared()
     loads = PausedLoads(parts=4)
     pool = ModelPool(loads, pause_s=0.5)
-    busy, done = threading.Event(), threading.Event()
-
-    def other_visitor():  # busy for far longer than the budget
-        with FOREGROUND.request():
-            busy.set()
-            done.wait(30)
-
-    t = threading.Thread(target=other_visitor)
-    t.start()
-    busy.wait(10)
-    try:
+    with another_visitor_busy(FOREGROUND):  # busy for far longer than the budget
         t0 = time.monotonic()
         pool.get("a", 1)
         assert 0.4 <= time.monotonic() - t0 < 3.0 and len(loads.starts) == 4
-    finally:
-        done.set()
-        t.join(10)
 
 
 def test_the_same_model_asked_twice_at_once_is_built_once():

@@ -65,20 +65,10 @@ def test_a_request_that_waits_for_a_build_is_not_busy_meanwhile():
     assert state.count.value == 0
 
 
-def test_pause_points_wait_only_within_pausing_and_within_its_budget():
+def test_pause_points_wait_only_within_pausing_and_within_its_budget(another_visitor_busy):
     fg = Foreground()
     state = fg.shared()
-    busy, done = threading.Event(), threading.Event()
-
-    def visitor():
-        with fg.request():
-            busy.set()
-            done.wait(30)
-
-    t = threading.Thread(target=visitor)
-    t.start()
-    busy.wait(10)
-    try:
+    with another_visitor_busy(fg):
         t0 = time.monotonic()
         pause_point()  # outside pausing(): a no-op, whoever is busy
         assert time.monotonic() - t0 < 0.1
@@ -99,9 +89,6 @@ def test_pause_points_wait_only_within_pausing_and_within_its_budget():
             other.start()  # pausing() is this thread's only: another thread's pause point goes on
             other.join(10)
         assert took and took[0] < 0.5
-    finally:
-        done.set()
-        t.join(10)
 
 
 def test_yielding_waits_while_requests_run_and_never_longer_than_its_limit():
