@@ -138,7 +138,7 @@ def pausing(state: SharedForeground, budget_s: float, quiet_s: float = QUIET_S):
     """Within, each pause_point() on this thread waits while visitors are busy, `budget_s` in all.
 
     Why: a model build is seconds of CPU, and a lower OS priority alone did not keep it off the
-    visitors' way on two cores (a storm of ten builds made other visitors' p95 3-9x slower). Made
+    visitors' way on two cores (a storm of ten builds made other visitors' p95 up to 9x slower). Made
     of parts of ~0.1-0.4 s that each start only in a quiet moment, it leaves the CPU to visitors;
     the budget bounds how long a build can be put off, so every build finishes."""
     left = budget_s
