@@ -282,7 +282,7 @@ class CpuLinear(nn.Linear):
         y = y.t().contiguous() if self.contiguous_output else y.t()
         return y.reshape(*x.shape[:-1], self.out_features)
 
-    def pack(self, panels: bool | None = None) -> bool:
+    def pack(self, panels: bool | None = None, into: torch.Tensor | None = None) -> bool:
         """Hold the weight in a faster kernel's layout, in place of the plain one (no extra memory).
 
         Where LossLens's own kernel measured faster (core/panel.py), its panels of 16 outputs:
@@ -291,14 +291,16 @@ class CpuLinear(nn.Linear):
         4 contiguous KB instead of 64 pieces of 64 bytes in rows 3-12 KB apart, 1.0-1.2x faster
         for 6-40 tokens (bench/README.md). Same logits within float32 rounding. For frozen float32
         models on the CPU only: see freeze(). `panels` overrides the measured choice (the bench
-        times both)."""
+        times both); `into`, room for the panels on huge pages (freeze() gives each layer its part
+        of one mapping), else they stay on the weight's own memory."""
         w = self.weight
         if isinstance(w, PackedWeight) or not (
             w.device.type == "cpu" and w.dtype == torch.float32 and not w.requires_grad
         ):
             return False
         if (panel.selected() if panels is None else panels) and w.is_contiguous() and _sole_owner(w):
-            self.weight = PackedWeight(panel.pack_(w.detach()), requires_grad=False)
+            flat = panel.pack_(w.detach()) if into is None else panel.pack_into_(w.detach(), into)
+            self.weight = PackedWeight(flat, requires_grad=False)
             self.weight.plain_shape = tuple(w.shape)
             return True
         if not ONEDNN_LINEAR or w.numel() * w.element_size() > PACK_MAX_BYTES:
@@ -395,8 +397,16 @@ def freeze(model: nn.Module) -> nn.Module:
     model.eval()
     model.requires_grad_(False)
     uses = Counter(id(p) for _, p in model.named_parameters(remove_duplicate=False))
-    for layer in model.modules():
-        if isinstance(layer, CpuLinear) and uses[id(layer.weight)] == 1 and layer.pack():
+    layers = [m for m in model.modules() if isinstance(m, CpuLinear) and uses[id(m.weight)] == 1]
+    # LossLens's panels go side by side on huge pages (panel.huge_empty): one mapping per model.
+    # A part that a layer does not take (oneDNN's, or a plain weight) is never touched, so never held.
+    sizes = [-(-m.weight.numel() // panel.PANEL) * panel.PANEL for m in layers]  # 64-byte aligned
+    arena = panel.huge_empty(sum(sizes)) if layers and panel.selected() else None
+    offset = 0
+    for layer, size in zip(layers, sizes, strict=True):
+        into = None if arena is None else arena[offset : offset + layer.weight.numel()]
+        offset += size
+        if layer.pack(into=into):
             release_free_memory()  # a freed plain weight or packing buffer, before the next layer
             pause_point()
     return model

@@ -167,3 +167,71 @@ def test_unpacking_leaves_the_packed_weight_intact_for_a_request_still_reading_i
     layer.unpack()
     assert torch.equal(layer.weight, plain)
     assert torch.equal(panel.linear(x, held, layer.bias, 50), before)
+
+
+on_linux = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="huge pages: Linux's madvise")
+
+
+def _mapping_flags(address: int) -> list[str]:
+    """The VmFlags of the mapping that holds `address` (/proc/self/smaps); "hg" is MADV_HUGEPAGE."""
+    inside = False
+    for line in Path("/proc/self/smaps").read_text().splitlines():
+        head = line.split()[0]
+        if "-" in head and not head.endswith(":"):
+            lo, hi = (int(a, 16) for a in head.split("-"))
+            inside = lo <= address < hi
+        elif inside and head == "VmFlags:":
+            return line.split()[1:]
+    raise AssertionError(f"no mapping holds {address:#x}")
+
+
+@on_linux
+def test_huge_empty_is_aligned_writable_memory_advised_for_huge_pages():
+    t = panel.huge_empty(3_000_000)  # 12 MB: several 2 MB pages
+    assert t.dtype == torch.float32 and t.shape == (3_000_000,)
+    assert t.data_ptr() % panel.HUGE_PAGE == 0
+    t.fill_(2.5)
+    assert float(t.sum()) == 7_500_000.0
+    assert "hg" in _mapping_flags(t.data_ptr())
+    assert "hg" not in _mapping_flags(torch.empty(3_000_000).data_ptr())  # torch's own: plain pages
+    assert panel.huge_empty(0) is None
+
+
+def test_pack_into_gives_pack_s_layout_and_hands_the_weight_s_pages_back():
+    torch.manual_seed(3)
+    w = torch.randn(50257 // 8, 768)  # 15 MB: several parts, and a tail after the last panel
+    want = panel.pack_(w.clone())
+    out = torch.full((w.numel(),), float("nan"))
+    assert panel.pack_into_(w, out) is out
+    assert torch.equal(out, want)
+    if sys.platform.startswith("linux"):  # read parts went back to the OS: they read as zeros now
+        assert int((w == 0).sum()) > 0.9 * w.numel()
+
+
+@on_linux
+def test_freeze_lays_every_panel_side_by_side_on_huge_pages(monkeypatch):
+    """One mapping per model, advised for huge pages; the same logits as panels packed in place."""
+    from core import model as model_module
+    from core.model import GPT_CONFIG_124M, GPTModel, PackedWeight
+
+    if panel.library() is None:
+        pytest.skip(f"LossLens's kernel: {panel.reason}")
+    monkeypatch.setattr(model_module.panel, "selected", lambda: True)
+    cfg = {**GPT_CONFIG_124M, "emb_dim": 64, "n_heads": 4, "n_layers": 2, "vocab_size": 500}
+    torch.manual_seed(5)
+    model = model_module.freeze(GPTModel(cfg))
+    torch.manual_seed(5)
+    in_place = GPTModel(cfg).eval().requires_grad_(False)
+    for layer in in_place.modules():
+        if isinstance(layer, model_module.CpuLinear):
+            assert layer.pack()  # no `into`: packed on its own memory
+    weights = [m.weight for m in model.modules() if isinstance(m, model_module.CpuLinear)]
+    assert all(isinstance(w, PackedWeight) and not w.is_mkldnn for w in weights)
+    starts = [w.data_ptr() for w in weights]
+    assert starts[0] % panel.HUGE_PAGE == 0
+    padded = [-(-w.numel() // panel.PANEL) * panel.PANEL * 4 for w in weights]  # 64-byte multiples
+    assert [b - a for a, b in zip(starts, starts[1:], strict=False)] == padded[:-1]
+    assert {"hg"} <= set(_mapping_flags(starts[-1]))
+    x = torch.randint(0, 500, (2, 9))
+    with torch.inference_mode():
+        assert torch.equal(model(x), in_place(x))

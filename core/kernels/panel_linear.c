@@ -14,8 +14,12 @@
                       every 6-row tile reads them, so the stream from memory never pauses for the later
                       tiles (a whole panel per tile: 8.2-8.8 GB/s for 15 rows; in blocks: 10.6-11.0).
                       Many rows are compute-bound: whole panels there (blocks were 0.9x at 256 rows) */
-#define PREFETCH 512 /* floats ahead (2 KB): over the hardware's prefetch alone, 1.2-1.3x per layer
-                        on one thread, 1.04-1.09x for a whole forward pass on two (AMD EPYC) */
+/* Floats prefetched ahead of the stream. One tile (up to 6 rows, the book batch): 1 KB, which read
+   1.07-1.09x faster than 2 KB with the weights on huge pages (core/panel.py), on one thread and two;
+   more rows spend longer per byte, and 2 KB ahead stays 1.02x faster for them (AMD EPYC). Over the
+   hardware's prefetch alone: 1.2-1.3x per layer on one thread. */
+#define PREFETCH_ONE_TILE 256
+#define PREFETCH_TILES 512
 
 typedef struct {
     const float *x, *w, *b;
@@ -26,14 +30,15 @@ typedef struct {
 /* R rows (1..6) x 16 outputs over k0..k1-1, going on from the partial sums in y when k0 > 0:
    12 accumulators + 2 weight vectors + 1 broadcast = 15 ymm registers */
 static inline __attribute__((always_inline)) void tile(const float *x, const float *w, const float *b,
-                                                       float *y, long K, long N, int R, long k0, long k1) {
+                                                       float *y, long K, long N, int R, long k0, long k1,
+                                                       long ahead) {
     __m256 a0[6], a1[6];
     for (int r = 0; r < R; r++) {
         a0[r] = k0 ? _mm256_loadu_ps(y + r * N) : _mm256_setzero_ps();
         a1[r] = k0 ? _mm256_loadu_ps(y + r * N + 8) : _mm256_setzero_ps();
     }
     for (long k = k0; k < k1; k++) {
-        _mm_prefetch((const char *)(w + 16 * k + PREFETCH), _MM_HINT_T0);
+        _mm_prefetch((const char *)(w + 16 * k + ahead), _MM_HINT_T0);
         __m256 w0 = _mm256_loadu_ps(w + 16 * k), w1 = _mm256_loadu_ps(w + 16 * k + 8);
         for (int r = 0; r < R; r++) {
             __m256 v = _mm256_broadcast_ss(x + r * K + k);
@@ -55,19 +60,19 @@ static void run(const job_t *j) {
     const long M = j->M, K = j->K, N = j->N;
     for (long c = j->j0; c < j->j1; c++) {
         const float *w = j->w + c * 16 * K, *b = j->b ? j->b + 16 * c : NULL;
-        const long step = M > 6 && M <= 48 ? KBLOCK : K;
+        const long step = M > 6 && M <= 48 ? KBLOCK : K, ahead = M <= 6 ? PREFETCH_ONE_TILE : PREFETCH_TILES;
         for (long k0 = 0; k0 < K; k0 += step) {
             const long k1 = k0 + step < K ? k0 + step : K;
             for (long m = 0; m < M; m += 6) { /* the block is read from memory once, then from L1 */
                 const float *x = j->x + m * K;
                 float *y = j->y + m * N + 16 * c;
                 switch (M - m < 6 ? M - m : 6) {
-                    case 6: tile(x, w, b, y, K, N, 6, k0, k1); break;
-                    case 5: tile(x, w, b, y, K, N, 5, k0, k1); break;
-                    case 4: tile(x, w, b, y, K, N, 4, k0, k1); break;
-                    case 3: tile(x, w, b, y, K, N, 3, k0, k1); break;
-                    case 2: tile(x, w, b, y, K, N, 2, k0, k1); break;
-                    default: tile(x, w, b, y, K, N, 1, k0, k1);
+                    case 6: tile(x, w, b, y, K, N, 6, k0, k1, ahead); break;
+                    case 5: tile(x, w, b, y, K, N, 5, k0, k1, ahead); break;
+                    case 4: tile(x, w, b, y, K, N, 4, k0, k1, ahead); break;
+                    case 3: tile(x, w, b, y, K, N, 3, k0, k1, ahead); break;
+                    case 2: tile(x, w, b, y, K, N, 2, k0, k1, ahead); break;
+                    default: tile(x, w, b, y, K, N, 1, k0, k1, ahead);
                 }
             }
         }
