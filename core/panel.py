@@ -6,8 +6,9 @@ plain sum reads 14-19 GB/s). This kernel reads each weight as contiguous panels 
 a prefetch ahead; it is plain AVX2, so it runs on AMD and Intel alike.
 
 It is used only where it measures faster than oneDNN on the machine itself (`selected()`): its
-panels replace oneDNN's packing in `CpuLinear.pack`, side by side on huge pages (`huge_empty`). Without a C compiler, on another CPU, or
-slower there, LossLens keeps oneDNN; `LOSSLENS_PANEL=0` switches it off, `=1` on without measuring.
+panels replace oneDNN's packing in `CpuLinear.pack`, side by side on huge pages (`huge_empty`).
+Without a C compiler, on another CPU, or slower there, LossLens keeps oneDNN; `LOSSLENS_PANEL=0`
+switches it off, `=1` on without measuring.
 The C source is compiled once per machine (~1 s) into LossLens's cache folder.
 """
 
