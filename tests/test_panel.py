@@ -235,3 +235,27 @@ def test_freeze_lays_every_panel_side_by_side_on_huge_pages(monkeypatch):
     x = torch.randint(0, 500, (2, 9))
     with torch.inference_mode():
         assert torch.equal(model(x), in_place(x))
+
+
+def test_without_huge_pages_freeze_packs_each_weight_in_place(monkeypatch):
+    """An OS without MADV_HUGEPAGE (macOS, a kernel without THP): the panels stay on each weight's
+    own memory, with the same logits."""
+    from core import model as model_module
+    from core.model import GPT_CONFIG_124M, GPTModel, PackedWeight
+
+    monkeypatch.setattr(model_module.panel, "selected", lambda: True)
+    monkeypatch.delattr(panel.mmap, "MADV_HUGEPAGE", raising=False)
+    assert panel.huge_empty(1000) is None
+    cfg = {**GPT_CONFIG_124M, "emb_dim": 64, "n_heads": 4, "n_layers": 1, "vocab_size": 500}
+    torch.manual_seed(6)
+    plain = GPTModel(cfg).eval().requires_grad_(False)
+    before = {id(m): m.weight.data_ptr() for m in plain.modules() if isinstance(m, model_module.CpuLinear)}
+    x = torch.randint(0, 500, (1, 7))
+    with torch.inference_mode():
+        want = plain(x)
+    model_module.freeze(plain)
+    layers = [m for m in plain.modules() if isinstance(m, model_module.CpuLinear)]
+    assert all(isinstance(m.weight, PackedWeight) and m.weight.data_ptr() == before[id(m)] for m in layers)
+    if panel.library() is not None:
+        with torch.inference_mode():
+            torch.testing.assert_close(plain(x), want, rtol=1e-5, atol=1e-5)
