@@ -101,14 +101,22 @@ def library() -> ctypes.CDLL | None:
     return lib
 
 
-def _transpose_panels_(flat: torch.Tensor, n: int, k: int, rows: int, cols: int) -> None:
-    """Transpose each full panel of `flat`, seen as [rows, cols], in place, a few MB at a time."""
+def _transpose_panels_(
+    flat: torch.Tensor, n: int, k: int, rows: int, cols: int, out: torch.Tensor | None = None
+) -> None:
+    """Transpose each full panel of `flat`, seen as [rows, cols], a few MB at a time: in place, or
+    into `out`, handing each part of `flat` back to the OS once read (flat is then used up)."""
     step = max(1, (4 << 20) // (PANEL * k * 4))
     with torch.no_grad():
         for j in range(0, n // PANEL, step):
             e = min(n // PANEL, j + step)
-            chunk = flat[j * PANEL * k : e * PANEL * k]
-            chunk.copy_(chunk.view(e - j, rows, cols).transpose(1, 2).reshape(-1))  # reshape copies
+            part = slice(j * PANEL * k, e * PANEL * k)
+            panels = flat[part].view(e - j, rows, cols).transpose(1, 2)
+            if out is None:
+                flat[part].copy_(panels.reshape(-1))  # reshape copies: source and target overlap
+            else:
+                out[part].view(e - j, cols, rows).copy_(panels)
+                _discard(flat[part])
 
 
 def pack_(w: torch.Tensor) -> torch.Tensor:
@@ -148,14 +156,9 @@ def pack_into_(w: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
     so packing the 154 MB out_head holds a few MB beside it, not a second copy."""
     n, k = w.shape
     src = w.reshape(-1)
-    step = max(1, (4 << 20) // (PANEL * k * 4))
+    _transpose_panels_(src, n, k, PANEL, k, out)
+    tail = n // PANEL * PANEL * k
     with torch.no_grad():
-        for j in range(0, n // PANEL, step):
-            e = min(n // PANEL, j + step)
-            part = slice(j * PANEL * k, e * PANEL * k)
-            out[part].view(e - j, k, PANEL).copy_(src[part].view(e - j, PANEL, k).transpose(1, 2))
-            _discard(src[part])
-        tail = n // PANEL * PANEL * k
         out[tail:].copy_(src[tail:])
     return out
 
