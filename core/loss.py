@@ -192,8 +192,9 @@ def loss_from_logits(
     # Rank over the full vocabulary: 1 + how many tokens the model preferred (compared on
     # the logits, where no rounding of the softmax can merge two tokens).
     target_logits = logits.gather(-1, safe_targets)
-    # count_nonzero reads the comparison as it is; .sum() would first widen it to int64.
-    target_ranks = torch.where(mask, torch.count_nonzero(logits > target_logits, dim=-1) + 1, 0)
+    # Summed into int32 as it is read: count_nonzero or a plain .sum() first widen the comparison
+    # to int64, a copy (0.09 ms of the book example's 0.24 here).
+    target_ranks = torch.where(mask, (logits > target_logits).sum(-1, dtype=torch.int32) + 1, 0)
     topk_probas, topk_ids = probas.topk(min(top_k, logits.shape[-1]), dim=-1)
 
     if batch is None:

@@ -68,9 +68,13 @@ class MultiHeadAttention(nn.Module):
     def forward(self, x):
         b, num_tokens, d_in = x.shape
 
-        keys = self.W_key(x)  # Shape: (b, num_tokens, d_out)
-        queries = self.W_query(x)
-        values = self.W_value(x)
+        qkv = self._joined_qkv(x)
+        if qkv is not None:  # the three projections in one kernel call, each exactly as alone
+            queries, keys, values = qkv.split(self.d_out, dim=-1)
+        else:
+            keys = self.W_key(x)  # Shape: (b, num_tokens, d_out)
+            queries = self.W_query(x)
+            values = self.W_value(x)
 
         # Unroll last dim: (b, num_tokens, d_out) -> (b, num_tokens, num_heads, head_dim)
         keys = keys.view(b, num_tokens, self.num_heads, self.head_dim)
@@ -99,6 +103,26 @@ class MultiHeadAttention(nn.Module):
         context_vec = self.out_proj(context_vec)  # optional projection
 
         return context_vec
+
+    def _joined_qkv(self, x):
+        """[queries | keys | values] from one call of LossLens's kernel where freeze() packed the
+        three weights side by side (so they form one packed [3 d_out, d_in] weight), else None.
+        Each output is computed exactly as alone; why: 24 fewer calls per pass (~15 us each), and
+        one stream of 7 MB instead of three of 2.4 MB."""
+        layers = (self.W_query, self.W_key, self.W_value)
+        if not layers[0].on_panels(x):
+            return None
+        end = layers[0].weight.data_ptr()
+        for layer in layers:
+            w = layer.weight
+            n, k = getattr(w, "plain_shape", (0, 0))
+            if not (isinstance(w, PackedWeight) and w.data_ptr() == end and n % panel.PANEL == 0 < n):
+                return None
+            if k != x.shape[-1] or (layer.bias is None) != (layers[0].bias is None):
+                return None
+            end += n * k * 4
+        bias = None if layers[0].bias is None else torch.cat([layer.bias for layer in layers])
+        return panel.linear(x, layers[0].weight, bias, 3 * self.d_out)
 
 
 class LayerNorm(nn.Module):
@@ -129,6 +153,11 @@ class FeedForward(nn.Module):
         )
 
     def forward(self, x):
+        first, activation, last = self.layers
+        if isinstance(activation, GELU) and first.on_panels(x):
+            # LossLens's kernel applies the GELU as it stores the first layer's outputs: one pass
+            # over them and one call fewer per block (same function within float32 rounding).
+            return last(panel.linear(x, first.weight, first.bias, first.out_features, gelu=True))
         return self.layers(x)
 
 
@@ -281,6 +310,11 @@ class CpuLinear(nn.Linear):
             y = torch.addmm(self.bias[:, None], weight, x2d)
         y = y.t().contiguous() if self.contiguous_output else y.t()
         return y.reshape(*x.shape[:-1], self.out_features)
+
+    def on_panels(self, x: torch.Tensor) -> bool:
+        """Whether forward(x) runs LossLens's kernel (core/panel.py) on a packed weight."""
+        w = self.weight
+        return isinstance(w, PackedWeight) and not w.is_mkldnn and _inference(x, w)
 
     def pack(self, panels: bool | None = None, into: torch.Tensor | None = None) -> bool:
         """Hold the weight in a faster kernel's layout, in place of the plain one (no extra memory).

@@ -96,7 +96,7 @@ def library() -> ctypes.CDLL | None:
         reason = f"the kernel could not be built: {e} {err.decode(errors='replace')[:300]}".strip()
         return None
     fn = lib.losslens_panel_linear
-    fn.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_long] * 3 + [ctypes.c_int]
+    fn.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_long] * 3 + [ctypes.c_int] * 2
     fn.restype = None
     return lib
 
@@ -198,25 +198,30 @@ def unpacked(flat: torch.Tensor, n: int, k: int) -> torch.Tensor:
     return unpack_(flat.detach().clone(), n, k)
 
 
-def linear(x: torch.Tensor, flat: torch.Tensor, bias: torch.Tensor | None, n: int) -> torch.Tensor:
-    """x @ W^T + bias with W packed by pack_: rows out, float32, on torch's thread count."""
-    lib = library()
+def linear(
+    x: torch.Tensor, flat: torch.Tensor, bias: torch.Tensor | None, n: int, gelu: bool = False
+) -> torch.Tensor:
+    """x @ W^T + bias with W packed by pack_: rows out, float32, on torch's thread count. With
+    `gelu`, GPT-2's GELU of that (within float32 rounding of F.gelu(approximate="tanh")), applied
+    as the outputs are stored. With n beyond flat's outputs, the kernel reads on past its end: the
+    packed weights that lie right after it (MultiHeadAttention's query, key and value)."""
     k = x.shape[-1]
-    x2d = x.reshape(-1, k).contiguous()
+    x = x if x.is_contiguous() else x.contiguous()
     b = None if bias is None else bias.contiguous()  # held: the C call reads its memory
-    y = torch.empty(x2d.shape[0], n, dtype=torch.float32)
-    if x2d.shape[0]:
-        lib.losslens_panel_linear(
-            x2d.data_ptr(),
+    y = torch.empty(*x.shape[:-1], n, dtype=torch.float32)
+    if y.numel():
+        library().losslens_panel_linear(
+            x.data_ptr(),
             flat.data_ptr(),
             None if b is None else b.data_ptr(),
             y.data_ptr(),
-            x2d.shape[0],
+            x.numel() // k,
             k,
             n,
             torch.get_num_threads(),
+            gelu,
         )
-    return y.view(*x.shape[:-1], n)
+    return y
 
 
 def measure(rows: int, layers: int, reps: int) -> tuple[float, float]:

@@ -259,3 +259,104 @@ def test_without_huge_pages_freeze_packs_each_weight_in_place(monkeypatch):
     if panel.library() is not None:
         with torch.inference_mode():
             torch.testing.assert_close(plain(x), want, rtol=1e-5, atol=1e-5)
+
+
+@needs_kernel
+@pytest.mark.parametrize("rows", [1, 6, 15, 300])  # one tile; k blocks of 128; many tiles
+def test_gelu_goes_once_over_each_finished_output(rows):
+    """`gelu=True` gives GPT-2's GELU of the linear layer's outputs, panels and tail rows alike, the
+    same bits on any thread count; on partial sums (k blocks) or twice, it would miss by far."""
+    torch.manual_seed(rows)
+    n, k = 50, 200  # 3 panels and 2 tail rows
+    w, b, x = torch.randn(n, k) * 3 / k**0.5, torch.randn(n), torch.randn(rows, k)
+    flat = panel.pack_(w.clone())
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        plain = panel.linear(x, flat, b, n)
+        fused = panel.linear(x, flat, b, n, gelu=True)
+        torch.set_num_threads(1)
+        alone = panel.linear(x, flat, b, n, gelu=True)
+    finally:
+        torch.set_num_threads(before)
+    assert fused.shape == (rows, n) and (plain < -2).any() and (plain > 2).any()
+    # Near torch's own, whose 1 + tanh(u) loses digits for v < -3 (hence the absolute 5e-7).
+    torch.testing.assert_close(fused, F.gelu(plain, approximate="tanh"), rtol=1e-6, atol=5e-7)
+    assert torch.equal(alone, fused)
+    assert torch.equal(panel.linear(x[-1:], flat, b, n, gelu=True)[0], fused[-1])
+
+
+@needs_kernel
+def test_the_kernel_s_gelu_is_gpt2_s_function_to_float32_rounding():
+    """Against float64: v / (1 + e^(-2u)), which is 0.5 v (1 + tanh(u)) exactly, from -12 to 12."""
+    v = torch.linspace(-12, 12, 48_001)
+    x = torch.zeros(v.numel(), 16)
+    x[:, 0] = v
+    got = panel.linear(x, panel.pack_(torch.eye(16)), None, 16, gelu=True)
+    assert torch.equal(got[:, 1:], torch.zeros(v.numel(), 15))  # GELU(0) = 0
+    d = v.double()
+    truth = d / (1 + torch.exp(-2 * (2 / torch.pi) ** 0.5 * (d + 0.044715 * d**3)))
+    rel = (got[:, 0].double() - truth).abs() / truth.abs()
+    assert float(rel[d >= -3].max()) < 1e-6  # a few float32 ulps
+    # Below, e^(-2u) magnifies the rounding of u: still ~1e-5, where torch's F.gelu gives 0.
+    assert float(rel[truth.abs() > 1e-37].max()) < 5e-5
+    assert float(got[0, 0]) <= 0 and float(got[-1, 0]) == 12.0
+
+
+def _tiny_frozen_model(monkeypatch, qkv_bias: bool):
+    from core import model as model_module
+    from core.model import GPT_CONFIG_124M, GPTModel
+
+    monkeypatch.setattr(model_module.panel, "selected", lambda: True)
+    cfg = {**GPT_CONFIG_124M, "emb_dim": 64, "n_heads": 4, "n_layers": 2, "vocab_size": 500}
+    torch.manual_seed(7)
+    return model_module.freeze(GPTModel({**cfg, "qkv_bias": qkv_bias}))
+
+
+@needs_kernel
+@pytest.mark.parametrize("qkv_bias", [False, True])
+def test_a_block_s_query_key_and_value_come_from_one_kernel_call_with_the_same_bits(monkeypatch, qkv_bias):
+    from core.model import MultiHeadAttention
+
+    model = _tiny_frozen_model(monkeypatch, qkv_bias)
+    if qkv_bias:  # biases that differ per layer, so a mix-up would show
+        with torch.no_grad():
+            for block in model.trf_blocks:
+                for layer in (block.att.W_query, block.att.W_key, block.att.W_value):
+                    layer.bias.normal_()
+    calls = []
+    real = panel.linear
+
+    def counted(x, flat, bias, n, **kw):
+        calls.append(n)
+        return real(x, flat, bias, n, **kw)
+
+    monkeypatch.setattr(panel, "linear", counted)
+    x = torch.randint(0, 500, (2, 9))
+    with torch.inference_mode():
+        joined = model(x)
+        assert calls == [3 * 64, 64, 4 * 64, 64] * 2 + [500]  # one call per block for q, k and v
+        monkeypatch.setattr(MultiHeadAttention, "_joined_qkv", lambda self, x: None)
+        calls.clear()
+        separate = model(x)
+    assert calls == [64, 64, 64, 64, 4 * 64, 64] * 2 + [500]
+    assert torch.equal(joined, separate)
+
+
+@needs_kernel
+def test_the_feed_forward_s_gelu_runs_in_the_kernel_for_inference_only(monkeypatch):
+    from core.model import GELU, FeedForward
+
+    model = _tiny_frozen_model(monkeypatch, qkv_bias=False)
+    x = torch.randint(0, 500, (1, 12))
+    gelu_calls = []
+    real_gelu = GELU.forward
+    monkeypatch.setattr(GELU, "forward", lambda self, t: gelu_calls.append(1) or real_gelu(self, t))
+    with torch.inference_mode():
+        fused = model(x)
+        assert gelu_calls == []  # the kernel applied it
+        monkeypatch.setattr(FeedForward, "forward", lambda self, t: self.layers(t))
+        apart = model(x)
+    assert len(gelu_calls) == 2  # once per block, as a module
+    torch.testing.assert_close(fused, apart, rtol=1e-5, atol=1e-5)
+    assert not torch.equal(fused, torch.zeros_like(fused))

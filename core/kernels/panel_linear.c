@@ -5,7 +5,9 @@
    as [K][16], so one panel is a single contiguous stream (48 KB for K = 768), and the N % 16 last
    rows follow, row-major. Each output sums over k in order 0..K-1 with one FMA per step, the same
    way for any M, any row and any thread count: a sentence's logits never depend on either (a partial
-   sum kept in y between k blocks is stored and reloaded exactly). */
+   sum kept in y between k blocks is stored and reloaded exactly). With `gelu` set, each output goes
+   through the GPT-2 GELU as it is stored (the feed-forward's first layer), which saves a pass over
+   them in memory and a call per block. */
 #include <immintrin.h>
 #include <omp.h>
 #include <stddef.h>
@@ -25,7 +27,51 @@ typedef struct {
     const float *x, *w, *b;
     float *y;
     long M, K, N, j0, j1;
+    int gelu;
 } job_t;
+
+/* e^x for 8 floats, as Cephes' expf: x = n ln2 + r (ln2 in two parts, so r is exact), e^r by its
+   degree-7 series, times 2^n built in the exponent bits; within ~1 ulp. x is clamped to where
+   2^n stays a normal float: e^x saturates near 2e38 and 1e-38 instead of inf and 0. */
+static inline __m256 exp8(__m256 x) {
+    x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-87.3f)), _mm256_set1_ps(88.3f));
+    const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+                                     _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
+    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
+    __m256 p = _mm256_set1_ps(1.9875691500e-4f);
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
+    p = _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
+    const __m256i two_n = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+    return _mm256_mul_ps(p, _mm256_castsi256_ps(two_n));
+}
+
+/* GPT-2's GELU, 0.5 v (1 + tanh(u)) with u = sqrt(2/pi) (v + 0.044715 v^3), written as the same
+   function v / (1 + e^(-2u)): one exp and one division, no cancellation in 1 + tanh(u) for v < 0. */
+static inline __m256 gelu8(__m256 v) {
+    const __m256 v2 = _mm256_mul_ps(v, v);
+    const __m256 minus_2u = _mm256_mul_ps(
+        v, _mm256_fmadd_ps(v2, _mm256_set1_ps(-2.0f * 0.7978845608028654f * 0.044715f),
+                           _mm256_set1_ps(-2.0f * 0.7978845608028654f)));
+    return _mm256_div_ps(v, _mm256_add_ps(_mm256_set1_ps(1.0f), exp8(minus_2u)));
+}
+
+static float gelu1(float v) { /* the same arithmetic for one float: lane 0 of gelu8 */
+    return _mm256_cvtss_f32(gelu8(_mm256_set1_ps(v)));
+}
+
+/* GELU over one panel's finished outputs, still in L1. Apart from tile(), whose loop needs 15 of the
+   16 ymm registers: inside its epilogue, the GELU's constants made the loop spill (2x slower). */
+static __attribute__((noinline)) void gelu_panel(float *y, long M, long N) {
+    for (long m = 0; m < M; m++, y += N) {
+        _mm256_storeu_ps(y, gelu8(_mm256_loadu_ps(y)));
+        _mm256_storeu_ps(y + 8, gelu8(_mm256_loadu_ps(y + 8)));
+    }
+}
 
 /* R rows (1..6) x 16 outputs over k0..k1-1, going on from the partial sums in y when k0 > 0:
    12 accumulators + 2 weight vectors + 1 broadcast = 15 ymm registers */
@@ -76,20 +122,21 @@ static void run(const job_t *j) {
                 }
             }
         }
+        if (j->gelu) gelu_panel(j->y + 16 * c, M, N);
     }
 }
 
 /* Splits the panels over `threads` OpenMP threads: torch's own team (the same libgomp, loaded once
    per process), so no thread competes with torch's workers while they wait for the next op. */
 void losslens_panel_linear(const float *x, const float *w, const float *b, float *y, long M, long K, long N,
-                           int threads) {
+                           int threads, int gelu) {
     const long panels = N / 16;
     if (threads < 1) threads = 1;
     if (threads > panels) threads = panels > 0 ? (int)panels : 1;
 #pragma omp parallel num_threads(threads)
     {
         const long t = omp_get_thread_num(), T = omp_get_num_threads();
-        job_t job = {x, w, b, y, M, K, N, panels * t / T, panels * (t + 1) / T};
+        job_t job = {x, w, b, y, M, K, N, panels * t / T, panels * (t + 1) / T, gelu};
         run(&job);
     }
     const float *wt = w + panels * 16 * K; /* the N % 16 rows after the panels */
@@ -98,6 +145,7 @@ void losslens_panel_linear(const float *x, const float *w, const float *b, float
             const float *xr = x + m * K;
             float s = 0.f;
             for (long k = 0; k < K; k++) s = __builtin_fmaf(xr[k], wt[k], s);
-            y[m * N + n] = b ? s + b[n] : s;
+            s = b ? s + b[n] : s;
+            y[m * N + n] = gelu ? gelu1(s) : s;
         }
 }
