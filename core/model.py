@@ -319,7 +319,7 @@ class CpuLinear(nn.Linear):
     def pack(self, panels: bool | None = None, into: torch.Tensor | None = None) -> bool:
         """Hold the weight in a faster kernel's layout, in place of the plain one (no extra memory).
 
-        Where LossLens's own kernel measured faster (core/panel.py), its panels of 16 outputs:
+        Where LossLens's own kernel measured faster (core/panel.py), its panels of 8 outputs:
         each panel one contiguous stream, packed in place, so the out_head too. Else oneDNN's
         blocked layout: its kernel works on 16 x 64 blocks; packed that way (AB16b64a) a block is
         4 contiguous KB instead of 64 pieces of 64 bytes in rows 3-12 KB apart, 1.0-1.2x faster
@@ -434,7 +434,7 @@ def freeze(model: nn.Module) -> nn.Module:
     layers = [m for m in model.modules() if isinstance(m, CpuLinear) and uses[id(m.weight)] == 1]
     # LossLens's panels go side by side on huge pages (panel.huge_empty): one mapping per model.
     # A part that a layer does not take (oneDNN's, or a plain weight) is never touched, so never held.
-    sizes = [-(-m.weight.numel() // panel.PANEL) * panel.PANEL for m in layers]  # 64-byte aligned
+    sizes = [-(-m.weight.numel() // panel.ALIGN) * panel.ALIGN for m in layers]  # 64-byte aligned
     arena = panel.huge_empty(sum(sizes)) if layers and panel.selected() else None
     offset = 0
     for layer, size in zip(layers, sizes, strict=True):

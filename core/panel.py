@@ -2,8 +2,8 @@
 
 Why: for a sentence's few rows, a linear layer is a stream over its weight, and neither MKL nor
 oneDNN streams it at the memory's speed (oneDNN's kernel read 6-9 GB/s on 6-15 rows here, where a
-plain sum reads 14-19 GB/s). This kernel reads each weight as contiguous panels of 16 outputs with
-a prefetch ahead; it is plain AVX2, so it runs on AMD and Intel alike.
+plain sum reads 14-19 GB/s). This kernel reads each weight as contiguous panels of 8 outputs, two
+at a time, with a prefetch ahead; it is plain AVX2, so it runs on AMD and Intel alike.
 
 It is used only where it measures faster than oneDNN on the machine itself (`selected()`): its
 panels replace oneDNN's packing in `CpuLinear.pack`, side by side on huge pages (`huge_empty`).
@@ -32,7 +32,8 @@ import torch
 
 SOURCE = Path(__file__).with_name("kernels") / "panel_linear.c"
 FLAGS = ["-O3", "-mavx2", "-mfma", "-fopenmp", "-shared", "-fPIC"]
-PANEL = 16  # outputs per panel, as in the C source
+PANEL = 8  # outputs per panel, as in the C source (a tile reads two neighbouring panels)
+ALIGN = 16  # floats: freeze() starts each layer's panels on a 64-byte cache line
 HUGE_PAGE = 2 << 20  # bytes in an x86-64 huge page
 ENV = "LOSSLENS_PANEL"
 

@@ -31,13 +31,14 @@ def test_the_kernel_builds_here():
 
 def test_pack_and_unpack_work_in_place_and_round_trip():
     torch.manual_seed(0)
-    w = torch.randn(50, 24)  # 3 panels of 16 and 2 rows after them
+    assert panel.PANEL == 8  # as in the C source
+    w = torch.randn(50, 24)  # 6 panels of 8 and 2 rows after them
     want = w.clone()
     flat = panel.pack_(w)
     assert flat.data_ptr() == w.data_ptr() and flat.shape == (50 * 24,)
-    # Panel j is [K][16]: element (k, c) is W[16j + c, k]; the tail rows follow row-major.
-    assert torch.equal(flat[: 3 * 16 * 24].view(3, 24, 16), want[:48].view(3, 16, 24).transpose(1, 2))
-    assert torch.equal(flat[3 * 16 * 24 :], want[48:].reshape(-1))
+    # Panel j is [K][8]: element (k, c) is W[8j + c, k]; the tail rows follow row-major.
+    assert torch.equal(flat[: 6 * 8 * 24].view(6, 24, 8), want[:48].view(6, 8, 24).transpose(1, 2))
+    assert torch.equal(flat[6 * 8 * 24 :], want[48:].reshape(-1))
     copy = panel.unpacked(flat, 50, 24)
     assert torch.equal(copy, want) and copy.data_ptr() != w.data_ptr()
     plain = panel.unpack_(flat, 50, 24)
@@ -47,6 +48,7 @@ def test_pack_and_unpack_work_in_place_and_round_trip():
 @needs_kernel
 @pytest.mark.parametrize("threads", [1, 2, 3])
 # k = 200: 14 rows go in k blocks of 128 (core/kernels/panel_linear.c), the last one partial.
+# n = 40: two pairs of panels and an odd last panel; 50257: one row after 6282 panels.
 @pytest.mark.parametrize(("n", "k"), [(3072, 768), (768, 3072), (50, 24), (7, 5), (50257, 64), (40, 200)])
 @pytest.mark.parametrize("bias", [True, False])
 def test_panel_linear_equals_f_linear(n, k, bias, threads):
@@ -229,7 +231,7 @@ def test_freeze_lays_every_panel_side_by_side_on_huge_pages(monkeypatch):
     assert all(isinstance(w, PackedWeight) and not w.is_mkldnn for w in weights)
     starts = [w.data_ptr() for w in weights]
     assert starts[0] % panel.HUGE_PAGE == 0
-    padded = [-(-w.numel() // panel.PANEL) * panel.PANEL * 4 for w in weights]  # 64-byte multiples
+    padded = [-(-w.numel() // panel.ALIGN) * panel.ALIGN * 4 for w in weights]  # 64-byte multiples
     assert [b - a for a, b in zip(starts, starts[1:], strict=False)] == padded[:-1]
     assert {"hg"} <= set(_mapping_flags(starts[-1]))
     x = torch.randint(0, 500, (2, 9))
@@ -267,7 +269,7 @@ def test_gelu_goes_once_over_each_finished_output(rows):
     """`gelu=True` gives GPT-2's GELU of the linear layer's outputs, panels and tail rows alike, the
     same bits on any thread count; on partial sums (k blocks) or twice, it would miss by far."""
     torch.manual_seed(rows)
-    n, k = 50, 200  # 3 panels and 2 tail rows
+    n, k = 50, 200  # 6 panels and 2 tail rows
     w, b, x = torch.randn(n, k) * 3 / k**0.5, torch.randn(n), torch.randn(rows, k)
     flat = panel.pack_(w.clone())
     before = torch.get_num_threads()

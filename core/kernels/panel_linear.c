@@ -1,22 +1,24 @@
 /* y[M, N] = x[M, K] W^T + b for float32 on x86-64 with AVX2 and FMA: LossLens's kernel for the few
    rows of a sentence (core/panel.py builds it at first use and falls back to oneDNN without it).
 
-   W is packed in panels of 16 outputs: panel j holds rows 16j..16j+15 of the plain [N, K] weight
-   as [K][16], so one panel is a single contiguous stream (48 KB for K = 768), and the N % 16 last
-   rows follow, row-major. Each output sums over k in order 0..K-1 with one FMA per step, the same
-   way for any M, any row and any thread count: a sentence's logits never depend on either (a partial
-   sum kept in y between k blocks is stored and reloaded exactly). With `gelu` set, each output goes
-   through the GPT-2 GELU as it is stored (the feed-forward's first layer), which saves a pass over
-   them in memory and a call per block. */
+   W is packed in panels of 8 outputs: panel j holds rows 8j..8j+7 of the plain [N, K] weight as
+   [K][8], one contiguous stream (24 KB for K = 768), and the N % 8 last rows follow, row-major. A
+   tile reads two neighbouring panels at once (16 outputs): two streams from memory per thread,
+   which a CPU keeps more reads in flight for than one (panels of 16 read as one stream were
+   1.04-1.16x slower here for 1-15 rows). Each output sums over k in order 0..K-1 with one FMA per
+   step, the same way for any M, any row and any thread count: a sentence's logits never depend on
+   either (a partial sum kept in y between k blocks is stored and reloaded exactly). With `gelu`
+   set, each output goes through the GPT-2 GELU as it is stored (the feed-forward's first layer),
+   which saves a pass over them in memory and a call per block. */
 #include <immintrin.h>
 #include <omp.h>
 #include <stddef.h>
 
-#define KBLOCK 128 /* k per block for a sentence (6 < M <= 48): its 8 KB of the panel stay in L1 while
+#define KBLOCK 128 /* k per block for a sentence (6 < M <= 48): its 8 KB of the panels stay in L1 while
                       every 6-row tile reads them, so the stream from memory never pauses for the later
                       tiles (a whole panel per tile: 8.2-8.8 GB/s for 15 rows; in blocks: 10.6-11.0).
                       Many rows are compute-bound: whole panels there (blocks were 0.9x at 256 rows) */
-/* Floats prefetched ahead of the stream. One tile (up to 6 rows, the book batch): 1 KB, which read
+/* Floats prefetched ahead of each stream. One tile (up to 6 rows, the book batch): 1 KB, which read
    1.07-1.09x faster than 2 KB with the weights on huge pages (core/panel.py), on one thread and two;
    more rows spend longer per byte, and 2 KB ahead stays 1.02x faster for them (AMD EPYC). Over the
    hardware's prefetch alone: 1.2-1.3x per layer on one thread. */
@@ -66,81 +68,96 @@ static float gelu1(float v) { /* the same arithmetic for one float: lane 0 of ge
 
 /* GELU over one panel's finished outputs, still in L1. Apart from tile(), whose loop needs 15 of the
    16 ymm registers: inside its epilogue, the GELU's constants made the loop spill (2x slower). */
-static __attribute__((noinline)) void gelu_panel(float *y, long M, long N) {
-    for (long m = 0; m < M; m++, y += N) {
-        _mm256_storeu_ps(y, gelu8(_mm256_loadu_ps(y)));
-        _mm256_storeu_ps(y + 8, gelu8(_mm256_loadu_ps(y + 8)));
-    }
+static __attribute__((noinline)) void gelu_panel(float *y, long M, long N, int width) {
+    for (long m = 0; m < M; m++, y += N)
+        for (int i = 0; i < width; i += 8) _mm256_storeu_ps(y + i, gelu8(_mm256_loadu_ps(y + i)));
 }
 
-/* R rows (1..6) x 16 outputs over k0..k1-1, going on from the partial sums in y when k0 > 0:
+/* R rows (1..6) x 16 outputs (two panels of 8, side by side: two streams from memory) or 8 (one
+   panel) over k0..k1-1, going on from the partial sums in y when k0 > 0:
    12 accumulators + 2 weight vectors + 1 broadcast = 15 ymm registers */
 static inline __attribute__((always_inline)) void tile(const float *x, const float *w, const float *b,
                                                        float *y, long K, long N, int R, long k0, long k1,
-                                                       long ahead) {
+                                                       long ahead, int two) {
+    const float *w2 = w + 8 * K;
     __m256 a0[6], a1[6];
     for (int r = 0; r < R; r++) {
         a0[r] = k0 ? _mm256_loadu_ps(y + r * N) : _mm256_setzero_ps();
-        a1[r] = k0 ? _mm256_loadu_ps(y + r * N + 8) : _mm256_setzero_ps();
+        if (two) a1[r] = k0 ? _mm256_loadu_ps(y + r * N + 8) : _mm256_setzero_ps();
     }
-    for (long k = k0; k < k1; k++) {
-        _mm_prefetch((const char *)(w + 16 * k + ahead), _MM_HINT_T0);
-        __m256 w0 = _mm256_loadu_ps(w + 16 * k), w1 = _mm256_loadu_ps(w + 16 * k + 8);
-        for (int r = 0; r < R; r++) {
-            __m256 v = _mm256_broadcast_ss(x + r * K + k);
-            a0[r] = _mm256_fmadd_ps(v, w0, a0[r]);
-            a1[r] = _mm256_fmadd_ps(v, w1, a1[r]);
-        }
+#define STEP(k)                                                                                  \
+    do {                                                                                         \
+        __m256 w0 = _mm256_loadu_ps(w + 8 * (k)), w1 = two ? _mm256_loadu_ps(w2 + 8 * (k)) : w0; \
+        for (int r = 0; r < R; r++) {                                                            \
+            __m256 v = _mm256_broadcast_ss(x + r * K + (k));                                     \
+            a0[r] = _mm256_fmadd_ps(v, w0, a0[r]);                                               \
+            if (two) a1[r] = _mm256_fmadd_ps(v, w1, a1[r]);                                      \
+        }                                                                                        \
+    } while (0)
+    long k = k0;
+    for (; k + 1 < k1; k += 2) { /* two steps per 64-byte line of each panel: one prefetch each */
+        _mm_prefetch((const char *)(w + 8 * k + ahead), _MM_HINT_T0);
+        if (two) _mm_prefetch((const char *)(w2 + 8 * k + ahead), _MM_HINT_T0);
+        STEP(k);
+        STEP(k + 1);
     }
+    if (k < k1) STEP(k);
+#undef STEP
     for (int r = 0; r < R; r++) {
         if (b && k1 == K) {
             a0[r] = _mm256_add_ps(a0[r], _mm256_loadu_ps(b));
-            a1[r] = _mm256_add_ps(a1[r], _mm256_loadu_ps(b + 8));
+            if (two) a1[r] = _mm256_add_ps(a1[r], _mm256_loadu_ps(b + 8));
         }
         _mm256_storeu_ps(y + r * N, a0[r]);
-        _mm256_storeu_ps(y + r * N + 8, a1[r]);
+        if (two) _mm256_storeu_ps(y + r * N + 8, a1[r]);
     }
+}
+
+/* Outputs 16c..16c+15 (panels 2c and 2c+1) or, with two == 0, the 8 of panel 2c alone. */
+static void run_pair(const job_t *j, long c, int two) {
+    const long M = j->M, K = j->K, N = j->N;
+    const float *w = j->w + c * 16 * K, *b = j->b ? j->b + 16 * c : NULL;
+    const long step = M > 6 && M <= 48 ? KBLOCK : K, ahead = M <= 6 ? PREFETCH_ONE_TILE : PREFETCH_TILES;
+    for (long k0 = 0; k0 < K; k0 += step) {
+        const long k1 = k0 + step < K ? k0 + step : K;
+        for (long m = 0; m < M; m += 6) { /* the block is read from memory once, then from L1 */
+            const float *x = j->x + m * K;
+            float *y = j->y + m * N + 16 * c;
+            switch (M - m < 6 ? M - m : 6) {
+                case 6: tile(x, w, b, y, K, N, 6, k0, k1, ahead, two); break;
+                case 5: tile(x, w, b, y, K, N, 5, k0, k1, ahead, two); break;
+                case 4: tile(x, w, b, y, K, N, 4, k0, k1, ahead, two); break;
+                case 3: tile(x, w, b, y, K, N, 3, k0, k1, ahead, two); break;
+                case 2: tile(x, w, b, y, K, N, 2, k0, k1, ahead, two); break;
+                default: tile(x, w, b, y, K, N, 1, k0, k1, ahead, two);
+            }
+        }
+    }
+    if (j->gelu) gelu_panel(j->y + 16 * c, M, N, two ? 16 : 8);
 }
 
 static void run(const job_t *j) {
-    const long M = j->M, K = j->K, N = j->N;
-    for (long c = j->j0; c < j->j1; c++) {
-        const float *w = j->w + c * 16 * K, *b = j->b ? j->b + 16 * c : NULL;
-        const long step = M > 6 && M <= 48 ? KBLOCK : K, ahead = M <= 6 ? PREFETCH_ONE_TILE : PREFETCH_TILES;
-        for (long k0 = 0; k0 < K; k0 += step) {
-            const long k1 = k0 + step < K ? k0 + step : K;
-            for (long m = 0; m < M; m += 6) { /* the block is read from memory once, then from L1 */
-                const float *x = j->x + m * K;
-                float *y = j->y + m * N + 16 * c;
-                switch (M - m < 6 ? M - m : 6) {
-                    case 6: tile(x, w, b, y, K, N, 6, k0, k1, ahead); break;
-                    case 5: tile(x, w, b, y, K, N, 5, k0, k1, ahead); break;
-                    case 4: tile(x, w, b, y, K, N, 4, k0, k1, ahead); break;
-                    case 3: tile(x, w, b, y, K, N, 3, k0, k1, ahead); break;
-                    case 2: tile(x, w, b, y, K, N, 2, k0, k1, ahead); break;
-                    default: tile(x, w, b, y, K, N, 1, k0, k1, ahead);
-                }
-            }
-        }
-        if (j->gelu) gelu_panel(j->y + 16 * c, M, N);
-    }
+    for (long c = j->j0; c < j->j1; c++) run_pair(j, c, 1);
 }
 
-/* Splits the panels over `threads` OpenMP threads: torch's own team (the same libgomp, loaded once
-   per process), so no thread competes with torch's workers while they wait for the next op. */
+/* Splits the pairs of panels over `threads` OpenMP threads: torch's own team (the same libgomp,
+   loaded once per process), so no thread competes with torch's workers while they wait for the next
+   op. An odd last panel and the N % 8 rows after the panels follow on this thread. */
 void losslens_panel_linear(const float *x, const float *w, const float *b, float *y, long M, long K, long N,
                            int threads, int gelu) {
-    const long panels = N / 16;
+    const long pairs = N / 16;
     if (threads < 1) threads = 1;
-    if (threads > panels) threads = panels > 0 ? (int)panels : 1;
+    if (threads > pairs) threads = pairs > 0 ? (int)pairs : 1;
 #pragma omp parallel num_threads(threads)
     {
         const long t = omp_get_thread_num(), T = omp_get_num_threads();
-        job_t job = {x, w, b, y, M, K, N, panels * t / T, panels * (t + 1) / T, gelu};
+        job_t job = {x, w, b, y, M, K, N, pairs * t / T, pairs * (t + 1) / T, gelu};
         run(&job);
     }
-    const float *wt = w + panels * 16 * K; /* the N % 16 rows after the panels */
-    for (long n = panels * 16; n < N; n++, wt += K)
+    job_t rest = {x, w, b, y, M, K, N, pairs, pairs, gelu};
+    if (N / 8 % 2) run_pair(&rest, pairs, 0); /* an odd last panel of 8 */
+    const float *wt = w + N / 8 * 8 * K; /* the N % 8 rows after the panels */
+    for (long n = N / 8 * 8; n < N; n++, wt += K)
         for (long m = 0; m < M; m++) {
             const float *xr = x + m * K;
             float s = 0.f;
