@@ -115,10 +115,10 @@ class MultiHeadAttention(nn.Module):
         end = layers[0].weight.data_ptr()
         for layer in layers:
             w = layer.weight
-            n, k = getattr(w, "plain_shape", (0, 0))
-            if not (isinstance(w, PackedWeight) and w.data_ptr() == end and n % panel.PANEL == 0 < n):
+            n, k = getattr(w, "plain_shape", (0, 0))  # only LossLens's panels have one
+            if n == 0 or w.data_ptr() != end or n % panel.PANEL or k != x.shape[-1]:
                 return None
-            if k != x.shape[-1] or (layer.bias is None) != (layers[0].bias is None):
+            if (layer.bias is None) != (layers[0].bias is None):
                 return None
             end += n * k * 4
         bias = None if layers[0].bias is None else torch.cat([layer.bias for layer in layers])

@@ -66,8 +66,9 @@ static float gelu1(float v) { /* the same arithmetic for one float: lane 0 of ge
     return _mm256_cvtss_f32(gelu8(_mm256_set1_ps(v)));
 }
 
-/* GELU over one panel's finished outputs, still in L1. Apart from tile(), whose loop needs 15 of the
-   16 ymm registers: inside its epilogue, the GELU's constants made the loop spill (2x slower). */
+/* GELU over a pair's (or a lone panel's) finished outputs, still in L1. Apart from tile(), whose
+   loop needs 15 of the 16 ymm registers: inside its epilogue, the GELU's constants made the loop
+   spill (2x slower). */
 static __attribute__((noinline)) void gelu_panel(float *y, long M, long N, int width) {
     for (long m = 0; m < M; m++, y += N)
         for (int i = 0; i < width; i += 8) _mm256_storeu_ps(y + i, gelu8(_mm256_loadu_ps(y + i)));
@@ -136,10 +137,6 @@ static void run_pair(const job_t *j, long c, int two) {
     if (j->gelu) gelu_panel(j->y + 16 * c, M, N, two ? 16 : 8);
 }
 
-static void run(const job_t *j) {
-    for (long c = j->j0; c < j->j1; c++) run_pair(j, c, 1);
-}
-
 /* Splits the pairs of panels over `threads` OpenMP threads: torch's own team (the same libgomp,
    loaded once per process), so no thread competes with torch's workers while they wait for the next
    op. An odd last panel and the N % 8 rows after the panels follow on this thread. */
@@ -152,7 +149,7 @@ void losslens_panel_linear(const float *x, const float *w, const float *b, float
     {
         const long t = omp_get_thread_num(), T = omp_get_num_threads();
         job_t job = {x, w, b, y, M, K, N, pairs * t / T, pairs * (t + 1) / T, gelu};
-        run(&job);
+        for (long c = job.j0; c < job.j1; c++) run_pair(&job, c, 1);
     }
     job_t rest = {x, w, b, y, M, K, N, pairs, pairs, gelu};
     if (N / 8 % 2) run_pair(&rest, pairs, 0); /* an odd last panel of 8 */
