@@ -362,3 +362,55 @@ def test_the_feed_forward_s_gelu_runs_in_the_kernel_for_inference_only(monkeypat
     assert len(gelu_calls) == 2  # once per block, as a module
     torch.testing.assert_close(fused, apart, rtol=1e-5, atol=1e-5)
     assert not torch.equal(fused, torch.zeros_like(fused))
+
+
+@pytest.fixture
+def wide_tile():
+    """The AVX-512 tile switched on from WIDE_ROWS rows (skipped on a CPU without AVX-512), and the
+    process's measured choice restored afterwards (it is one setting of the loaded kernel)."""
+    if not (buildable and panel.set_wide(True)):
+        pytest.skip("no AVX-512 on this CPU: the AVX2 tile runs every row count")
+    yield
+    panel.set_wide(panel.wide)
+
+
+@needs_kernel
+@pytest.mark.parametrize("threads", [1, 2, 3])
+# n = 40: one quad of panels and one panel left; 56: a quad and a pair and a panel; 7: no panel at
+# all; 50257: 1570 quads, a pair and one row after the panels.
+@pytest.mark.parametrize(("n", "k"), [(3072, 768), (768, 3072), (40, 200), (56, 24), (7, 5), (50257, 64)])
+@pytest.mark.parametrize("bias", [True, False])
+def test_the_avx512_tile_gives_the_avx2_tile_s_bits(wide_tile, n, k, bias, threads):
+    torch.manual_seed(n + k)
+    flat = panel.pack_(torch.randn(n, k))
+    b = torch.randn(n) if bias else None
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for rows in (panel.WIDE_ROWS, 13, 300):  # one tile of 12 and less; many tiles and a rest
+            x = torch.randn(rows, k)
+            for gelu in (False, True):
+                panel.set_wide(True)
+                wide = panel.linear(x, flat, b, n, gelu=gelu)
+                panel.set_wide(False)
+                narrow = panel.linear(x, flat, b, n, gelu=gelu)
+                assert torch.equal(wide, narrow), (rows, gelu)
+                # Below WIDE_ROWS the AVX2 tile runs: a row alone has the batch's bits either way.
+                panel.set_wide(True)
+                assert torch.equal(panel.linear(x[-1:], flat, b, n, gelu=gelu)[0], wide[-1])
+    finally:
+        torch.set_num_threads(before)
+    want = F.gelu(F.linear(x, panel.unpacked(flat, n, k), b), approximate="tanh")
+    torch.testing.assert_close(wide, want, rtol=1e-4, atol=1e-4 * k**0.5)  # and the right numbers
+
+
+@needs_kernel
+@pytest.mark.parametrize("faster", [True, False])
+def test_the_avx512_tile_runs_many_rows_only_where_it_measured_faster(wide_tile, monkeypatch, faster):
+    monkeypatch.setenv(panel.ENV, "auto")
+    monkeypatch.setattr(panel, "measure_wide", lambda rows, reps: (1.0, 2.0) if faster else (2.0, 1.0))
+    monkeypatch.setattr(panel, "measure", lambda rows, layers, reps: (1.0, 2.0))  # the kernel: faster
+    monkeypatch.setattr(panel, "wide", panel.wide)  # restored after the test
+    assert panel.selected.__wrapped__() is True
+    assert panel.wide is faster
+    assert panel.library().losslens_wide_rows() == (panel.WIDE_ROWS if faster else 0)
