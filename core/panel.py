@@ -17,6 +17,7 @@ from __future__ import annotations
 import ctypes
 import functools
 import hashlib
+import math
 import mmap
 import os
 import platform
@@ -39,6 +40,7 @@ PANEL = 8  # outputs per panel, as in the C source (a tile reads two neighbourin
 WIDE_ROWS = 7
 ALIGN = 16  # floats: freeze() starts each layer's panels on a 64-byte cache line
 HUGE_PAGE = 2 << 20  # bytes in an x86-64 huge page
+HUGE_OUTPUT = 32 << 20  # bytes from which linear() puts its output on huge pages
 ENV = "LOSSLENS_PANEL"
 
 # Why the kernel is off, once known (None while on or not yet asked): bench/bench_loss.py prints it.
@@ -102,7 +104,7 @@ def library() -> ctypes.CDLL | None:
         reason = f"the kernel could not be built: {e} {err.decode(errors='replace')[:300]}".strip()
         return None
     fn = lib.losslens_panel_linear
-    fn.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_long] * 3 + [ctypes.c_int] * 2
+    fn.argtypes = [ctypes.c_void_p] * 5 + [ctypes.c_long] * 3 + [ctypes.c_int] * 2
     fn.restype = None
     lib.losslens_set_wide_rows.argtypes = [ctypes.c_long]
     lib.losslens_set_wide_rows.restype = ctypes.c_int
@@ -215,23 +217,39 @@ def unpacked(flat: torch.Tensor, n: int, k: int) -> torch.Tensor:
 
 
 def linear(
-    x: torch.Tensor, flat: torch.Tensor, bias: torch.Tensor | None, n: int, gelu: bool = False
+    x: torch.Tensor,
+    flat: torch.Tensor,
+    bias: torch.Tensor | None,
+    n: int,
+    gelu: bool = False,
+    add: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """x @ W^T + bias with W packed by pack_: rows out, float32, on torch's thread count. With
     `gelu`, GPT-2's GELU of that (within float32 rounding of F.gelu(approximate="tanh")), applied
-    as the outputs are stored. With n beyond flat's outputs, the kernel reads on past its end: the
-    packed weights that lie right after it (MultiHeadAttention's query, key and value)."""
+    as the outputs are stored; with `add` (the output's shape), (x @ W^T + bias) + add, the same
+    bits as adding it afterwards. With n beyond flat's outputs, the kernel reads on past its end:
+    the packed weights that lie right after it (MultiHeadAttention's query, key and value)."""
     k = x.shape[-1]
     x = x if x.is_contiguous() else x.contiguous()
     b = None if bias is None else bias.contiguous()  # held: the C call reads its memory
-    y = torch.empty(*x.shape[:-1], n, dtype=torch.float32)
+    if add is not None:
+        if gelu or add.shape != (*x.shape[:-1], n) or add.dtype != torch.float32:
+            raise ValueError(f"add must be float32 of shape {(*x.shape[:-1], n)}, without gelu")
+        add = add.contiguous()
+    rows = math.prod(x.shape[:-1])
+    # An output past glibc's largest heap block (32 MB: a batch's logits) is a fresh mapping each
+    # call, faulted in 4 KB at a time: on 2 MB pages the 2 x 256-token logits took 151 ms with the
+    # out_head's compute instead of 175 (Intel Xeon).
+    y = huge_empty(rows * n) if rows * n * 4 >= HUGE_OUTPUT else None
+    y = torch.empty(*x.shape[:-1], n) if y is None else y.view(*x.shape[:-1], n)
     if y.numel():
         library().losslens_panel_linear(
             x.data_ptr(),
             flat.data_ptr(),
             None if b is None else b.data_ptr(),
+            None if add is None else add.data_ptr(),
             y.data_ptr(),
-            x.numel() // k,
+            rows,
             k,
             n,
             torch.get_num_threads(),

@@ -13,9 +13,11 @@ import torch.nn.functional as F
 from core.data import LoaderSettings, create_dataloader_v1, make_loaders
 from core.errors import InvalidParameterError, NoBatchesError
 from core.evaluate import (
+    LOG_SOFTMAX_ROWS,
     EvaluationCancelled,
     calc_loss_batch,
     calc_loss_loader,
+    cross_entropy,
     evaluate_dataset,
 )
 from core.model import GPT_CONFIG_124M, GPTModel, freeze
@@ -251,3 +253,33 @@ def test_needs_eval_mode_and_leaves_the_model_alone(verdict):
     evaluate_dataset(model, verdict, LoaderSettings(context_length=32), num_batches=2)
     assert not model.training
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+@pytest.mark.parametrize("rows", [LOG_SOFTMAX_ROWS, LOG_SOFTMAX_ROWS + 1, 7 * LOG_SOFTMAX_ROWS + 5])
+@pytest.mark.parametrize("padded", [False, True])
+def test_cross_entropy_is_f_cross_entropy_bit_for_bit_in_blocks_of_rows(monkeypatch, rows, padded):
+    torch.manual_seed(rows)
+    logits = torch.randn(rows, 3000) * 4
+    targets = torch.randint(0, 3000, (rows,))
+    if padded:
+        targets[::3] = -100  # ignored, as F.cross_entropy's default ignore_index
+    want = F.cross_entropy(logits, targets)
+    shapes = []
+    real = F.log_softmax
+    monkeypatch.setattr(F, "log_softmax", lambda x, dim: shapes.append(tuple(x.shape)) or real(x, dim=dim))
+    with torch.inference_mode():
+        got = cross_entropy(logits, targets)
+    assert torch.equal(got, want)  # the same summation over the same per-row values
+    if rows <= LOG_SOFTMAX_ROWS:  # one block: F.cross_entropy itself
+        assert shapes == []
+    else:  # the log-softmax never sees the whole [tokens, vocab] block, and sees every row once
+        assert max(s[0] for s in shapes) == LOG_SOFTMAX_ROWS and sum(s[0] for s in shapes) == rows
+
+
+def test_cross_entropy_with_gradients_is_f_cross_entropy_itself():
+    logits = torch.randn(100, 50, requires_grad=True)
+    targets = torch.randint(0, 50, (100,))
+    loss = cross_entropy(logits, targets)
+    loss.backward()
+    assert loss.grad_fn is not None and logits.grad.shape == logits.shape
+    torch.testing.assert_close(loss, F.cross_entropy(logits, targets), rtol=0, atol=0)

@@ -338,7 +338,7 @@ def test_a_block_s_query_key_and_value_come_from_one_kernel_call_with_the_same_b
     with torch.inference_mode():
         joined = model(x)
         assert calls == [3 * 64, 64, 4 * 64, 64] * 2 + [500]  # one call per block for q, k and v
-        monkeypatch.setattr(MultiHeadAttention, "_joined_qkv", lambda self, x: None)
+        monkeypatch.setattr(MultiHeadAttention, "joinable", lambda self, x: False)
         calls.clear()
         separate = model(x)
     assert calls == [64, 64, 64, 64, 4 * 64, 64] * 2 + [500]
@@ -357,11 +357,39 @@ def test_the_feed_forward_s_gelu_runs_in_the_kernel_for_inference_only(monkeypat
     with torch.inference_mode():
         fused = model(x)
         assert gelu_calls == []  # the kernel applied it
-        monkeypatch.setattr(FeedForward, "forward", lambda self, t: self.layers(t))
+        monkeypatch.setattr(FeedForward, "on_panels", lambda self, t: False)
         apart = model(x)
     assert len(gelu_calls) == 2  # once per block, as a module
     torch.testing.assert_close(fused, apart, rtol=1e-5, atol=1e-5)
     assert not torch.equal(fused, torch.zeros_like(fused))
+
+
+@needs_kernel
+@pytest.mark.parametrize("qkv_bias", [False, True])
+def test_a_block_on_the_kernel_skips_the_module_calls_with_the_same_bits(monkeypatch, qkv_bias):
+    from torch import nn
+
+    from core.model import MultiHeadAttention
+
+    model = _tiny_frozen_model(monkeypatch, qkv_bias)
+    x = torch.randint(0, 500, (2, 9))
+    called = []
+    for cls in (MultiHeadAttention, nn.Dropout):
+        real_forward = cls.forward
+        monkeypatch.setattr(cls, "forward", lambda self, t, f=real_forward: called.append(self) or f(self, t))
+    with torch.inference_mode():
+        direct = model(x)
+        assert len(called) == 1  # the embeddings' dropout only: no attention module, no block dropout
+        monkeypatch.setattr(MultiHeadAttention, "joinable", lambda self, x: False)  # the book's code
+        called.clear()
+        modules = model(x)
+        assert len(called) == 1 + 2 * (1 + 2)  # per block: the attention module, two shortcut dropouts
+    assert torch.equal(direct, modules)
+    model.train()  # dropout on: the book's code (and its random masks), never the direct path
+    with torch.no_grad():
+        called.clear()
+        model(x)
+    assert len(called) > 1
 
 
 @pytest.fixture
@@ -414,3 +442,20 @@ def test_the_avx512_tile_runs_many_rows_only_where_it_measured_faster(wide_tile,
     assert panel.selected.__wrapped__() is True
     assert panel.wide is faster
     assert panel.library().losslens_wide_rows() == (panel.WIDE_ROWS if faster else 0)
+
+
+@needs_kernel
+@on_linux
+def test_a_batch_s_logits_land_on_huge_pages_and_a_sentence_s_on_the_heap():
+    torch.manual_seed(5)
+    n, k = 50257, 16
+    w = torch.randn(n, k)
+    flat = panel.pack_(w.clone())
+    rows = -(-panel.HUGE_OUTPUT // (4 * n))  # the fewest rows whose output reaches HUGE_OUTPUT
+    x = torch.randn(1, rows, k)
+    big, small = panel.linear(x, flat, None, n), panel.linear(x[:, :3], flat, None, n)
+    assert big.shape == (1, rows, n) and big.is_contiguous() and big.data_ptr() % panel.HUGE_PAGE == 0
+    assert "hg" in _mapping_flags(big.data_ptr())
+    assert "hg" not in _mapping_flags(small.data_ptr())
+    assert torch.equal(big[:, :3], small)  # the same kernel, the same bits
+    torch.testing.assert_close(big, F.linear(x, w), rtol=1e-4, atol=1e-4)

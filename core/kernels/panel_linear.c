@@ -35,7 +35,7 @@ __attribute__((constructor)) static void pick_prefetch(void) {
 }
 
 typedef struct {
-    const float *x, *w, *b;
+    const float *x, *w, *b, *r;
     float *y;
     long M, K, N, j0, j1;
     int gelu;
@@ -81,6 +81,19 @@ static float gelu1(float v) { /* the same arithmetic for one float: lane 0 of ge
 static __attribute__((noinline)) void gelu_panel(float *y, long M, long N, int width) {
     for (long m = 0; m < M; m++, y += N)
         for (int i = 0; i < width; i += 8) _mm256_storeu_ps(y + i, gelu8(_mm256_loadu_ps(y + i)));
+}
+
+/* What follows a finished pair or quad, on its `width` outputs from column `col` while they are in
+   L1: the GELU (the feed-forward's first layer) or the shortcut added after the bias, y = (x W^T +
+   b) + r, exactly the sum that the book's x + shortcut makes afterwards. */
+static void finish(const job_t *j, long col, int width) {
+    if (j->gelu) gelu_panel(j->y + col, j->M, j->N, width);
+    if (j->r)
+        for (long m = 0; m < j->M; m++) {
+            float *y = j->y + m * j->N + col;
+            const float *r = j->r + m * j->N + col;
+            for (int i = 0; i < width; i += 8) _mm256_storeu_ps(y + i, _mm256_add_ps(_mm256_loadu_ps(y + i), _mm256_loadu_ps(r + i)));
+        }
 }
 
 /* R rows (1..6) x 16 outputs (two panels of 8, side by side: two streams from memory) or 8 (one
@@ -143,7 +156,7 @@ static void run_pair(const job_t *j, long c, int two) {
             }
         }
     }
-    if (j->gelu) gelu_panel(j->y + 16 * c, M, N, two ? 16 : 8);
+    finish(j, 16 * c, two ? 16 : 8);
 }
 
 /* Many rows on a CPU with AVX-512: compute-bound, where 16-wide FMAs do twice the work of AVX2's.
@@ -202,7 +215,7 @@ static void run_quad(const job_t *j, long q) {
 #undef CASE
         }
     }
-    if (j->gelu) gelu_panel(j->y + 32 * q, M, N, 32);
+    finish(j, 32 * q, 32);
 }
 #pragma GCC pop_options
 
@@ -225,8 +238,8 @@ int losslens_set_wide_rows(long rows) {
    torch's own team (the same libgomp, loaded once per process), so no thread competes with torch's
    workers while they wait for the next op. The panels left over (an odd last one, or up to three
    after the quads) and the N % 8 rows after the panels follow on this thread. */
-void losslens_panel_linear(const float *x, const float *w, const float *b, float *y, long M, long K, long N,
-                           int threads, int gelu) {
+void losslens_panel_linear(const float *x, const float *w, const float *b, const float *r, float *y, long M,
+                           long K, long N, int threads, int gelu) {
     const int wide = wide_rows > 0 && M >= wide_rows;
     const long units = wide ? N / 32 : N / 16, panels = N / 8;
     if (threads < 1) threads = 1;
@@ -234,10 +247,10 @@ void losslens_panel_linear(const float *x, const float *w, const float *b, float
 #pragma omp parallel num_threads(threads)
     {
         const long t = omp_get_thread_num(), T = omp_get_num_threads();
-        job_t job = {x, w, b, y, M, K, N, units * t / T, units * (t + 1) / T, gelu};
+        job_t job = {x, w, b, r, y, M, K, N, units * t / T, units * (t + 1) / T, gelu};
         for (long c = job.j0; c < job.j1; c++) wide ? run_quad(&job, c) : run_pair(&job, c, 1);
     }
-    job_t rest = {x, w, b, y, M, K, N, 0, 0, gelu};
+    job_t rest = {x, w, b, r, y, M, K, N, 0, 0, gelu};
     for (long p = units * (wide ? 4 : 2); p < panels; p += 2) run_pair(&rest, p / 2, panels - p >= 2);
     const float *wt = w + panels * 8 * K; /* the N % 8 rows after the panels */
     for (long n = panels * 8; n < N; n++, wt += K)
@@ -246,6 +259,7 @@ void losslens_panel_linear(const float *x, const float *w, const float *b, float
             float s = 0.f;
             for (long k = 0; k < K; k++) s = __builtin_fmaf(xr[k], wt[k], s);
             s = b ? s + b[n] : s;
+            s = r ? s + r[m * N + n] : s;
             y[m * N + n] = gelu ? gelu1(s) : s;
         }
 }
