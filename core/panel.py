@@ -34,10 +34,12 @@ import torch
 SOURCE = Path(__file__).with_name("kernels") / "panel_linear.c"
 FLAGS = ["-O3", "-mavx2", "-mfma", "-fopenmp", "-shared", "-fPIC"]
 PANEL = 8  # outputs per panel, as in the C source (a tile reads two neighbouring panels)
-# Past one tile of AVX2 rows, a CPU with AVX-512 runs the 16-wide tile on four panels at a time:
-# 1.3-1.5x faster than AVX2's for 16-512 rows, and a forward pass 1.14-1.18x faster for 8-15 rows,
-# with four streams at once (Intel Xeon; for 6 rows both ran alike).
-WIDE_ROWS = 7
+# On a CPU with AVX-512, LossLens's 16-wide tile (four panels at a time) may run from WIDE_FEW_ROWS
+# rows on, past one AVX2 tile; or from WIDE_MANY_ROWS, past the AVX2 tile's k blocks for a sentence.
+# selected() measures which. Intel Xeon: 1.3-1.5x faster than AVX2 for 16-512 rows, and a forward
+# pass 1.14-1.18x faster for 8-15 rows, four streams at once (for 6 rows both ran alike).
+WIDE_FEW_ROWS = 7
+WIDE_MANY_ROWS = 49
 ALIGN = 16  # floats: freeze() starts each layer's panels on a 64-byte cache line
 HUGE_PAGE = 2 << 20  # bytes in an x86-64 huge page
 HUGE_OUTPUT = 32 << 20  # bytes from which linear() puts its output on huge pages
@@ -45,7 +47,7 @@ ENV = "LOSSLENS_PANEL"
 
 # Why the kernel is off, once known (None while on or not yet asked): bench/bench_loss.py prints it.
 reason: str | None = None
-wide = False  # whether the AVX-512 tile runs many rows (selected() measures it; bench prints it)
+wide_rows = 0  # from how many rows the AVX-512 tile runs, 0: never (selected() measures; bench prints)
 
 
 def _supported() -> str | None:
@@ -112,11 +114,11 @@ def library() -> ctypes.CDLL | None:
     return lib
 
 
-def set_wide(on: bool) -> bool:
-    """Run the AVX-512 tile from WIDE_ROWS rows on (True) or never (False); False where the CPU or
-    the kernel has none. The bits are the same either way: only the speed differs."""
+def set_wide_rows(rows: int) -> int:
+    """Run the AVX-512 tile from `rows` rows on (0: never); the rows set, or 0 where the CPU or the
+    kernel has no such tile. The bits are the same either way: only the speed differs."""
     lib = library()
-    return bool(lib and lib.losslens_set_wide_rows(WIDE_ROWS if on else 0) and on)
+    return rows if lib and lib.losslens_set_wide_rows(rows) else 0
 
 
 def _transpose_panels_(
@@ -288,13 +290,14 @@ def measure(rows: int, layers: int, reps: int) -> tuple[float, float]:
     return ours, theirs
 
 
-def measure_wide(rows: int, reps: int) -> tuple[float, float]:
-    """Seconds for a 3072 x 768 layer with `rows` rows: the AVX-512 tile on, then off (AVX2)."""
-    flat, x = pack_(torch.randn(3072, 768)), torch.randn(rows, 768)
+def measure_wide(rows: int, layers: int, reps: int) -> tuple[float, float]:
+    """Seconds for a pass over `layers` 3072 x 768 layers with `rows` rows: the AVX-512 tile, then
+    the AVX2 one."""
+    panels, x = [pack_(torch.randn(3072, 768)) for _ in range(layers)], torch.randn(rows, 768)
     on, off = _best(
         (
-            lambda: set_wide(True) and linear(x, flat, None, 3072),
-            lambda: set_wide(False) or linear(x, flat, None, 3072),
+            lambda: set_wide_rows(1) and [linear(x, p, None, 3072) for p in panels],
+            lambda: set_wide_rows(0) or [linear(x, p, None, 3072) for p in panels],
         ),
         reps,
     )
@@ -306,18 +309,21 @@ def selected() -> bool:
     """Whether CpuLinear packs weights for this kernel: on, built, and faster here than oneDNN for
     a sentence (8 rows, by >= 10 %) and not much slower for a full window (256 rows, where an
     AVX-512 CPU's oneDNN kernels run 16 wide). With AVX-512, the kernel's own 16-wide tile runs
-    many rows where it measures faster than the AVX2 one (`wide`)."""
-    global reason, wide
+    from a sentence's rows or from many rows on, where it measures faster than the AVX2 one
+    (`wide_rows`): a trick for one CPU costs no other."""
+    global reason, wide_rows
     setting = os.environ.get(ENV, "auto")
     if setting == "0":
         reason = f"{ENV}=0"
         return False
     if library() is None:
         return False
-    try:  # ~0.2 s, once per process, on a CPU with AVX-512 only
-        if set_wide(True):
-            on, off = measure_wide(256, reps=3)
-            wide = set_wide(on < off)
+    try:  # ~0.3 s, once per process, on a CPU with AVX-512 only
+        if set_wide_rows(WIDE_FEW_ROWS):
+            few_on, few_off = measure_wide(12, layers=4, reps=5)  # 38 MB: from memory on most CPUs
+            many_on, many_off = measure_wide(256, layers=1, reps=3)
+            rows = WIDE_MANY_ROWS if many_on < many_off else 0
+            wide_rows = set_wide_rows(WIDE_FEW_ROWS if rows and few_on < few_off else rows)
         if setting == "1":
             return True
         # ~0.3 s, once per process

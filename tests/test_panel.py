@@ -394,12 +394,12 @@ def test_a_block_on_the_kernel_skips_the_module_calls_with_the_same_bits(monkeyp
 
 @pytest.fixture
 def wide_tile():
-    """The AVX-512 tile switched on from WIDE_ROWS rows (skipped on a CPU without AVX-512), and the
-    process's measured choice restored afterwards (it is one setting of the loaded kernel)."""
-    if not (buildable and panel.set_wide(True)):
+    """A CPU with AVX-512 (else skipped), and the process's measured choice of the AVX-512 tile
+    restored afterwards (it is one setting of the loaded kernel)."""
+    if not (buildable and panel.set_wide_rows(panel.WIDE_FEW_ROWS)):
         pytest.skip("no AVX-512 on this CPU: the AVX2 tile runs every row count")
     yield
-    panel.set_wide(panel.wide)
+    panel.set_wide_rows(panel.wide_rows)
 
 
 @needs_kernel
@@ -415,47 +415,44 @@ def test_the_avx512_tile_gives_the_avx2_tile_s_bits(wide_tile, n, k, bias, threa
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        for rows in (panel.WIDE_ROWS, 13, 300):  # one tile of 12 and less; many tiles and a rest
+        for rows in (1, panel.WIDE_FEW_ROWS, 13, 300):  # one row; one tile of 12 and less; many tiles
             x = torch.randn(rows, k)
-            for gelu in (False, True):
-                panel.set_wide(True)
-                wide = panel.linear(x, flat, b, n, gelu=gelu)
-                panel.set_wide(False)
-                narrow = panel.linear(x, flat, b, n, gelu=gelu)
+            for gelu, add in ((False, None), (True, None), (False, torch.randn(rows, n))):
+                panel.set_wide_rows(1)
+                wide = panel.linear(x, flat, b, n, gelu=gelu, add=add)
+                panel.set_wide_rows(0)
+                narrow = panel.linear(x, flat, b, n, gelu=gelu, add=add)
                 assert torch.equal(wide, narrow), (rows, gelu)
-                # Below WIDE_ROWS the AVX2 tile runs: a row alone has the batch's bits either way.
-                panel.set_wide(True)
-                assert torch.equal(panel.linear(x[-1:], flat, b, n, gelu=gelu)[0], wide[-1])
+                # A row alone (the AVX2 tile, below WIDE_FEW_ROWS) has the batch's bits either way.
+                panel.set_wide_rows(panel.WIDE_FEW_ROWS)
+                last = panel.linear(x[-1:], flat, b, n, gelu=gelu, add=None if add is None else add[-1:])
+                assert torch.equal(last[0], wide[-1])
     finally:
         torch.set_num_threads(before)
-    want = F.gelu(F.linear(x, panel.unpacked(flat, n, k), b), approximate="tanh")
+    want = F.linear(x, panel.unpacked(flat, n, k), b) + add
     torch.testing.assert_close(wide, want, rtol=1e-4, atol=1e-4 * k**0.5)  # and the right numbers
 
 
 @needs_kernel
-@pytest.mark.parametrize("faster", [True, False])
-def test_the_avx512_tile_runs_many_rows_only_where_it_measured_faster(wide_tile, monkeypatch, faster):
+# (AVX-512 tile faster for 12 rows, for 256 rows) -> from how many rows it runs
+@pytest.mark.parametrize(
+    ("few", "many", "rows"),
+    [
+        (True, True, panel.WIDE_FEW_ROWS),
+        (False, True, panel.WIDE_MANY_ROWS),
+        (True, False, 0),
+        (False, False, 0),
+    ],
+)
+def test_the_avx512_tile_runs_only_where_it_measured_faster(wide_tile, monkeypatch, few, many, rows):
+    def measure_wide(rows, layers, reps):
+        faster = few if rows < panel.WIDE_MANY_ROWS else many
+        return (1.0, 2.0) if faster else (2.0, 1.0)
+
     monkeypatch.setenv(panel.ENV, "auto")
-    monkeypatch.setattr(panel, "measure_wide", lambda rows, reps: (1.0, 2.0) if faster else (2.0, 1.0))
+    monkeypatch.setattr(panel, "measure_wide", measure_wide)
     monkeypatch.setattr(panel, "measure", lambda rows, layers, reps: (1.0, 2.0))  # the kernel: faster
-    monkeypatch.setattr(panel, "wide", panel.wide)  # restored after the test
+    monkeypatch.setattr(panel, "wide_rows", panel.wide_rows)  # restored after the test
     assert panel.selected.__wrapped__() is True
-    assert panel.wide is faster
-    assert panel.library().losslens_wide_rows() == (panel.WIDE_ROWS if faster else 0)
-
-
-@needs_kernel
-@on_linux
-def test_a_batch_s_logits_land_on_huge_pages_and_a_sentence_s_on_the_heap():
-    torch.manual_seed(5)
-    n, k = 50257, 16
-    w = torch.randn(n, k)
-    flat = panel.pack_(w.clone())
-    rows = -(-panel.HUGE_OUTPUT // (4 * n))  # the fewest rows whose output reaches HUGE_OUTPUT
-    x = torch.randn(1, rows, k)
-    big, small = panel.linear(x, flat, None, n), panel.linear(x[:, :3], flat, None, n)
-    assert big.shape == (1, rows, n) and big.is_contiguous() and big.data_ptr() % panel.HUGE_PAGE == 0
-    assert "hg" in _mapping_flags(big.data_ptr())
-    assert "hg" not in _mapping_flags(small.data_ptr())
-    assert torch.equal(big[:, :3], small)  # the same kernel, the same bits
-    torch.testing.assert_close(big, F.linear(x, w), rtol=1e-4, atol=1e-4)
+    assert panel.wide_rows == rows
+    assert panel.library().losslens_wide_rows() == rows
