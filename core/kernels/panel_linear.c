@@ -200,6 +200,33 @@ static inline __attribute__((always_inline)) void tile_wide(const float *x, cons
     }
 }
 
+/* exp8 and gelu8 on 16 lanes: the same operations lane for lane, so the same bits, in half the
+   instructions (the feed-forward's first layer over a batch: 12 x 1.5 M outputs). */
+static inline __m512 exp16(__m512 x) {
+    x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-87.3f)), _mm512_set1_ps(88.3f));
+    const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                          _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
+    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+    __m512 p = _mm512_set1_ps(1.9875691500e-4f);
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
+    p = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
+    const __m512i two_n = _mm512_slli_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(n), _mm512_set1_epi32(127)), 23);
+    return _mm512_mul_ps(p, _mm512_castsi512_ps(two_n));
+}
+
+static inline __m512 gelu16(__m512 v) {
+    const __m512 v2 = _mm512_mul_ps(v, v);
+    const __m512 minus_2u = _mm512_mul_ps(
+        v, _mm512_fmadd_ps(v2, _mm512_set1_ps(-2.0f * 0.7978845608028654f * 0.044715f),
+                           _mm512_set1_ps(-2.0f * 0.7978845608028654f)));
+    return _mm512_div_ps(v, _mm512_add_ps(_mm512_set1_ps(1.0f), exp16(minus_2u)));
+}
+
 /* Outputs 32q..32q+31 (panels 4q..4q+3) for all M rows. */
 static void run_quad(const job_t *j, long q) {
     const long M = j->M, K = j->K, N = j->N;
@@ -215,7 +242,14 @@ static void run_quad(const job_t *j, long q) {
 #undef CASE
         }
     }
-    finish(j, 32 * q, 32);
+    if (j->gelu)
+        for (long m = 0; m < M; m++)
+            for (int i = 0; i < 32; i += 16) {
+                float *y = j->y + m * N + 32 * q + i;
+                _mm512_storeu_ps(y, gelu16(_mm512_loadu_ps(y)));
+            }
+    else
+        finish(j, 32 * q, 32);
 }
 #pragma GCC pop_options
 
