@@ -3,7 +3,8 @@
 Why: for a sentence's few rows, a linear layer is a stream over its weight, and neither MKL nor
 oneDNN streams it at the memory's speed (oneDNN's kernel read 6-9 GB/s on 6-15 rows here, where a
 plain sum reads 14-19 GB/s). This kernel reads each weight as contiguous panels of 8 outputs, two
-at a time, with a prefetch ahead; it is plain AVX2, so it runs on AMD and Intel alike.
+at a time, with a prefetch ahead; it is AVX2, so it runs on AMD and Intel alike, and where the CPU
+has AVX-512 a 16-wide tile takes the rows where it measures faster (the same bits either way).
 
 It is used only where it measures faster than oneDNN on the machine itself (`selected()`): its
 panels replace oneDNN's packing in `CpuLinear.pack`, side by side on huge pages (`huge_empty`).
