@@ -9,7 +9,9 @@
    step, the same way for any M, any row and any thread count: a sentence's logits never depend on
    either (a partial sum kept in y between k blocks is stored and reloaded exactly). With `gelu`
    set, each output goes through the GPT-2 GELU as it is stored (the feed-forward's first layer),
-   which saves a pass over them in memory and a call per block. */
+   which saves a pass over them in memory and a call per block; with `r`, a block's shortcut is
+   added the same way. Where the CPU has AVX-512, a 16-wide tile (tile_wide) may take the rows
+   past one AVX2 tile, with the same bits. */
 #include <immintrin.h>
 #include <omp.h>
 #include <stddef.h>
@@ -92,7 +94,8 @@ static void finish(const job_t *j, long col, int width) {
         for (long m = 0; m < j->M; m++) {
             float *y = j->y + m * j->N + col;
             const float *r = j->r + m * j->N + col;
-            for (int i = 0; i < width; i += 8) _mm256_storeu_ps(y + i, _mm256_add_ps(_mm256_loadu_ps(y + i), _mm256_loadu_ps(r + i)));
+            for (int i = 0; i < width; i += 8)
+                _mm256_storeu_ps(y + i, _mm256_add_ps(_mm256_loadu_ps(y + i), _mm256_loadu_ps(r + i)));
         }
 }
 
@@ -159,7 +162,8 @@ static void run_pair(const job_t *j, long c, int two) {
     finish(j, 16 * c, two ? 16 : 8);
 }
 
-/* Many rows on a CPU with AVX-512: compute-bound, where 16-wide FMAs do twice the work of AVX2's.
+/* Rows past one AVX2 tile on a CPU with AVX-512 (from wide_rows on): 16-wide FMAs do twice the work
+   of AVX2's where the rows are compute-bound, and four streams are in flight where they are not.
    A tile is R rows (1..12) x 32 outputs (four panels, two zmm per row: 24 accumulators); each zmm
    is two 8-wide panel rows joined. Every output still takes one FMA per k in order 0..K-1, then the
    bias, exactly as tile() does: the same bits on either path, so a row's logits never depend on
@@ -227,6 +231,11 @@ static inline __m512 gelu16(__m512 v) {
     return _mm512_div_ps(v, _mm512_add_ps(_mm512_set1_ps(1.0f), exp16(minus_2u)));
 }
 
+static void gelu_quad(float *y, long M, long N) { /* gelu_panel's 16-lane twin, for a quad */
+    for (long m = 0; m < M; m++, y += N)
+        for (int i = 0; i < 32; i += 16) _mm512_storeu_ps(y + i, gelu16(_mm512_loadu_ps(y + i)));
+}
+
 /* Outputs 32q..32q+31 (panels 4q..4q+3) for all M rows. */
 static void run_quad(const job_t *j, long q) {
     const long M = j->M, K = j->K, N = j->N;
@@ -243,11 +252,7 @@ static void run_quad(const job_t *j, long q) {
         }
     }
     if (j->gelu)
-        for (long m = 0; m < M; m++)
-            for (int i = 0; i < 32; i += 16) {
-                float *y = j->y + m * N + 32 * q + i;
-                _mm512_storeu_ps(y, gelu16(_mm512_loadu_ps(y)));
-            }
+        gelu_quad(j->y + 32 * q, M, N);
     else
         finish(j, 32 * q, 32);
 }
@@ -282,7 +287,12 @@ void losslens_panel_linear(const float *x, const float *w, const float *b, const
     {
         const long t = omp_get_thread_num(), T = omp_get_num_threads();
         job_t job = {x, w, b, r, y, M, K, N, units * t / T, units * (t + 1) / T, gelu};
-        for (long c = job.j0; c < job.j1; c++) wide ? run_quad(&job, c) : run_pair(&job, c, 1);
+        for (long c = job.j0; c < job.j1; c++) {
+            if (wide)
+                run_quad(&job, c);
+            else
+                run_pair(&job, c, 1);
+        }
     }
     job_t rest = {x, w, b, r, y, M, K, N, 0, 0, gelu};
     for (long p = units * (wide ? 4 : 2); p < panels; p += 2) run_pair(&rest, p / 2, panels - p >= 2);
