@@ -43,35 +43,41 @@ typedef struct {
     int gelu;
 } job_t;
 
-/* e^x for 8 floats, as Cephes' expf: x = n ln2 + r (ln2 in two parts, so r is exact), e^r by its
-   degree-7 series, times 2^n built in the exponent bits; within ~1 ulp. x is clamped to where
-   2^n stays a normal float: e^x saturates near 2e38 and 1e-38 instead of inf and 0. */
-static inline __m256 exp8(__m256 x) {
-    x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-87.3f)), _mm256_set1_ps(88.3f));
-    const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
-                                     _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
-    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
-    __m256 p = _mm256_set1_ps(1.9875691500e-4f);
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
-    p = _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
-    const __m256i two_n = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
-    return _mm256_mul_ps(p, _mm256_castsi256_ps(two_n));
-}
+/* e^x and GPT-2's GELU on a vector of floats, written once for 8 lanes (AVX2: exp8, gelu8) and for
+   16 (AVX-512: exp16, gelu16): the same operations lane for lane, so the same bits on either tile.
+   P is the intrinsics' prefix, V and VI the float and int vectors, ROUND to the nearest integer,
+   CAST the int vector's bits as floats.
 
-/* GPT-2's GELU, 0.5 v (1 + tanh(u)) with u = sqrt(2/pi) (v + 0.044715 v^3), written as the same
-   function v / (1 + e^(-2u)): one exp and one division, no cancellation in 1 + tanh(u) for v < 0. */
-static inline __m256 gelu8(__m256 v) {
-    const __m256 v2 = _mm256_mul_ps(v, v);
-    const __m256 minus_2u = _mm256_mul_ps(
-        v, _mm256_fmadd_ps(v2, _mm256_set1_ps(-2.0f * 0.7978845608028654f * 0.044715f),
-                           _mm256_set1_ps(-2.0f * 0.7978845608028654f)));
-    return _mm256_div_ps(v, _mm256_add_ps(_mm256_set1_ps(1.0f), exp8(minus_2u)));
-}
+   e^x as Cephes' expf: x = n ln2 + r (ln2 in two parts, so r is exact), e^r by its degree-7 series,
+   times 2^n built in the exponent bits; within ~1 ulp. x is clamped to where 2^n stays a normal
+   float: e^x saturates near 2e38 and 1e-38 instead of inf and 0.
+   GELU, 0.5 v (1 + tanh(u)) with u = sqrt(2/pi) (v + 0.044715 v^3), written as the same function
+   v / (1 + e^(-2u)): one exp and one division, no cancellation in 1 + tanh(u) for v < 0. */
+#define VECTOR_MATH(LANES, V, VI, P, ROUND, CAST)                                                     \
+    static inline V exp##LANES(V x) {                                                               \
+        x = P##_min_ps(P##_max_ps(x, P##_set1_ps(-87.3f)), P##_set1_ps(88.3f));                     \
+        const V n = ROUND(P##_mul_ps(x, P##_set1_ps(1.44269504088896341f)));                        \
+        V r = P##_fnmadd_ps(n, P##_set1_ps(0.693359375f), x);                                       \
+        r = P##_fnmadd_ps(n, P##_set1_ps(-2.12194440e-4f), r);                                      \
+        V p = P##_set1_ps(1.9875691500e-4f);                                                        \
+        p = P##_fmadd_ps(p, r, P##_set1_ps(1.3981999507e-3f));                                      \
+        p = P##_fmadd_ps(p, r, P##_set1_ps(8.3334519073e-3f));                                      \
+        p = P##_fmadd_ps(p, r, P##_set1_ps(4.1665795894e-2f));                                      \
+        p = P##_fmadd_ps(p, r, P##_set1_ps(1.6666665459e-1f));                                      \
+        p = P##_fmadd_ps(p, r, P##_set1_ps(5.0000001201e-1f));                                      \
+        p = P##_fmadd_ps(p, P##_mul_ps(r, r), P##_add_ps(r, P##_set1_ps(1.0f)));                    \
+        const VI two_n = P##_slli_epi32(P##_add_epi32(P##_cvtps_epi32(n), P##_set1_epi32(127)), 23); \
+        return P##_mul_ps(p, CAST(two_n));                                                          \
+    }                                                                                               \
+    static inline V gelu##LANES(V v) {                                                              \
+        const V v2 = P##_mul_ps(v, v);                                                              \
+        const V minus_2u = P##_mul_ps(v, P##_fmadd_ps(v2, P##_set1_ps(-2.0f * 0.7978845608028654f * 0.044715f), \
+                                                      P##_set1_ps(-2.0f * 0.7978845608028654f)));   \
+        return P##_div_ps(v, P##_add_ps(P##_set1_ps(1.0f), exp##LANES(minus_2u)));                  \
+    }
+#define ROUND8(v) _mm256_round_ps(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)
+#define ROUND16(v) _mm512_roundscale_ps(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)
+VECTOR_MATH(8, __m256, __m256i, _mm256, ROUND8, _mm256_castsi256_ps)
 
 static float gelu1(float v) { /* the same arithmetic for one float: lane 0 of gelu8 */
     return _mm256_cvtss_f32(gelu8(_mm256_set1_ps(v)));
@@ -204,32 +210,7 @@ static inline __attribute__((always_inline)) void tile_wide(const float *x, cons
     }
 }
 
-/* exp8 and gelu8 on 16 lanes: the same operations lane for lane, so the same bits, in half the
-   instructions (the feed-forward's first layer over a batch: 12 x 1.5 M outputs). */
-static inline __m512 exp16(__m512 x) {
-    x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-87.3f)), _mm512_set1_ps(88.3f));
-    const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
-                                          _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
-    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
-    __m512 p = _mm512_set1_ps(1.9875691500e-4f);
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
-    p = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
-    const __m512i two_n = _mm512_slli_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(n), _mm512_set1_epi32(127)), 23);
-    return _mm512_mul_ps(p, _mm512_castsi512_ps(two_n));
-}
-
-static inline __m512 gelu16(__m512 v) {
-    const __m512 v2 = _mm512_mul_ps(v, v);
-    const __m512 minus_2u = _mm512_mul_ps(
-        v, _mm512_fmadd_ps(v2, _mm512_set1_ps(-2.0f * 0.7978845608028654f * 0.044715f),
-                           _mm512_set1_ps(-2.0f * 0.7978845608028654f)));
-    return _mm512_div_ps(v, _mm512_add_ps(_mm512_set1_ps(1.0f), exp16(minus_2u)));
-}
+VECTOR_MATH(16, __m512, __m512i, _mm512, ROUND16, _mm512_castsi512_ps)
 
 static void gelu_quad(float *y, long M, long N) { /* gelu_panel's 16-lane twin, for a quad */
     for (long m = 0; m < M; m++, y += N)
