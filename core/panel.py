@@ -319,7 +319,7 @@ def selected() -> bool:
         return False
     if library() is None:
         return False
-    try:  # ~0.3 s, once per process, on a CPU with AVX-512 only
+    try:  # ~0.13 s, once per process, on a CPU with AVX-512 only
         if set_wide_rows(WIDE_FEW_ROWS):
             few_on, few_off = measure_wide(12, layers=4, reps=5)  # 38 MB: from memory on most CPUs
             many_on, many_off = measure_wide(256, layers=1, reps=3)
@@ -327,7 +327,7 @@ def selected() -> bool:
             wide_rows = set_wide_rows(WIDE_FEW_ROWS if rows and few_on < few_off else rows)
         if setting == "1":
             return True
-        # ~0.3 s, once per process
+        # ~0.15-0.3 s, once per process
         ours_few, onednn_few = measure(8, layers=4, reps=7)
         ours_many, onednn_many = measure(256, layers=1, reps=5)
     except (RuntimeError, AttributeError) as e:  # no oneDNN to compare with: keep torch's kernels
