@@ -26,8 +26,8 @@
    hardware's prefetch alone: 1.2-1.3x per layer on one thread. */
 #define PREFETCH_ONE_TILE 256
 #define PREFETCH_TILES 512
-/* On Intel Xeon (AVX-512) 4 KB ahead for one tile was 1.03-1.09x faster than 1 KB over a forward
-   pass of 6 rows, and 6-16 KB no faster: its memory is further away in time. */
+/* On Intel Xeon (AVX-512) 4 KB ahead for one tile was 1.03-1.10x faster than 1 KB over a forward
+   pass of 6 rows, and 6-12 KB no faster: its memory is further away in time. */
 #define PREFETCH_ONE_TILE_INTEL 1024
 static long ahead_one = PREFETCH_ONE_TILE;
 
