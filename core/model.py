@@ -86,6 +86,13 @@ class MultiHeadAttention(nn.Module):
         queries = queries.transpose(1, 2)
         values = values.transpose(1, 2)
 
+        context_vec = self._attend(queries, keys, values)
+        context_vec = self.out_proj(context_vec)  # optional projection
+
+        return context_vec
+
+    def _attend(self, queries, keys, values):
+        b, _, num_tokens, _ = queries.shape
         # The book's causal softmax(queries @ keys^T / sqrt(head_dim)) with dropout, times
         # the values, as one fused kernel: (b, num_heads, num_tokens, head_dim)
         context_vec = F.scaled_dot_product_attention(
@@ -99,10 +106,7 @@ class MultiHeadAttention(nn.Module):
         context_vec = context_vec.transpose(1, 2)
 
         # Combine heads, where self.d_out = self.num_heads * self.head_dim
-        context_vec = context_vec.reshape(b, num_tokens, self.d_out)
-        context_vec = self.out_proj(context_vec)  # optional projection
-
-        return context_vec
+        return context_vec.reshape(b, num_tokens, self.d_out)
 
     def joinable(self, x) -> bool:
         """Whether freeze() packed the query, key and value weights side by side for LossLens's
@@ -226,9 +230,7 @@ class TransformerBlock(nn.Module):
         # [b, num_tokens, 3 num_heads, head_dim] -> [b, 3 num_heads, num_tokens, head_dim], split
         # into queries, keys and values: the views that MultiHeadAttention.forward makes
         heads = qkv.view(b, num_tokens, 3 * att.num_heads, att.head_dim).transpose(1, 2)
-        queries, keys, values = heads.split(att.num_heads, dim=1)
-        context_vec = F.scaled_dot_product_attention(queries, keys, values, is_causal=True)
-        context_vec = context_vec.transpose(1, 2).reshape(b, num_tokens, att.d_out)
+        context_vec = att._attend(*heads.split(att.num_heads, dim=1))
         # The shortcuts are added in the kernel, as each output is stored: (x W^T + b) + x
         x = panel.linear(
             context_vec, att.out_proj.weight, att.out_proj.bias, att.out_proj.out_features, add=x
