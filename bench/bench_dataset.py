@@ -10,7 +10,9 @@ swings from run to run; the process CPU time (also printed) swings less, most of
 The ceiling: a large float32 matmul (2048^3, bench/machine.py), probed between the passes;
 ours should reach >= 85 % of its GFLOPS (the pass is bound by its matmuls). The share is
 printed twice: by wall time, and by process CPU time (pass and probe alike), which stays
-readable when other work keeps the cores busy.
+readable when other work keeps the cores busy. One more pass, timed call by call, splits ours
+into its linear layers (their own share of the peak: what the whole pass can reach at most,
+the attention products aside) and the rest.
 
     python bench/bench_dataset.py [--corpus PATH] [--repeats 2] [--threads N]
 """
@@ -18,6 +20,7 @@ readable when other work keeps the cores busy.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import tempfile
@@ -40,15 +43,46 @@ from core.tokenizer import seed_tiktoken_cache
 TARGET_PEAK = 0.85  # our pass's GFLOPS over the large-matmul GFLOPS of the same run
 
 
-def matmul_flops(cfg: dict, batches: list[tuple[int, int]]) -> float:
-    """Multiply-add FLOPs of the forward passes: the linear layers, the attention
-    products QK^T and AV (full T x T, as the book's code computes them) and the out_head."""
+def linear_flops(cfg: dict, batches: list[tuple[int, int]]) -> float:
+    """Multiply-add FLOPs of the linear layers (each block's 12 d^2 weights, the out_head)."""
     d, L, V = cfg["emb_dim"], cfg["n_layers"], cfg["vocab_size"]
-    total = 0
-    for b, t in batches:
-        n = b * t
-        total += L * (2 * n * 12 * d * d + 4 * b * t * t * d) + 2 * n * d * V
-    return float(total)
+    return float(sum(2 * b * t * (L * 12 * d * d + d * V) for b, t in batches))
+
+
+def matmul_flops(cfg: dict, batches: list[tuple[int, int]]) -> float:
+    """Multiply-add FLOPs of the forward passes: the linear layers, then the attention
+    products QK^T and AV (full T x T, as the book's code computes them)."""
+    d, L = cfg["emb_dim"], cfg["n_layers"]
+    return linear_flops(cfg, batches) + float(sum(L * 4 * b * t * t * d for b, t in batches))
+
+
+@contextlib.contextmanager
+def timed_linears():
+    """[seconds, calls] spent in the model's linear layers while inside: every call of LossLens's
+    kernel (core.panel.linear) and of oneDNN's (core.model._onednn_linear), the two kernels a
+    frozen model's layers run on the CPU."""
+    import core.model
+    from core import panel
+
+    spent = [0.0, 0]
+
+    def timed(fn):
+        def call(*args, **kwargs):
+            start = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                spent[0] += time.perf_counter() - start
+                spent[1] += 1
+
+        return call
+
+    saved = panel.linear, core.model._onednn_linear
+    panel.linear, core.model._onednn_linear = timed(saved[0]), timed(saved[1])
+    try:
+        yield spent
+    finally:
+        panel.linear, core.model._onednn_linear = saved
 
 
 def reference_pass(text: str):
@@ -154,6 +188,17 @@ def main() -> int:
         f"reference at {flops / min(ref_cpu) / 1e9 / cpu_peak:.1%} "
         f"(target >= {TARGET_PEAK:.0%}: {'met' if cpu_share >= TARGET_PEAK else 'NOT met'})"
     )
+    with timed_linears() as spent:
+        t_split = our_pass(text)[0]
+    if spent[1]:
+        share_linear = linear_flops(GPT_CONFIG_124M, shapes) / spent[0] / 1e9 / peak
+        print(
+            f"of which its linear layers ({spent[1]} calls, one more pass): {spent[0]:.2f} s, at "
+            f"{share_linear:.1%} of the peak; the rest of the pass (attention, layer norms, embeddings, "
+            f"cross entropy, loaders) {t_split - spent[0]:.2f} s"
+        )
+    else:
+        print("of which its linear layers: not timed (they ran neither LossLens's kernel nor oneDNN)")
     if args.fast:
         fast_pass(text, torch.device("cpu"), t_our, our_losses)
     others = [d for d in available_devices() if d != "cpu"]

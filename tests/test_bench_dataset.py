@@ -1,0 +1,51 @@
+"""bench/bench_dataset.py's FLOP counts and its split of the pass into linear layers and the rest."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+import bench_dataset
+
+import core.model
+from core import panel
+from core.model import GPT_CONFIG_124M, CpuLinear, build_untrained_model
+
+SMALL = {**GPT_CONFIG_124M, "vocab_size": 1000, "context_length": 64, "emb_dim": 64, "n_heads": 4}
+SMALL["n_layers"] = 2
+
+
+def test_linear_flops_are_the_model_s_own_linear_layers():
+    model = build_untrained_model(123, SMALL)
+    per_token = sum(2 * m.in_features * m.out_features for m in model.modules() if isinstance(m, CpuLinear))
+    batches = [(2, 16), (1, 5)]
+    assert bench_dataset.linear_flops(SMALL, batches) == per_token * (2 * 16 + 5)
+    # The attention products on top: QK^T and AV, T x T x d each, per layer
+    attention = 2 * 2 * 2 * (2 * 16 * 16 + 5 * 5) * 64
+    assert bench_dataset.matmul_flops(SMALL, batches) == per_token * 37 + attention
+
+
+def test_timed_linears_times_every_linear_call_of_a_pass_and_restores_the_kernels():
+    model = build_untrained_model(123, SMALL)
+    x = torch.randint(0, SMALL["vocab_size"], (2, 16))
+    hidden = torch.zeros(2, 16, SMALL["emb_dim"])
+    kernels = panel.linear, core.model._onednn_linear
+    if model.out_head.on_panels(hidden):  # per block: query/key/value joined, out_proj, feed-forward
+        calls = SMALL["n_layers"] * 4 + 1
+    elif model.out_head.weight.is_mkldnn:  # the three projections apart
+        calls = SMALL["n_layers"] * 6 + 1
+    else:
+        pytest.skip("the model's layers run neither LossLens's kernel nor oneDNN on this machine")
+    with torch.inference_mode():
+        expected = model(x)
+        with bench_dataset.timed_linears() as spent:
+            got = model(x)
+        assert spent[1] == calls and spent[0] > 0
+        model(x)
+    assert spent[1] == calls  # counted only inside
+    assert (panel.linear, core.model._onednn_linear) == kernels
+    assert torch.equal(got, expected)  # timing changes nothing
