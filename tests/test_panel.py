@@ -415,7 +415,8 @@ def test_the_avx512_tile_gives_the_avx2_tile_s_bits(wide_tile, n, k, bias, threa
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        for rows in (1, panel.WIDE_FEW_ROWS, 13, 300):  # one row; one tile of 12 and less; many tiles
+        # one row; one tile of 12 and less; many tiles in blocks of 96 rows, the last a whole tile or not
+        for rows in (1, panel.WIDE_FEW_ROWS, 13, 300, 203):
             x = torch.randn(rows, k)
             for gelu, add in ((False, None), (True, None), (False, torch.randn(rows, n))):
                 panel.set_wide_rows(1)
