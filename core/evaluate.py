@@ -19,6 +19,7 @@ from .data import DataSplit, LoaderSettings, make_loaders
 from .device import model_device
 from .errors import InvalidParameterError, NoBatchesError
 from .loss import IGNORE_INDEX, perplexity
+from .panel import reusing_outputs
 from .precision import autocast
 
 Progress = Callable[[int, int], None]
@@ -109,9 +110,10 @@ def calc_loss_loader(
     losses: list[float] = []
     if progress:
         progress(0, total)
-    for _ in _run(data_loader, model, device, total, cancel, losses, fast):
-        if progress:
-            progress(len(losses), total)
+    with reusing_outputs():  # each batch's logits in the last one's memory (core/panel.py)
+        for _ in _run(data_loader, model, device, total, cancel, losses, fast):
+            if progress:
+                progress(len(losses), total)
     return sum(losses) / total
 
 
@@ -246,22 +248,23 @@ def evaluate_dataset(
     )  # fmt: skip
     if progress:
         progress(0, total, "train")
-    for name, loader, n, losses, offset in (
-        ("train", data.train_loader, n_train, result.train_batch_losses, 0),
-        ("val", data.val_loader, n_val, result.val_batch_losses, n_train),
-    ):
-        try:
-            for _ in _run(loader, model, device, n, cancel, losses, fast):
-                if progress:
-                    progress(offset + len(losses), total, name)
-        except EvaluationCancelled:
-            result.cancelled = True
-            return result
-        mean = sum(losses) / n
-        if name == "train":
-            result.train_loss = mean
-        else:
-            result.val_loss = mean
+    with reusing_outputs():  # each batch's logits in the last one's memory (core/panel.py)
+        for name, loader, n, losses, offset in (
+            ("train", data.train_loader, n_train, result.train_batch_losses, 0),
+            ("val", data.val_loader, n_val, result.val_batch_losses, n_train),
+        ):
+            try:
+                for _ in _run(loader, model, device, n, cancel, losses, fast):
+                    if progress:
+                        progress(offset + len(losses), total, name)
+            except EvaluationCancelled:
+                result.cancelled = True
+                return result
+            mean = sum(losses) / n
+            if name == "train":
+                result.train_loss = mean
+            else:
+                result.val_loss = mean
     if fast:
         result.float32_first_batch = {
             name: next(_batch_losses(loader, model, device, 1))

@@ -15,6 +15,7 @@ The C source is compiled once per machine (~1 s) into LossLens's cache folder.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
 import hashlib
@@ -27,6 +28,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -171,6 +173,47 @@ def huge_empty(numel: int) -> torch.Tensor | None:
     return raw[start : start + numel * 4].view(torch.float32)
 
 
+_outputs = threading.local()  # .pool while reusing_outputs() is entered on this thread
+
+
+@contextlib.contextmanager
+def reusing_outputs():
+    """While inside, on this thread: linear()'s outputs from HUGE_OUTPUT bytes on (a batch's logits:
+    103 MB for 2 x 256 tokens) reuse the last one's mapping once nothing else holds it. Why: a fresh
+    mapping per call is zeroed by the OS as it is first written, 9 ms of the out_head's 140 ms on a
+    2 x 256 batch (Intel Xeon). For a pass over a data set's batches; the mapping goes on leaving."""
+    if getattr(_outputs, "pool", None) is not None:  # nested: the outer pass keeps its pool
+        yield
+        return
+    _outputs.pool = {}
+    try:
+        yield
+    finally:
+        _outputs.pool = None
+
+
+def _large_output(numel: int) -> torch.Tensor | None:
+    """huge_empty(numel), or inside reusing_outputs() the pool's last one of that size if it is free."""
+    pool = getattr(_outputs, "pool", None)
+    kept = None if pool is None else pool.get(numel)
+    if kept is not None and _unshared(kept):
+        return kept
+    y = huge_empty(numel)
+    if pool is not None and y is not None:
+        pool.clear()  # one at a time: a held one stays with its holder and goes with it
+        pool[numel] = y
+    return y
+
+
+def _unshared(t: torch.Tensor) -> bool:
+    """No tensor but t uses t's memory (no logits a caller still holds, not even a view): the count
+    is t's own reference and the probe's."""
+    try:
+        return torch._C._storage_Use_Count(t.untyped_storage()._cdata) <= 2
+    except (AttributeError, RuntimeError):
+        return False
+
+
 def pack_into_(w: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
     """Pack a contiguous [N, K] float32 weight into `out` ([N * K], e.g. from huge_empty) and
     return it. w is used up, as by pack_: each part of its memory goes back to the OS once read,
@@ -242,8 +285,8 @@ def linear(
     rows = math.prod(x.shape[:-1])
     # An output past glibc's largest heap block (32 MB: a batch's logits) is a fresh mapping each
     # call, faulted in 4 KB at a time: on 2 MB pages the 2 x 256-token logits took 151 ms with the
-    # out_head's compute instead of 175 (Intel Xeon).
-    y = huge_empty(rows * n) if rows * n * 4 >= HUGE_OUTPUT else None
+    # out_head's compute instead of 175 (Intel Xeon); in a pass, one mapping again and again.
+    y = _large_output(rows * n) if rows * n * 4 >= HUGE_OUTPUT else None
     y = torch.empty(*x.shape[:-1], n) if y is None else y.view(*x.shape[:-1], n)
     if y.numel():
         library().losslens_panel_linear(

@@ -90,6 +90,39 @@ def test_num_batches_takes_the_first_batches(model, verdict, book_run):
     assert calls == [(0, 2, "train"), (1, 2, "train"), (2, 2, "val")]
 
 
+def test_a_pass_writes_each_batch_s_logits_where_the_last_one_s_were(verdict):
+    """calc_loss_loader and evaluate_dataset keep a batch's logits (103 MB for 2 x 256 tokens) in
+    the last batch's mapping (core/panel.py: reusing_outputs), with the same losses to the bit as
+    batches run one by one outside."""
+    from core import panel
+
+    torch.manual_seed(11)
+    model = freeze(GPTModel({**GPT_CONFIG_124M, "emb_dim": 64, "n_heads": 4, "n_layers": 1}))
+    if not model.out_head.on_panels(torch.zeros(1, 64)):
+        pytest.skip(f"the out_head runs oneDNN here, not LossLens's kernel: {panel.reason}")
+    loader = make_loaders(verdict, LoaderSettings()).train_loader
+    batches = [batch for batch, _ in zip(loader, range(3), strict=False)]
+    with torch.inference_mode():
+        alone = [calc_loss_batch(x, y, model).item() for x, y in batches]
+    addresses, kept = [], []
+
+    def hook(module, inputs, out):  # the logits, and the mapping the pass keeps for the next batch
+        addresses.append(out.data_ptr())
+        kept.extend(t.data_ptr() for t in (panel._outputs.pool or {}).values())
+
+    handle = model.out_head.register_forward_hook(hook)
+    try:
+        mean = calc_loss_loader(batches, model, num_batches=3)
+        assert len(addresses) == 3 and kept == addresses and len(set(addresses)) == 1
+        del addresses[:], kept[:]
+        both = evaluate_dataset(model, verdict, num_batches=2)  # 2 training batches, 1 validation
+    finally:
+        handle.remove()
+    assert len(addresses) == 3 and kept == addresses and len(set(addresses)) == 1
+    assert mean == sum(alone) / 3 and both.train_batch_losses == alone[:2]
+    assert panel._outputs.pool is None  # let go after the pass
+
+
 # --- the book's functions, on a tiny model ---------------------------------------
 
 

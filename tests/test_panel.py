@@ -199,6 +199,38 @@ def test_huge_empty_is_aligned_writable_memory_advised_for_huge_pages():
     assert panel.huge_empty(0) is None
 
 
+@on_linux
+@needs_kernel
+def test_a_pass_reuses_a_large_output_only_once_nothing_holds_it():
+    """Inside reusing_outputs(), an output from HUGE_OUTPUT bytes on (a batch's logits) goes to the
+    last one's mapping if it is free, never to one a caller still holds (nor a view of it)."""
+    torch.manual_seed(9)
+    n, k = 2**17, 8  # 64 rows x 2^17 outputs: 32 MB
+    flat, x = panel.pack_(torch.randn(n, k)), torch.randn(2, 64, k)
+    want = [panel.linear(x[i], flat, None, n) for i in range(2)]  # outside: fresh mappings
+    assert want[0].numel() * 4 >= panel.HUGE_OUTPUT
+    with panel.reusing_outputs():
+        first = panel.linear(x[0], flat, None, n)
+        held = first.flatten()[5:]  # a view holds the memory as well
+        address = first.data_ptr()
+        del first
+        second = panel.linear(x[1], flat, None, n)
+        assert second.data_ptr() != address  # held: not overwritten
+        assert torch.equal(held, want[0].flatten()[5:]) and torch.equal(second, want[1])
+        del held, second
+        with panel.reusing_outputs():  # nested: the same pool
+            third = panel.linear(x[0], flat, None, n)
+        last = third.data_ptr()
+        del third
+        blocker = panel.huge_empty(n * 64)  # a fresh mapping could not land where third's was
+        fourth = panel.linear(x[1], flat, None, n)
+        assert fourth.data_ptr() == last != blocker.data_ptr()  # free again: the same mapping
+        assert torch.equal(fourth, want[1])
+        small = panel.linear(x[0, :3], flat, None, 1000)  # below HUGE_OUTPUT: torch's heap
+        assert small.data_ptr() != last
+    assert panel._outputs.pool is None  # let go on leaving
+
+
 def test_pack_into_gives_pack_s_layout_and_hands_the_weight_s_pages_back():
     torch.manual_seed(3)
     w = torch.randn(50257 // 8, 768)  # 15 MB: several parts, and a tail after the last panel
