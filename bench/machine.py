@@ -13,6 +13,8 @@ this thread ran, which keeps figures readable on a machine shared with other wor
 - `weight_bytes(model)`: bytes a forward pass must read: every parameter except the
   embeddings (those only gather a few rows per token).
 - `matmul_peak()`: float32 GFLOPS of a large square `torch.mm`, median of `runs`.
+- `matmul_sustained()`: the same `torch.mm` back to back for a given time: what the CPU holds
+  over a pass's seconds.
 """
 
 from __future__ import annotations
@@ -113,3 +115,17 @@ def matmul_peak(runs: int = 5, n: int = 2048, clock=time.perf_counter) -> float:
         torch.mm(a, b)
         times.append(clock() - t0)
     return 2 * n**3 / statistics.median(times) / 1e9
+
+
+def matmul_sustained(seconds: float, n: int = 2048, clock=time.perf_counter) -> float:
+    """float32 GFLOPS of n x n x n torch.mm run back to back for at least `seconds`: what the CPU
+    holds over a pass's length, where matmul_peak's few tens of ms catch it at its highest clock."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    torch.mm(a, b)
+    calls, t0 = 0, clock()
+    while True:
+        torch.mm(a, b)
+        calls += 1
+        elapsed = clock() - t0
+        if elapsed >= seconds:
+            return calls * 2 * n**3 / elapsed / 1e9

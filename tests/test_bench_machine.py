@@ -30,3 +30,10 @@ def test_the_probe_reports_the_faster_memory():
     got = machine.read_bandwidth(runs=1, mib=mib, clock=lambda: next(ticks))
     fastest = 0.5 if sys.platform.startswith("linux") else 1.0
     assert got == pytest.approx(mib * 2**20 / fastest / 1e9)
+
+
+def test_the_sustained_probe_counts_every_matmul_over_the_time_it_ran():
+    ticks = iter([10.0, 10.5, 11.0, 11.5, 12.0, 12.5])  # start, then one tick per torch.mm
+    got = machine.matmul_sustained(2.0, n=64, clock=lambda: next(ticks))
+    assert got == pytest.approx(4 * 2 * 64**3 / 2.0 / 1e9)  # 4 products in 2 s, then it stops
+    assert next(ticks) == 12.5  # no product past the time asked for
