@@ -119,7 +119,7 @@ def matmul_peak(runs: int = 5, n: int = 2048, clock=time.perf_counter) -> float:
 
 def matmul_sustained(seconds: float, n: int = 2048, clock=time.perf_counter) -> float:
     """float32 GFLOPS of n x n x n torch.mm run back to back for at least `seconds`: what the CPU
-    holds over a pass's length, where matmul_peak's few tens of ms catch it at its highest clock."""
+    holds over a pass's length, beside matmul_peak's few tens of ms."""
     a, b = torch.randn(n, n), torch.randn(n, n)
     torch.mm(a, b)
     calls, t0 = 0, clock()

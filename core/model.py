@@ -437,11 +437,8 @@ class PackedWeight(nn.Parameter):
 
 def _sole_owner(w: torch.Tensor) -> bool:
     """No other tensor shares w's memory (a caller's state dict, a tied layer): packing in place
-    would change that tensor too. The count includes w and the probe's own reference."""
-    try:
-        return w._base is None and torch._C._storage_Use_Count(w.untyped_storage()._cdata) <= 2
-    except (AttributeError, RuntimeError):
-        return False
+    would change that tensor too."""
+    return w._base is None and panel.unshared(w)
 
 
 def _onednn_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:

@@ -196,7 +196,7 @@ def _large_output(numel: int) -> torch.Tensor | None:
     """huge_empty(numel), or inside reusing_outputs() the pool's last one of that size if it is free."""
     pool = getattr(_outputs, "pool", None)
     kept = None if pool is None else pool.get(numel)
-    if kept is not None and _unshared(kept):
+    if kept is not None and unshared(kept):
         return kept
     y = huge_empty(numel)
     if pool is not None and y is not None:
@@ -205,9 +205,9 @@ def _large_output(numel: int) -> torch.Tensor | None:
     return y
 
 
-def _unshared(t: torch.Tensor) -> bool:
-    """No tensor but t uses t's memory (no logits a caller still holds, not even a view): the count
-    is t's own reference and the probe's."""
+def unshared(t: torch.Tensor) -> bool:
+    """No other tensor uses t's memory (a caller's logits, a state dict, a view): the count is t's
+    own reference and the probe's."""
     try:
         return torch._C._storage_Use_Count(t.untyped_storage()._cdata) <= 2
     except (AttributeError, RuntimeError):
