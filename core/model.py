@@ -336,10 +336,13 @@ class CpuLinear(nn.Linear):
                 if weight.is_mkldnn:
                     return _onednn_linear(x, weight, self.bias)
                 return panel.linear(x, weight, self.bias, self.out_features)
-            # Autocast (fast mode) or gradients need the plain layout: back to it for good, since
-            # unpacking per call would cost more than fast mode saves (to_dense ~1.3 GB/s here).
-            self.unpack()
-            weight = self.weight
+            if torch.is_autocast_enabled("cpu") and not (torch.is_grad_enabled() and x.requires_grad):
+                weight = self._autocast_weight()  # the fast mode: the plain path below, on its copy
+            else:
+                # Gradients need the plain layout: back to it for good, since unpacking per call
+                # would cost more than it saves (to_dense ~1.3 GB/s here).
+                self.unpack()
+                weight = self.weight
         if x.device.type != "cpu":
             return F.linear(x, weight, self.bias)
         if ONEDNN_LINEAR and _inference(x, weight):
@@ -386,7 +389,25 @@ class CpuLinear(nn.Linear):
         self.weight = PackedWeight(packed, requires_grad=False)
         return True
 
+    def _autocast_weight(self) -> torch.Tensor:
+        """The packed weight's plain copy in autocast's dtype (bfloat16: half the float32 bytes),
+        made at the fast mode's first call and kept beside the panels. Why not unpack for good: a
+        frozen model serves every visitor, and one visitor's fast mode would leave everybody's
+        float32 requests on the slower plain layout. The same bits as autocast casting the plain
+        float32 weight."""
+        dtype = torch.get_autocast_dtype("cpu")
+        kept = getattr(self, "_autocast_copy", None)
+        if kept is None or kept.dtype != dtype:
+            kept = self._autocast_copy = self.weight.plain().to(dtype)  # not a parameter or buffer
+        return kept
+
+    def __getstate__(self):  # a copy (the gradient view's) or a pickle leaves the fast mode's copy out
+        state = super().__getstate__()
+        state.pop("_autocast_copy", None)
+        return state
+
     def unpack(self) -> None:
+        self._autocast_copy = None  # the weight may change from here on
         w = self.weight
         if isinstance(w, PackedWeight):
             # A copy, not in place: another request may be reading the packed weight right now.

@@ -281,10 +281,9 @@ def test_dataset_view_pasted_text_and_bad_corpus(model):
     assert "NUL" in " ".join(e.value for e in at.error)
 
 
-def test_dataset_view_fast_mode_only_where_offered_and_how_far_from_float32(monkeypatch):
+def test_dataset_view_fast_mode_only_where_offered_and_how_far_from_float32(model, monkeypatch):
     from core.data import LoaderSettings
     from core.evaluate import evaluate_dataset
-    from core.model import build_untrained_model
     from core.precision import FORCE_ENV, bf16_unavailable
 
     monkeypatch.delenv(FORCE_ENV, raising=False)
@@ -306,9 +305,6 @@ def test_dataset_view_fast_mode_only_where_offered_and_how_far_from_float32(monk
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        # Its own model: the fast mode puts a model's weights back in the plain layout for good, and
-        # the session's shared one must stay as every other test reads it (packed).
-        model = build_untrained_model(123)
         want = evaluate_dataset(model, text, LoaderSettings(context_length=32, stride=32), 2, fast=True)
     finally:
         torch.set_num_threads(threads)

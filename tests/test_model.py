@@ -213,18 +213,21 @@ def test_packed_cpu_linear_equals_f_linear(rows, bias, threads, onednn_packing):
         want = torch.nn.functional.linear(x, plain, layer.bias)
     assert got.is_contiguous()
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
-    # Fast mode's autocast needs the plain layout: the layer goes back to it (in inference mode
-    # too, a normal tensor that autograd can use afterwards).
+    # Fast mode's autocast runs on a bfloat16 copy of the plain weight, kept beside the packed one:
+    # a shared model stays packed for everybody's float32 requests.
     with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
         fast = layer(x)
-    assert fast.dtype == torch.bfloat16 and not layer.weight.is_mkldnn
-    assert torch.equal(layer.weight, plain) and not layer.weight.is_inference()
+    assert fast.dtype == torch.bfloat16 and layer.weight.is_mkldnn
+    assert torch.equal(layer._autocast_copy, plain.to(torch.bfloat16))
     torch.testing.assert_close(fast.float(), want, rtol=0.05, atol=0.05)
-    assert layer.pack()  # and so does a pass that records gradients
-    x.requires_grad_(True)
+    x.requires_grad_(True)  # a pass that records gradients needs the plain layout: back to it
     (gx,) = torch.autograd.grad(layer(x).sum(), x)
     torch.testing.assert_close(gx, plain.sum(0).expand_as(x), rtol=1e-4, atol=1e-4)
-    assert not layer.weight.is_mkldnn
+    assert not layer.weight.is_mkldnn and layer._autocast_copy is None
+    assert layer.pack()
+    with torch.inference_mode():  # unpacked during a request: a normal tensor that autograd can use
+        layer.unpack()
+    assert torch.equal(layer.weight, plain) and not layer.weight.is_inference()
 
 
 @needs_onednn

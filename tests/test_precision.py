@@ -75,6 +75,35 @@ def test_fast_dataset_pass_says_how_far_it_is_from_float32(tiny_model, verdict_p
     assert exact.to_dict()["float32_first_batch"] is None
 
 
+@pytest.mark.parametrize("tokens", [8, 150])  # few rows ((W x^T)^T) and many (F.linear)
+def test_the_fast_mode_leaves_a_shared_frozen_model_packed(tokens):
+    """A frozen model serves every visitor: one visitor's fast mode keeps a bfloat16 copy of each
+    packed weight beside it, instead of unpacking the model for everybody's float32 requests. Its
+    logits are the same bits as autocast on the plain weights."""
+    import copy
+
+    from core.model import CpuLinear, PackedWeight
+
+    torch.manual_seed(8)
+    model = freeze(GPTModel({**TINY, "context_length": 160}))
+    plain = copy.deepcopy(model)  # a deep copy holds plain float32 weights
+    layers = [m for m in model.modules() if isinstance(m, CpuLinear)]
+    x = torch.randint(0, TINY["vocab_size"], (2, tokens))
+    with torch.inference_mode():
+        before = model(x)
+        with autocast("cpu", True):
+            fast, want = model(x), plain(x)
+        after = model(x)
+    assert fast.dtype == torch.bfloat16 and torch.equal(fast, want)
+    assert all(isinstance(m.weight, PackedWeight) for m in layers)  # still packed, for everybody
+    assert torch.equal(after, before)  # float32 as before
+    assert all(m._autocast_copy.dtype == torch.bfloat16 for m in layers)
+    copied = copy.deepcopy(model)  # a copy (the gradient view's) leaves the bfloat16 copies behind
+    assert all(
+        getattr(m, "_autocast_copy", None) is None for m in copied.modules() if isinstance(m, CpuLinear)
+    )
+
+
 def test_cli_dataset_fast(tmp_path):
     corpus = tmp_path / "corpus.txt"
     corpus.write_text(("Every effort moves you, said Gisburn, and so it did. " * 60), encoding="utf-8")
