@@ -391,14 +391,15 @@ class CpuLinear(nn.Linear):
 
     def _autocast_weight(self) -> torch.Tensor:
         """The packed weight's plain copy in autocast's dtype (bfloat16: half the float32 bytes),
-        made at the fast mode's first call and kept beside the panels. Why not unpack for good: a
-        frozen model serves every visitor, and one visitor's fast mode would leave everybody's
-        float32 requests on the slower plain layout. The same bits as autocast casting the plain
-        float32 weight."""
+        made at the fast mode's first call and kept beside the packed weight. Why not unpack for
+        good: a frozen model serves every visitor, and one visitor's fast mode would leave
+        everybody's float32 requests on the slower plain layout. The same bits as autocast casting
+        the plain float32 weight."""
         dtype = torch.get_autocast_dtype("cpu")
         kept = getattr(self, "_autocast_copy", None)
         if kept is None or kept.dtype != dtype:
-            kept = self._autocast_copy = self.weight.plain().to(dtype)  # not a parameter or buffer
+            with torch.inference_mode(False):  # a normal tensor, as unpack() makes: usable anywhere
+                kept = self._autocast_copy = self.weight.plain().to(dtype)  # not a parameter or buffer
         return kept
 
     def __getstate__(self):  # a copy (the gradient view's) or a pickle leaves the fast mode's copy out

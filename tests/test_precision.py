@@ -97,7 +97,9 @@ def test_the_fast_mode_leaves_a_shared_frozen_model_packed(tokens):
     assert fast.dtype == torch.bfloat16 and torch.equal(fast, want)
     assert all(isinstance(m.weight, PackedWeight) for m in layers)  # still packed, for everybody
     assert torch.equal(after, before)  # float32 as before
-    assert all(m._autocast_copy.dtype == torch.bfloat16 for m in layers)
+    assert all(
+        m._autocast_copy.dtype == torch.bfloat16 and not m._autocast_copy.is_inference() for m in layers
+    )
     copied = copy.deepcopy(model)  # a copy (the gradient view's) leaves the bfloat16 copies behind
     assert all(
         getattr(m, "_autocast_copy", None) is None for m in copied.modules() if isinstance(m, CpuLinear)
