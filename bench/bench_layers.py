@@ -5,8 +5,9 @@ where torch has it), both as GFLOPS and as a share of the large-matmul peak of t
 Why: the Verdict pass (bench_dataset.py) is bound by these layers; this shows which of them is
 short of the CPU's peak, and by how much, on the machine at hand. The out_head is timed twice:
 writing its 103 MB of logits to a fresh mapping each call (as a lone forward pass does) and to the
-same one again (as a pass over a data set does, core.panel.reusing_outputs). Each layer's output
-is checked against torch's within float32 rounding. Best of --reps calls, alternated.
+same one again (as a pass over a data set does, core.panel.reusing_outputs). Beside each layer, the
+largest difference between its output and torch's (float32 rounding: ~1e-5). Best of --reps calls,
+alternated.
 
     python bench/bench_layers.py [--rows 512] [--reps 10] [--threads N]
 """
