@@ -67,8 +67,7 @@ def load_model(key: str, seed: int = 123, device: str | torch.device | None = No
                 f"{spec.label} needs {need:.1f} GB on {describe(target)}, which has {free:.1f} GB free. "
                 "Choose the CPU or a smaller model."
             )
-    # Built on the CPU already: .to() would unpack its weights (see core.model.freeze).
-    return model if target.type == "cpu" else model.to(target)
+    return model.to(target)  # on the CPU, where it was built: as it is, weights still packed
 
 
 BOOK_MODEL, BOOK_SEED = "untrained-124m", 123  # section 5.1's model and seed: the app's default

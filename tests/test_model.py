@@ -419,3 +419,31 @@ def test_logits_do_not_depend_on_the_thread_count(model, shape):
     finally:
         torch.set_num_threads(before)
     assert torch.equal(one, two)
+
+
+def test_a_conversion_that_changes_nothing_keeps_the_weights_packed(kind):
+    """.to("cpu"), .cpu() and .float() on a frozen CPU model return each tensor as it is, so the
+    packed weights stay (unpacking there left every later pass on the slower plain layout); a real
+    conversion (float64) still unpacks first, and share_memory() works for either kernel."""
+    cfg = {**GPT_CONFIG_124M, "emb_dim": 64, "n_heads": 4, "n_layers": 2, "vocab_size": 500}
+    torch.manual_seed(3)
+    model = model_module.freeze(GPTModel(cfg))
+    x = torch.randint(0, 500, (2, 7))
+    with torch.inference_mode():
+        logits = model(x)
+    layers = [m for m in model.modules() if isinstance(m, CpuLinear)]
+    weights = [m.weight for m in layers]
+    same = (lambda m: m.to("cpu"), lambda m: m.cpu(), lambda m: m.float(), lambda m: m.to(torch.float32))
+    for convert in same:
+        assert convert(model) is model
+        assert all(m.weight is w for m, w in zip(layers, weights, strict=True))  # not even repacked
+    with torch.inference_mode():
+        assert torch.equal(model(x), logits)
+    model.share_memory()  # oneDNN's opaque weight has no storage to share: unpacked first
+    assert all(packed(m.weight) for m in layers) == (kind == "panels")
+    with torch.inference_mode():
+        torch.testing.assert_close(model(x), logits, rtol=1e-5, atol=1e-5)
+    model.to(torch.float64)
+    assert not any(packed(m.weight) for m in layers)
+    with torch.inference_mode():
+        torch.testing.assert_close(model(x), logits.double(), rtol=1e-5, atol=1e-5)
