@@ -47,6 +47,7 @@ ALIGN = 16  # floats: freeze() starts each layer's panels on a 64-byte cache lin
 HUGE_PAGE = 2 << 20  # bytes in an x86-64 huge page
 HUGE_OUTPUT = 32 << 20  # bytes from which linear() puts its output on huge pages
 ENV = "LOSSLENS_PANEL"
+COMPARISONS = 3  # selected(): how many times the kernel may measure against oneDNN before losing
 
 # Why the kernel is off, once known (None while on or not yet asked): bench/bench_loss.py prints it.
 reason: str | None = None
@@ -370,16 +371,19 @@ def selected() -> bool:
             wide_rows = set_wide_rows(WIDE_FEW_ROWS if rows and few_on < few_off else rows)
         if setting == "1":
             return True
-        # ~0.15-0.3 s, once per process
-        ours_few, onednn_few = measure(8, layers=4, reps=7)
-        ours_many, onednn_many = measure(256, layers=1, reps=5)
+        # ~0.15-0.3 s, once per process; up to COMPARISONS times on a CPU where it loses. Why: the
+        # choice holds for the process's life, and one busy moment on a shared host could leave a
+        # server on oneDNN (once seen here, not repeated in five reruns: 2x slower per request).
+        for _ in range(COMPARISONS):
+            ours_few, onednn_few = measure(8, layers=4, reps=7)
+            ours_many, onednn_many = measure(256, layers=1, reps=5)
+            if ours_few <= 0.9 * onednn_few and ours_many <= 1.25 * onednn_many:
+                return True
     except (RuntimeError, AttributeError) as e:  # no oneDNN to compare with: keep torch's kernels
         reason = f"could not be compared with oneDNN: {e}"
         return False
-    if ours_few <= 0.9 * onednn_few and ours_many <= 1.25 * onednn_many:
-        return True
     reason = (
         f"not faster than oneDNN on this CPU: {ours_few * 1e3:.2f} vs {onednn_few * 1e3:.2f} ms for 8 rows, "
-        f"{ours_many * 1e3:.1f} vs {onednn_many * 1e3:.1f} ms for 256"
+        f"{ours_many * 1e3:.1f} vs {onednn_many * 1e3:.1f} ms for 256 (last of {COMPARISONS} comparisons)"
     )
     return False

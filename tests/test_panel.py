@@ -489,3 +489,24 @@ def test_the_avx512_tile_runs_only_where_it_measured_faster(wide_tile, monkeypat
     assert panel.selected.__wrapped__() is True
     assert panel.wide_rows == rows
     assert panel.library().losslens_wide_rows() == rows
+
+
+@pytest.mark.parametrize(("faster_from", "selected"), [(1, True), (3, True), (None, False)])
+def test_the_kernel_loses_to_onednn_only_when_every_comparison_says_so(monkeypatch, faster_from, selected):
+    """A single comparison taken in a busy moment must not leave the process on oneDNN for life."""
+    calls = []
+
+    def measure(rows, layers, reps):
+        calls.append(rows)
+        comparison = (len(calls) + 1) // 2  # 8 rows, then 256 rows, per comparison
+        return (1.0, 2.0) if faster_from is not None and comparison >= faster_from else (3.0, 2.0)
+
+    monkeypatch.setenv(panel.ENV, "auto")
+    monkeypatch.setattr(panel, "measure", measure)
+    monkeypatch.setattr(panel, "set_wide_rows", lambda rows: 0)  # no AVX-512 tile to choose
+    monkeypatch.setattr(panel, "reason", None)
+    assert panel.selected.__wrapped__() is selected
+    assert len(calls) == 2 * (faster_from or panel.COMPARISONS)
+    assert (panel.reason is None) == selected
+    if not selected:
+        assert "not faster than oneDNN" in panel.reason and "3000.00 vs 2000.00 ms for 8 rows" in panel.reason
