@@ -13,6 +13,7 @@ import ctypes
 import os
 import platform
 import sys
+import weakref
 from collections import Counter
 
 import torch
@@ -46,6 +47,11 @@ GPT2_SMALL_CONFIG = {
     "context_length": 1024,
     "qkv_bias": True,
 }
+
+# Up to this b * num_tokens^2, attention runs on one thread (MultiHeadAttention._attend). In a forward
+# pass on two threads: 0.09-0.46 ms faster for 1 x 6-10 and 2 x 3-6 tokens, 0.07 ms slower for 1 x 15
+# (AMD EPYC, bench/README.md).
+ONE_THREAD_ATTENTION = 128
 
 
 class MultiHeadAttention(nn.Module):
@@ -93,15 +99,26 @@ class MultiHeadAttention(nn.Module):
 
     def _attend(self, queries, keys, values):
         b, _, num_tokens, _ = queries.shape
-        # The book's causal softmax(queries @ keys^T / sqrt(head_dim)) with dropout, times
-        # the values, as one fused kernel: (b, num_heads, num_tokens, head_dim)
-        context_vec = F.scaled_dot_product_attention(
-            queries,
-            keys,
-            values,
-            dropout_p=self.dropout.p if self.training else 0.0,
-            is_causal=True,
-        )
+        # A few tokens' attention is a few us of work, which a second thread only slows: handing it
+        # half and waiting for it took 34-52 us per call where one thread took 23-31 (6 tokens).
+        # The same bits on any thread count: each head's rows are one thread's work.
+        threads = torch.get_num_threads()
+        alone = not self.training and threads > 1 and b * num_tokens * num_tokens <= ONE_THREAD_ATTENTION
+        if alone:
+            torch.set_num_threads(1)
+        try:
+            # The book's causal softmax(queries @ keys^T / sqrt(head_dim)) with dropout, times
+            # the values, as one fused kernel: (b, num_heads, num_tokens, head_dim)
+            context_vec = F.scaled_dot_product_attention(
+                queries,
+                keys,
+                values,
+                dropout_p=self.dropout.p if self.training else 0.0,
+                is_causal=True,
+            )
+        finally:
+            if alone:
+                torch.set_num_threads(threads)
         # Shape: (b, num_tokens, num_heads, head_dim)
         context_vec = context_vec.transpose(1, 2)
 
@@ -132,9 +149,10 @@ class MultiHeadAttention(nn.Module):
         return self._qkv(x) if self.joinable(x) else None
 
     def _qkv(self, x):
-        layers = (self.W_query, self.W_key, self.W_value)
-        bias = None if layers[0].bias is None else torch.cat([layer.bias for layer in layers])
-        return panel.linear(x, layers[0].weight, bias, 3 * self.d_out)
+        # The module's dicts, not its attributes: each attribute of a module is a Python call (~1 us)
+        layers = [self._modules[name]._parameters for name in ("W_query", "W_key", "W_value")]
+        bias = None if layers[0]["bias"] is None else torch.cat([layer["bias"] for layer in layers])
+        return panel.linear(x, layers[0]["weight"], bias, 3 * self.d_out)
 
 
 class LayerNorm(nn.Module):
@@ -196,13 +214,9 @@ class TransformerBlock(nn.Module):
         self.drop_shortcut = nn.Dropout(cfg["drop_rate"])
 
     def forward(self, x):
-        if (
-            not self.training
-            and self.att.joinable(x)
-            and self.att.out_proj.on_panels(x)
-            and self.ff.on_panels(x)
-        ):
-            return self._forward_on_panels(x)
+        layers = None if self.training else self._on_panels(x)
+        if layers is not None:
+            return self._forward_on_panels(x, *layers)
 
         # Shortcut connection for attention block
         shortcut = x
@@ -220,23 +234,89 @@ class TransformerBlock(nn.Module):
 
         return x
 
-    def _forward_on_panels(self, x):
+    def _on_panels(self, x):
+        """The block's attention, out_proj and feed-forward modules where every linear layer runs
+        LossLens's kernel for x (the query, key and value joined), else None.
+
+        Why remembered: asked of the modules each time, the checks cost ~25 us per block (every
+        attribute of a module or a packed weight is a Python call), ~0.4 ms of a sentence's 17 ms
+        forward pass. With gradients off (every request), the answer is kept with the exact modules,
+        weights and biases that gave it (weak references: nothing is held alive) and each weight's
+        address; a layer replaced, unpacked, converted or loaded from a state dict is asked again."""
+        att = self._modules["att"]
+        ff = self._modules["ff"]._modules["layers"]._modules
+        norms = self._modules["norm1"], self._modules["norm2"]
+        layers = (*map(att._modules.get, ("W_query", "W_key", "W_value", "out_proj")), ff["0"], ff["2"])
+        weights = [layer._parameters["weight"] for layer in layers]
+        biases = [layer._parameters["bias"] for layer in layers]
+        # oneDNN's opaque weights have no address; they are never on the panels anyway
+        addresses = [w.data_ptr() if type(w) is PackedWeight and not w.is_mkldnn else 0 for w in weights]
+        objects = (att, ff["1"], *norms, *layers, *weights, *biases)  # ff["1"]: the GELU the kernel applies
+        key = (x.shape[-1], *map(id, objects), *addresses)
+        quick = (
+            x.dtype == torch.float32 and not torch.is_grad_enabled() and not torch.is_autocast_enabled("cpu")
+        )
+        kept = self.__dict__.get("_panels_key")
+        if quick and kept is not None and kept[0] == key:  # ids: each object is alive (see below)
+            return att, ff["0"], ff["2"]
+        if not (
+            all(type(norm) is LayerNorm for norm in norms)  # _forward_on_panels runs their op itself
+            and att.joinable(x)
+            and att.out_proj.on_panels(x)
+            and self.ff.on_panels(x)
+        ):
+            return None
+        if quick:
+            # An object's id is another object's once it is gone: the first of them to go takes
+            # the kept answer with it (a weak reference's callback; nothing is held alive)
+            block = weakref.ref(self)
+
+            def forget(_, block=block):
+                if (alive := block()) is not None:
+                    alive.__dict__.pop("_panels_key", None)
+
+            self.__dict__["_panels_key"] = (key, [weakref.ref(o, forget) for o in objects if o is not None])
+        return att, ff["0"], ff["2"]
+
+    def __getstate__(self):  # a copy or a pickle asks again: its weights are other objects
+        state = super().__getstate__()
+        state.pop("_panels_key", None)
+        return state
+
+    def _forward_on_panels(self, x, att, first, last):
         """forward(x) in eval mode with every layer on LossLens's kernel: the same ops in the same
         order, so the same bits, without the module calls and eval-mode dropouts in between
         (0.6-0.9 ms of a 6- or 15-token forward pass, ~3 %, on an Intel Xeon)."""
-        att, (first, _, last) = self.att, self.ff.layers
+        out_proj = att._modules["out_proj"]
         b, num_tokens, _ = x.shape
-        qkv = att._qkv(self.norm1(x))  # forward() checked att.joinable(x)
+        qkv = att._qkv(_norm(self._modules["norm1"], x))  # _on_panels checked att.joinable(x)
         # [b, num_tokens, 3 num_heads, head_dim] -> [b, 3 num_heads, num_tokens, head_dim], split
         # into queries, keys and values: the views that MultiHeadAttention.forward makes
         heads = qkv.view(b, num_tokens, 3 * att.num_heads, att.head_dim).transpose(1, 2)
         context_vec = att._attend(*heads.split(att.num_heads, dim=1))
         # The shortcuts are added in the kernel, as each output is stored: (x W^T + b) + x
         x = panel.linear(
-            context_vec, att.out_proj.weight, att.out_proj.bias, att.out_proj.out_features, add=x
+            context_vec,
+            out_proj._parameters["weight"],
+            out_proj._parameters["bias"],
+            out_proj.out_features,
+            add=x,
         )
-        hidden = panel.linear(self.norm2(x), first.weight, first.bias, first.out_features, gelu=True)
-        return panel.linear(hidden, last.weight, last.bias, last.out_features, add=x)
+        hidden = panel.linear(
+            _norm(self._modules["norm2"], x),
+            first._parameters["weight"],
+            first._parameters["bias"],
+            first.out_features,
+            gelu=True,
+        )
+        return panel.linear(
+            hidden, last._parameters["weight"], last._parameters["bias"], last.out_features, add=x
+        )
+
+
+def _norm(norm: LayerNorm, x: torch.Tensor) -> torch.Tensor:
+    """norm(x) without the module call (~5 us): LayerNorm.forward's op on its parameters' dict."""
+    return F.layer_norm(x, x.shape[-1:], norm._parameters["scale"], norm._parameters["shift"], norm.eps)
 
 
 class GPTModel(nn.Module):

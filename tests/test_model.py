@@ -421,6 +421,59 @@ def test_logits_do_not_depend_on_the_thread_count(model, shape):
     assert torch.equal(one, two)
 
 
+def test_a_sentence_s_attention_runs_on_one_thread_with_the_same_bits(model, monkeypatch):
+    """Attention over a few tokens runs on one thread (faster than waking a second one), then the
+    thread count goes back, also after an error; longer inputs and training keep every thread."""
+    import torch.nn.functional as F
+
+    seen = []
+    real = F.scaled_dot_product_attention
+
+    def spy(*args, **kwargs):
+        seen.append(torch.get_num_threads())
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(F, "scaled_dot_product_attention", spy)
+    short, long = torch.tensor([[16833, 3626, 6100], [40, 1107, 588]]), torch.arange(64)[None] + 1000
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with torch.inference_mode():
+            one = model(short)
+            assert seen == [1] * 12 and torch.get_num_threads() == 2
+            seen.clear()
+            model(long)  # 1 x 64^2 > ONE_THREAD_ATTENTION
+            assert seen == [2] * 12
+            seen.clear()
+            limit = model_module.ONE_THREAD_ATTENTION
+            monkeypatch.setattr(model_module, "ONE_THREAD_ATTENTION", 0)
+            assert torch.equal(model(short), one) and seen == [2] * 12
+            monkeypatch.setattr(model_module, "ONE_THREAD_ATTENTION", limit)
+
+            def fails(*args, **kwargs):
+                raise RuntimeError("out of memory")
+
+            monkeypatch.setattr(F, "scaled_dot_product_attention", fails)
+            with pytest.raises(RuntimeError, match="out of memory"):
+                model(short)
+            assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+    attention = model.trf_blocks[0].att
+    attention.train()  # dropout's random masks: every thread, as the book's training runs
+    monkeypatch.setattr(F, "scaled_dot_product_attention", spy)
+    seen.clear()
+    torch.set_num_threads(2)
+    try:
+        with torch.no_grad():
+            q = torch.zeros(2, 12, 3, 64)
+            attention._attend(q, q, q)
+    finally:
+        attention.eval()
+        torch.set_num_threads(before)
+    assert seen == [2]
+
+
 def test_a_conversion_that_changes_nothing_keeps_the_weights_packed(kind):
     """.to("cpu"), .cpu() and .float() on a frozen CPU model return each tensor as it is, so the
     packed weights stay (unpacking there left every later pass on the slower plain layout); a real

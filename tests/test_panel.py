@@ -66,6 +66,8 @@ def test_panel_linear_equals_f_linear(n, k, bias, threads):
         x300 = torch.randn(300, k)
         many = panel.linear(x300, flat, b, n)  # several tiles of 6 rows and a rest
         some = [panel.linear(x300[i], flat, b, n) for i in (0, 5, 6, 150, 299)]
+        # 7-20 rows: a first tile of 6, the other rows shared out evenly (6 + 4 + 3 for 13)
+        firsts = {m: panel.linear(x300[:m], flat, b, n) for m in range(7, 21)}
     finally:
         torch.set_num_threads(before)
     assert got.shape == want.shape and got.is_contiguous()
@@ -81,6 +83,7 @@ def test_panel_linear_equals_f_linear(n, k, bias, threads):
     # depend on what it is batched with, nor on the thread count (the threads split the outputs).
     assert torch.equal(torch.stack(rows).view_as(got), got)
     assert many.shape == (300, n) and torch.equal(torch.stack(some), many[[0, 5, 6, 150, 299]])
+    assert all(torch.equal(first, many[:m]) for m, first in firsts.items())
     alone = panel.linear(x.reshape(-1, k)[:1], flat, b, n)
     assert torch.equal(alone[0], got[0, 0])
 
@@ -347,6 +350,15 @@ def _tiny_frozen_model(monkeypatch, qkv_bias: bool):
     return model_module.freeze(GPTModel({**cfg, "qkv_bias": qkv_bias}))
 
 
+def _same_model(model, qkv_bias: bool):
+    """A frozen model with model's weights, built afresh (its blocks have asked their layers nothing)."""
+    from core.model import GPTModel, freeze
+
+    other = GPTModel({**model.cfg, "qkv_bias": qkv_bias})
+    other.load_state_dict(model.state_dict())
+    return freeze(other)
+
+
 @needs_kernel
 @pytest.mark.parametrize("qkv_bias", [False, True])
 def test_a_block_s_query_key_and_value_come_from_one_kernel_call_with_the_same_bits(monkeypatch, qkv_bias):
@@ -370,7 +382,10 @@ def test_a_block_s_query_key_and_value_come_from_one_kernel_call_with_the_same_b
     with torch.inference_mode():
         joined = model(x)
         assert calls == [3 * 64, 64, 4 * 64, 64] * 2 + [500]  # one call per block for q, k and v
+        # A model whose query, key and value are not side by side (a block keeps its layers' answer
+        # for the same weights, so a fresh copy of the model is asked)
         monkeypatch.setattr(MultiHeadAttention, "joinable", lambda self, x: False)
+        model = _same_model(model, qkv_bias)
         calls.clear()
         separate = model(x)
     assert calls == [64, 64, 64, 64, 4 * 64, 64] * 2 + [500]
@@ -390,10 +405,67 @@ def test_the_feed_forward_s_gelu_runs_in_the_kernel_for_inference_only(monkeypat
         fused = model(x)
         assert gelu_calls == []  # the kernel applied it
         monkeypatch.setattr(FeedForward, "on_panels", lambda self, t: False)
-        apart = model(x)
+        apart = _same_model(model, qkv_bias=False)(x)
     assert len(gelu_calls) == 2  # once per block, as a module
     torch.testing.assert_close(fused, apart, rtol=1e-5, atol=1e-5)
     assert not torch.equal(fused, torch.zeros_like(fused))
+
+
+@needs_kernel
+def test_a_block_asks_its_layers_once_and_again_whenever_a_weight_or_layer_changes(monkeypatch):
+    import copy
+
+    from core.model import CpuLinear, MultiHeadAttention, freeze
+
+    model = _tiny_frozen_model(monkeypatch, qkv_bias=True)
+    x = torch.randint(0, 500, (1, 7))
+    asked, calls = [], []
+    real_joinable, real_linear = MultiHeadAttention.joinable, panel.linear
+    monkeypatch.setattr(
+        MultiHeadAttention, "joinable", lambda self, t: asked.append(1) or real_joinable(self, t)
+    )
+    monkeypatch.setattr(
+        panel, "linear", lambda x, flat, bias, n, **kw: calls.append(n) or real_linear(x, flat, bias, n, **kw)
+    )
+    on_panels = [3 * 64, 64, 4 * 64, 64] * 2 + [500]
+    with torch.inference_mode():
+        first = model(x)
+        assert len(asked) == 2 and calls == on_panels  # each block asked its layers once
+        assert torch.equal(model(x), first) and torch.equal(model(x), first)
+        assert len(asked) == 2  # and kept the answer for the same weights
+    with torch.enable_grad():  # gradients on: asked every time, as before
+        asked.clear()
+        model(x)
+        model(x)
+        assert len(asked) == 4
+
+    # A layer replaced (here by a plain one with the same weights): that block asks again and runs the
+    # book's path; read as panels, a plain weight would give other numbers
+    block = model.trf_blocks[0]
+    plain = CpuLinear(64, 64)
+    plain.load_state_dict(block.att.out_proj.state_dict())
+    block.att.out_proj = plain.requires_grad_(False).eval()
+    calls.clear()
+    with torch.inference_mode():
+        torch.testing.assert_close(model(x), first, rtol=1e-5, atol=1e-5)
+    assert calls == [3 * 64, 4 * 64, 64] + on_panels[4:]  # block 0's out_proj off the kernel
+
+    # Weights unpacked by a state dict: no kernel call at all, the same numbers; packed again: the
+    # very same bits as at first
+    model.load_state_dict(model.state_dict())
+    calls.clear()
+    with torch.inference_mode():
+        torch.testing.assert_close(model(x), first, rtol=1e-5, atol=1e-5)
+        assert calls == []
+        freeze(model)
+        assert torch.equal(model(x), first)
+        assert calls == on_panels
+
+    # A deep copy (plain weights, for the gradient view) runs right, and what a block kept stays behind
+    twin = copy.deepcopy(model)
+    assert all("_panels_key" not in b.__dict__ for b in twin.trf_blocks)
+    with torch.inference_mode():
+        torch.testing.assert_close(twin(x), first, rtol=1e-5, atol=1e-5)
 
 
 @needs_kernel
@@ -413,6 +485,7 @@ def test_a_block_on_the_kernel_skips_the_module_calls_with_the_same_bits(monkeyp
         direct = model(x)
         assert len(called) == 1  # the embeddings' dropout only: no attention module, no block dropout
         monkeypatch.setattr(MultiHeadAttention, "joinable", lambda self, x: False)  # the book's code
+        model = _same_model(model, qkv_bias)
         called.clear()
         modules = model(x)
         assert len(called) == 1 + 2 * (1 + 2)  # per block: the attention module, two shortcut dropouts
