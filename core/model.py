@@ -235,8 +235,8 @@ class TransformerBlock(nn.Module):
         return x
 
     def _on_panels(self, x):
-        """The block's attention, out_proj and feed-forward modules where every linear layer runs
-        LossLens's kernel for x (the query, key and value joined), else None.
+        """The block's attention module and its feed-forward's two linear layers where every linear
+        layer runs LossLens's kernel for x (the query, key and value joined), else None.
 
         Why remembered: asked of the modules each time, the checks cost ~25 us per block (every
         attribute of a module or a packed weight is a Python call), ~0.4 ms of a sentence's 17 ms
