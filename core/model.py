@@ -548,6 +548,13 @@ class PackedWeight(nn.Parameter):
             memo[id(self)] = nn.Parameter(self.plain(), self.requires_grad)
         return memo[id(self)]
 
+    def __reduce_ex__(self, protocol):
+        # A pickle (torch.save(model)) holds the plain weight, as a deep copy does: the panels are
+        # views of one mapping that pickle would write whole for every weight (a 124M model ran a
+        # 24 GB machine out of memory), and a flat panel tensor read back as a plain parameter would
+        # be fed to the plain path. freeze() the loaded model to pack it again.
+        return nn.Parameter(self.plain(), self.requires_grad).__reduce_ex__(protocol)
+
 
 def _sole_owner(w: torch.Tensor) -> bool:
     """No other tensor shares w's memory (a caller's state dict, a tied layer): packing in place

@@ -274,6 +274,38 @@ def test_freeze_packs_the_weights_in_place_of_the_plain_ones(kind):
     assert all(torch.equal(params[k], v) for k, v in want.items())  # unpacked to the same values
 
 
+@needs_onednn
+def test_a_frozen_model_pickles_as_its_plain_weights_and_freezes_again_to_the_same_bits(kind):
+    """torch.save(model) and pickle write each weight once, plain: the panels share one mapping,
+    which pickle would otherwise write whole for every weight (a 124M model ran out of memory)."""
+    import io
+    import pickle
+
+    cfg = {**GPT_CONFIG_124M, "emb_dim": 64, "n_heads": 4, "n_layers": 2, "vocab_size": 500}
+    torch.manual_seed(11)
+    model = model_module.freeze(GPTModel(cfg))
+    want = model.state_dict()
+    weight_bytes = sum(v.numel() * v.element_size() for v in want.values())
+    x = torch.randint(0, 500, (2, 9))
+    with torch.inference_mode():
+        logits = model(x)
+    data = pickle.dumps(model)
+    assert weight_bytes < len(data) < weight_bytes * 1.1  # the weights once, and little else
+    buffer = io.BytesIO()
+    torch.save(model, buffer)
+    assert buffer.tell() < weight_bytes * 1.1
+    buffer.seek(0)
+    for back in (pickle.loads(data), torch.load(buffer, weights_only=False)):
+        params = dict(back.named_parameters())
+        assert not any(packed(p) for p in params.values()) and not back.training
+        assert all(torch.equal(params[k], want[k]) and not params[k].requires_grad for k in params)
+        with torch.inference_mode():
+            torch.testing.assert_close(back(x), logits, rtol=1e-5, atol=1e-5)
+            assert torch.equal(model_module.freeze(back)(x), logits)  # packed again: the same bits
+        assert all(packed(m.weight) for m in back.modules() if isinstance(m, CpuLinear))
+    assert packed(model.out_head.weight)  # the original is untouched
+
+
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc_trim is Linux's")
 def test_release_free_memory_hands_freed_heap_blocks_back():
     """Packing frees every plain weight, and glibc keeps such blocks in its heap unless trimmed
