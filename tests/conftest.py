@@ -30,12 +30,34 @@ def tokenizer():
     return get_tokenizer()
 
 
+def _fingerprint(model) -> dict:
+    """What a test must leave as it was: mode, each weight's object, layout, flag and values."""
+    import torch
+
+    with torch.inference_mode():
+        return {
+            "training": model.training,
+            **{
+                name: (id(p), type(p).__name__, p.is_mkldnn, p.requires_grad, p.double().sum().item())
+                for name, p in model.named_parameters()
+            },
+        }
+
+
 @pytest.fixture(scope="session")
 def model():
-    """torch.manual_seed(123); GPTModel(GPT_CONFIG_124M), in eval mode (shared, read-only)."""
+    """torch.manual_seed(123); GPTModel(GPT_CONFIG_124M), in eval mode (shared, read-only).
+
+    Read-only is checked: a test that unpacked it (gradients), trained it or changed a weight would
+    leave every later test on another model, so the session ends with an error naming it."""
     from core.model import build_untrained_model
 
-    return build_untrained_model(123)
+    shared = build_untrained_model(123)
+    before = _fingerprint(shared)
+    yield shared
+    after = _fingerprint(shared)
+    changed = [k for k in before if before[k] != after.get(k)]
+    assert not changed, f"a test changed the shared model: {changed[:5]}"
 
 
 @pytest.fixture(scope="session")
