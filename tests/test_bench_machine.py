@@ -37,3 +37,18 @@ def test_the_sustained_probe_counts_every_matmul_over_the_time_it_ran():
     got = machine.matmul_sustained(2.0, n=64, clock=lambda: next(ticks))
     assert got == pytest.approx(4 * 2 * 64**3 / 2.0 / 1e9)  # 4 products in 2 s, then it stops
     assert next(ticks) == 12.5  # no product past the time asked for
+
+
+@pytest.mark.parametrize("threads, words", [(1, "with 1 thread,"), (2, "with 2 threads,")])
+def test_the_cpu_line_names_the_cpu_its_isa_amx_and_torch_s_threads(threads, words):
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        line = machine.describe_cpu()
+    finally:
+        torch.set_num_threads(before)
+    isa = torch.backends.cpu.get_cpu_capability()
+    assert line.startswith(f"CPU: {machine.cpu_model()} ({machine.cpu_vendor()}), ISA {isa}, AMX ")
+    assert f"torch {torch.__version__} {words} load average " in line
