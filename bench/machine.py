@@ -65,15 +65,12 @@ def load_average() -> str:
 
 def describe_cpu() -> str:
     """One line: model, vendor, ISA level, AMX, CPUs, torch threads, load."""
+    threads = torch.get_num_threads()
     return (
         f"CPU: {cpu_model()} ({cpu_vendor()}), ISA {torch.backends.cpu.get_cpu_capability()}, "
         f"AMX {'yes' if has_amx() else 'no'}, {os.cpu_count()} CPUs, torch {torch.__version__} "
-        f"with {_count(torch.get_num_threads(), 'thread')}, load average {load_average()}"
+        f"with {threads} thread{'s' if threads != 1 else ''}, load average {load_average()}"
     )
-
-
-def _count(n: int, noun: str) -> str:
-    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
 def read_bandwidth(runs: int = 5, mib: int = 256, clock=time.perf_counter) -> float:
