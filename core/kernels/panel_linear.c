@@ -163,12 +163,14 @@ static void run_pair(const job_t *j, long c, int two) {
     /* The first tile takes 6 rows (it computes while the block comes from memory); the rest share
        the other rows evenly: 15 rows as 6 + 5 + 4, not 6 + 6 + 3. A tile of R rows keeps 2R sums
        going, and under 4 rows (8 sums) it waits on the FMA's latency. 13-15 and 20 rows: 1.06-1.11x
-       per forward pass's layers; 5 + 5 for 10 rows was 0.96x, so the first tile stays whole */
-    const long later = M > 6 ? M - 6 : 0, tiles = (later + 5) / 6;
+       per forward pass's layers; 5 + 5 for 10 rows was 0.96x, so the first tile stays whole. Except
+       for 7 rows: 4 + 3, not 6 + 1, whose 1-row tile made the layers 1.10x slower (4 + 4 for 8 rows
+       and 5 + 4 for 9 gained nothing) */
+    const long first = M == 7 ? 4 : M < 6 ? M : 6, later = M - first, tiles = (later + 5) / 6;
     for (long k0 = 0; k0 < K; k0 += step) {
         const long k1 = k0 + step < K ? k0 + step : K;
         for (long t = -1, m = 0; t < tiles; t++) { /* the block is read from memory once, then from L1 */
-            const long rows = t < 0 ? (M < 6 ? M : 6) : later / tiles + (t < later % tiles);
+            const long rows = t < 0 ? first : later / tiles + (t < later % tiles);
             const float *x = j->x + m * K;
             float *y = j->y + m * N + 16 * c;
             /* The later tiles read the block from L1 and ask for the next one meanwhile */
