@@ -64,7 +64,7 @@ def _supported() -> str | None:
     return None
 
 
-def _build(out_dir: Path) -> Path:
+def _build(out_dir: Path, flags: list[str] = FLAGS) -> Path:
     """Compile the C source into out_dir (named by its hash, so an edit rebuilds); atomic rename,
     so concurrent processes never load a half-written file."""
     source = SOURCE.read_bytes()
@@ -72,7 +72,7 @@ def _build(out_dir: Path) -> Path:
     compiler = shlex.split(os.environ.get("CC", "")) or ([found] if found else [])  # CC may carry flags
     if not compiler:
         raise OSError("no C compiler (cc or gcc) on PATH")
-    digest = hashlib.sha256(source + " ".join([*compiler, *FLAGS]).encode()).hexdigest()[:16]
+    digest = hashlib.sha256(source + " ".join([*compiler, *flags]).encode()).hexdigest()[:16]
     target = out_dir / f"panel_linear-{digest}.so"
     if target.exists():
         return target
@@ -81,7 +81,7 @@ def _build(out_dir: Path) -> Path:
     os.close(fd)
     try:
         subprocess.run(
-            [*compiler, *FLAGS, str(SOURCE), "-o", tmp], check=True, capture_output=True, timeout=60
+            [*compiler, *flags, str(SOURCE), "-o", tmp], check=True, capture_output=True, timeout=60
         )
         os.replace(tmp, target)
     finally:
@@ -104,11 +104,16 @@ def library() -> ctypes.CDLL | None:
             path = _build(cache_dir() / "kernels")
         except OSError:  # an unwritable cache folder: build in the temp folder
             path = _build(Path(tempfile.gettempdir()) / "losslens-kernels")
-        lib = ctypes.CDLL(str(path))
+        return _load(path)
     except (OSError, subprocess.SubprocessError) as e:
         err = getattr(e, "stderr", b"") or b""
         reason = f"the kernel could not be built: {e} {err.decode(errors='replace')[:300]}".strip()
         return None
+
+
+def _load(path: Path) -> ctypes.CDLL:
+    """A built kernel, its functions typed for ctypes."""
+    lib = ctypes.CDLL(str(path))
     fn = lib.losslens_panel_linear
     fn.argtypes = [ctypes.c_void_p] * 5 + [ctypes.c_long] * 3 + [ctypes.c_int] * 2
     fn.restype = None

@@ -497,13 +497,34 @@ def test_a_block_on_the_kernel_skips_the_module_calls_with_the_same_bits(monkeyp
     assert len(called) > 1
 
 
-@pytest.fixture
-def wide_tile():
-    """A CPU with AVX-512 (else skipped), and the process's measured choice of the AVX-512 tile
-    restored afterwards (it is one setting of the loaded kernel)."""
+SIMDE = [Path(d, "simde", "x86", "avx512.h") for d in ("/usr/include", "/usr/local/include")]
+
+
+@pytest.fixture(scope="session")
+def emulated_kernel(tmp_path_factory):
+    """The kernel built with SIMDe's AVX-512 in AVX2 (tests/kernels/avx512_emulated.h): the
+    AVX-512 tile's code on any AVX2 CPU, so its bits are checked on every machine, not only on
+    those with AVX-512. Needs Debian's libsimde-dev (header-only), which .ci/run installs."""
+    if not buildable:
+        pytest.skip(f"no AVX2 x86-64 CPU or no C compiler: {panel._supported()}")
+    if not any(p.exists() for p in SIMDE) and not os.environ.get("CI"):
+        pytest.skip("no SIMDe headers to emulate AVX-512 with: sudo apt-get install libsimde-dev")
+    shim = ROOT / "tests" / "kernels" / "avx512_emulated.h"
+    flags = [*panel.FLAGS, "-DLOSSLENS_AVX512_EMULATED", "-include", str(shim)]
+    return panel._load(panel._build(tmp_path_factory.mktemp("kernel"), flags))
+
+
+@pytest.fixture(params=["native", "emulated"])
+def wide_tile(request, monkeypatch):
+    """The AVX-512 tile: on this CPU's own AVX-512 (else skipped), or emulated on its AVX2 (the
+    emulated build stands in for the process's kernel). The process's measured choice of the
+    AVX-512 tile is restored afterwards (it is one setting of the loaded kernel)."""
+    if request.param == "emulated":
+        lib = request.getfixturevalue("emulated_kernel")
+        monkeypatch.setattr(panel, "library", lambda: lib)
     if not (buildable and panel.set_wide_rows(panel.WIDE_FEW_ROWS)):
         pytest.skip("no AVX-512 on this CPU: the AVX2 tile runs every row count")
-    yield
+    yield request.param
     panel.set_wide_rows(panel.wide_rows)
 
 

@@ -194,9 +194,12 @@ static void run_pair(const job_t *j, long c, int two) {
    A tile is R rows (1..12) x 32 outputs (four panels, two zmm per row: 24 accumulators); each zmm
    is two 8-wide panel rows joined. Every output still takes one FMA per k in order 0..K-1, then the
    bias, exactly as tile() does: the same bits on either path, so a row's logits never depend on
-   which one ran. */
+   which one ran. Built with LOSSLENS_AVX512_EMULATED (tests/kernels/avx512_emulated.h), the same
+   code runs on AVX2 through SIMDe's AVX-512 in AVX2: the tests check its bits on any x86 CPU. */
+#ifndef LOSSLENS_AVX512_EMULATED
 #pragma GCC push_options
 #pragma GCC target("avx512f,prfchw")
+#endif
 static inline __attribute__((always_inline)) __m512 join(const float *lo, const float *hi) {
     const __m512d l = _mm512_castps_pd(_mm512_castps256_ps512(_mm256_loadu_ps(lo)));
     return _mm512_castpd_ps(_mm512_insertf64x4(l, _mm256_castps_pd(_mm256_loadu_ps(hi)), 1));
@@ -265,7 +268,9 @@ static void run_quad(const job_t *j, long q, long m0, long M) {
     else
         finish(j, 32 * q, 32, m0, M);
 }
+#ifndef LOSSLENS_AVX512_EMULATED
 #pragma GCC pop_options
+#endif
 
 /* From how many rows the AVX-512 tile runs (0: never). Set by core/panel.py where it measures faster. */
 static long wide_rows = 0;
@@ -274,7 +279,12 @@ long losslens_wide_rows(void) { return wide_rows; }
 
 /* 1 if this CPU runs the AVX-512 tile; then it runs from `rows` rows on (0 turns it off). */
 int losslens_set_wide_rows(long rows) {
-    if (!__builtin_cpu_supports("avx512f")) {
+#ifdef LOSSLENS_AVX512_EMULATED
+    const int avx512 = 1;
+#else
+    const int avx512 = __builtin_cpu_supports("avx512f");
+#endif
+    if (!avx512) {
         wide_rows = 0;
         return 0;
     }
