@@ -12,7 +12,7 @@ from .errors import InvalidParameterError
 from .evaluate import calc_loss_batch
 from .model import GPT_CONFIG_124M, GPTModel
 from .precision import autocast
-from .rng import RNG_LOCK
+from .rng import borrowed_rng
 from .tokenizer import VOCAB_SIZE, get_tokenizer
 from .train import START_CONTEXT, generate_sample, make_train_loaders
 from .weights import require_free_ram
@@ -120,12 +120,9 @@ def estimate_time(preset: Preset, text: str, steps: int = 2, tokenizer=None, dev
     """
     tokenizer = tokenizer or get_tokenizer()
     train_loader, val_loader = make_train_loaders(text, preset.settings, tokenizer)
-    with RNG_LOCK:  # a throwaway model, on the global generator that is then put back as it was
-        rng = torch.get_rng_state()
-        try:
-            timings = _measure(preset, next(iter(val_loader)), steps, tokenizer, torch.device(device))
-        finally:
-            torch.set_rng_state(rng)
+    with borrowed_rng():  # a DataLoader's iterator draws its base seed
+        batch = next(iter(val_loader))
+    timings = _measure(preset, batch, steps, tokenizer, torch.device(device))
     timings.update(
         train_batches=len(train_loader),
         val_batches=len(val_loader),
@@ -136,18 +133,21 @@ def estimate_time(preset: Preset, text: str, steps: int = 2, tokenizer=None, dev
 
 
 def _measure(preset: Preset, batch, steps: int, tokenizer, device) -> dict:
-    model = GPTModel(preset.cfg).to(device)
+    # A throwaway model and its dropout draw from the global generator, borrowed piece by piece
+    with borrowed_rng():
+        model = GPTModel(preset.cfg).to(device)
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=preset.lr, weight_decay=preset.weight_decay)
     times = []
     for _ in range(steps + 1):
-        t = time.perf_counter()
-        optimizer.zero_grad()
-        with autocast(device, preset.fast):
-            loss = calc_loss_batch(*batch, model, device)
-        loss.backward()
-        optimizer.step()
-        times.append(time.perf_counter() - t)
+        with borrowed_rng():  # timed inside: a wait for the lock is not a step's time
+            t = time.perf_counter()
+            optimizer.zero_grad()
+            with autocast(device, preset.fast):
+                loss = calc_loss_batch(*batch, model, device)
+            loss.backward()
+            optimizer.step()
+            times.append(time.perf_counter() - t)
     model.eval()
     t = time.perf_counter()
     with torch.no_grad():

@@ -35,6 +35,19 @@ def own_rng(stream):
             stream.rng_now = torch.get_rng_state()
 
 
+@contextlib.contextmanager
+def borrowed_rng():
+    """Draw from the global generator for throwaway work (a timing's model init and dropout), then
+    put it back as it was. Under RNG_LOCK for that piece of work only: a seeded build in another
+    thread waits for one training step of the timing, not for all of it (~10 s, the book preset)."""
+    with RNG_LOCK:
+        state = torch.get_rng_state()
+        try:
+            yield
+        finally:
+            torch.set_rng_state(state)
+
+
 def seeded_untrained_model(seed: int) -> GPTModel:
     """The book's untrained 124M model; torch.manual_seed(seed) and the init back to back."""
     with RNG_LOCK:

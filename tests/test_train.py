@@ -359,6 +359,43 @@ def test_training_in_a_thread_and_seeded_draws_elsewhere_do_not_disturb_each_oth
     assert result["r"].state.val_losses == alone.state.val_losses
 
 
+def test_the_estimate_borrows_the_generator_a_step_at_a_time_and_puts_it_back(text, monkeypatch):
+    """A seeded build in another thread waits for one of the time estimate's training steps (their
+    dropout draws), not for the whole estimate (~10 s for the book preset); afterwards the global
+    generator is as it was."""
+    import threading
+
+    from core import presets
+    from core.rng import RNG_LOCK
+
+    def lock_is_free() -> bool:  # asked from another thread: an RLock is always free to its holder
+        free = []
+
+        def ask():
+            free.append(RNG_LOCK.acquire(blocking=False))
+            if free[0]:
+                RNG_LOCK.release()
+
+        asker = threading.Thread(target=ask)
+        asker.start()
+        asker.join()
+        return free[0]
+
+    seen = []
+
+    def calc_loss_batch(input_batch, target_batch, model, device):
+        seen.append((model.training, lock_is_free()))
+        return real(input_batch, target_batch, model, device)
+
+    real = presets.calc_loss_batch
+    monkeypatch.setattr(presets, "calc_loss_batch", calc_loss_batch)
+    torch.manual_seed(5)
+    before = torch.get_rng_state()
+    presets.estimate_time(replace(TINY, num_epochs=1), text, steps=2)
+    assert torch.equal(torch.get_rng_state(), before)
+    assert seen == [(True, False)] * 3 + [(False, True)]  # warm-up and 2 steps held; evaluation free
+
+
 def test_the_device_argument_keeps_cpu_results_bit_identical(text):
     from core.presets import estimate_time
 
