@@ -38,12 +38,13 @@ def _digest(p) -> int:
 
 
 def _fingerprint(model) -> dict:
-    """What a test must leave as it was: mode, each weight's object, layout, flag and values."""
+    """What a test must leave as it was: each module's mode (a dropout left in training mode
+    draws), each weight's object, layout, flag and values."""
     import torch
 
     with torch.inference_mode():
         return {
-            "training": model.training,
+            **{f"{name or 'model'}.training": m.training for name, m in model.named_modules()},
             **{
                 name: (id(p), type(p).__name__, p.is_mkldnn, p.requires_grad, _digest(p))
                 for name, p in model.named_parameters()
