@@ -561,6 +561,34 @@ def test_the_avx512_tile_gives_the_avx2_tile_s_bits(wide_tile, n, k, bias, threa
 
 
 @needs_kernel
+def test_a_frozen_model_s_logits_are_the_same_bits_on_either_tile(wide_tile, monkeypatch):
+    """The whole frozen path on the AVX-512 tile: the joined query, key and value (read on past
+    one weight's end), the GELU and the shortcuts in the kernel, the out_head's leftover panels
+    and rows; each batch's logits are the AVX2 tile's, bit for bit."""
+    model = _tiny_frozen_model(monkeypatch, qkv_bias=True)
+    with torch.no_grad():
+        for block in model.trf_blocks:  # biases that differ per layer, so a mix-up would show
+            for layer in (block.att.W_query, block.att.W_key, block.att.W_value):
+                layer.bias.normal_()
+    rows = []
+    real = panel.linear
+    monkeypatch.setattr(
+        panel, "linear", lambda x, *a, **kw: rows.append(x.numel() // x.shape[-1]) or real(x, *a, **kw)
+    )
+    # one row, a sentence, a tile of 12 and a rest, and two blocks of 96 rows (2 x 60)
+    for shape in ((1, 1), (1, 9), (2, 19), (2, 60)):
+        x = torch.randint(0, 500, shape)
+        with torch.inference_mode():
+            panel.set_wide_rows(1)
+            rows.clear()
+            wide = model(x)
+            assert rows == [x.numel()] * 9  # every layer of both blocks and the out_head on the kernel
+            panel.set_wide_rows(0)
+            narrow = model(x)
+        assert torch.equal(wide, narrow), shape
+
+
+@needs_kernel
 # (AVX-512 tile faster for 12 rows, for 256 rows) -> from how many rows it runs
 @pytest.mark.parametrize(
     ("few", "many", "rows"),
