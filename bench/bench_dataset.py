@@ -13,7 +13,8 @@ printed twice: by wall time, and by process CPU time (pass and probe alike), whi
 readable when other work keeps the cores busy. For comparison, the same matmul run back to back
 for as long as our pass: whether the CPU holds the short probes' rate over a pass's seconds. One
 more pass, timed call by call, splits ours into its linear layers (their own share of the peak:
-what the whole pass can reach at most, the attention products aside) and the rest.
+what the whole pass can reach at most, the attention products aside) and the rest: the
+attention, the cross entropy and the others.
 
     python bench/bench_dataset.py [--corpus PATH] [--repeats 2] [--threads N]
 """
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import os
 import sys
 import tempfile
@@ -57,34 +59,51 @@ def matmul_flops(cfg: dict, batches: list[tuple[int, int]]) -> float:
     return linear_flops(cfg, batches) + float(sum(L * 4 * b * t * t * d for b, t in batches))
 
 
+@dataclasses.dataclass
+class Part:
+    seconds: float = 0.0
+    calls: int = 0
+    ours: int = 0  # calls that ran on LossLens's kernel (linear layers only)
+
+
 @contextlib.contextmanager
-def timed_linears():
-    """[seconds, calls, calls on LossLens's kernel] of the model's linear layers while inside:
-    every call of LossLens's kernel (core.panel.linear) and of oneDNN's (core.model._onednn_linear),
-    the two kernels a frozen model's layers run on the CPU."""
+def timed_parts():
+    """{part: Part} of the pass's calls while inside: "linear" (every call of LossLens's kernel,
+    core.panel.linear, and of oneDNN's, core.model._onednn_linear: the two kernels a frozen model's
+    layers run on the CPU), "attention" (MultiHeadAttention._attend, torch's fused causal kernel)
+    and "cross entropy" (core.evaluate.cross_entropy: the log-softmax over the logits)."""
+    import core.evaluate
     import core.model
     from core import panel
 
-    spent = [0.0, 0, 0]
+    parts = {name: Part() for name in ("linear", "attention", "cross entropy")}
 
-    def timed(fn, ours):
+    def timed(fn, part, ours=0):
         def call(*args, **kwargs):
             start = time.perf_counter()
             try:
                 return fn(*args, **kwargs)
             finally:
-                spent[0] += time.perf_counter() - start
-                spent[1] += 1
-                spent[2] += ours
+                part.seconds += time.perf_counter() - start
+                part.calls += 1
+                part.ours += ours
 
         return call
 
-    saved = panel.linear, core.model._onednn_linear
-    panel.linear, core.model._onednn_linear = timed(saved[0], 1), timed(saved[1], 0)
+    places = [
+        (panel, "linear", parts["linear"], 1),
+        (core.model, "_onednn_linear", parts["linear"], 0),
+        (core.model.MultiHeadAttention, "_attend", parts["attention"], 0),
+        (core.evaluate, "cross_entropy", parts["cross entropy"], 0),
+    ]
+    saved = [getattr(owner, name) for owner, name, _, _ in places]
+    for owner, name, part, ours in places:
+        setattr(owner, name, timed(getattr(owner, name), part, ours))
     try:
-        yield spent
+        yield parts
     finally:
-        panel.linear, core.model._onednn_linear = saved
+        for (owner, name, _, _), fn in zip(places, saved, strict=True):
+            setattr(owner, name, fn)
 
 
 def reference_pass(text: str):
@@ -201,15 +220,18 @@ def main() -> int:
         f"({held / peak:.0%} of the peak); ours at {flops / t_our / 1e9 / held:.1%} of it, "
         f"reference at {flops / t_ref / 1e9 / held:.1%} (for comparison; the target is against the peak)"
     )
-    with timed_linears() as spent:
+    with timed_parts() as parts:
         t_split = our_pass(text)[0]
-    if spent[1]:
-        share_linear = linear_flops(GPT_CONFIG_124M, shapes) / spent[0] / 1e9 / peak
+    linear, attention, ce = parts["linear"], parts["attention"], parts["cross entropy"]
+    if linear.calls:
+        share_linear = linear_flops(GPT_CONFIG_124M, shapes) / linear.seconds / 1e9 / peak
         print(
-            f"of which its linear layers ({spent[1]} calls, {spent[2]} on LossLens's kernel, "
-            f"{spent[1] - spent[2]} on oneDNN's; one more pass): {spent[0]:.2f} s, at "
-            f"{share_linear:.1%} of the peak; the rest of the pass (attention, layer norms, embeddings, "
-            f"cross entropy, loaders) {t_split - spent[0]:.2f} s"
+            f"of which its linear layers ({linear.calls} calls, {linear.ours} on LossLens's kernel, "
+            f"{linear.calls - linear.ours} on oneDNN's; one more pass): {linear.seconds:.2f} s, at "
+            f"{share_linear:.1%} of the peak; the rest of the pass {t_split - linear.seconds:.2f} s: "
+            f"attention {attention.seconds:.2f} s ({attention.calls} calls), cross entropy "
+            f"{ce.seconds:.2f} s ({ce.calls}), the others (layer norms, embeddings, loaders, Python) "
+            f"{t_split - linear.seconds - attention.seconds - ce.seconds:.2f} s"
         )
     else:
         print("of which its linear layers: not timed (they ran neither LossLens's kernel nor oneDNN)")

@@ -11,6 +11,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 import bench_dataset
 
+import core.evaluate
 import core.model
 from core import panel
 from core.model import GPT_CONFIG_124M, CpuLinear, build_untrained_model
@@ -29,11 +30,19 @@ def test_linear_flops_are_the_model_s_own_linear_layers():
     assert bench_dataset.matmul_flops(SMALL, batches) == per_token * 37 + attention
 
 
-def test_timed_linears_times_every_linear_call_of_a_pass_and_restores_the_kernels():
+def test_timed_parts_times_every_linear_attention_and_loss_call_and_restores_them():
+    from core.evaluate import calc_loss_batch
+    from core.model import MultiHeadAttention
+
     model = build_untrained_model(123, SMALL)
-    x = torch.randint(0, SMALL["vocab_size"], (2, 16))
-    hidden = torch.zeros(2, 16, SMALL["emb_dim"])
-    kernels = panel.linear, core.model._onednn_linear
+    x = torch.randint(0, SMALL["vocab_size"], (2, 40))  # 80 rows: the cross entropy in blocks
+    hidden = torch.zeros(2, 40, SMALL["emb_dim"])
+    originals = (
+        panel.linear,
+        core.model._onednn_linear,
+        MultiHeadAttention._attend,
+        core.evaluate.cross_entropy,
+    )
     if model.out_head.on_panels(hidden):  # per block: query/key/value joined, out_proj, feed-forward
         calls = ours = SMALL["n_layers"] * 4 + 1
     elif model.out_head.weight.is_mkldnn:  # the three projections apart
@@ -41,13 +50,20 @@ def test_timed_linears_times_every_linear_call_of_a_pass_and_restores_the_kernel
     else:
         pytest.skip("the model's layers run neither LossLens's kernel nor oneDNN on this machine")
     with torch.inference_mode():
-        expected = model(x)
-        with bench_dataset.timed_linears() as spent:
-            got = model(x)
-        assert spent[1:] == [calls, ours] and spent[0] > 0
-        model(x)
-    assert spent[1:] == [calls, ours]  # counted only inside
-    assert (panel.linear, core.model._onednn_linear) == kernels
+        expected = calc_loss_batch(x, x, model)
+        with bench_dataset.timed_parts() as parts:
+            got = calc_loss_batch(x, x, model)
+        counted = {name: (p.calls, p.ours) for name, p in parts.items()}
+        assert counted == {"linear": (calls, ours), "attention": (2, 0), "cross entropy": (1, 0)}
+        assert all(p.seconds > 0 for p in parts.values())
+        calc_loss_batch(x, x, model)
+    assert {name: (p.calls, p.ours) for name, p in parts.items()} == counted  # counted only inside
+    assert (
+        panel.linear,
+        core.model._onednn_linear,
+        MultiHeadAttention._attend,
+        core.evaluate.cross_entropy,
+    ) == originals
     assert torch.equal(got, expected)  # timing changes nothing
 
 
