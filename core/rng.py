@@ -39,7 +39,7 @@ def own_rng(stream):
 def borrowed_rng():
     """Draw from the global generator for throwaway work (a timing's model init and dropout), then
     put it back as it was. Under RNG_LOCK for that piece of work only: a seeded build in another
-    thread waits for one training step of the timing, not for all of it (~10 s, the book preset)."""
+    thread waits for one training step of the timing, not for all of it (10-40 s, the book preset)."""
     with RNG_LOCK:
         state = torch.get_rng_state()
         try:

@@ -359,17 +359,23 @@ def _same_model(model, qkv_bias: bool):
     return freeze(other)
 
 
+def _distinct_qkv_biases(model):
+    """Large biases, different in every layer, so that a mix-up of query, key and value shows."""
+    with torch.no_grad():
+        for block in model.trf_blocks:
+            for layer in (block.att.W_query, block.att.W_key, block.att.W_value):
+                layer.bias.normal_()
+    return model
+
+
 @needs_kernel
 @pytest.mark.parametrize("qkv_bias", [False, True])
 def test_a_block_s_query_key_and_value_come_from_one_kernel_call_with_the_same_bits(monkeypatch, qkv_bias):
     from core.model import MultiHeadAttention
 
     model = _tiny_frozen_model(monkeypatch, qkv_bias)
-    if qkv_bias:  # biases that differ per layer, so a mix-up would show
-        with torch.no_grad():
-            for block in model.trf_blocks:
-                for layer in (block.att.W_query, block.att.W_key, block.att.W_value):
-                    layer.bias.normal_()
+    if qkv_bias:
+        _distinct_qkv_biases(model)
     calls = []
     real = panel.linear
 
@@ -524,7 +530,7 @@ def wide_tile(request, monkeypatch):
         monkeypatch.setattr(panel, "library", lambda: lib)
     if not (buildable and panel.set_wide_rows(panel.WIDE_FEW_ROWS)):
         pytest.skip("no AVX-512 on this CPU: the AVX2 tile runs every row count")
-    yield request.param
+    yield
     panel.set_wide_rows(panel.wide_rows)
 
 
@@ -565,11 +571,7 @@ def test_a_frozen_model_s_logits_are_the_same_bits_on_either_tile(wide_tile, mon
     """The whole frozen path on the AVX-512 tile: the joined query, key and value (read on past
     one weight's end), the GELU and the shortcuts in the kernel, the out_head's leftover panels
     and rows; each batch's logits are the AVX2 tile's, bit for bit."""
-    model = _tiny_frozen_model(monkeypatch, qkv_bias=True)
-    with torch.no_grad():
-        for block in model.trf_blocks:  # biases that differ per layer, so a mix-up would show
-            for layer in (block.att.W_query, block.att.W_key, block.att.W_value):
-                layer.bias.normal_()
+    model = _distinct_qkv_biases(_tiny_frozen_model(monkeypatch, qkv_bias=True))
     rows = []
     real = panel.linear
     monkeypatch.setattr(
