@@ -567,6 +567,22 @@ def test_the_avx512_tile_gives_the_avx2_tile_s_bits(wide_tile, n, k, bias, threa
 
 
 @needs_kernel
+def test_the_avx512_tile_s_gelu_gives_the_avx2_one_s_bits_over_every_range(wide_tile):
+    """gelu16 and exp16 do gelu8's and exp8's operations lane for lane, through the clamps where
+    e^x saturates and on to overflow: each of 32 outputs (a quad) from -200 to 200, tiny and
+    huge ones, and infinities, the same bits on either tile."""
+    v = torch.linspace(-100, 100, 20_001)
+    v = torch.cat([v, torch.tensor([-3e38, -1e4, -1e-30, 0.0, 1e-30, 1e4, 3e38])])
+    flat = panel.pack_(torch.linspace(-2, 2, 32)[:, None].contiguous())  # output n = v * w_n
+    panel.set_wide_rows(1)
+    wide = panel.linear(v[:, None], flat, None, 32, gelu=True)
+    panel.set_wide_rows(0)
+    narrow = panel.linear(v[:, None], flat, None, 32, gelu=True)
+    assert torch.equal(wide, narrow)
+    assert wide.isinf().any() and (wide == 0).any() and not wide.isnan().any()
+
+
+@needs_kernel
 def test_a_frozen_model_s_logits_are_the_same_bits_on_either_tile(wide_tile, monkeypatch):
     """The whole frozen path on the AVX-512 tile: the joined query, key and value (read on past
     one weight's end), the GELU and the shortcuts in the kernel, the out_head's leftover panels
