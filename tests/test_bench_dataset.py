@@ -37,12 +37,16 @@ def test_timed_parts_times_every_linear_attention_and_loss_call_and_restores_the
     model = build_untrained_model(123, SMALL)
     x = torch.randint(0, SMALL["vocab_size"], (2, 40))  # 80 rows: the cross entropy in blocks
     hidden = torch.zeros(2, 40, SMALL["emb_dim"])
-    originals = (
-        panel.linear,
-        core.model._onednn_linear,
-        MultiHeadAttention._attend,
-        core.evaluate.cross_entropy,
-    )
+
+    def timed_places():
+        return (
+            panel.linear,
+            core.model._onednn_linear,
+            MultiHeadAttention._attend,
+            core.evaluate.cross_entropy,
+        )
+
+    originals = timed_places()
     if model.out_head.on_panels(hidden):  # per block: query/key/value joined, out_proj, feed-forward
         calls = ours = SMALL["n_layers"] * 4 + 1
     elif model.out_head.weight.is_mkldnn:  # the three projections apart
@@ -58,12 +62,7 @@ def test_timed_parts_times_every_linear_attention_and_loss_call_and_restores_the
         assert all(p.seconds > 0 for p in parts.values())
         calc_loss_batch(x, x, model)
     assert {name: (p.calls, p.ours) for name, p in parts.items()} == counted  # counted only inside
-    assert (
-        panel.linear,
-        core.model._onednn_linear,
-        MultiHeadAttention._attend,
-        core.evaluate.cross_entropy,
-    ) == originals
+    assert timed_places() == originals
     assert torch.equal(got, expected)  # timing changes nothing
 
 

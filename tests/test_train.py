@@ -361,7 +361,7 @@ def test_training_in_a_thread_and_seeded_draws_elsewhere_do_not_disturb_each_oth
 
 def test_the_estimate_borrows_the_generator_a_step_at_a_time_and_puts_it_back(text, monkeypatch):
     """A seeded build in another thread waits for one of the time estimate's training steps (their
-    dropout draws), not for the whole estimate (~10 s for the book preset); afterwards the global
+    dropout draws), not for the whole estimate (10-40 s for the book preset); afterwards the global
     generator is as it was."""
     import threading
 
