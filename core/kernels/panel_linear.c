@@ -125,7 +125,7 @@ static inline __attribute__((always_inline)) void tile(const float *x, const flo
     __m256 a0[6], a1[6];
     for (int r = 0; r < R; r++) {
         a0[r] = k0 ? _mm256_loadu_ps(y + r * N) : _mm256_setzero_ps();
-        if (two) a1[r] = k0 ? _mm256_loadu_ps(y + r * N + 8) : _mm256_setzero_ps();
+        a1[r] = two && k0 ? _mm256_loadu_ps(y + r * N + 8) : _mm256_setzero_ps(); /* set even unused */
     }
 #define STEP(k)                                                                                  \
     do {                                                                                         \
