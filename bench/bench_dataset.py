@@ -33,7 +33,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch
-from machine import describe_cpu, matmul_peak, matmul_sustained  # bench/ is the script's folder
+from bench_layers import layer_shapes  # bench/ is the script's folder
+from machine import describe_cpu, matmul_peak, matmul_sustained
 
 from core.corpus import load_verdict
 from core.data import LoaderSettings
@@ -64,6 +65,36 @@ class Part:
     seconds: float = 0.0
     calls: int = 0
     ours: int = 0  # calls that ran on LossLens's kernel (linear layers only)
+    # LossLens's kernel calls by layer, keyed (out, in, gelu, shortcut): each call's seconds, and
+    # the layer's last call (args, kwargs), to run again alone
+    layers: dict = dataclasses.field(default_factory=dict)
+    last: dict = dataclasses.field(default_factory=dict)
+
+
+def layer_name(key: tuple[int, int, bool, bool], cfg: dict = GPT_CONFIG_124M) -> str:
+    """The layer of a kernel call's (out_features, in_features, gelu, shortcut), as bench_layers names it."""
+    n, k, gelu, add = key
+    then = "gelu" if gelu else "add" if add else ""
+    names = [name for name, *shape in layer_shapes(cfg) if shape == [n, k, then]]
+    return names[0] if names else f"{n} x {k}{' + ' + then if then else ''}"
+
+
+def alone(parts: dict, reps: int = 5) -> dict:
+    """{layer: best seconds} of each kernel layer's last call in the pass, run again by itself and
+    warm (its weights and input just read), its outputs reused as in the pass. Against the same
+    layer's calls inside the pass: how much of its speed alone a layer keeps there, on this CPU.
+    The model must still be alive (the joined query/key/value reads past its view's end)."""
+    from core import panel
+
+    best = {}
+    with torch.inference_mode(), panel.reusing_outputs():
+        for key, (args, kwargs) in parts["linear"].last.items():
+            for _ in range(reps + 1):  # the first call finds its output mapping
+                start = time.perf_counter()
+                y = panel.linear(*args, **kwargs)
+                best[key] = min(best.get(key, float("inf")), time.perf_counter() - start)
+                del y
+    return best
 
 
 @contextlib.contextmanager
@@ -84,9 +115,15 @@ def timed_parts():
             try:
                 return fn(*args, **kwargs)
             finally:
-                part.seconds += time.perf_counter() - start
+                seconds = time.perf_counter() - start
+                part.seconds += seconds
                 part.calls += 1
                 part.ours += ours
+                if ours:  # panel.linear(x, flat, bias, n, gelu=, add=)
+                    gelu, add = bool(kwargs.get("gelu")), kwargs.get("add") is not None
+                    key = (args[3], args[0].shape[-1], gelu, add)
+                    part.layers.setdefault(key, []).append(seconds)
+                    part.last[key] = (args, kwargs)
 
         return call
 
@@ -134,8 +171,8 @@ def our_model(device="cpu"):
     return build_untrained_model(123).to(device)
 
 
-def our_pass(text: str, device="cpu", fast=False):
-    model = our_model(device)
+def our_pass(text: str, device="cpu", fast=False, model=None):
+    model = our_model(device) if model is None else model
     start, cpu = time.perf_counter(), time.process_time()
     r = evaluate_dataset(model, text, LoaderSettings(), fast=fast)
     return time.perf_counter() - start, time.process_time() - cpu, (r.train_loss, r.val_loss)
@@ -220,8 +257,11 @@ def main() -> int:
         f"({held / peak:.0%} of the peak); ours at {flops / t_our / 1e9 / held:.1%} of it, "
         f"reference at {flops / t_ref / 1e9 / held:.1%} (for comparison; the target is against the peak)"
     )
+    model = our_model()
     with timed_parts() as parts:
-        t_split = our_pass(text)[0]
+        t_split = our_pass(text, model=model)[0]
+    by_itself = alone(parts)
+    del model
     linear, attention, ce = parts["linear"], parts["attention"], parts["cross entropy"]
     if linear.calls:
         share_linear = linear_flops(GPT_CONFIG_124M, shapes) / linear.seconds / 1e9 / peak
@@ -233,6 +273,18 @@ def main() -> int:
             f"{ce.seconds:.2f} s ({ce.calls}), the others (layer norms, embeddings, loaders, Python) "
             f"{t_split - linear.seconds - attention.seconds - ce.seconds:.2f} s"
         )
+        if by_itself:
+            print(
+                "each layer on LossLens's kernel: in the pass (mean call) against the same call run "
+                "again by itself, warm (best of 5), as shares of the peak"
+            )
+        for key, seconds in linear.layers.items():
+            in_pass, flops = sum(seconds) / len(seconds), 2 * linear.last[key][0][0].numel() * key[0]
+            print(
+                f"  {layer_name(key):<16} {len(seconds):4d} calls  in the pass {in_pass * 1e3:7.2f} ms "
+                f"({flops / in_pass / 1e9 / peak:5.1%})  alone {by_itself[key] * 1e3:7.2f} ms "
+                f"({flops / by_itself[key] / 1e9 / peak:5.1%})  pass / alone {by_itself[key] / in_pass:.2f}"
+            )
     else:
         print("of which its linear layers: not timed (they ran neither LossLens's kernel nor oneDNN)")
     if args.fast:

@@ -64,6 +64,30 @@ def test_timed_parts_times_every_linear_attention_and_loss_call_and_restores_the
     assert {name: (p.calls, p.ours) for name, p in parts.items()} == counted  # counted only inside
     assert timed_places() == originals
     assert torch.equal(got, expected)  # timing changes nothing
+    if ours:  # each kernel call by layer, and the layer's last call to run again alone
+        layers = {bench_dataset.layer_name(key, SMALL): len(s) for key, s in parts["linear"].layers.items()}
+        assert layers == {
+            "query/key/value": 2,
+            "out_proj": 2,
+            "feed-forward 1": 2,
+            "feed-forward 2": 2,
+            "out_head": 1,
+        }
+        assert parts["linear"].last.keys() == parts["linear"].layers.keys()
+        by_itself = bench_dataset.alone(parts, reps=1)
+        assert by_itself.keys() == parts["linear"].layers.keys() and all(t > 0 for t in by_itself.values())
+        with torch.inference_mode():
+            assert torch.equal(calc_loss_batch(x, x, model), expected)  # running them again changed nothing
+
+
+def test_layer_names_are_bench_layers_own_and_an_unknown_shape_is_spelt_out():
+    d, v = GPT_CONFIG_124M["emb_dim"], GPT_CONFIG_124M["vocab_size"]
+    assert bench_dataset.layer_name((3 * d, d, False, False)) == "query/key/value"
+    assert bench_dataset.layer_name((4 * d, d, True, False)) == "feed-forward 1"
+    assert bench_dataset.layer_name((d, 4 * d, False, True)) == "feed-forward 2"
+    assert bench_dataset.layer_name((v, d, False, False)) == "out_head"
+    assert bench_dataset.layer_name((d, d, False, False)) == "768 x 768"  # out_proj without its shortcut
+    assert bench_dataset.layer_name((4 * d, d, False, False)) == "3072 x 768"
 
 
 def test_the_timed_pass_runs_the_model_as_the_app_holds_it():
