@@ -279,11 +279,11 @@ def main() -> int:
                 "again by itself, warm (best of 5), as shares of the peak"
             )
         for key, seconds in linear.layers.items():
-            in_pass, flops = sum(seconds) / len(seconds), 2 * linear.last[key][0][0].numel() * key[0]
+            in_pass, work = sum(seconds) / len(seconds), 2 * linear.last[key][0][0].numel() * key[0]
             print(
                 f"  {layer_name(key):<16} {len(seconds):4d} calls  in the pass {in_pass * 1e3:7.2f} ms "
-                f"({flops / in_pass / 1e9 / peak:5.1%})  alone {by_itself[key] * 1e3:7.2f} ms "
-                f"({flops / by_itself[key] / 1e9 / peak:5.1%})  pass / alone {by_itself[key] / in_pass:.2f}"
+                f"({work / in_pass / 1e9 / peak:5.1%})  alone {by_itself[key] * 1e3:7.2f} ms "
+                f"({work / by_itself[key] / 1e9 / peak:5.1%})  pass / alone {by_itself[key] / in_pass:.2f}"
             )
     else:
         print("of which its linear layers: not timed (they ran neither LossLens's kernel nor oneDNN)")
