@@ -14,7 +14,9 @@ readable when other work keeps the cores busy. For comparison, the same matmul r
 for as long as our pass: whether the CPU holds the short probes' rate over a pass's seconds. One
 more pass, timed call by call, splits ours into its linear layers (their own share of the peak:
 what the whole pass can reach at most, the attention products aside) and the rest: the
-attention, the cross entropy and the others.
+attention, the cross entropy and the others. Last, the ceiling (bench_layers.back_to_back): a
+batch's linear layers back to back with nothing between them, on our kernel and on torch's
+matmul alone; a pass of torch's own BLAS could reach its share at most.
 
     python bench/bench_dataset.py [--corpus PATH] [--repeats 2] [--threads N]
 """
@@ -33,7 +35,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch
-from bench_layers import layer_shapes  # bench/ is the script's folder
+from bench_layers import layer_shapes, print_back_to_back  # bench/ is the script's folder
 from machine import describe_cpu, matmul_peak, matmul_sustained
 
 from core.corpus import load_verdict
@@ -285,6 +287,8 @@ def main() -> int:
                 f"({work / in_pass / 1e9 / peak:5.1%})  alone {by_itself[key] * 1e3:7.2f} ms "
                 f"({work / by_itself[key] / 1e9 / peak:5.1%})  pass / alone {by_itself[key] / in_pass:.2f}"
             )
+        b, t = max(set(shapes), key=shapes.count)
+        print_back_to_back(GPT_CONFIG_124M, b * t, rounds=8)
     else:
         print("of which its linear layers: not timed (they ran neither LossLens's kernel nor oneDNN)")
     if args.fast:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 import bench_dataset
+import bench_layers
 
 import core.evaluate
 import core.model
@@ -73,6 +75,8 @@ def test_timed_parts_times_every_linear_attention_and_loss_call_and_restores_the
             "feed-forward 2": 2,
             "out_head": 1,
         }
+        # bench_layers.back_to_back's batch: the forward pass's kernel calls, in their number
+        assert Counter(name for name, *_ in bench_layers.batch_layers(SMALL)) == layers
         assert parts["linear"].last.keys() == parts["linear"].layers.keys()
         by_itself = bench_dataset.alone(parts, reps=1)
         assert by_itself.keys() == parts["linear"].layers.keys() and all(t > 0 for t in by_itself.values())
