@@ -80,7 +80,7 @@ def time_layer(
 
 def batch_layers(cfg: dict) -> list[tuple[str, int, int, str]]:
     """layer_shapes' layers in the order of one forward pass: each block's four, then the out_head."""
-    block, out_head = layer_shapes(cfg)[:4], layer_shapes(cfg)[4]
+    *block, out_head = layer_shapes(cfg)
     return block * cfg["n_layers"] + [out_head]
 
 
@@ -99,7 +99,7 @@ def back_to_back(cfg: dict, rows: int, rounds: int) -> tuple[float, float]:
 
     def ours():
         for _, flat, b, n, k, then in layers:
-            panel.linear(xs[k], flat, b, n, gelu=then == "gelu", add=adds.get(n) if then == "add" else None)
+            panel.linear(xs[k], flat, b, n, gelu=then == "gelu", add=adds[n] if then == "add" else None)
 
     def theirs():
         for w, _, b, _, k, _ in layers:
