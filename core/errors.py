@@ -35,3 +35,8 @@ class WeightsError(LossLensError):
 
 class ServerBusyError(LossLensError):
     """The server is doing the one thing of this kind it allows at a time; try again later."""
+
+
+class StorageError(LossLensError):
+    """A model cannot be saved: the cache folder is unwritable, the disk is full, or the quota
+    for saved models leaves no room."""
