@@ -192,6 +192,7 @@ def test_damaged_or_foreign_files_are_not_offered(tmp_path):
     from safetensors.torch import save_file
 
     folder = model_path("x").parent
+    folder.mkdir(parents=True, exist_ok=True)
     (folder / "junk.safetensors").write_bytes(b"not a safetensors file")
     save_file({"w": torch.zeros(2)}, str(folder / "foreign.safetensors"))
     names = [p.name for p, _ in list_trained_models()]
