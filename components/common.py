@@ -13,14 +13,14 @@ from dataclasses import dataclass
 import pandas as pd
 import streamlit as st
 
-from components import store
+from components import store, visitor
 from core.corpus import load_verdict
 from core.device import available_devices
 from core.errors import LossLensError, ServerBusyError, WeightsError
 from core.loss import compute_loss
 from core.pool import ModelPool, describe_wait
 from core.precision import bf16_unavailable
-from core.registry import BOOK_MODEL, BOOK_SEED, effective_seed, get_spec, load_model
+from core.registry import BOOK_MODEL, BOOK_SEED, effective_seed, get_spec, load_model, owner_of_key
 from core.report import PERPLEXITY_NOTE, format_perplexity, summarize
 from core.tokenizer import get_tokenizer
 
@@ -72,7 +72,13 @@ def _pool() -> ModelPool:
     for a quick switch back), built one at a time in arrival order at lower OS priority, so a storm
     of new seeds neither stalls a visitor whose model is kept nor holds more than three models."""
     book = [(BOOK_MODEL, BOOK_SEED, d) for d in available_devices()]
-    return ModelPool(load_model, size=2, pinned=book)  # keyed by load_model's (key, seed, device)
+    return ModelPool(_load, size=2, pinned=book)  # keyed by load_model's (key, seed, device)
+
+
+def _load(key: str, seed: int, device: str):
+    """The pool's loader, which runs outside the visitor's session: get_model checked that the
+    key is the visitor's own; an owner's key names its owner's folder."""
+    return load_model(key, seed, device, owner=owner_of_key(key))
 
 
 @st.cache_resource
@@ -85,13 +91,13 @@ def get_model(key: str, seed: int, device: str = "cpu"):
     place in the queue; a load that just failed fails again at once instead of retrying a download
     on every click (offline that takes ~25 s each time)."""
     seed = effective_seed(key, seed)
+    spec = get_spec(key, visitor.owner())  # first: a kept model is served only to its owner
     pool = _pool()
     if pool.kept(key, seed, device):
         return pool.get(key, seed, device)
     failed = _failed_loads()
     if (key, seed) in failed and time.monotonic() - failed[(key, seed)][0] < RETRY_AFTER:
         raise WeightsError(failed[(key, seed)][1])
-    spec = get_spec(key)
     what = f"Building the model for seed {seed}" if spec.seeded else f"Loading {spec.label}"
     box = st.empty()
 
