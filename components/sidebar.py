@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import streamlit as st
 
 from core.device import DEVICE_ENV, available_devices, describe, resolve_device
@@ -9,7 +11,8 @@ from core.errors import LossLensError
 from core.loss import MAX_TEXTS
 from core.registry import available_models
 
-from .common import Inputs
+from . import visitor
+from .common import Inputs, md
 
 BOOK_TEXT = "every effort moves you\nI really like chocolate"
 PRESETS = {
@@ -29,6 +32,61 @@ PRESETS = {
 }
 CUSTOM = "Custom text"
 MAX_TOP_K = 50  # the charts show top-k bars; more is unreadable (and heavier to send)
+# The sidebar's numbers a link may set: (parameter, what it is, lowest, highest, default, whole).
+URL_NUMBERS = (
+    ("seed", "Seed", 0, 2**31 - 1, 123, True),
+    ("top_k", "Top-k", 1, MAX_TOP_K, 10, True),
+    ("temperature", "Temperature", 0.001, 100.0, 1.0, False),
+)
+
+
+def _shown(value: str) -> str:
+    """A link's value quoted in a notice: short, on one line (the notice escapes it)."""
+    value = " ".join(str(value).split())
+    return value if len(value) <= 40 else value[:39] + "…"
+
+
+def url_corrections(params, models: dict, devices: list[str]) -> list[str]:
+    """What a link asked for that this page cannot show, and what it shows instead: Streamlit
+    drops an invalid value silently, so the visitor is told."""
+    notes = []
+    for key, what, lo, hi, default, whole in URL_NUMBERS:
+        raw = params.get(key)
+        if raw is None:
+            continue
+        try:
+            value = int(raw) if whole else float(raw)
+        except ValueError:
+            value = None
+        if value is None or not math.isfinite(value) or not lo <= value <= hi:
+            kind = "a whole number" if whole else "a number"
+            notes.append(f"{what} “{_shown(raw)}” is not {kind} from {lo} to {hi}: using {default}.")
+    model = params.get("model")
+    if model is not None and model not in models:
+        first = next(iter(models))
+        notes.append(f"Model “{_shown(model)}” is not one of the models here: showing {models[first].label}.")
+    preset = params.get("preset")
+    if preset is not None and "text" not in params and preset not in PRESETS:
+        notes.append(f"Preset “{_shown(preset)}” is not one of the presets: showing the book example.")
+    device = params.get("device")
+    if device is not None and device not in devices:
+        notes.append(
+            f"Device “{_shown(device)}” is not available here: using {describe(_default_device(devices))}."
+        )
+    return notes
+
+
+def _url_notice(slot, current: tuple) -> None:
+    """The corrections of the link that opened this session, shown (in `slot`, atop the sidebar)
+    until the visitor changes an input."""
+    notes = st.session_state.get("_url_notes")
+    if not notes:
+        return
+    first = st.session_state.setdefault("_url_notes_inputs", current)
+    if first != current:
+        st.session_state["_url_notes"] = []
+        return
+    slot.info(md("The link was corrected: " + " ".join(notes)), icon=":material/link_off:")
 
 
 def _match(text: str) -> str:
@@ -58,7 +116,10 @@ def render() -> Inputs:
         elif st.query_params.get("preset") in PRESETS:  # a link may name only a preset
             st.session_state.text = PRESETS[st.query_params["preset"]]
 
-    models = available_models()
+    models = available_models(visitor.owner())  # on a shared server, only this visitor's trained models
+    if "_url_notes" not in st.session_state:  # first run: before the widgets drop bad values
+        st.session_state["_url_notes"] = url_corrections(st.query_params, models, available_devices())
+    notice = sb.empty()
     # The URL carries the model's stable key, not its label (a trained model's label changes).
     if "model" not in st.session_state and st.query_params.get("model") in models:
         st.session_state.model = st.query_params["model"]
@@ -135,6 +196,7 @@ def render() -> Inputs:
         help="Larger type and less chrome for a projector; figure 5.7 goes one step at a time.",
     )
     sb.caption(models[model].description if model in models else "")
+    _url_notice(notice, (model, seed, text, top_k, temperature, device))
     return Inputs(
         model=model,
         seed=int(seed),
