@@ -9,7 +9,7 @@ from __future__ import annotations
 import plotly.graph_objects as go
 import streamlit as st
 
-from components import a11y, common, store, token_compare
+from components import a11y, common, store, token_compare, visitor
 from core.data import LoaderSettings
 from core.errors import LossLensError
 from core.evaluate import evaluate_dataset
@@ -106,7 +106,7 @@ def render(inputs: common.Inputs) -> None:
         "is near the uniform guess (ln 50257 ≈ 10.82); training lowers the loss on text like its corpus."
     )
     with common.friendly_errors():
-        models = available_models()
+        models = available_models(visitor.owner())  # only this visitor's trained models
         keys = st.multiselect(
             "Models",
             list(models),

@@ -231,8 +231,12 @@ def _training_now() -> set[tuple[str | None, str]]:
 @contextlib.contextmanager
 def training(name: str, *, owner: str | None = None):
     """Marks `name` as being trained by this process, so no other save's quota evicts it."""
-    mark = models_dir(owner, create=True) / f"{check_name(name)}.training"
-    mark.write_text(str(os.getpid()))
+    check_name(name)
+    try:
+        mark = models_dir(owner, create=True) / f"{name}.training"
+        mark.write_text(str(os.getpid()))
+    except OSError as e:
+        raise _disk_words(e, f"the model {name!r}") from e
     try:
         yield
     finally:
