@@ -283,6 +283,11 @@ def add_train(sub) -> None:
     )
     p.add_argument("--resume", action="store_true", help="continue the stopped run saved as NAME")
     p.add_argument(
+        "--force",
+        action="store_true",
+        help="overwrite the model saved as NAME (without it, an existing one is kept)",
+    )
+    p.add_argument(
         "--estimate", action="store_true", help="only measure a few steps and print the time estimate"
     )
     p.add_argument(
@@ -305,11 +310,33 @@ def add_train(sub) -> None:
     p.set_defaults(func=cmd_train)
 
 
+def _check_out(name: str, resume: bool, force: bool) -> None:
+    """--out NAME: a resumed run needs a stopped one saved as NAME; a fresh one overwrites a saved
+    model only with --force."""
+    from . import checkpoints
+    from .errors import WeightsError
+
+    meta = checkpoints.saved_run(name)
+    if resume:
+        if meta is None:
+            raise WeightsError(
+                f"No model is saved as {name!r}, so there is nothing to resume; train it first."
+            )
+        if not checkpoints.is_resumable(name):
+            raise WeightsError(
+                f"{name!r} cannot be resumed: it finished all its epochs, or its resume data is gone."
+            )
+    elif checkpoints.model_path(name).exists() and not force:
+        raise InvalidParameterError(
+            f"A model named {name!r} is already saved; add --force to overwrite it, or choose another --out."
+        )
+
+
 def cmd_train(args) -> int:
     # Lazy imports (as in every command): a command loads only the modules it uses.
     from dataclasses import replace
 
-    from .checkpoints import check_name
+    from .checkpoints import check_name, check_room
     from .corpus import load_verdict, read_corpus_file
     from .presets import describe_estimate, estimate_time, get_preset
     from .registry import get_spec, load_model
@@ -317,6 +344,7 @@ def cmd_train(args) -> int:
 
     preset = get_preset(args.preset, num_epochs=args.epochs, fast=args.fast or None)
     name = check_name(args.out or preset.name)  # fail fast, before reading the corpus
+    _check_out(name, args.resume, args.force)
     if args.model is not None:
         get_spec(args.model)  # a wrong key lists the valid ones before the corpus is read
     device = resolve_device(args.device)  # fail fast on a device this machine lacks
@@ -326,6 +354,7 @@ def cmd_train(args) -> int:
     start = load_model(args.model, preset.seed, "cpu") if args.model and not args.resume else None
     if start is not None:  # the run, its memory check and its estimate follow the start model's size
         preset = replace(preset, cfg=dict(start.cfg))
+    check_room(preset.cfg, name)  # its save fits the quota and the disk, before hours of training
     text = read_corpus_file(args.corpus) if args.corpus else load_verdict()
     print(f"Preset {preset.name}: {preset.description}", flush=True)
     if args.estimate or preset.name == "book":
