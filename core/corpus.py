@@ -65,6 +65,33 @@ def validate_corpus_text(text: str, name: str = "The text") -> str:
     return text
 
 
+# Byte-order marks of the wide Unicode encodings; UTF-32's first: its little-endian mark starts
+# with UTF-16's.
+_BOMS = (
+    (b"\xff\xfe\x00\x00", "UTF-32"),
+    (b"\x00\x00\xfe\xff", "UTF-32"),
+    (b"\xff\xfe", "UTF-16"),
+    (b"\xfe\xff", "UTF-16"),
+)
+
+
+def _wide_encoding(data: bytes) -> str | None:
+    """'UTF-16' or 'UTF-32' for a text saved in one of those (a byte-order mark, or, without one,
+    the NUL byte beside each Latin letter), else None: such a file is text, not binary."""
+    for bom, encoding in _BOMS:
+        if data.startswith(bom):
+            return encoding
+    head = data[:4096]
+    if len(head) >= 8:
+        for encoding, width in (("UTF-32", 4), ("UTF-16", 2)):
+            for offset in range(width):  # big- and little-endian: the NULs on one side
+                units = [head[i : i + width] for i in range(0, len(head) - width + 1, width)]
+                nul_rest = sum(u[:offset] + u[offset + 1 :] == bytes(width - 1) for u in units)
+                if nul_rest >= 0.9 * len(units) and sum(u[offset] != 0 for u in units) >= 0.9 * len(units):
+                    return encoding
+    return None
+
+
 def decode_corpus_bytes(data: bytes, name: str = "upload") -> str:
     """Decode an uploaded or read file as UTF-8 text, refusing empty, binary or huge input."""
     if len(data) > MAX_CORPUS_BYTES:
@@ -74,6 +101,12 @@ def decode_corpus_bytes(data: bytes, name: str = "upload") -> str:
         )
     if not data.strip():
         raise CorpusError(f"{name} is empty.")
+    encoding = _wide_encoding(data)
+    if encoding:
+        raise CorpusError(
+            f"{name} is {encoding} text, not UTF-8: save it as UTF-8 (in most editors: Save As, "
+            "encoding UTF-8) and try again."
+        )
     if b"\x00" in data:
         raise CorpusError(f"{name} contains NUL bytes: it is a binary file, not UTF-8 text.")
     try:

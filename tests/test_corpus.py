@@ -57,6 +57,31 @@ def test_binary_with_nul_bytes_is_refused():
         decode_corpus_bytes(png, "picture.png")
 
 
+@pytest.mark.parametrize(
+    ("encoding", "named"),
+    [
+        ("utf-16", "UTF-16"),  # with its byte-order mark, as Windows' Notepad saves "Unicode"
+        ("utf-16-le", "UTF-16"),
+        ("utf-16-be", "UTF-16"),
+        ("utf-32", "UTF-32"),
+        ("utf-32-be", "UTF-32"),
+    ],
+)
+def test_a_utf16_or_utf32_text_is_named_so_not_called_binary(verdict_path, tmp_path, encoding, named):
+    text = verdict_path.read_text(encoding="utf-8")[:3000]
+    path = tmp_path / f"verdict-{encoding}.txt"
+    path.write_bytes(text.encode(encoding))
+    with pytest.raises(CorpusError) as e:
+        read_corpus_file(path)
+    message = str(e.value)
+    assert f"is {named} text, not UTF-8: save it as UTF-8" in message and "binary" not in message
+
+
+def test_utf8_with_a_byte_order_mark_is_still_read(verdict_path):
+    text = verdict_path.read_text(encoding="utf-8")[:3000]
+    assert decode_corpus_bytes(text.encode("utf-8-sig"), "bom.txt") == text
+
+
 def test_mostly_control_characters_is_refused():
     data = bytes([1, 2, 3, 4, 5, 6, 7, 8] * 50) + b"some words"
     with pytest.raises(CorpusError, match="control characters"):
