@@ -11,7 +11,12 @@ CACHE_ENV = "LOSSLENS_CACHE_DIR"
 
 
 def cache_dir() -> Path:
-    """`$LOSSLENS_CACHE_DIR`, else the platform's user cache folder for LossLens."""
+    """`$LOSSLENS_CACHE_DIR`, else the platform's user cache folder for LossLens. Created if it
+    can be; a folder that cannot (read-only, or under a file) is still returned: reading from it
+    finds nothing, and each writer says why it cannot write, so the lessons never depend on it."""
     path = Path(os.environ.get(CACHE_ENV) or platformdirs.user_cache_dir("losslens", appauthor=False))
-    path.mkdir(parents=True, exist_ok=True)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        pass
     return path
