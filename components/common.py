@@ -21,7 +21,7 @@ from core.loss import compute_loss
 from core.pool import ModelPool, describe_wait
 from core.precision import bf16_unavailable
 from core.registry import BOOK_MODEL, BOOK_SEED, effective_seed, get_spec, load_model, owner_of_key
-from core.report import PERPLEXITY_NOTE, format_perplexity, summarize
+from core.report import book_differences, format_perplexity, perplexity_note, summarize
 from core.tokenizer import get_tokenizer
 
 __all__ = ["get_spec"]  # re-exported: the views ask it for a model's label
@@ -106,15 +106,20 @@ def get_model(key: str, seed: int, device: str = "cpu"):
 
     try:
         # The build goes on in the pauses between other visitors' requests (core/pool.py).
-        with st.spinner(
-            f"{what} (once, between other visitors' requests; a pretrained model downloads first)…"
-        ):
+        with st.spinner(spinner_text(what, spec.seeded)):
             return pool.get(key, seed, device, on_wait=on_wait)
     except LossLensError as e:
         failed[(key, seed)] = (time.monotonic(), str(e))
         raise
     finally:
         box.empty()
+
+
+def spinner_text(what: str, seeded: bool) -> str:
+    """An untrained model is built from its seed: only a model with weights may download them."""
+    if seeded:
+        return f"{what} (once, between other visitors' requests)…"
+    return f"{what} (once, between other visitors' requests; its weights download first if missing)…"
 
 
 @st.cache_resource
@@ -199,9 +204,10 @@ def ppl(x) -> str:
 
 
 def proba(p) -> str:
-    if p is None or isinstance(p, str):
-        return num(p)
-    return f"{p:.4%}" if p >= 1e-4 else f"{p:.3e}"
+    """A probability in the book's e-notation (7.4541e-05), the one format of the app."""
+    from components import formats  # here: formats stays free of Streamlit and of this module
+
+    return formats.proba(p)
 
 
 def esc(text: str) -> str:
@@ -308,7 +314,8 @@ def metrics(s: dict) -> None:
         num(s["loss"]),
         help="torch.nn.functional.cross_entropy(logits_flat, targets_flat)",
     )
-    c2.metric("Perplexity", ppl(s["perplexity"]), help=PERPLEXITY_NOTE)
+    book = not book_differences(**_book_state()) if "_inputs" in st.session_state else True
+    c2.metric("Perplexity", ppl(s["perplexity"]), help=perplexity_note(book))
     c3.metric(
         "Predicted tokens", f"{s['num_tokens']}", help="Each token but the first of every text is a target."
     )
@@ -316,6 +323,11 @@ def metrics(s: dict) -> None:
     from components import a11y  # here, not at the top: a11y formats numbers with this module
 
     a11y.announce(a11y.loss_announcement(s))  # heard after an edit, without re-reading the page
+
+
+def _book_state() -> dict:
+    i = current_inputs()
+    return {"model": i.model, "seed": i.seed, "texts": i.texts, "temperature": i.temperature}
 
 
 def set_current_inputs(inputs: Inputs) -> None:
