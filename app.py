@@ -7,30 +7,12 @@ All maths lives in `core`; each view is a page file in `components/` with a rend
 import streamlit as st
 import torch
 
-from components import common, sidebar, style
+from components import common, lesson_nav, sidebar, style
 from core.priority import FOREGROUND
 
 # One intra-op thread per script run: visitors already run in parallel sessions, and on shared
 # cores torch's spinning worker threads cost 3-5x the CPU per forward pass (bench/README.md).
 torch.set_num_threads(1)
-
-# One line per view: (page file, title, icon, URL path). The first opens at "/".
-# A page file defines render(inputs) and ends with
-#     if __name__ == "__main__": render(common.current_inputs())
-VIEWS = [
-    ("components/tokens.py", "Tokens", ":material/token:", "tokens"),
-    ("components/probabilities.py", "Next-token probabilities", ":material/bar_chart:", "probabilities"),
-    ("components/figure57.py", "Figure 5.7, step by step", ":material/footprint:", "figure-5-7"),
-    ("components/cross_entropy.py", "Cross entropy", ":material/functions:", "cross-entropy"),
-    ("components/per_token.py", "Per-token loss", ":material/format_color_text:", "per-token-loss"),
-    ("components/temperature.py", "Temperature sweep", ":material/thermostat:", "temperature"),
-    ("components/units.py", "Units and averages", ":material/straighten:", "units"),
-    ("components/confidence.py", "Confidence against surprise", ":material/scatter_plot:", "confidence"),
-    ("components/gradient.py", "Gradient and a training step", ":material/trending_down:", "gradient"),
-    ("components/dataset.py", "Dataset losses", ":material/dataset:", "dataset"),
-    ("components/training.py", "Training", ":material/model_training:", "training"),
-    ("components/compare.py", "Compare models", ":material/compare_arrows:", "compare"),
-]
 
 # An emoji favicon is drawn locally; a :material/...: one is fetched from a font CDN (fails offline).
 # Presentation mode starts with the sidebar collapsed: the projector shows only the lesson.
@@ -47,8 +29,16 @@ with common.friendly_errors(), FOREGROUND.request():
     inputs = sidebar.render()
     common.set_current_inputs(inputs)
     style.apply_style(inputs.presentation)
-    pages = [
-        st.Page(file, title=title, icon=icon, url_path=path, default=n == 0)
-        for n, (file, title, icon, path) in enumerate(VIEWS)
-    ]
-    st.navigation(pages).run()
+    # Two groups: the lesson in its order (the start page opens at "/"), then the extra views.
+    # Each view keeps its URL path, so links shared before the grouping still open it.
+    sections = {
+        section: [
+            st.Page(v.file, title=v.title, icon=v.icon, url_path=v.path, default=v is lesson_nav.LESSON[0])
+            for v in views
+        ]
+        for section, views in (
+            (lesson_nav.LESSON_SECTION, lesson_nav.LESSON),
+            (lesson_nav.EXTRA_SECTION, lesson_nav.EXTRAS),
+        )
+    }
+    st.navigation(sections).run()

@@ -6,7 +6,7 @@ import math
 
 import streamlit as st
 
-from components import common
+from components import common, lesson_nav
 from core.loss import IGNORE_INDEX
 
 LOW_TEMPERATURE = 0.001  # divides the logits by 1000: far beyond what float32's exp can hold
@@ -23,7 +23,7 @@ def _diff(d) -> str:
 
 
 def render(inputs: common.Inputs) -> None:
-    st.header("Cross entropy", anchor=False)
+    lesson_nav.open_view("cross-entropy", inputs)
     with common.friendly_errors():
         s = common.summary(inputs)
         common.metrics(s)

@@ -7,7 +7,7 @@ from dataclasses import asdict
 import plotly.graph_objects as go
 import streamlit as st
 
-from components import a11y, common, position_loss, store
+from components import a11y, common, lesson_nav, position_loss, store
 from core.corpus import MAX_CORPUS_LABEL, decode_corpus_bytes, validate_corpus_text
 from core.data import LoaderSettings, make_loaders
 from core.errors import CorpusError
@@ -152,32 +152,41 @@ def _counts_table(c: dict) -> None:
 
 
 def render(inputs: common.Inputs) -> None:
-    st.header("Dataset losses", anchor=False)
+    lesson_nav.open_view("dataset", inputs)
     st.caption(
         "Section 5.1.3: split the corpus into training and validation text, cut each into windows of "
         "`context_length` tokens with `create_dataloader_v1`, and average `calc_loss_batch` over the "
         "batches (`calc_loss_loader`)."
     )
     with common.friendly_errors():
-        corpus = _corpus()
-        if corpus is None:
-            return
-        text, name = corpus
-        model = common.get_model(inputs.model, inputs.seed, inputs.device)
-        settings, num_batches = _settings(model.context_length)
-        c = counts(text, tuple(asdict(settings).values()))
-        st.markdown(
-            f"**{common.md(name)}**: {c['characters']:,} characters, {c['tokens']:,} tokens; "
-            f"training {_n(c['train']['batches'], 'batch')} ({c['train_tokens']:,} tokens), "
-            f"validation {_n(c['val']['batches'], 'batch')} ({c['val_tokens']:,} tokens)."
-        )
-        for w in c["warnings"]:
-            st.warning(w, icon=":material/warning:")
-        with st.expander("Token and batch counts"):
-            _counts_table(c)
+        _body(inputs)
+    lesson_nav.try_this("dataset")
+    lesson_nav.footer("dataset")
 
-        fast = common.fast_toggle("ds_fast", inputs.device)
-        key = store.dataset_key(inputs.model, inputs.seed, text, settings, num_batches, inputs.device, fast)
+
+def _body(inputs: common.Inputs) -> None:
+    corpus = _corpus()
+    if corpus is None:
+        return
+    text, name = corpus
+    model = common.get_model(inputs.model, inputs.seed, inputs.device)
+    # The losses come first, above the settings that made them: on a projector they are the view.
+    results = st.container()
+    settings, num_batches = _settings(model.context_length)
+    c = counts(text, tuple(asdict(settings).values()))
+    st.markdown(
+        f"**{common.md(name)}**: {c['characters']:,} characters, {c['tokens']:,} tokens; "
+        f"training {_n(c['train']['batches'], 'batch')} ({c['train_tokens']:,} tokens), "
+        f"validation {_n(c['val']['batches'], 'batch')} ({c['val_tokens']:,} tokens)."
+    )
+    for w in c["warnings"]:
+        st.warning(w, icon=":material/warning:")
+    with st.expander("Token and batch counts"):
+        _counts_table(c)
+    # Hardware notes (bfloat16, CPU features) are for the laptop, not for the projector.
+    fast = False if inputs.presentation else common.fast_toggle("ds_fast", inputs.device)
+    key = store.dataset_key(inputs.model, inputs.seed, text, settings, num_batches, inputs.device, fast)
+    with results:
         stopped = st.session_state.pop("_ds_running", None)
         if stopped and store.get(key) is None:
             st.warning(
@@ -190,23 +199,31 @@ def render(inputs: common.Inputs) -> None:
                 st.info("Press Compute to run the model over both splits.", icon=":material/info:")
                 return
             slot.empty()
-            _compute(model, text, settings, num_batches, key, fast)
+            n_train = min(c["train"]["batches"], num_batches or c["train"]["batches"])
+            _compute(model, text, settings, num_batches, key, fast, n_train)
         if (r := store.get(key)) is not None:
-            st.caption("Computed once and kept: coming back to this view shows it again at once.")
             _show(r, inputs.presentation)
-            position_loss.section(model, text, settings, num_batches, key, inputs.presentation)
+            st.caption("Computed once and kept: coming back to this view shows it again at once.")
+    if (r := store.get(key)) is not None:
+        position_loss.section(model, text, settings, num_batches, key, inputs.presentation)
 
 
-def _compute(model, text, settings, num_batches, key, fast=False) -> None:
+def progress_text(done: int, total: int, split: str, n_train: int) -> str:
+    """core counts both splits on one bar (training first); each split is named with its own count."""
+    if split == "train":
+        return f"training batches: {min(done, n_train)} of {n_train}"
+    return f"validation batches: {done - n_train} of {total - n_train} (training done)"
+
+
+def _compute(model, text, settings, num_batches, key, fast=False, n_train=0) -> None:
     bar = st.progress(0.0, text="Starting…")
     # Any click reruns the page, which interrupts this loop at the next progress update.
     stop = st.empty()
     stop.button("Stop", icon=":material/stop:", key="ds_stop")
-    split_name = {"train": "training", "val": "validation"}
 
     def progress(done: int, total: int, split: str) -> None:
         st.session_state._ds_running = f"{done} of {total}"  # read by the run a Stop click starts
-        bar.progress(done / max(total, 1), text=f"{split_name[split]} batches: {done} of {total}")
+        bar.progress(done / max(total, 1), text=progress_text(done, total, split, n_train))
 
     r = evaluate_dataset(
         model, text, settings, num_batches, progress=progress, tokenizer=common.tokenizer(), fast=fast

@@ -5,7 +5,7 @@ from __future__ import annotations
 import plotly.graph_objects as go
 import streamlit as st
 
-from components import a11y, common, style
+from components import a11y, common, lesson_nav, style
 
 
 def _plot_label(piece: str, token_id: int) -> str:
@@ -52,7 +52,7 @@ def figure(p: dict, temperature: float) -> go.Figure:
 
 
 def render(inputs: common.Inputs) -> None:
-    st.header("Next-token probabilities", anchor=False)
+    lesson_nav.open_view("probabilities", inputs)
     with common.friendly_errors():
         s = common.summary(inputs)
         common.metrics(s)
@@ -121,6 +121,8 @@ def render(inputs: common.Inputs) -> None:
             for q in t["positions"]
         ]
         common.downloads("probabilities", rows, payload)
+        lesson_nav.try_this("probabilities")
+    lesson_nav.footer("probabilities")
 
 
 if __name__ == "__main__":  # run as a page of app.py's st.navigation

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from components import common, style
+from components import common, lesson_nav, style
 from core.loss import IGNORE_INDEX, PAD_ID
 
 
@@ -34,7 +34,7 @@ def _shift_table(t: dict) -> str:
 
 
 def render(inputs: common.Inputs) -> None:
-    st.header("Tokens", anchor=False)
+    lesson_nav.open_view("tokens", inputs)
     with common.friendly_errors():
         s = common.summary(inputs)
         common.metrics(s)
@@ -79,6 +79,8 @@ def render(inputs: common.Inputs) -> None:
             language="python",
         )
         common.downloads("tokens", rows)
+        lesson_nav.try_this("tokens")
+    lesson_nav.footer("tokens")
 
 
 def _fmt(rows: list[list[int]], width: int, pad: int) -> str:

@@ -18,6 +18,17 @@ PERPLEXITY_NOTE = (
     "about 7 significant digits and its last bit differs between CPUs, and exp turns one bit of "
     "the loss (about 1e-6) into about ±0.05 of perplexity, so the digits after these 5 vary."
 )
+# The same reason without the book's number: for any batch that is not the book's example.
+PERPLEXITY_NOTE_GENERAL = (
+    "exp(loss), shown to 5 significant digits: a float32 loss holds about 7 significant digits and "
+    "its last bit differs between CPUs, and exp turns one bit of the loss into a visible change of "
+    "perplexity, so the digits after these 5 vary."
+)
+
+
+def perplexity_note(book_example: bool) -> str:
+    """The perplexity footnote; it quotes the book's printed value only on the book's batch."""
+    return PERPLEXITY_NOTE if book_example else PERPLEXITY_NOTE_GENERAL
 
 
 def format_perplexity(x) -> str:
@@ -49,6 +60,68 @@ STEPS = [
     ("avg_log_probas", "Average log probability", "avg_log_probas = torch.mean(log_probas)"),
     ("neg_avg_log_probas", "Negative average = loss", "neg_avg_log_probas = avg_log_probas * -1"),
 ]
+
+
+BOOK_TEXTS = ("every effort moves you", "I really like chocolate")  # figure 5.7's batch
+
+
+def book_differences(model: str, seed: int, texts, temperature: float) -> list[str]:
+    """What differs from section 5.1's example, one short phrase each (top-k changes only the
+    bars shown, never a number, so it is left out). Empty on the book's example."""
+    from .registry import BOOK_MODEL, BOOK_SEED, available_models
+
+    out = []
+    if model != BOOK_MODEL:
+        spec = available_models().get(model)
+        out.append(f"another model ({spec.label if spec else model})")
+    elif seed != BOOK_SEED:
+        out.append(f"seed {seed} (the book: {BOOK_SEED})")
+    if temperature != 1:
+        out.append(f"temperature {temperature:g} (the book: 1)")
+    if tuple(texts) != BOOK_TEXTS:
+        out.append("other texts (the book: “every effort moves you”, “I really like chocolate”)")
+    return out
+
+
+INLINE_POSITIONS = 8  # longer position lists print as list(range(n)): still valid Python
+
+
+def _positions_code(n: int) -> str:
+    if n <= INLINE_POSITIONS:
+        return "[" + ", ".join(str(i) for i in range(n)) + "]"
+    return f"list(range({n}))"
+
+
+def step_code(s: dict, step: int) -> str:
+    """Step `step`'s code (1-6) written for the batch of summary `s`: as many `target_probas_k`
+    as texts, each text's own positions, the concatenation only where there are several texts,
+    and the division by the temperature when it is not 1. The book's example gives its listing."""
+    texts = s["texts"]
+    names = [f"target_probas_{k + 1}" for k in range(len(texts))]
+    t = s["temperature"]
+    if step == 1:
+        if t == 1:
+            return "with torch.no_grad():\n    logits = model(inputs)"
+        return f"temperature = {t:g}\nwith torch.no_grad():\n    logits = model(inputs) / temperature"
+    if step == 2:
+        return "probas = torch.softmax(logits, dim=-1)"
+    if step == 3:
+        lines = []
+        for k, text in enumerate(texts):
+            lines.append(f"text_idx = {k}")
+            lines.append(
+                f"{names[k]} = probas[text_idx, {_positions_code(len(text['positions']))}, targets[text_idx]]"
+            )
+        return "\n".join(lines)
+    if step == 4:
+        if len(names) == 1:
+            return f"log_probas = torch.log({names[0]})"
+        return f"log_probas = torch.log(torch.cat(({', '.join(names)})))"
+    if step == 5:
+        return "avg_log_probas = torch.mean(log_probas)"
+    if step == 6:
+        return "neg_avg_log_probas = avg_log_probas * -1"
+    raise ValueError(f"figure 5.7 has steps 1 to {len(STEPS)}, not {step}")
 
 
 def _f(x) -> float | None:

@@ -13,7 +13,9 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 CORE = sorted(p.stem for p in (ROOT / "core").glob("*.py"))
-PAGES = sorted(set(re.findall(r"components/(\w+)\.py", (ROOT / "app.py").read_text(encoding="utf-8"))))
+# The page files app.py navigates to, as components/lesson_nav.py lists them.
+_NAV = (ROOT / "components" / "lesson_nav.py").read_text(encoding="utf-8")
+PAGES = sorted(set(re.findall(r"components/(\w+)\.py", _NAV)))
 
 
 def _imports(path: Path, package: str) -> set[str]:

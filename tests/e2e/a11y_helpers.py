@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import ast
 import json
 
-from devtools.harness import ARTIFACTS, ROOT
+from devtools.harness import ARTIFACTS
 
 # axe-core as bundled by axe-playwright-python (pinned in requirements-dev.txt). A different
 # bundled version fails the audit until the pin, this constant and the README move together.
@@ -16,14 +15,11 @@ AUDIT_DIR = ARTIFACTS / "axe"
 
 
 def app_views() -> list[tuple[str, str]]:
-    """(URL path, title) of every view in app.py's VIEWS, read without running Streamlit.
-    The first view opens at "/"; a view added to VIEWS is audited without editing the tests."""
-    tree = ast.parse((ROOT / "app.py").read_text(encoding="utf-8"))
-    for node in tree.body:
-        if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "VIEWS" for t in node.targets):
-            views = ast.literal_eval(node.value)
-            return [("" if n == 0 else path, title) for n, (_, title, _, path) in enumerate(views)]
-    raise AssertionError("app.py has no VIEWS list")
+    """(URL path, title) of every view in components/lesson_nav.py's VIEWS, in navigation order.
+    The start page opens at "/"; a view added to VIEWS is audited without editing the tests."""
+    from components.lesson_nav import VIEWS
+
+    return [("" if n == 0 else v.path, v.title) for n, v in enumerate(VIEWS)]
 
 
 def audit(page, state: str) -> list[str]:
