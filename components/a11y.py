@@ -15,10 +15,8 @@ MAX_TABLE_ROWS = 500  # a chart with more points keeps its values in the CSV dow
 
 
 def p3(x) -> str:
-    """A probability with three significant digits: 7.45e-05, 0.25 (the book prints 7.4541e-05)."""
-    if x is None or isinstance(x, str):
-        return common.num(x)
-    return f"{x:.2e}" if 0 < x < 0.01 else f"{x:.3g}"
+    """A probability as everywhere in the app: the book's 7.4541e-05 (components/formats.py)."""
+    return common.proba(x)
 
 
 def value(x) -> str:
@@ -29,7 +27,7 @@ def value(x) -> str:
         return f"{x:,}"
     x = float(x)
     if x != 0 and (abs(x) < 1e-3 or abs(x) >= 1e6) and math.isfinite(x):
-        return f"{x:.3e}"
+        return f"{x:.4e}"
     return f"{x:.4f}"
 
 

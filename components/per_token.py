@@ -87,7 +87,7 @@ def render(inputs: common.Inputs) -> None:
                 "surprisal": st.column_config.ProgressColumn(
                     "surprisal (nats)", format="%.3f", min_value=0.0, max_value=max(hi, 1e-9)
                 ),
-                "probability": st.column_config.NumberColumn(format="%.3e"),
+                "probability": st.column_config.NumberColumn(format="%.4e"),
             },
         )
         common.downloads("per-token-loss", rows)

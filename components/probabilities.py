@@ -83,7 +83,7 @@ def render(inputs: common.Inputs) -> None:
             f"Bars: the {s['top_k']} most likely next tokens (change top-k in the sidebar); the "
             "actual next token in orange, shown below the others with its rank when it is not among them. "
             f"An untrained model spreads its probability almost evenly: 1/{s['vocab_size']:,} ≈ "
-            f"{1 / s['vocab_size']:.2e}."
+            f"{common.proba(1 / s['vocab_size'])}."
         )
         rows = [
             {
@@ -105,8 +105,8 @@ def render(inputs: common.Inputs) -> None:
             rows,
             hide_index=True,
             column_config={
-                "target_proba": st.column_config.NumberColumn("target proba", format="%.3e"),
-                "top1_proba": st.column_config.NumberColumn("top-1 proba", format="%.3e"),
+                "target_proba": st.column_config.NumberColumn("target proba", format="%.4e"),
+                "top1_proba": st.column_config.NumberColumn("top-1 proba", format="%.4e"),
             },
         )
         payload = [

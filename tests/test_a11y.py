@@ -17,11 +17,11 @@ def book(model):
     return summarize(compute_loss(model, BOOK_TEXTS))
 
 
-def test_p3_prints_three_significant_digits():
-    assert a11y.p3(7.4541e-05) == "7.45e-05"
-    assert a11y.p3(0.000177) == "1.77e-04"
-    assert a11y.p3(0.25) == "0.25"
-    assert a11y.p3(0.0) == "0"
+def test_p3_prints_the_books_e_notation():
+    assert a11y.p3(7.4541e-05) == "7.4541e-05"
+    assert a11y.p3(0.000177) == "1.7700e-04"
+    assert a11y.p3(0.25) == "2.5000e-01"
+    assert a11y.p3(0.0) == "0.0000e+00"
     assert a11y.p3(None) == "n/a"
 
 
@@ -29,10 +29,10 @@ def test_the_probability_chart_in_words(book):
     # The book's first prediction: every -> ␣effort, target_probas_1[0] = 7.4541e-05.
     p = book["texts"][0]["positions"][0]
     text = a11y.describe_prediction(p, book["vocab_size"])
-    assert text.startswith("After every, target ␣effort has probability 7.45e-05, rank ")
+    assert text.startswith("After every, target ␣effort has probability 7.4541e-05, rank ")
     assert f"rank {p['rank']:,} of 50,257" in text
     top = p["top_k"][0]
-    assert f"the top token {top['piece']} has {top['proba']:.2e}" in text
+    assert f"the top token {top['piece']} has {top['proba']:.4e}" in text
     assert p["rank"] > 1 and top["id"] != p["target_id"]
 
 
@@ -47,8 +47,8 @@ def test_each_figure_5_7_step_in_words(book):
     assert steps[0].startswith("6 positions, 50,257 logits each.")
     assert "(every → ␣effort)" in steps[0]
     # The book's target_probas: 7.4541e-05 is the largest of the six.
-    assert "to 7.45e-05 (every → ␣effort)" in steps[2]
-    assert "1/50,257 is 1.99e-05" in steps[2]
+    assert "to 7.4541e-05 (every → ␣effort)" in steps[2]
+    assert "1/50,257 is 1.9898e-05" in steps[2]
     assert steps[3].startswith("log_probas: 6 values, from -12.")
     assert steps[4] == "avg_log_probas, the mean of the 6 log probabilities: -10.7940."
     assert steps[5].startswith("neg_avg_log_probas = 10.7940, the cross-entropy loss")
@@ -97,7 +97,7 @@ def test_a_charts_values_become_an_escaped_table():
     axis, columns, body = a11y.figure_rows(fig)
     assert axis == "input → target"
     assert columns == ["target_probas", "logit"]
-    assert body == [["every → <b> · 1·0", "7.454e-05", "-1.2634"], ["b", "0.5000", ""]]
+    assert body == [["every → <b> · 1·0", "7.4541e-05", "-1.2634"], ["b", "0.5000", ""]]
     table = a11y.table_html("Chart", [axis, *columns], body)
     assert "<b>" not in table and "&lt;b&gt;" in table  # user text stays text
     assert '<th scope="col">target_probas</th>' in table and '<th scope="row">' in table
