@@ -100,6 +100,7 @@ MAX_MB_ENV, MAX_COUNT_ENV, RESERVE_MB_ENV = (
 # quick runs, or one stopped book run); a local server keeps what a person is likely to want.
 SHARED_DEFAULTS = (2048, 50)
 LOCAL_DEFAULTS = (50 * 1024, 1000)
+HEADER_BYTES = 256 * 1024  # a save's JSON descriptions (losses, samples) beside its tensors
 RESERVE_MB = 64  # left free on the disk after a save, for the logs and the server's own files
 
 
@@ -143,7 +144,7 @@ def expected_save_bytes(cfg: dict, resumable: bool = True) -> int:
     """What a save of a fresh model of `cfg` writes: float32 weights, and for a stopped run
     AdamW's two moments per weight (the resume file), plus a little for the descriptions."""
     n = parameter_count(cfg)
-    return n * 4 * (3 if resumable else 1) + 1024**2
+    return n * 4 * (3 if resumable else 1) + HEADER_BYTES
 
 
 @dataclass(frozen=True)
@@ -407,7 +408,7 @@ def save_checkpoint(
             for key, value in slots.items():
                 resume[f"optim.{idx}.{key}"] = value if torch.is_tensor(value) else torch.tensor(value)
     need = sum(t.numel() * t.element_size() for d in (weights, resume or {}) for t in d.values())
-    need += 1024**2  # the JSON headers
+    need += HEADER_BYTES
 
     victims = plan_room(need, name, owner=owner)
     for v in victims:  # oldest unpinned first out, across owners

@@ -1,0 +1,54 @@
+"""The visitor's saved models on the Training page: their disk use against the server's quota,
+a Delete button for each, and why saving is off where the cache folder cannot be written."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from components import common
+from core import checkpoints
+from core.registry import trained_key
+
+
+def _mb(n: int) -> str:
+    return f"{n / 1024**2:,.0f} MB" if n >= 1024**2 else f"{n / 1024**2:.1f} MB"
+
+
+def storage_problem(owner: str | None) -> str | None:
+    """Why this server cannot save models (an unwritable or missing cache folder), or None."""
+    return checkpoints.save_problem(owner=owner)
+
+
+def render(owner: str | None, problem: str | None = None) -> None:
+    """The owner's saved models with a Delete button each, and the quota; `problem` (from
+    storage_problem) is shown instead of the list when saving is off."""
+    if problem:
+        st.warning(
+            common.md(problem) + " The lessons work as usual; only training is off.",
+            icon=":material/folder_off:",
+        )
+        return
+    units = [u for u in checkpoints.saved_units() if u.owner == owner]
+    if not units:
+        return
+    max_bytes, max_count = checkpoints.quota()
+    everyone = sum(u.bytes for u in checkpoints.saved_units())
+    mine = sum(u.bytes for u in units)
+    with st.expander(f"Your saved models: {len(units)}, {_mb(mine)}"):
+        st.caption(
+            f"This server keeps at most {_mb(max_bytes)} and {max_count} saved models in all "
+            f"({_mb(everyone)} now); when a new save needs room, the oldest unpinned models go first. "
+            "A finished run keeps only its weights; a stopped one also keeps what Resume needs."
+        )
+        for unit in sorted(units, key=lambda u: -u.mtime):
+            c1, c2 = st.columns([4, 1])
+            resumable = checkpoints.is_resumable(unit.name, owner=owner)
+            c1.markdown(
+                f"**{common.md(unit.name)}** · {_mb(unit.bytes)}"
+                + (" · can resume" if resumable else "")
+                + (" · pinned" if unit.pinned else "")
+            )
+            if c2.button("Delete", key=f"delete_model_{unit.name}", icon=":material/delete:"):
+                if checkpoints.delete_model(unit.name, owner=owner):
+                    common.forget_model(trained_key(unit.name, owner))
+                st.rerun()
