@@ -24,10 +24,12 @@ def _fmt_e(x) -> str:
 def _add_model_options(p) -> None:
     p.add_argument(
         "--model",
-        metavar="KEY",
+        metavar="KEY|PATH",
         default=DEFAULT_MODEL,
-        help=f"a model key from the registry (default {DEFAULT_MODEL}; a wrong key lists them)",
+        help=f"a model key from the registry (default {DEFAULT_MODEL}; a wrong key lists them), or your own "
+        "model: the book's model.pth or model_and_optimizer.pth, a .safetensors file, a Hugging Face folder",
     )
+    _add_heads_option(p)
     p.add_argument(
         "--device",
         default=None,
@@ -35,10 +37,44 @@ def _add_model_options(p) -> None:
     )
 
 
+def _add_heads_option(p) -> None:
+    p.add_argument(
+        "--heads",
+        type=int,
+        default=None,
+        metavar="N",
+        help="attention heads of your own model (--model PATH), needed only for a width other than "
+        "GPT-2's 768, 1024, 1280 or 1600",
+    )
+
+
+def _own_model(args, device="cpu"):
+    """--model PATH: the reader's own weights (core.own_model), moved to `device`; notes to stderr."""
+    from .own_model import load_own_model, to_device
+
+    own = load_own_model(args.model, n_heads=args.heads)
+    for note in own.notes:
+        print(f"note: {note}", file=sys.stderr)
+    label = f"Your own model {own.name} ({own.describe()})"
+    return to_device(own.model, label, device), label
+
+
+def _is_path(args) -> bool:
+    """--model names a file or folder (a registry key wins over a file of the same name)."""
+    from .own_model import is_model_path
+    from .registry import available_models
+
+    return args.model is not None and args.model not in available_models() and is_model_path(args.model)
+
+
 def _load(args):
     """Check the key, the seed and the device first (a build takes seconds), then load the model."""
     from .registry import get_spec, load_model
 
+    if _is_path(args):
+        device = resolve_device(args.device)
+        model, label = _own_model(args, device)
+        return model, f"{label}, on {describe(device)}"
     spec = get_spec(args.model)
     if not 0 <= args.seed < 2**63:
         raise InvalidParameterError(f"The seed must be a whole number from 0 to 2**63 - 1, got {args.seed}.")
@@ -298,10 +334,12 @@ def add_train(sub) -> None:
     )
     p.add_argument(
         "--model",
-        metavar="KEY",
+        metavar="KEY|PATH",
         default=None,
-        help="start from this model's weights and configuration (default: the preset's fresh model)",
+        help="start from this model's weights and configuration (default: the preset's fresh model): "
+        "a registry key, or your own model.pth, .safetensors file or Hugging Face folder",
     )
+    _add_heads_option(p)
     p.add_argument(
         "--device",
         default=None,
@@ -345,13 +383,15 @@ def cmd_train(args) -> int:
     preset = get_preset(args.preset, num_epochs=args.epochs, fast=args.fast or None)
     name = check_name(args.out or preset.name)  # fail fast, before reading the corpus
     _check_out(name, args.resume, args.force)
-    if args.model is not None:
+    if args.model is not None and not _is_path(args):
         get_spec(args.model)  # a wrong key lists the valid ones before the corpus is read
     device = resolve_device(args.device)  # fail fast on a device this machine lacks
     if args.fast:
         _warn_unless_bf16_native(device)
     # --model: start from that model's weights (a copy of its own; a resumed run has its own)
-    start = load_model(args.model, preset.seed, "cpu") if args.model and not args.resume else None
+    start = None
+    if args.model and not args.resume:
+        start = _own_model(args)[0] if _is_path(args) else load_model(args.model, preset.seed, "cpu")
     if start is not None:  # the run, its memory check and its estimate follow the start model's size
         preset = replace(preset, cfg=dict(start.cfg))
     check_room(preset.cfg, name)  # its save fits the quota and the disk, before hours of training
