@@ -1,0 +1,118 @@
+"""The app (AppTest: real script runs, the real model) on a shared server and with a broken
+cache: each session sees only its own trained models, a link's invalid values get a notice,
+and an unwritable cache folder leaves the lessons working with saving off, saying why."""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import tempfile
+from pathlib import Path
+
+import pytest
+from conftest import ROOT
+from streamlit.testing.v1 import AppTest
+from test_checkpoints import _save
+
+from core.registry import BOOK_MODEL, trained_key
+
+TIMEOUT = 180
+pytestmark = pytest.mark.usefixtures("app_env")
+
+
+@pytest.fixture(autouse=True)
+def cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("LOSSLENS_CACHE_DIR", str(tmp_path / "cache"))
+    for env in ("LOSSLENS_SHARED", "LOSSLENS_MODELS_MAX_MB", "LOSSLENS_MODELS_MAX_COUNT"):
+        monkeypatch.delenv(env, raising=False)
+    return tmp_path / "cache"
+
+
+def app(page: str | None = None, **query) -> AppTest:
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=TIMEOUT)
+    for k, v in query.items():
+        at.query_params[k] = str(v)
+    at.run()
+    if page:
+        at.switch_page(f"components/{page}.py").run()
+    assert not at.exception, at.exception
+    return at
+
+
+def loss(at: AppTest) -> str:
+    return next(m.value for m in at.metric if m.label == "Loss (cross entropy)")
+
+
+def notice(at: AppTest) -> str:
+    return " ".join(i.value.replace("\\", "") for i in at.sidebar.info)
+
+
+# --- a link's invalid values ------------------------------------------------------------------
+
+
+def test_a_links_invalid_values_get_a_notice_of_what_was_corrected():
+    at = app("figure57", seed=-5, top_k=10**9, temperature="nan", model="../../etc/passwd")
+    said = notice(at)
+    assert "Seed “-5” is not a whole number from 0 to 2147483647: using 123." in said
+    assert "Top-k “1000000000” is not a whole number from 1 to 50: using 10." in said
+    assert "Temperature “nan” is not a number from 0.001 to 100.0: using 1.0." in said
+    assert "Model “../../etc/passwd” is not one of the models here: showing Untrained GPT-2 124M" in said
+    assert loss(at) == "10.7940"  # the corrected values: the book's numbers
+    assert at.number_input(key="seed").value == 123 and at.number_input(key="top_k").value == 10
+    assert math.isclose(at.number_input(key="temperature").value, 1.0)
+    at.number_input(key="seed").set_value(7).run()  # the visitor moves on: the notice goes
+    assert not at.sidebar.info
+
+
+def test_a_valid_link_gets_no_notice():
+    at = app("figure57", seed=123, top_k=5, temperature=0.5)
+    assert not at.sidebar.info and at.number_input(key="top_k").value == 5
+
+
+# --- a shared server: each session its own models -------------------------------------------
+
+
+def test_on_a_shared_server_a_session_sees_and_reaches_only_its_own_models(monkeypatch):
+    monkeypatch.setenv("LOSSLENS_SHARED", "1")
+    a = app()
+    owner_a = a.session_state["_owner"]
+    _save("mine", owner=owner_a)
+    _save("flat")  # the flat folder's (the CLI's): not a visitor's
+    a.run()
+    key = trained_key("mine", owner_a)
+    assert any(o.startswith("Trained: mine ") for o in a.selectbox(key="model").options)
+    b = app("figure57", model=key)  # another visitor, with A's key copied into the link
+    assert b.session_state["_owner"] != owner_a
+    assert not [o for o in b.selectbox(key="model").options if o.startswith("Trained:")]
+    assert b.selectbox(key="model").value == BOOK_MODEL and loss(b) == "10.7940"
+    assert f"Model “{key}” is not one of the models here" in notice(b)
+
+
+def test_on_a_local_server_the_flat_folder_is_everyones():
+    _save("local-run")
+    at = app("figure57", model="trained-local-run")
+    assert at.selectbox(key="model").value == "trained-local-run" and not at.sidebar.info
+
+
+# --- an unwritable cache ------------------------------------------------------------------------
+
+
+@pytest.fixture
+def read_only_cache(monkeypatch):
+    where = Path(tempfile.mkdtemp(prefix="losslens-ro-"))
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(where)], capture_output=True
+    )
+    if done.returncode != 0:
+        where.rmdir()
+        pytest.skip(f"cannot mount a read-only tmpfs here (needs root): {done.stderr.decode().strip()}")
+    monkeypatch.setenv("LOSSLENS_CACHE_DIR", str(where / "losslens"))
+    yield where
+    subprocess.run(["umount", str(where)], check=True)
+    where.rmdir()
+
+
+def test_a_read_only_cache_leaves_the_lessons_working(read_only_cache):
+    at = app("figure57")
+    assert loss(at) == "10.7940" and not at.error
+    assert at.selectbox(key="model").value == BOOK_MODEL
