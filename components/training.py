@@ -3,6 +3,9 @@
 The run is a core.background.TrainingRun: a child process at lower priority that trains its own
 fresh model (never the shared one). A fragment polls it every second for the progress bar,
 the loss curves and the samples. One run at a time per server (core.background.TrainingSlot).
+On a shared server the run is its visitor's: only they see and stop it, and it stops and saves
+when their page has been gone for a while. The run's name waits in the page's address
+(`?run=`), so a page that reconnects after a server restart says what became of it.
 """
 
 from __future__ import annotations
@@ -10,13 +13,21 @@ from __future__ import annotations
 import plotly.graph_objects as go
 import streamlit as st
 
-from components import a11y, common
-from core.background import TrainingRun, TrainingSlot
-from core.checkpoints import check_name, is_resumable
-from core.presets import PRESETS, describe_estimate, estimate_time, get_preset, project, training_memory_gb
+from components import a11y, common, visitor
+from core.background import RunLimits, TrainingRun, TrainingSlot
+from core.checkpoints import check_name, is_resumable, saved_run
+from core.presets import (
+    PRESETS,
+    child_peak_gb,
+    describe_estimate,
+    get_preset,
+    project,
+    training_memory_problem,
+)
 from core.runner import plan_run
 
 POLL_S = 1.0
+RUN_PARAM = "run"  # the page address keeps the run's name: it outlives a server restart
 
 
 @st.cache_resource
@@ -25,9 +36,30 @@ def _slot() -> TrainingSlot:
     return TrainingSlot()
 
 
-@st.cache_resource(show_spinner="Timing a few training steps on this server…", max_entries=4)
+@st.cache_resource(
+    show_spinner="Timing a few training steps in a training process on this server…", max_entries=4
+)
 def _estimate(preset_name: str, device: str, fast: bool = False) -> dict:
-    return estimate_time(get_preset(preset_name, fast=fast or None), common.verdict(), device=device)
+    """Real training steps, in a child process that takes the training slot: never in the
+    server's own memory."""
+    return _slot().estimate(get_preset(preset_name, fast=fast or None), common.verdict(), device=device)
+
+
+def _session_probe():
+    """Whether this page's session is still connected, asked by the run between the page's
+    polls (None outside a served app, e.g. under AppTest)."""
+    from streamlit import runtime
+    from streamlit.runtime.scriptrunner import get_script_run_ctx
+
+    ctx = get_script_run_ctx(suppress_warning=True)
+    if ctx is None or not runtime.exists():
+        return None
+    instance, session_id = runtime.get_instance(), ctx.session_id
+    return lambda: instance.is_active_session(session_id)
+
+
+def _steps(n: int) -> str:
+    return f"{n} step" if n == 1 else f"{n} steps"
 
 
 def figure(evals: list[dict], title: str = "Training and validation loss") -> go.Figure:
@@ -115,10 +147,12 @@ def _live(presentation: bool) -> None:
     if run is None:
         return
     snap = run.snapshot()
+    run.touch()  # the owner's page is here: the run is not abandoned
+    snap = run.snapshot()
     if not snap["running"]:
         st.rerun(scope="app")  # finished or stopped: the full page shows the result and the picker updates
     if st.button("Stop", icon=":material/stop:", key="train_stop", disabled=snap["stopping"]):
-        run.stop()
+        run.stop(owner=visitor.owner())
         snap = run.snapshot()
     _show(snap, presentation)
 
@@ -134,23 +168,78 @@ def _finished(run: TrainingRun, presentation: bool) -> None:
             icon=":material/check_circle:",
         )
     elif snap["stopped"]:
+        why = {
+            "abandoned": f" because its page was gone for more than {snap['orphan_grace_s']:.0f} s",
+            "steps": f", this server's limit of {_steps(snap['max_steps'] or 0)} for one run,",
+            "time": f" at this server's limit of {(snap['max_wall_s'] or 0) / 60:.0f} min for one run,",
+        }.get(snap["stop_reason"], "")
         st.warning(
-            f"Stopped after {snap['step']} steps and saved: “Trained: {common.md(run.name)}” is in the model "
-            "picker, and Resume continues exactly where it stopped.",
+            f"Stopped after {_steps(snap['step'])}{why} and saved: “Trained: {common.md(run.name)}” is in "
+            "the model picker, and Resume continues exactly where it stopped.",
             icon=":material/stop_circle:",
         )
     if not st.session_state.get("_train_acknowledged"):
         st.session_state["_train_acknowledged"] = True
         common.forget_model(f"trained-{run.name}")
+        st.query_params.pop(RUN_PARAM, None)  # its end is shown: nothing to say after a restart
     _show(snap, presentation)
 
 
 def _start(preset, name: str, resume: bool, device: str) -> None:
-    st.session_state["_train_run"] = _slot().start(
-        preset, common.verdict(), name, resume=resume, device=device
-    )
+    run = _slot().start(preset, common.verdict(), name, resume=resume, device=device, owner=visitor.owner())
+    probe = _session_probe()
+    if probe is not None:
+        run.watch(probe)
+    st.session_state["_train_run"] = run
     st.session_state["_train_acknowledged"] = False
+    st.session_state.pop("_train_lost", None)
+    st.query_params[RUN_PARAM] = name
     st.rerun()
+
+
+def _reconnected(kept: dict) -> None:
+    """A page whose address names a run this session does not hold: it was reloaded, or the
+    server restarted. Take the run back if it is still going and ours; else say what became of
+    it, and offer Resume where its last save allows."""
+    name = st.query_params.get(RUN_PARAM)
+    if not name or "_train_run" in st.session_state:
+        return
+    st.query_params.pop(RUN_PARAM, None)
+    try:
+        check_name(name)
+    except Exception:
+        return  # not a name this page wrote: nothing to say
+    owner = visitor.owner()
+    run = _slot().current(owner)
+    if run is not None and run.name == name:
+        st.session_state["_train_run"] = run
+        st.session_state["_train_acknowledged"] = False
+        st.query_params[RUN_PARAM] = name
+        return
+    going = _slot().run
+    if going is not None and going.running and going.name == name:
+        return  # still going, for a page this session cannot claim: the queue message says so
+    meta = saved_run(name, owner=owner)
+    if meta is not None and is_resumable(name, owner=owner):
+        preset = meta.get("preset")
+        if preset in PRESETS:
+            kept["preset"] = preset
+            st.session_state.setdefault("_train_names", {})[preset] = name
+            st.session_state[f"train_name_{preset}"] = name
+        st.session_state["_train_lost"] = (
+            f"The server restarted while “{common.md(name)}” was training, and the run was lost. Its last "
+            f"save, after {_steps(meta.get('state', {}).get('global_step', -1) + 1)}, can be resumed: "
+            "press Resume."
+        )
+    elif meta is not None:
+        st.session_state["_train_lost"] = (
+            f"“{common.md(name)}” finished before the server restarted: it is in the model picker."
+        )
+    else:
+        st.session_state["_train_lost"] = (
+            f"The server restarted while “{common.md(name)}” was training, and the run was lost before "
+            "its first save. Start it again with Train."
+        )
 
 
 def render(inputs: common.Inputs) -> None:
@@ -163,22 +252,43 @@ def render(inputs: common.Inputs) -> None:
         "validation loss stop following it."
     )
     with common.friendly_errors():
+        # Widgets not drawn during a live run lose their state: the choices are kept here.
+        kept = st.session_state.setdefault("_train_kept", {})
+        _reconnected(kept)
         run: TrainingRun | None = st.session_state.get("_train_run")
         if run is not None and run.running:
+            run.touch()
             _live(inputs.presentation)
             return
+        if st.session_state.get("_train_lost"):
+            st.warning(st.session_state["_train_lost"], icon=":material/restart_alt:")
 
+        owner = visitor.owner()
+        slot = _slot()
+        busy = slot.run is not None and slot.run.running  # another visitor's: the queue message says so
+        options = sorted(PRESETS, key=lambda n: n != "quick")
+        too_big = {n for n in options if not busy and training_memory_problem(get_preset(n), inputs.device)}
+        labels = {"quick": "quick (small GPT)", "book": "book (124M, section 5.2)"}
         c1, c2, c3 = st.columns([2, 1, 2])
         preset_name = c1.radio(
             "Preset",
-            sorted(PRESETS, key=lambda n: n != "quick"),
+            options,
+            index=options.index(kept.get("preset", options[0])),
             horizontal=True,
             key="train_preset",
-            format_func=lambda n: {"quick": "quick (small GPT)", "book": "book (124M, section 5.2)"}[n],
+            format_func=lambda n: labels[n] + (" · too big for this server" if n in too_big else ""),
         )
+        kept["preset"] = preset_name
         base = get_preset(preset_name)
-        epochs = c2.number_input("Epochs", 1, 100, base.num_epochs, step=1, key=f"train_epochs_{preset_name}")
-        # Widgets not drawn during a live run lose their state: the chosen name is kept here.
+        epochs = c2.number_input(
+            "Epochs",
+            1,
+            100,
+            kept.get(f"epochs_{preset_name}", base.num_epochs),
+            step=1,
+            key=f"train_epochs_{preset_name}",
+        )
+        kept[f"epochs_{preset_name}"] = int(epochs)
         names = st.session_state.setdefault("_train_names", {})
         name = c3.text_input(
             "Save as",
@@ -190,38 +300,77 @@ def render(inputs: common.Inputs) -> None:
         fast = common.fast_toggle("train_fast", inputs.device)
         preset = get_preset(preset_name, num_epochs=int(epochs), fast=fast or None)
         st.caption(
-            common.md(preset.description) + f" Needs about {training_memory_gb(preset):.1f} GB of RAM."
+            common.md(preset.description)
+            + f" Its training process needs about {child_peak_gb(preset):.1f} GB of RAM at its peak."
+            + _limits_note()
         )
         check_name(name)
+        problem = None if busy else training_memory_problem(preset, inputs.device)
+        if problem:
+            st.warning(
+                f"{problem} This preset cannot train here: choose the quick preset, or run "
+                f"`python -m core train --preset {preset.name}` on your own machine.",
+                icon=":material/memory:",
+            )
 
         if st.button(
             "Estimate the time on this server",
             icon=":material/timer:",
             key="train_estimate",
-            help="Times a few real training steps here (a busy server is slower).",
+            disabled=problem is not None,
+            help=problem
+            or "Times a few real training steps in a training process here (a busy server is slower).",
         ):
             st.info(
                 describe_estimate(project(_estimate(preset_name, inputs.device, fast), preset)),
                 icon=":material/timer:",
             )
 
-        resumable = is_resumable(name)
+        resumable = is_resumable(name, owner=owner)
         b1, b2, _ = st.columns([1, 1, 3])
-        start = b1.button("Train", type="primary", icon=":material/play_arrow:", key="train_start")
+        start = b1.button(
+            "Train",
+            type="primary",
+            icon=":material/play_arrow:",
+            key="train_start",
+            disabled=problem is not None,
+            help=problem,
+        )
         resume = b2.button(
             "Resume",
             icon=":material/resume:",
             key="train_resume",
-            disabled=not resumable,
-            help="Continue the stopped run saved under this name."
-            if resumable
-            else "No stopped run is saved under this name.",
+            disabled=not resumable or problem is not None,
+            help=problem
+            or (
+                "Continue the stopped run saved under this name."
+                if resumable
+                else "No stopped run is saved under this name."
+            ),
         )
         if start or resume:
-            _start(plan_run(preset, name, resume=resume), name, resume=resume, device=inputs.device)
+            slot.check_free()  # the queue message before any other check
+            _start(
+                plan_run(preset, name, resume=resume, owner=owner), name, resume=resume, device=inputs.device
+            )
 
         if run is not None:
             _finished(run, inputs.presentation)
+
+
+def _limits_note() -> str:
+    """What this server allows one run (a shared server caps it; a local one does not)."""
+    limits = RunLimits.from_env()
+    caps = []
+    if limits.max_steps is not None:
+        caps.append(f"after {_steps(limits.max_steps)}")
+    if limits.max_wall_s is not None:
+        caps.append(f"after {limits.max_wall_s / 60:.0f} min")
+    if visitor.owner() is not None:
+        caps.append(f"when its page has been closed for {limits.orphan_grace_s:.0f} s")
+    if not caps:
+        return ""
+    return " On this server a run stops and saves " + ", or ".join(caps) + "; Resume continues it."
 
 
 if __name__ == "__main__":  # run as a page of app.py's st.navigation

@@ -12,6 +12,7 @@ import os
 import torch
 
 from .errors import InvalidParameterError
+from .memory import free_ram_gb
 
 DEVICE_ENV = "LOSSLENS_DEVICE"
 DEVICE_CHOICES = ("auto", "cpu", "cuda", "mps")
@@ -76,20 +77,14 @@ def model_device(model: torch.nn.Module) -> torch.device:
 
 
 def available_ram_gb() -> float | None:
-    """MemAvailable from /proc/meminfo (Linux), else None (unknown)."""
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) / 1024**2
-    except OSError:
-        return None
-    return None
+    """RAM this server may still use: core.memory's budget (the container's cgroup limit, or
+    $LOSSLENS_MEMORY_LIMIT, less what is used; else MemAvailable), None where unknown."""
+    return free_ram_gb()
 
 
 def available_memory_gb(device: str | torch.device = "cpu") -> float | None:
     """Free memory where `device`'s tensors live: the GPU's own memory for CUDA, the RAM that
-    MPS shares with the CPU (within the driver's recommended budget), else MemAvailable."""
+    MPS shares with the CPU (within the driver's recommended budget), else the RAM budget."""
     device = torch.device(device)
     if device.type == "cuda":
         free, _total = torch.cuda.mem_get_info(device)

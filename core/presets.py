@@ -8,14 +8,15 @@ from dataclasses import dataclass, replace
 import torch
 
 from .data import LoaderSettings
+from .device import available_memory_gb, describe
 from .errors import InvalidParameterError
 from .evaluate import calc_loss_batch
+from .memory import MemoryBudget, memory_budget, process_rss
 from .model import GPT_CONFIG_124M, GPTModel
 from .precision import autocast
 from .rng import borrowed_rng
 from .tokenizer import VOCAB_SIZE, get_tokenizer
 from .train import START_CONTEXT, generate_sample, make_train_loaders
-from .weights import require_free_ram
 
 
 @dataclass(frozen=True)
@@ -86,27 +87,88 @@ def preset_of(meta: dict) -> Preset:
     return get_preset(meta["preset"], num_epochs=meta["num_epochs"], fast=fast or None)
 
 
-def training_memory_gb(preset: Preset) -> float:
-    """RAM a run needs: weights, gradients and AdamW's two moments (4 x 4 bytes per parameter),
-    plus the logits of a batch with their gradient and softmax (3 x B x L x vocab floats)."""
+def _parameters(preset: Preset) -> int:
     with torch.device("meta"):
-        n = sum(p.numel() for p in GPTModel(preset.cfg).parameters())
+        return sum(p.numel() for p in GPTModel(preset.cfg).parameters())
+
+
+def training_memory_gb(preset: Preset) -> float:
+    """Memory the tensors of a run need: weights, gradients and AdamW's two moments (4 x 4 bytes
+    per parameter), plus the logits of a batch with their gradient and softmax (3 x B x L x vocab
+    floats). This is what a GPU must hold; a process on the CPU needs more (child_peak_gb)."""
     s = preset.settings
     logits = 3 * s.batch_size * s.context_length * preset.cfg["vocab_size"] * 4
-    return (16 * n + logits) / 1024**3 + 0.3  # + activations and the interpreter's working set
+    return (
+        16 * _parameters(preset) + logits
+    ) / 1024**3 + 0.3  # + activations and the interpreter's working set
 
 
-def check_training_memory(preset: Preset, device="cpu") -> None:
-    """Refuse a run that would not fit in the free memory of `device` (a small server would be
-    killed; a GPU would run out of memory mid-run)."""
-    require_free_ram(
-        training_memory_gb(preset),
-        f"Training the {preset.name} preset",
-        f"Use the quick preset, or run `python -m core train --preset {preset.name}` "
-        "on a machine with more memory.",
-        error=InvalidParameterError,
-        device=device,
-    )
+# Peak resident memory (VmHWM, MB) of a training child on the CPU, float32, from its start through
+# evaluations, an epoch's sample and a saved stop: `python bench/bench_attacks.py --peaks`.
+CHILD_PEAK_MB = {"quick": 813.0, "book": 3726.0}
+# What a training child holds besides its tensors: torch, the tokenizer, the interpreter.
+PROCESS_BASE_GB = 0.45
+MARGIN_FRACTION, MARGIN_MIN_GB = 0.1, 0.2  # kept free under the limit: allocator slack, other visitors
+
+
+def child_peak_gb(preset: Preset) -> float:
+    """RAM a training run's process reaches at its peak: measured for the presets as they are,
+    else (another model size) the tensors' need plus the process's own; bfloat16 steps add a
+    bfloat16 copy of the weights."""
+    formula = training_memory_gb(preset) + PROCESS_BASE_GB
+    stock = PRESETS.get(preset.name)
+    measured = CHILD_PEAK_MB.get(preset.name, 0.0) / 1024 if stock and stock.cfg == preset.cfg else 0.0
+    peak = measured or formula
+    return peak + (2 * _parameters(preset) / 1024**3 if preset.fast else 0.0)
+
+
+def memory_margin_gb(budget: MemoryBudget) -> float:
+    return max(MARGIN_MIN_GB, MARGIN_FRACTION * budget.limit_gb)
+
+
+def training_memory_problem(preset: Preset, device="cpu", here: bool = False) -> str | None:
+    """Why a run of `preset` would not fit this server's memory now, or None if it fits.
+
+    The run's process must reach its measured peak beside everything already counted against
+    the limit (the server, with $LOSSLENS_MEMORY_LIMIT or a cgroup), keeping a margin. `here`:
+    the run is this process (the CLI, a training child), so what it already holds counts as
+    part of the peak. A GPU must also hold the run's tensors."""
+    budget = memory_budget()
+    peak = child_peak_gb(preset)
+    need = max(0.0, peak - process_rss() / 1024**3) if here else peak
+    margin = memory_margin_gb(budget) if budget.source != "unknown" else 0.0
+    if budget.source != "unknown" and budget.free_gb < need + margin:
+        limit = (
+            f"this server's limit is {budget.limit_gb:.1f} GB ({budget.source}), "
+            f"with {budget.free_gb:.1f} GB free"
+            if budget.source != "MemAvailable"
+            else f"this machine has {budget.free_gb:.1f} GB free"
+        )
+        return (
+            f"Training the {preset.name} preset needs about {peak:.1f} GB of RAM at its peak; "
+            f"{limit}, and {margin:.1f} GB is kept spare."
+        )
+    device = torch.device(device)
+    if device.type != "cpu":
+        free = available_memory_gb(device)
+        need = training_memory_gb(preset)
+        if free is not None and free < need:
+            return (
+                f"Training the {preset.name} preset needs about {need:.1f} GB of free memory on "
+                f"{describe(device)}; it has {free:.1f} GB free."
+            )
+    return None
+
+
+def check_training_memory(preset: Preset, device="cpu", here: bool = False) -> None:
+    """Refuse a run that would not fit (a small server would be killed, every visitor's page
+    with it; a GPU would run out of memory mid-run)."""
+    problem = training_memory_problem(preset, device, here)
+    if problem:
+        raise InvalidParameterError(
+            f"{problem} Use the quick preset, or run `python -m core train --preset {preset.name}` "
+            "on a machine with more memory."
+        )
 
 
 # --- the time estimate: the app and the CLI print the same one ---------------------------------

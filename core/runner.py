@@ -9,17 +9,8 @@ from pathlib import Path
 
 import torch
 
-from .checkpoints import (
-    check_name,
-    check_new_name,
-    corpus_digest,
-    is_resumable,
-    load_resume_state,
-    load_trained_model,
-    model_path,
-    save_checkpoint,
-    saved_run,
-)
+from . import checkpoints
+from .checkpoints import check_name, corpus_digest, load_trained_model
 from .errors import InvalidParameterError
 from .model import GPTModel
 from .presets import Preset, check_training_memory, preset_of
@@ -42,16 +33,17 @@ class TrainingResult:
         return not self.state.stopped
 
 
-def plan_run(preset: Preset, name: str, resume: bool = False) -> Preset:
+def plan_run(preset: Preset, name: str, resume: bool = False, owner: str | None = None) -> Preset:
     """The preset a Train or Resume press runs, after the checks: a fresh run needs a free name,
     a resumed one the preset it was saved with; both need the RAM."""
     check_name(name)
     if resume:
-        if not is_resumable(name):
+        if not checkpoints.is_resumable(name, owner=owner):
             raise InvalidParameterError(f"No stopped run is saved as {name!r}; start a new one with Train.")
-        preset = preset_of(saved_run(name))
+        preset = preset_of(checkpoints.saved_run(name, owner=owner))
     else:
-        check_new_name(name)
+        checkpoints.check_new_name(name, owner=owner)
+    checkpoints.check_room(preset.cfg, name, owner=owner)  # its save fits the quota and the disk
     check_training_memory(preset)
     return preset
 
@@ -76,13 +68,15 @@ def run_training(
     should_stop=None,
     log=print,
     tokenizer=None,
+    owner: str | None = None,
 ) -> TrainingResult:
     """Train `preset` on `text` (or resume the run saved as `name`) on `device`; save it as `name`.
 
     A fresh run does the book's `torch.manual_seed(seed); model = GPTModel(cfg)` on the CPU
     (the same weights on every device); it never touches a shared (frozen) model. `init_model`
     (a model of its own, e.g. from core.registry.load_model) starts the run from its weights and
-    configuration instead; it is made trainable in place.
+    configuration instead; it is made trainable in place. `owner` is the visitor whose
+    namespace the run is saved in on a shared server (None: a local server's one namespace).
     """
     check_name(name)
     device = torch.device(device)
@@ -93,11 +87,11 @@ def run_training(
         start = _trainable(init_model)
         preset = replace(preset, cfg=dict(start.cfg))  # memory, checkpoint and loaders follow its size
     train_loader, val_loader = make_train_loaders(text, preset.settings, tokenizer)
-    check_training_memory(preset, device)
+    check_training_memory(preset, device, here=True)
     elapsed = 0.0
     if resume:
-        model = load_trained_model(model_path(name), trainable=True).to(device)
-        optimizer, state, meta = load_resume_state(name, model)
+        model = load_trained_model(checkpoints.model_path(name, owner=owner), trainable=True).to(device)
+        optimizer, state, meta = checkpoints.load_resume_state(name, model, owner=owner)
         if meta["corpus_sha256"] != digest:
             raise InvalidParameterError(
                 f"{name!r} was trained on another text; resume it on the same corpus."
@@ -120,25 +114,28 @@ def run_training(
     if preset.settings.context_length > model.context_length:
         raise InvalidParameterError("The loaders' context length exceeds the model's.")
     t0 = time.perf_counter()
-    train_model_simple(
-        model,
-        train_loader,
-        val_loader,
-        optimizer,
-        device,
-        preset.num_epochs,
-        preset.eval_freq,
-        preset.eval_iter,
-        preset.start_context,
-        tokenizer,
-        state=state,
-        on_eval=on_eval,
-        on_sample=on_sample,
-        on_step=on_step,
-        should_stop=should_stop,
-        log=log,
-        fast=preset.fast,
-    )
-    elapsed += time.perf_counter() - t0
-    path = save_checkpoint(name, model, optimizer, state, preset, digest, elapsed)
+    with checkpoints.training(name, owner=owner):  # no other save's quota evicts this one meanwhile
+        train_model_simple(
+            model,
+            train_loader,
+            val_loader,
+            optimizer,
+            device,
+            preset.num_epochs,
+            preset.eval_freq,
+            preset.eval_iter,
+            preset.start_context,
+            tokenizer,
+            state=state,
+            on_eval=on_eval,
+            on_sample=on_sample,
+            on_step=on_step,
+            should_stop=should_stop,
+            log=log,
+            fast=preset.fast,
+        )
+        elapsed += time.perf_counter() - t0
+        path = checkpoints.save_checkpoint(
+            name, model, optimizer, state, preset, digest, elapsed, owner=owner
+        )
     return TrainingResult(name, path, state, preset, elapsed, len(train_loader))
