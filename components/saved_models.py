@@ -19,15 +19,15 @@ def storage_problem(owner: str | None) -> str | None:
     return checkpoints.save_problem(owner=owner)
 
 
-def render(owner: str | None, problem: str | None = None) -> None:
-    """The owner's saved models with a Delete button each, and the quota; `problem` (from
-    storage_problem) is shown instead of the list when saving is off."""
-    if problem:
-        st.warning(
-            common.md(problem) + " The lessons work as usual; only training is off.",
-            icon=":material/folder_off:",
-        )
-        return
+def warn(problem: str) -> None:
+    """Why saving is off (from storage_problem), and that the rest of the app is not."""
+    st.warning(
+        common.md(problem) + " The lessons work as usual; only training is off.", icon=":material/folder_off:"
+    )
+
+
+def render(owner: str | None) -> None:
+    """The owner's saved models with a Delete button each, and the server's quota."""
     units = [u for u in checkpoints.saved_units() if u.owner == owner]
     if not units:
         return

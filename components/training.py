@@ -13,7 +13,7 @@ from __future__ import annotations
 import plotly.graph_objects as go
 import streamlit as st
 
-from components import a11y, common, visitor
+from components import a11y, common, saved_models, visitor
 from core.background import RunLimits, TrainingRun, TrainingSlot
 from core.checkpoints import check_name, is_resumable, saved_run
 from core.presets import (
@@ -24,6 +24,7 @@ from core.presets import (
     project,
     training_memory_problem,
 )
+from core.registry import trained_key
 from core.runner import plan_run
 
 POLL_S = 1.0
@@ -180,7 +181,7 @@ def _finished(run: TrainingRun, presentation: bool) -> None:
         )
     if not st.session_state.get("_train_acknowledged"):
         st.session_state["_train_acknowledged"] = True
-        common.forget_model(f"trained-{run.name}")
+        common.forget_model(trained_key(run.name, visitor.owner()))
         st.query_params.pop(RUN_PARAM, None)  # its end is shown: nothing to say after a restart
     _show(snap, presentation)
 
@@ -312,6 +313,9 @@ def render(inputs: common.Inputs) -> None:
                 f"`python -m core train --preset {preset.name}` on your own machine.",
                 icon=":material/memory:",
             )
+        storage = saved_models.storage_problem(owner)  # an unwritable cache: no saving, no training
+        if storage:
+            saved_models.warn(storage)
 
         if st.button(
             "Estimate the time on this server",
@@ -333,15 +337,16 @@ def render(inputs: common.Inputs) -> None:
             type="primary",
             icon=":material/play_arrow:",
             key="train_start",
-            disabled=problem is not None,
-            help=problem,
+            disabled=problem is not None or storage is not None,
+            help=problem or storage,
         )
         resume = b2.button(
             "Resume",
             icon=":material/resume:",
             key="train_resume",
-            disabled=not resumable or problem is not None,
+            disabled=not resumable or problem is not None or storage is not None,
             help=problem
+            or storage
             or (
                 "Continue the stopped run saved under this name."
                 if resumable
@@ -356,6 +361,8 @@ def render(inputs: common.Inputs) -> None:
 
         if run is not None:
             _finished(run, inputs.presentation)
+        if not storage:
+            saved_models.render(owner)
 
 
 def _limits_note() -> str:

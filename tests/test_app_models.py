@@ -116,3 +116,36 @@ def test_a_read_only_cache_leaves_the_lessons_working(read_only_cache):
     at = app("figure57")
     assert loss(at) == "10.7940" and not at.error
     assert at.selectbox(key="model").value == BOOK_MODEL
+
+
+def test_a_read_only_cache_turns_training_off_and_says_why(read_only_cache):
+    at = app("training")
+    said = " ".join(w.value.replace("\\", "") for w in at.warning)
+    assert "cannot be written (Read-only file system)" in said and "only training is off" in said
+    assert at.button(key="train_start").disabled and at.button(key="train_resume").disabled
+
+
+# --- Delete: one's own models only ------------------------------------------------------------
+
+
+def test_delete_removes_ones_own_model_from_disk_and_picker(monkeypatch):
+    from core.checkpoints import model_path, resume_path
+
+    monkeypatch.setenv("LOSSLENS_SHARED", "1")
+    other = app()
+    _save("theirs", owner=other.session_state["_owner"])
+    at = app()
+    owner = at.session_state["_owner"]
+    _save("to-delete", owner=owner)
+    at.switch_page("components/training.py").run()
+    assert not at.exception
+    assert [b.key for b in at.button if b.key and b.key.startswith("delete_model_")] == [
+        "delete_model_to-delete"
+    ]
+    at.button(key="delete_model_to-delete").click().run()
+    assert (
+        not model_path("to-delete", owner=owner).exists()
+        and not resume_path("to-delete", owner=owner).exists()
+    )
+    assert not [o for o in at.selectbox(key="model").options if o.startswith("Trained:")]
+    assert model_path("theirs", owner=other.session_state["_owner"]).exists()

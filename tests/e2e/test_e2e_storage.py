@@ -1,0 +1,56 @@
+"""What a visitor sees when the server's cache folder cannot be written (a real read-only tmpfs):
+the lessons work, with their sidebar, and the Training page says why saving is off; and what a
+link with invalid values shows."""
+
+from __future__ import annotations
+
+import subprocess
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from devtools.harness import StreamlitServer, metric_value, server_env, wait_for_app
+
+
+@pytest.fixture(scope="module")
+def read_only_server(tmp_path_factory, chromium_path, verdict_file):
+    where = Path(tempfile.mkdtemp(prefix="losslens-ro-"))
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(where)], capture_output=True)
+    if done.returncode != 0:
+        where.rmdir()
+        pytest.skip(f"cannot mount a read-only tmpfs here (needs root): {done.stderr.decode().strip()}")
+    work = tmp_path_factory.mktemp("e2e-ro")
+    srv = StreamlitServer(server_env(where / "losslens"), work).start()
+    yield srv
+    srv.stop()
+    subprocess.run(["umount", str(where)], check=True)
+    where.rmdir()
+
+
+def test_a_read_only_cache_keeps_the_lessons_and_says_why_saving_is_off(new_page, read_only_server):
+    page = new_page()
+    page.goto(f"{read_only_server.url}/figure57")
+    wait_for_app(page)
+    assert metric_value(page, "Loss (cross entropy)") == "10.7940"
+    page.locator('[data-testid="stSidebar"]').get_by_text("Model", exact=True).wait_for()
+    page.goto(f"{read_only_server.url}/training")
+    wait_for_app(page)
+    page.get_by_role("heading", name="Training").wait_for()
+    warning = page.locator('[data-testid="stAlert"]', has_text="cannot be written")
+    warning.wait_for()
+    text = warning.inner_text()
+    assert "Read-only file system" in text and "only training is off" in text
+    assert page.get_by_role("button", name="Train").is_disabled()
+
+
+def test_a_link_with_invalid_values_says_what_was_corrected(new_page, read_only_server):
+    page = new_page()
+    page.goto(f"{read_only_server.url}/figure57?seed=-5&top_k=1000000000&temperature=nan&model=..%2Fx")
+    wait_for_app(page)
+    notice = page.locator('[data-testid="stSidebar"] [data-testid="stAlert"]', has_text="link was corrected")
+    notice.wait_for()
+    text = notice.inner_text()
+    for said in ("Seed “-5”", "Top-k “1000000000”", "Temperature “nan”", "Model “../x”"):
+        assert said in text, text
+    assert metric_value(page, "Loss (cross entropy)") == "10.7940"
