@@ -30,7 +30,7 @@ def read_only_server(tmp_path_factory, chromium_path, verdict_file):
 
 def test_a_read_only_cache_keeps_the_lessons_and_says_why_saving_is_off(new_page, read_only_server):
     page = new_page()
-    page.goto(f"{read_only_server.url}/figure57")
+    page.goto(f"{read_only_server.url}/figure-5-7")
     wait_for_app(page)
     assert metric_value(page, "Loss (cross entropy)") == "10.7940"
     page.locator('[data-testid="stSidebar"]').get_by_text("Model", exact=True).wait_for()
@@ -46,7 +46,7 @@ def test_a_read_only_cache_keeps_the_lessons_and_says_why_saving_is_off(new_page
 
 def test_a_link_with_invalid_values_says_what_was_corrected(new_page, read_only_server):
     page = new_page()
-    page.goto(f"{read_only_server.url}/figure57?seed=-5&top_k=1000000000&temperature=nan&model=..%2Fx")
+    page.goto(f"{read_only_server.url}/figure-5-7?seed=-5&top_k=1000000000&temperature=nan&model=..%2Fx")
     wait_for_app(page)
     notice = page.locator('[data-testid="stSidebar"] [data-testid="stAlert"]', has_text="link was corrected")
     notice.wait_for()
