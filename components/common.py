@@ -13,18 +13,24 @@ from dataclasses import dataclass
 import pandas as pd
 import streamlit as st
 
-from components import store, visitor
+from components import own_model, store, visitor
 from core.corpus import load_verdict
 from core.device import available_devices
 from core.errors import LossLensError, ServerBusyError, WeightsError
 from core.loss import compute_loss
 from core.pool import ModelPool, describe_wait
 from core.precision import bf16_unavailable
-from core.registry import BOOK_MODEL, BOOK_SEED, effective_seed, get_spec, load_model, owner_of_key
+from core.registry import BOOK_MODEL, BOOK_SEED, effective_seed, load_model, owner_of_key
+from core.registry import get_spec as _registry_spec
 from core.report import book_differences, format_perplexity, perplexity_note, summarize
 from core.tokenizer import get_tokenizer
 
-__all__ = ["get_spec"]  # re-exported: the views ask it for a model's label
+
+def get_spec(key: str, owner: str | None = None):
+    """The views ask it for a model's label: the registry's, this visitor's own model (listed by
+    components/own_model.py's provider), or the "Your own model…" entry before a file is loaded."""
+    return own_model.CHOICE_SPEC if key == own_model.CHOICE else _registry_spec(key, owner)
+
 
 log = logging.getLogger("losslens")
 
@@ -89,7 +95,10 @@ def _failed_loads() -> dict:
 def get_model(key: str, seed: int, device: str = "cpu"):
     """The shared model on `device`. While its build waits behind others the visitor sees their
     place in the queue; a load that just failed fails again at once instead of retrying a download
-    on every click (offline that takes ~25 s each time)."""
+    on every click (offline that takes ~25 s each time). A visitor's own model comes from their
+    session, never from the pool (components/own_model.py)."""
+    if own_model.is_own(key):
+        return own_model.get_model(key, device)
     seed = effective_seed(key, seed)
     spec = get_spec(key, visitor.owner())  # first: a kept model is served only to its owner
     pool = _pool()
@@ -131,7 +140,8 @@ def tokenizer():
 def loss_summary(
     key: str, seed: int, texts: tuple[str, ...], top_k: int, temperature: float, device: str = "cpu"
 ) -> dict:
-    """The six steps as plain data (top-k only, never a full-vocabulary array)."""
+    """The six steps as plain data (top-k only, never a full-vocabulary array). Shared by every
+    visitor: an own model's key is its content's digest, so only the same weights find its entry."""
     result = compute_loss(get_model(key, seed, device), list(texts), top_k, temperature, tokenizer())
     s = summarize(result, tokenizer())
     for t in s["texts"]:

@@ -11,7 +11,7 @@ from core.errors import LossLensError
 from core.loss import MAX_TEXTS
 from core.registry import available_models
 
-from . import visitor
+from . import own_model, visitor
 from .common import Inputs, md
 
 BOOK_TEXT = "every effort moves you\nI really like chocolate"
@@ -116,7 +116,9 @@ def render() -> Inputs:
         elif st.query_params.get("preset") in PRESETS:  # a link may name only a preset
             st.session_state.text = PRESETS[st.query_params["preset"]]
 
-    models = available_models(visitor.owner())  # on a shared server, only this visitor's trained models
+    own_model.apply_pending_choice()
+    # On a shared server only this visitor's trained models; and their own model, if they loaded one.
+    models = available_models(visitor.owner())
     if "_url_notes" not in st.session_state:  # first run: before the widgets drop bad values
         st.session_state["_url_notes"] = url_corrections(st.query_params, models, available_devices())
     notice = sb.empty()
@@ -125,15 +127,18 @@ def render() -> Inputs:
         st.session_state.model = st.query_params["model"]
     model = sb.selectbox(
         "Model",
-        list(models),
-        format_func=lambda k: models[k].label,
+        [*models, own_model.CHOICE],
+        format_func=lambda k: models[k].label if k in models else own_model.CHOICE_LABEL,
         key="model",
-        help="Models come from core.registry; trained models appear here once saved.",
+        help="Models come from core.registry; trained models appear here once saved. "
+        "Your own model… loads a model you trained with the book's code, for this session only.",
     )
-    if model == next(iter(models)):
+    if model == next(iter(models)) or own_model.is_own(model):  # an own model means nothing to a link
         st.query_params.pop("model", None)
     else:
         st.query_params["model"] = model
+    if own_model.is_own(model):
+        own_model.panel(sb)
     sb.selectbox(
         "Preset",
         [*PRESETS, CUSTOM],
@@ -164,7 +169,7 @@ def render() -> Inputs:
         bind="query-params",
         help="Divides the logits before the softmax. Low values sharpen, high values flatten.",
     )
-    seeded = models[model].seeded if model in models else True
+    seeded = models[model].seeded if model in models else False
     seed = sb.number_input(
         "Seed",
         0,
@@ -195,7 +200,7 @@ def render() -> Inputs:
         bind="query-params",
         help="Larger type and less chrome for a projector; figure 5.7 goes one step at a time.",
     )
-    sb.caption(models[model].description if model in models else "")
+    sb.caption(models[model].description if model in models else own_model.CHOICE_SPEC.description)
     _url_notice(notice, (model, seed, text, top_k, temperature, device))
     return Inputs(
         model=model,

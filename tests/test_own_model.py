@@ -349,3 +349,68 @@ def test_cli_train_continues_from_the_readers_weights(small, capsys):
     assert "Ep 1 (Step 000000)" in out
     trained = load_trained_model(model_path("from-mine"))
     assert trained.cfg == {**SMALL, "qkv_bias": False}  # the reader's size, not the preset's
+
+
+# --- the app (AppTest: the real script, the real model) -----------------------------------------
+
+
+@pytest.fixture
+def loopback_app(app_env):
+    """The app as `streamlit run app.py --server.address 127.0.0.1` runs it: the path field is offered."""
+    from streamlit import config as st_config
+
+    before = st_config.get_option("server.address")
+    st_config.set_option("server.address", "127.0.0.1")
+    yield
+    st_config.set_option("server.address", before)
+
+
+def _app_with_own_model(path, heads: int | None = None):
+    from streamlit.testing.v1 import AppTest
+
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=180)
+    at.run()
+    at.selectbox(key="model").set_value("own:load").run()
+    at.text_input(key="own_path").set_value(str(path))
+    if heads:
+        at.number_input(key="own_heads").set_value(heads)
+    at.button(key="own_load").click().run()
+    assert not at.exception, at.exception
+    return at
+
+
+def _metric(at, label):
+    return next(m.value for m in at.metric if m.label == label)
+
+
+def test_app_loads_the_readers_model_for_every_view(loopback_app, small, tokenizer):
+    _, pth, both = small
+    at = _app_with_own_model(both, heads=4)
+    own = load_own_model(pth, n_heads=4)
+    assert at.selectbox(key="model").value == own.key
+    assert "Your own: model_and_optimizer.pth" in at.selectbox(key="model").options
+    expected = compute_loss(own.model, BOOK_TEXTS, 10, 1.0, tokenizer).loss
+    assert _metric(at, "Loss (cross entropy)") == f"{expected:.4f}"
+    assert any("optimizer" in c.value and "ignored" in c.value for c in at.sidebar.caption)
+    for page in ("figure57", "cross_entropy", "per_token", "units"):
+        at.switch_page(f"components/{page}.py").run()
+        assert not at.exception and not at.error, (page, at.exception, [e.value for e in at.error])
+    at.switch_page("components/compare.py").run()
+    picker = at.multiselect(key="cmp_models")
+    assert "Your own: model_and_optimizer.pth" in picker.options
+    picker.set_value(["untrained-124m", own.key]).run()  # beside the book's untrained model
+    assert not at.exception, at.exception
+    assert _metric(at, "Your own: model_and_optimizer.pth") == f"{expected:.4f}"
+    assert _metric(at, "Untrained GPT-2 124M (book, section 5.1)") == "10.7940"
+
+
+def test_app_bad_file_gives_a_message_and_keeps_serving(loopback_app, bad):
+    path = next(p for name, p, _ in bad if name == "nan.pth")
+    at = _app_with_own_model(path, heads=4)
+    shown = " ".join(e.value for e in at.sidebar.error).replace("\\", "")
+    assert "nan.pth has NaN weights" in shown
+    assert at.selectbox(key="model").value == "own:load"
+    # The views say what to do instead of failing.
+    assert "Load your model first" in " ".join(e.value for e in at.error)
+    at.selectbox(key="model").set_value("untrained-124m").run()
+    assert _metric(at, "Loss (cross entropy)") == "10.7940"
