@@ -6,8 +6,9 @@ import math
 
 import streamlit as st
 
-from components import common, lesson_nav
+from components import common, lesson_nav, surprisal
 from core.loss import IGNORE_INDEX
+from core.report import perplexity_note
 
 LOW_TEMPERATURE = 0.001  # divides the logits by 1000: far beyond what float32's exp can hold
 
@@ -26,20 +27,27 @@ def render(inputs: common.Inputs) -> None:
     lesson_nav.open_view("cross-entropy", inputs)
     with common.friendly_errors():
         s = common.summary(inputs)
-        common.metrics(s)
+        if not inputs.presentation:
+            common.metrics(s)
         v = s["vocab_size"]
+        book = lesson_nav.is_book_example(inputs)
 
         st.subheader("By hand and built in: the same number", anchor=False)
         c1, c2, c3 = st.columns(3)
-        c1.metric("Six steps by hand", common.num(s["neg_avg_log_probas"]), help="neg_avg_log_probas")
+        c1.metric(
+            "Six steps by hand (naive)",
+            common.num(s["neg_avg_log_probas"]),
+            help="neg_avg_log_probas: torch.log of the softmax's probabilities",
+        )
         c2.metric(
-            "F.cross_entropy",
+            "F.cross_entropy (stable)",
             common.num(s["loss"]),
-            help="torch.nn.functional.cross_entropy(logits_flat, targets_flat)",
+            help="torch.nn.functional.cross_entropy(logits_flat, targets_flat): log-sum-exp on the logits",
         )
         c3.metric(
             "Difference", _diff(s["difference"]), help="float32 rounding: the two sum in a different order"
         )
+        surprisal.section(s, inputs.presentation, "cross-entropy-surprisal")
         st.code(
             f"neg_avg_log_probas = {_full(s['neg_avg_log_probas'])}\n"
             f"loss               = {_full(s['loss'])}\n"
@@ -72,8 +80,14 @@ def render(inputs: common.Inputs) -> None:
             if not isinstance(p, str)
             else "The loss is so large that exp(loss) overflows a float."
         )
+        if not isinstance(p, str) and p > v:
+            meaning += (
+                f" That is **more than the {v:,} tokens of the vocabulary**: the loss is above "
+                f"ln({v:,}) = {math.log(v):.2f}, worse than a uniform guess. The model is confidently "
+                "wrong: it gives much of its probability to other tokens than the ones that come next."
+            )
         st.markdown(meaning)
-        st.caption(common.PERPLEXITY_NOTE)
+        st.caption(perplexity_note(book))
         rows = [
             {
                 "model": "This model on your text",
@@ -115,8 +129,8 @@ def render(inputs: common.Inputs) -> None:
         )
         underflow = sum(1 for x in low["log_probas"] if x == "-inf")
         c1, c2, c3 = st.columns(3)
-        c1.metric(f"By hand, T = {LOW_TEMPERATURE}", common.num(naive))
-        c2.metric(f"F.cross_entropy, T = {LOW_TEMPERATURE}", common.num(stable))
+        c1.metric(f"By hand (naive), T = {LOW_TEMPERATURE}", common.num(naive))
+        c2.metric(f"F.cross_entropy (stable), T = {LOW_TEMPERATURE}", common.num(stable))
         c3.metric("Targets with probability 0", f"{underflow} of {low['num_tokens']}")
         st.caption(
             f"Your current temperature is {inputs.temperature:g}. Change it in the sidebar and watch the "
@@ -142,6 +156,8 @@ def render(inputs: common.Inputs) -> None:
                 },
             },
         )
+        lesson_nav.try_this("cross-entropy")
+    lesson_nav.footer("cross-entropy")
 
 
 if __name__ == "__main__":  # run as a page of app.py's st.navigation

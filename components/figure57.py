@@ -8,10 +8,10 @@ import time
 import plotly.graph_objects as go
 import streamlit as st
 
-from components import a11y, common, style
-from core.report import STEPS
+from components import a11y, common, formats, lesson_nav, style, surprisal
+from core.report import STEPS, step_code
 
-PLAY_SECONDS = 2.0  # long enough to read a step aloud
+PLAY_SECONDS = 5.0  # long enough to say a sentence about each step
 EXPLAIN = [
     "The model scores every one of the 50,257 vocabulary tokens at every input position: "
     "unnormalized numbers (logits). The bars show the highest score and the one the actual next token got.",
@@ -74,8 +74,9 @@ def diagram(s: dict, step: int) -> str:
         common.num(s["neg_avg_log_probas"]),
     ]
     parts = []
-    for k, ((_, title, _), fact) in enumerate(zip(STEPS, facts, strict=True), 1):
-        state = "now" if k == step else ("done" if k < step else "")
+    # Only the steps reached so far: a later card would give the answer (the loss) away.
+    for k, ((_, title, _), fact) in enumerate(zip(STEPS[:step], facts[:step], strict=True), 1):
+        state = "now" if k == step else "done"
         current = ' aria-current="step"' if k == step else ""
         here = '<span class="ll-sr">, current step</span>' if k == step else ""
         parts.append(
@@ -124,14 +125,14 @@ def figure(s: dict, step: int) -> go.Figure:
             marker_color=common.ACCENT,
         )
         _uniform(fig, x, uniform)
-        fig.update_yaxes(title="probability", tickformat=".1e")
+        fig.update_yaxes(title="probability", **formats.LINEAR_PROBA_AXIS)
     elif step == 3:
         fig.add_bar(
             x=x,
             y=[common.to_float(p["target_proba"]) for p in ps],
             name="target_probas",
             marker_color=common.ACCENT,
-            text=[_e(p["target_proba"]) for p in ps],
+            text=formats.distinct([common.to_float(p["target_proba"]) for p in ps]),
             textposition="auto",
         )
         _uniform(fig, x, uniform)
@@ -139,46 +140,79 @@ def figure(s: dict, step: int) -> go.Figure:
         lo, hi = math.log10(min(values)), math.log10(max(values))
         fig.update_yaxes(
             title="target probability (log scale)",
-            type="log",
-            dtick=1,
-            exponentformat="power",
+            **formats.LOG_PROBA_AXIS,
             range=[math.floor(lo - 0.3), math.ceil(hi + 0.3)],
         )
     else:
-        logs = [common.to_float(v) for v in s["log_probas"]]
-        sign = -1 if step == 6 else 1
-        fig.add_bar(
-            x=x,
-            y=[sign * v for v in logs],
-            text=[common.num(sign * v, 2) for v in logs],
-            textposition="inside",
-            insidetextanchor="middle",
-            name="-log_probas" if step == 6 else "log_probas",
-            marker_color=common.VIRIDIS[3] if step == 4 else "rgba(49,104,142,.45)",
-        )
-        if step >= 5:
-            level = common.to_float(s["neg_avg_log_probas"] if step == 6 else s["avg_log_probas"])
-            fig.add_hline(
-                y=level,
-                line_color=common.ACCENT,
-                line_width=4,
-                annotation_text=("loss = " if step == 6 else "mean = ") + common.num(level),
-                annotation_position="top left",
-                annotation_font_color=common.ACCENT_TEXT,
-            )
-        fig.update_yaxes(title="−log probability (nats)" if step == 6 else "log probability (nats)")
+        _log_bars(fig, s, x, step)
     fig.update_xaxes(tickangle=0, title="input → target (text·position)")
+    # The legend above the plot: below it, it ran into the x-axis title.
     fig.update_layout(
         barmode="group",
         height=420,
-        legend=dict(orientation="h", yanchor="top", y=-0.18),
-        title=STEPS[step - 1][1],
+        legend=dict(orientation="h", yanchor="bottom", y=1.0, x=0),
+        title=dict(text=STEPS[step - 1][1], y=0.98, yanchor="top"),
+        margin=dict(t=90),
     )
     return fig
 
 
+def _log_bars(fig: go.Figure, s: dict, x: list[str], step: int) -> None:
+    """Steps 4-6. A log probability of −∞ (a probability rounded to 0) is no bar of height 0:
+    it is drawn as a hatched bar past the largest finite one, labelled −∞ (∞ once negated)."""
+    sign = -1 if step == 6 else 1
+    logs = [sign * common.to_float(v) for v in s["log_probas"]]
+    finite = [abs(v) for v in logs if math.isfinite(v)]
+    cap = 1.25 * max(finite, default=1.0)
+    inf = [not math.isfinite(v) for v in logs]
+    fig.add_bar(
+        x=x,
+        y=[math.copysign(cap, v) if i else v for v, i in zip(logs, inf, strict=True)],
+        text=[common.num(v, 2) for v in logs],
+        textposition="inside",
+        insidetextanchor="middle",
+        name="-log_probas" if step == 6 else "log_probas",
+        marker_color=common.VIRIDIS[3] if step == 4 else "rgba(49,104,142,.45)",
+        marker_pattern_shape=["/" if i else "" for i in inf],
+    )
+    if step >= 5:
+        level = common.to_float(s["neg_avg_log_probas"] if step == 6 else s["avg_log_probas"])
+        name = "loss by hand (naive)" if step == 6 else "mean"
+        if math.isfinite(level):
+            fig.add_hline(
+                y=level,
+                line_color=common.ACCENT,
+                line_width=4,
+                annotation_text=f"{name} = {common.num(level)}",
+                annotation_position="top left",
+                annotation_font_color=common.ACCENT_TEXT,
+            )
+        else:  # no line at infinity (Plotly would draw it slanted near 0): say it in words
+            fig.add_annotation(
+                text=f"{name} = {common.num(level)}: a probability rounded to 0 has log −∞",
+                xref="paper",
+                yref="paper",
+                x=0.01,
+                y=0.97,
+                xanchor="left",
+                yanchor="top",
+                showarrow=False,
+                font=dict(color=common.ACCENT_TEXT),
+            )
+        if step == 6 and isinstance(s["loss"], float) and math.isfinite(s["loss"]) and any(inf):
+            fig.add_hline(
+                y=s["loss"],
+                line_color=common.NEUTRAL,
+                line_width=3,
+                line_dash="dash",
+                annotation_text=f"F.cross_entropy (stable) = {common.num(s['loss'])}",
+                annotation_position="bottom right",
+            )
+    fig.update_yaxes(title="−log probability (nats)" if step == 6 else "log probability (nats)")
+
+
 def _e(x) -> str:
-    return f"{common.to_float(x):.4e}"
+    return formats.proba(x)
 
 
 def _values(s: dict, step: int) -> tuple[str, list[dict]]:
@@ -233,17 +267,18 @@ def _values(s: dict, step: int) -> tuple[str, list[dict]]:
 
 
 def render(inputs: common.Inputs) -> None:
-    st.header("Figure 5.7, step by step", anchor=False)
+    lesson_nav.open_view("figure-5-7", inputs)
     with common.friendly_errors():
         s = common.summary(inputs)
         if not inputs.presentation:
             common.metrics(s)
         _advance()
-        step = st.select_slider(
+        left, right = st.columns([2, 3], vertical_alignment="bottom")
+        step = left.select_slider(
             "Step", options=list(range(1, len(STEPS) + 1)), key="step", bind="query-params"
         )
         playing = bool(st.session_state.get("playing"))
-        with st.container(horizontal=True):
+        with right.container(horizontal=True):
             # PageUp / PageDown: what a presentation clicker sends.
             # Fixed keys: a button keeps its identity (and the keyboard focus) when its label
             # or state changes.
@@ -271,22 +306,33 @@ def render(inputs: common.Inputs) -> None:
                 icon=":material/pause:" if playing else ":material/play_arrow:",
                 shortcut="P",
                 key="step_play",
+                help=f"One step every {PLAY_SECONDS:g} s",
             )
 
         style.html_block(diagram(s, step))
-        key, title, code = STEPS[step - 1]
-        st.subheader(f"Step {step} of {len(STEPS)}: {title}", anchor=False)
+        key, title, _ = STEPS[step - 1]
         description = a11y.describe_step(s, step)
         a11y.announce(f"Step {step} of {len(STEPS)}: {title}. {description}")
-        st.code(code, language="python")
-        st.markdown(EXPLAIN[step - 1])
-        if step == len(STEPS):
-            c1, c2 = st.columns(2)
-            c1.metric("neg_avg_log_probas (by hand)", common.num(s["neg_avg_log_probas"]))
-            c2.metric("Loss (cross entropy)", common.num(s["loss"]), help="torch.nn.functional.cross_entropy")
-        common.chart(figure(s, step), f"figure-5-7-step{step}-{key}", inputs.presentation, description)
+        # Code and words beside the chart: on a projector the chart starts on the first screen.
+        code_col, chart_col = st.columns([2, 3])
+        with code_col:
+            st.subheader(f"Step {step} of {len(STEPS)}: {title}", anchor=False)
+            st.code(step_code(s, step), language="python")
+            st.markdown(EXPLAIN[step - 1])
+            if step == len(STEPS):
+                c1, c2 = st.columns(2)
+                c1.metric("neg_avg_log_probas (by hand, naive)", common.num(s["neg_avg_log_probas"]))
+                c2.metric(
+                    "F.cross_entropy (stable)",
+                    common.num(s["loss"]),
+                    help="torch.nn.functional.cross_entropy: log-sum-exp on the logits, never log(0)",
+                )
+        with chart_col:
+            common.chart(figure(s, step), f"figure-5-7-step{step}-{key}", inputs.presentation, description)
         text, rows = _values(s, step)
         st.code(text, language="text")
+        if step >= 4:
+            surprisal.section(s, inputs.presentation, f"figure-5-7-step{step}-surprisal")
         if not inputs.presentation:
             with st.expander("All values of this batch"):
                 st.dataframe(rows, hide_index=True)
@@ -294,7 +340,7 @@ def render(inputs: common.Inputs) -> None:
                 "figure-5-7",
                 rows,
                 {
-                    "steps": [list(x) for x in STEPS],
+                    "steps": [[k, t, step_code(s, n)] for n, (k, t, _) in enumerate(STEPS, 1)],
                     **{
                         k: s[k]
                         for k in (
@@ -309,6 +355,8 @@ def render(inputs: common.Inputs) -> None:
                     "positions": rows,
                 },
             )
+        lesson_nav.try_this("figure-5-7")
+    lesson_nav.footer("figure-5-7")
 
     if st.session_state.get("playing"):
         time.sleep(PLAY_SECONDS)

@@ -22,6 +22,7 @@ class View:
     path: str  # the URL path: shared links depend on it, so it never changes
     question: str  # the one sentence a view opens with
     minutes: int = 0  # the lesson views: about how long each takes
+    gist: str = ""  # the lesson views: what the start page says each one shows, in a few words
     extends: str = ""  # the extra views: which book section or idea they build on
     try_this: str = ""  # a small thing to change and what to watch
 
@@ -40,6 +41,7 @@ LESSON = [
         ":material/token:",
         "tokens",
         "How does a text become the inputs the model reads and the targets it is scored on?",
+        gist="text → tokens → inputs and targets",
         minutes=3,
         try_this="Try: type your own sentence in the sidebar; each token is the target of the one before.",
     ),
@@ -49,6 +51,7 @@ LESSON = [
         ":material/bar_chart:",
         "probabilities",
         "How much probability does the model give the token that actually comes next?",
+        gist="the probability of each actual next token",
         minutes=4,
         try_this="Try: pick another position, then lower the temperature and watch the favourite's bar grow.",
     ),
@@ -58,6 +61,7 @@ LESSON = [
         ":material/footprint:",
         "figure-5-7",
         "How do those probabilities become one number, the loss, in six steps?",
+        gist="six steps from probabilities to one loss",
         minutes=6,
         try_this="Try: raise the temperature and watch the dots move toward the uniform line at 10.82.",
     ),
@@ -67,6 +71,7 @@ LESSON = [
         ":material/functions:",
         "cross-entropy",
         "Why does PyTorch's cross_entropy give the same number, and what does perplexity say about it?",
+        gist="the built-in loss, perplexity, and why −ln p",
         minutes=4,
         try_this="Try: set the temperature to 0.01; the six steps by hand break while cross_entropy holds.",
     ),
@@ -76,6 +81,7 @@ LESSON = [
         ":material/dataset:",
         "dataset",
         "What is the loss over a whole text, split into training and validation data?",
+        gist="a whole book's training and validation loss",
         minutes=4,
         try_this="Try: compute The Verdict's losses, then change the train ratio and see both numbers move.",
     ),
@@ -85,6 +91,7 @@ LESSON = [
         ":material/model_training:",
         "training",
         "What happens to the loss when the model is trained on that text?",
+        gist="the loss falling as the model learns",
         minutes=6,
         try_this="Try: start the quick run and watch the training loss fall below the uniform 10.82.",
     ),
@@ -196,9 +203,27 @@ def book_notice(inputs) -> None:
         )
 
 
+_SCROLL_TOP_JS = """<script>/* %s */
+for (const e of document.querySelectorAll('[data-testid="stMain"], [data-testid="stAppViewContainer"]'))
+  e.scrollTop = 0;
+window.scrollTo(0, 0);</script>"""
+
+
+def scroll_to_top(path: str) -> None:
+    """A Next link clicked at the bottom of one view opens the next one at its top, not at the
+    old scroll position (Streamlit keeps the scroll of the main area across pages)."""
+    if st.session_state.get("_ll_view") == path:
+        return
+    n = st.session_state["_ll_views_opened"] = st.session_state.get("_ll_views_opened", 0) + 1
+    st.session_state["_ll_view"] = path
+    with st.container(key="ll_scroll_top"):  # hidden by components/style.py; the script still runs
+        st.html(_SCROLL_TOP_JS % f"{path} {n}", unsafe_allow_javascript=True)
+
+
 def open_view(path: str, inputs=None) -> None:
     """A view's heading, its question, the book section it extends, and the book notice."""
     v = view(path)
+    scroll_to_top(path)
     st.header(v.title, anchor=False)
     st.markdown(f"*{v.question}*")
     if v.extends:

@@ -55,7 +55,8 @@ def render(inputs: common.Inputs) -> None:
     lesson_nav.open_view("probabilities", inputs)
     with common.friendly_errors():
         s = common.summary(inputs)
-        common.metrics(s)
+        if not inputs.presentation:  # on a projector the target's own numbers are the view
+            common.metrics(s)
         options = [(r, i) for r, t in enumerate(s["texts"]) for i in range(len(t["positions"]))]
         r, i = st.selectbox(
             "Position",

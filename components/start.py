@@ -8,30 +8,27 @@ from components import common, lesson_nav
 
 
 def render(inputs: common.Inputs) -> None:
+    lesson_nav.scroll_to_top("start")
     st.header("LossLens: how a language model's loss is computed", anchor=False)
     st.markdown(f"*{lesson_nav.view('start').question}*")
     with common.friendly_errors():
         lesson_nav.book_notice(inputs)
         st.markdown(
-            "Section 5.1 of *Build a Large Language Model (From Scratch)* scores an untrained GPT-2 "
-            "on two short texts and gets one number, the **loss**. This lesson rebuilds that number "
-            "from the text, one idea per view, with the real model:"
+            "Section 5.1 of *Build a Large Language Model (From Scratch)* scores an untrained GPT-2 on "
+            "two short texts and gets one number, the **loss**. You rebuild it with the real model, "
+            f"in {len(lesson_nav.LESSON) - 1} views and about **{lesson_nav.lesson_minutes()} minutes**:"
         )
-        steps = "\n".join(
-            f"{n}. **{v.title}** (about {v.minutes} min): {v.question}"
-            for n, v in enumerate(lesson_nav.LESSON[1:], 1)
-        )
-        st.markdown(steps)
-        st.markdown(
-            f"About **{lesson_nav.lesson_minutes()} minutes** in all. Each view ends with a "
-            "**Next** link; the sidebar holds the texts, the model and the temperature, and "
-            "*Beyond the book* has six more views for later."
+        views = enumerate(lesson_nav.LESSON[1:], 1)
+        st.markdown("\n".join(f"{n}. **{v.title}** · {v.minutes} min · {v.gist}" for n, v in views))
+        if st.button(f"Begin: {lesson_nav.LESSON[1].title} →", type="primary", key="begin"):
+            st.switch_page(lesson_nav.LESSON[1].file)
+        st.caption(
+            "Each view ends with a Next link (Tab, then Enter). The sidebar holds the texts, the model and "
+            "the temperature; *Beyond the book* has six more views for later."
         )
         s = common.summary(inputs)
         st.markdown("Where the lesson ends up, for the texts in the sidebar:")
         common.metrics(s)
-        if st.button("Begin the lesson: Tokens →", type="primary", key="begin"):
-            st.switch_page(lesson_nav.LESSON[1].file)
     lesson_nav.footer("start")
 
 

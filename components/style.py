@@ -99,6 +99,15 @@ ol.ll-flow{display:flex;flex-wrap:nowrap;align-items:stretch;gap:4px 22px;margin
    unreadable at 200 % zoom). */
 [data-testid="stCode"] pre,[data-testid="stCode"] pre code{white-space:pre-wrap!important;
   overflow-wrap:anywhere}
+/* A metric's label and value wrap instead of ending in an ellipsis ("Loss (cross entro…", "10.…"). */
+[data-testid="stMetricLabel"], [data-testid="stMetricLabel"] *, [data-testid="stMetricValue"],
+[data-testid="stMetricValue"] *{white-space:normal!important;overflow:visible!important;
+  text-overflow:clip!important}
+[data-testid="stMetricValue"]{overflow-wrap:anywhere;line-height:1.15}
+.st-key-ll_scroll_top{display:none!important}
+/* Model names wrap in the sidebar's pickers instead of ending cut off. */
+[data-testid="stSidebar"] [data-baseweb="select"] div{white-space:normal!important;overflow:visible!important;
+  text-overflow:clip!important}
 /* prefers-reduced-motion: no animation anywhere; Play still changes the step, without transitions. */
 @media (prefers-reduced-motion: reduce){*,*::before,*::after{animation-duration:0s!important;
   animation-iteration-count:1!important;transition-duration:0s!important;transition-delay:0s!important;
@@ -109,8 +118,9 @@ ol.ll-flow{display:flex;flex-wrap:nowrap;align-items:stretch;gap:4px 22px;margin
 _PRESENTATION_CSS = """
 <style>
 html, body, [data-testid="stAppViewContainer"] {font-size: 22px;}
-[data-testid="stMetricValue"] {font-size: 3.2rem !important;}
-[data-testid="stMetricLabel"] p {font-size: 1.25rem !important;}
+[data-testid="stMetricValue"] {font-size: 2.4rem !important;}
+[data-testid="stMetricLabel"] p {font-size: 1.1rem !important;}
+[data-testid="stMainBlockContainer"] h2 {font-size: 1.9rem !important; padding-top: 0 !important;}
 /* Less chrome, but the button that reopens the collapsed sidebar stays (it lives in the header). */
 [data-testid="stHeader"] {background: transparent !important;}
 [data-testid="stMainMenu"], [data-testid="stToolbarActions"], [data-testid="stStatusWidget"],

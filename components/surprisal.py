@@ -50,11 +50,9 @@ def figure(s: dict) -> go.Figure:
     fig.add_scatter(
         x=[uniform],
         y=[math.log(v)],
-        mode="markers+text",
-        name=f"uniform guess 1/{v:,}",
+        mode="markers",
+        name=f"uniform guess 1/{v:,}: −ln p = {math.log(v):.2f}",
         marker=dict(symbol="diamond", size=15, color="#111111"),
-        text=[f"uniform 1/{v:,}: −ln p = {math.log(v):.2f}"],
-        textposition="middle right",
         hoverinfo="skip",
     )
     fig.add_hline(y=math.log(v), line_dash="dot", line_color="#666666")
@@ -64,7 +62,7 @@ def figure(s: dict) -> go.Figure:
             line_color=common.ACCENT,
             line_width=2,
             annotation_text=f"loss = mean = {s['loss']:.4f}",
-            annotation_position="bottom left",
+            annotation_position="top right",
             annotation_font_color=common.ACCENT_TEXT,
         )
     fig.update_xaxes(
@@ -75,9 +73,8 @@ def figure(s: dict) -> go.Figure:
     fig.update_yaxes(title="surprisal −ln p (nats)", rangemode="tozero")
     fig.update_layout(
         height=380,
-        title="Loss is the mean surprisal: −ln p of each target",
-        legend=dict(orientation="h", yanchor="bottom", y=1.02, x=0, title_text=""),
-        margin=dict(t=80),
+        legend=dict(orientation="h", yanchor="bottom", y=1.0, x=0, title_text=""),
+        margin=dict(t=60),
     )
     return fig
 
@@ -107,6 +104,7 @@ def intuition(s: dict) -> str:
 
 def section(s: dict, presentation: bool, filename: str) -> None:
     st.markdown(intuition(s))
+    st.markdown("**Loss is the mean surprisal: −ln p of each target**")
     description = (
         f"Surprisal −ln p falls from left to right as the target's probability rises to 1. "
         f"{len(targets(s))} targets are drawn on the curve; the uniform guess is at "
