@@ -127,3 +127,76 @@ def test_compare_reuses_the_dataset_views_result_for_a_trained_model(verdict_pat
     rows = at.dataframe[-1].value.to_dict("records")
     assert rows[0]["validation loss"] == pytest.approx(float(val), abs=5e-5)
     assert "note" not in rows[0] or rows[0]["note"] != "not computed yet"
+
+
+def test_a_preset_too_big_for_the_servers_limit_is_offered_disabled_with_the_reason(monkeypatch):
+    """A hosted demo's 2.7 GB beside a server of 1.1 GB: the book preset (its training process
+    measured at 3.6 GB) cannot start, nor can its time estimate (real steps); the quick one can."""
+    from core.memory import LIMIT_ENV, tree_rss
+
+    at = page("training")  # the server's model is loaded: then 1.6 GB are left under the limit
+    monkeypatch.setenv(LIMIT_ENV, f"{tree_rss() // 2**20 + 1600}MB")
+    at.run()
+    assert "book (124M, section 5.2) · too big for this server" in at.radio(key="train_preset").options
+    assert not at.button(key="train_start").disabled and not at.button(key="train_estimate").disabled
+    at.radio(key="train_preset").set_value("book").run()
+    assert not at.exception, at.exception
+    assert at.button(key="train_start").disabled and at.button(key="train_estimate").disabled
+    assert "Training the book preset needs about 3.6 GB of RAM at its peak" in text_of(at)
+    assert "LOSSLENS_MEMORY_LIMIT" in text_of(at) and "python -m core train --preset book" in text_of(at)
+    captions = " ".join(c.value for c in at.caption)
+    assert "needs about 3.6 GB of RAM at its peak" in captions and "3.0 GB" not in captions
+    assert "_train_run" not in at.session_state
+
+
+def test_a_run_stopped_after_one_step_says_so_and_keeps_its_preset():
+    """ "Stopped after 1 step" (not "1 steps"), and the page comes back on the preset, epochs and
+    name that ran, not on the quick preset's defaults."""
+    at = page("training")
+    at.radio(key="train_preset").set_value("book").run()
+    at.number_input(key="train_epochs_book").set_value(3).run()
+    at.text_input(key="train_name_book").set_value("one-step-book").run()
+    at.button(key="train_start").click().run()
+    assert not at.exception, at.exception
+    run = at.session_state["_train_run"]
+    at.button(key="train_stop").click().run()  # asked before its first step ends: it stops after it
+    run.join(TIMEOUT)
+    at.run()
+    assert not at.exception, at.exception
+    assert run.snapshot()["step"] == 1
+    assert "Stopped after 1 step and saved" in text_of(at)
+    assert at.radio(key="train_preset").value == "book"
+    assert at.number_input(key="train_epochs_book").value == 3
+    assert at.text_input(key="train_name_book").value == "one-step-book"
+
+
+def _restarted(run_name: str) -> AppTest:
+    """The training page as a page that reconnects after a server restart opens it: its address
+    still names the run, and the new server holds no run and no session."""
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=TIMEOUT)
+    at.query_params["run"] = run_name
+    at.switch_page("components/training.py").run()
+    assert not at.exception, at.exception
+    return at
+
+
+def test_after_a_restart_a_run_never_saved_is_said_to_be_lost():
+    at = _restarted("never-saved")
+    assert "the run was lost before its first save. Start it again with Train." in text_of(at)
+    assert "run" not in at.query_params  # said once: a later reload does not say it again
+
+
+def test_after_a_restart_a_run_with_a_save_offers_to_resume_it(verdict_path):
+    from core.presets import get_preset
+
+    run_training(
+        get_preset("quick", num_epochs=3),
+        verdict_path.read_text(encoding="utf-8"),
+        "was-resumed",
+        should_stop=lambda: True,  # stopped after its first step, saved: the run that resumed it was lost
+        log=None,
+    )
+    at = _restarted("was-resumed")
+    assert "Its last save, after 1 step, can be resumed: press Resume." in text_of(at)
+    assert at.text_input(key="train_name_quick").value == "was-resumed"
+    assert not at.button(key="train_resume").disabled
