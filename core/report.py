@@ -107,11 +107,13 @@ def step_code(s: dict, step: int) -> str:
         return "probas = torch.softmax(logits, dim=-1)"
     if step == 3:
         lines = []
+        width = s["shapes"]["targets"][1]
         for k, text in enumerate(texts):
+            n = len(text["positions"])
+            # A shorter text of a ragged batch: its own positions, not the padding after them.
+            row = "targets[text_idx]" if n == width else f"targets[text_idx, :{n}]"
             lines.append(f"text_idx = {k}")
-            lines.append(
-                f"{names[k]} = probas[text_idx, {_positions_code(len(text['positions']))}, targets[text_idx]]"
-            )
+            lines.append(f"{names[k]} = probas[text_idx, {_positions_code(n)}, {row}]")
         return "\n".join(lines)
     if step == 4:
         if len(names) == 1:

@@ -154,7 +154,7 @@ def test_step_buttons_and_slider(model):
     assert at.select_slider(key="step").value == 3
     at.select_slider(key="step").set_value(6).run()
     result = compute_loss(model, BOOK_TEXTS)
-    assert metric(at, "neg_avg_log_probas (by hand)") == f"{float(result.neg_avg_log_probas):.4f}"
+    assert metric(at, "neg_avg_log_probas (by hand, naive)") == f"{float(result.neg_avg_log_probas):.4f}"
     assert [b.label for b in at.button][:3] == ["Previous", "Next", "Play"]
     assert at.button[1].disabled
 
@@ -230,15 +230,15 @@ def test_special_tokens_emoji_and_markup_are_shown_literally(model):
 def test_cross_entropy_view_compares_manual_and_builtin(model):
     at = app("cross_entropy")
     result = compute_loss(model, BOOK_TEXTS)
-    assert metric(at, "Six steps by hand") == f"{float(result.neg_avg_log_probas):.4f}"
-    assert metric(at, "F.cross_entropy") == f"{float(result.loss):.4f}"
+    assert metric(at, "Six steps by hand (naive)") == f"{float(result.neg_avg_log_probas):.4f}"
+    assert metric(at, "F.cross_entropy (stable)") == f"{float(result.loss):.4f}"
     shapes = " ".join(c.value for c in at.code)
     assert "[2, 3, 50257]  ->  logits_flat:  [6, 50257]" in shapes
     assert "[2, 3]        ->  targets_flat: [6]" in shapes
     low = compute_loss(model, BOOK_TEXTS, temperature=0.001)
     assert math.isinf(float(low.neg_avg_log_probas))
-    assert metric(at, "By hand, T = 0.001") == "∞"
-    assert metric(at, "F.cross_entropy, T = 0.001") == f"{float(low.loss):.4f}"
+    assert metric(at, "By hand (naive), T = 0.001") == "∞"
+    assert metric(at, "F.cross_entropy (stable), T = 0.001") == f"{float(low.loss):.4f}"
 
 
 def test_dataset_view_on_the_verdict_gives_the_books_losses():
@@ -407,7 +407,7 @@ def test_underflow_at_low_temperature_is_drawn_not_crashed():
         assert not at.exception and not at.error, step
         for spec in (e.proto.spec for e in at.get("plotly_chart")):
             json.loads(spec, parse_constant=strict)
-    assert metric(at, "neg_avg_log_probas (by hand)") == "∞"
+    assert metric(at, "neg_avg_log_probas (by hand, naive)") == "∞"
 
 
 @pytest.mark.parametrize(

@@ -253,3 +253,77 @@ def test_cli_json_has_the_lesson_numbers(model, monkeypatch, capsys, book):
         "Infinity" not in out
         and json.loads(out)["lessons"]["units"]["batch"]["perplexity_per_token"] == "inf"
     )
+
+
+# --- figure 5.7's code, written for the batch -----------------------------------------------
+
+NINE_TOKENS = "the cat sat on the mat and the dog"
+RAGGED = ["Hi there", "The quick brown fox", "every effort moves you today"]
+
+
+def _run_steps(model, texts, temperature=1.0):
+    """The six steps' code as the app prints it for `texts`, run on the real model: it must give
+    compute_loss's own numbers, so the listing cannot drift from what it claims to compute."""
+    from core.report import step_code, summarize
+
+    result = compute_loss(model, texts, temperature=temperature)
+    s = summarize(result)
+    code = "\n".join(step_code(s, k) for k in range(1, 7))
+    scope = {"torch": torch, "model": model, "inputs": result.batch.inputs, "targets": result.batch.targets}
+    exec(code, scope)
+    return s, code, scope, result
+
+
+def test_step_code_for_one_text_of_nine_tokens(model, tokenizer):
+    assert len(tokenizer.encode(NINE_TOKENS)) == 9
+    s, code, scope, result = _run_steps(model, [NINE_TOKENS])
+    assert "probas[text_idx, [0, 1, 2, 3, 4, 5, 6, 7], targets[text_idx]]" in code
+    assert "target_probas_2" not in code and "torch.cat" not in code
+    assert "log_probas = torch.log(target_probas_1)" in code
+    assert "/ temperature" not in code
+    assert float(scope["neg_avg_log_probas"]) == pytest.approx(float(result.neg_avg_log_probas), abs=1e-6)
+
+
+def test_step_code_for_a_ragged_batch_of_three_texts_at_temperature_2(model, tokenizer):
+    lengths = [len(tokenizer.encode(t)) - 1 for t in RAGGED]
+    assert len(set(lengths)) == 3  # ragged: each text its own number of positions
+    s, code, scope, result = _run_steps(model, RAGGED, temperature=2.0)
+    for k, n in enumerate(lengths):
+        row = "targets[text_idx]" if n == max(lengths) else f"targets[text_idx, :{n}]"
+        line = f"target_probas_{k + 1} = probas[text_idx, {list(range(n))}, {row}]"
+        assert f"text_idx = {k}\n{line}" in code
+    assert "torch.log(torch.cat((target_probas_1, target_probas_2, target_probas_3)))" in code
+    assert "temperature = 2\n" in code and "logits = model(inputs) / temperature" in code
+    torch.testing.assert_close(scope["log_probas"], result.log_probas, rtol=0, atol=1e-5)
+    assert float(scope["neg_avg_log_probas"]) == pytest.approx(float(result.neg_avg_log_probas), abs=1e-6)
+
+
+def test_step_code_of_the_book_example_is_the_books_listing(model):
+    from core.report import STEPS
+
+    s, code, scope, _ = _run_steps(model, BOOK_TEXTS)
+    assert "target_probas_1 = probas[text_idx, [0, 1, 2], targets[text_idx]]" in code
+    assert STEPS[3][2] in code  # log_probas = torch.log(torch.cat((target_probas_1, target_probas_2)))
+    assert f"{float(scope['neg_avg_log_probas']):.4f}" == "10.7940"
+
+
+def test_long_texts_index_their_positions_with_range(model):
+    text = " ".join(["word"] * 12)
+    _, code, scope, result = _run_steps(model, [text])
+    assert "probas[text_idx, list(range(11)), targets[text_idx]]" in code
+    assert float(scope["neg_avg_log_probas"]) == pytest.approx(float(result.neg_avg_log_probas), abs=1e-6)
+
+
+# --- what differs from the book's example -----------------------------------------------------
+
+
+def test_book_differences_name_each_change():
+    from core.report import book_differences
+
+    assert book_differences("untrained-124m", 123, BOOK_TEXTS, 1.0) == []
+    diffs = book_differences("untrained-124m", 124, ["my text"], 2.0)
+    assert diffs[0] == "seed 124 (the book: 123)"
+    assert diffs[1] == "temperature 2 (the book: 1)"
+    assert diffs[2].startswith("other texts")
+    (other,) = book_differences("gpt2-124m", 123, BOOK_TEXTS, 1.0)
+    assert other.startswith("another model (")
