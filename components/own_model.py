@@ -194,6 +194,8 @@ def panel(sb) -> None:
         box.warning("Choose a file first" + (", or type its path." if path_allowed() else "."))
         return
     source, name = (up.getvalue(), up.name) if up is not None else (path, None)
+    # Whatever happens, the next run draws a fresh uploader: Streamlit then drops this file's bytes.
+    st.session_state[_UPLOADS] = generation + 1
     # The previous model goes first: two models are never held at once for one visitor.
     st.session_state.pop(_SESSION, None)
     release_free_memory()
@@ -214,5 +216,4 @@ def panel(sb) -> None:
         del source
     st.session_state[_SESSION] = {"own": own, "spec": _spec(own), "on": {"cpu": own.model}}
     st.session_state[_SELECT] = own.key
-    st.session_state[_UPLOADS] = generation + 1  # the old uploader goes, and with it the file's bytes
     st.rerun()

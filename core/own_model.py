@@ -397,8 +397,9 @@ def _check_finite(items, name: str) -> None:
         if t.is_floating_point() and not bool(torch.isfinite(t).all()):
             nan = int(torch.isnan(t).sum())
             count = nan or int(torch.isinf(t).sum())
+            values = f"{count:,} value{'s' if count > 1 else ''}"
             raise WeightsError(
-                f"{name} has {'NaN' if nan else 'infinite'} weights ({k}: {count:,} values): "
+                f"{name} has {'NaN' if nan else 'infinite'} weights ({k}: {values}): "
                 "training diverged before it was saved (a learning rate too high?). "
                 "Load an earlier checkpoint."
             )

@@ -244,7 +244,7 @@ def bad_files(small, folder):
     add("width.pth", sd, r"fit no GPT: pos_emb\.weight is \(64, 10\)")
     sd = _state(small)
     sd["trf_blocks.1.att.W_key.weight"][3, 5] = float("nan")
-    add("nan.pth", sd, r"NaN weights \(trf_blocks\.1\.att\.W_key\.weight: 1 values\)")
+    add("nan.pth", sd, r"NaN weights \(trf_blocks\.1\.att\.W_key\.weight: 1 value\)")
     return out
 
 
