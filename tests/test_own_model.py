@@ -414,3 +414,48 @@ def test_app_bad_file_gives_a_message_and_keeps_serving(loopback_app, bad):
     assert "Load your model first" in " ".join(e.value for e in at.error)
     at.selectbox(key="model").set_value("untrained-124m").run()
     assert _metric(at, "Loss (cross entropy)") == "10.7940"
+
+
+def test_shared_server_offers_a_small_upload_and_no_path(app_env, monkeypatch):
+    """LOSSLENS_SHARED=1: even on loopback, no path field (it would read the server's disk), the
+    config's small cap stays, and the panel says why."""
+    from streamlit import config as st_config
+    from streamlit.testing.v1 import AppTest
+
+    monkeypatch.setenv("LOSSLENS_SHARED", "1")
+    before = (st_config.get_option("server.address"), st_config.get_option("server.maxUploadSize"))
+    st_config.set_option("server.address", "127.0.0.1")
+    st_config.set_option("server.maxUploadSize", 20)
+    try:
+        at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=180)
+        at.run()
+        at.selectbox(key="model").set_value("own:load").run()
+        assert not at.exception, at.exception
+        assert not [t for t in at.text_input if t.key == "own_path"]
+        said = " ".join(c.value for c in at.sidebar.caption).replace("\\", "")
+        assert "This server is shared, so uploads stop at 20 MB" in said
+        assert "no path can be typed" in said
+        assert st_config.get_option("server.maxUploadSize") == 20  # not raised for everybody
+    finally:
+        st_config.set_option("server.address", before[0])
+        st_config.set_option("server.maxUploadSize", before[1])
+
+
+def test_local_server_raises_the_upload_cap_and_offers_a_path(loopback_app, monkeypatch):
+    from streamlit import config as st_config
+    from streamlit.testing.v1 import AppTest
+
+    from components.own_model import LOCAL_UPLOAD_MB
+
+    monkeypatch.delenv("LOSSLENS_SHARED", raising=False)
+    before = st_config.get_option("server.maxUploadSize")
+    st_config.set_option("server.maxUploadSize", 20)
+    try:
+        at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=180)
+        at.run()
+        at.selectbox(key="model").set_value("own:load").run()
+        assert [t for t in at.text_input if t.key == "own_path"]
+        # Streamlit checks every upload against the server-wide cap: raised so a 124M file fits.
+        assert st_config.get_option("server.maxUploadSize") == LOCAL_UPLOAD_MB
+    finally:
+        st_config.set_option("server.maxUploadSize", before)
