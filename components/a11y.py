@@ -178,7 +178,7 @@ def figure_rows(fig) -> tuple[str, list[str], list[list[str]]]:
         name = trace.name or f"series {len(columns) + 1}"
         columns.append(name)
         for k, val in zip(keys, values, strict=False):
-            rows.setdefault(_label(k), {})[name] = value(val)
+            rows.setdefault(_label(k) if isinstance(k, str) else value(k), {})[name] = value(val)
     xaxis = (
         fig.layout.yaxis
         if any(getattr(t, "orientation", None) == "h" for t in fig.data)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import plotly.graph_objects as go
 import streamlit as st
 
-from components import a11y, common, store, token_compare, visitor
+from components import a11y, common, lesson_nav, store, token_compare, visitor
 from core.data import LoaderSettings
 from core.errors import LossLensError
 from core.evaluate import evaluate_dataset
@@ -100,7 +100,7 @@ def _dataset_losses(keys: list[str], inputs: common.Inputs) -> None:
 
 
 def render(inputs: common.Inputs) -> None:
-    st.header("Compare models", anchor=False)
+    lesson_nav.open_view("compare", inputs)
     st.caption(
         "The sidebar's texts through each model: the same six steps, side by side. An untrained model "
         "is near the uniform guess (ln 50257 ≈ 10.82); training lowers the loss on text like its corpus."

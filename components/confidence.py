@@ -5,7 +5,7 @@ from __future__ import annotations
 import plotly.graph_objects as go
 import streamlit as st
 
-from components import common, lesson_data, style
+from components import common, lesson_data, lesson_nav, style
 
 # Okabe-Ito, colour-blind safe, in GLTR's order: green (top 10) ... purple (beyond 1000).
 BUCKET_COLOURS = ["#009e73", "#f0e442", "#e69f00", "#cc79a7"]
@@ -85,7 +85,7 @@ def coloured(c: dict) -> str:
 
 
 def render(inputs: common.Inputs) -> None:
-    st.header("Confidence against surprise", anchor=False)
+    lesson_nav.open_view("confidence", inputs)
     st.caption(
         "Entropy −Σ p log p says how spread out a prediction was; surprisal −log p(target) what the loss "
         "charged. The entropy is the surprisal the model expected: points high above the dotted line are "

@@ -20,7 +20,7 @@ def _full(x) -> str:
 def _diff(d) -> str:
     if d is None or isinstance(d, str):
         return common.num(d)
-    return "0 (identical)" if d == 0 else f"{d:+.2e}"
+    return "0 (identical)" if d == 0 else f"{d:+.4e}"
 
 
 def render(inputs: common.Inputs) -> None:

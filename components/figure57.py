@@ -189,7 +189,7 @@ def _log_bars(fig: go.Figure, s: dict, x: list[str], step: int) -> None:
             )
         else:  # no line at infinity (Plotly would draw it slanted near 0): say it in words
             fig.add_annotation(
-                text=f"{name} = {common.num(level)}: a probability rounded to 0 has log −∞",
+                text=f"{name} = {formats.nats(level)}: a probability rounded to 0 has log −∞",
                 xref="paper",
                 yref="paper",
                 x=0.01,

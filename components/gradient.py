@@ -8,7 +8,7 @@ import threading
 import plotly.graph_objects as go
 import streamlit as st
 
-from components import common, lesson_data
+from components import common, lesson_data, lesson_nav
 from core.gradient import BOOK_LR, BOOK_WEIGHT_DECAY, MAX_STEPS, train_steps
 
 
@@ -139,7 +139,7 @@ def _steps(inputs: common.Inputs) -> None:
 
 
 def render(inputs: common.Inputs) -> None:
-    st.header("Gradient and a training step", anchor=False)
+    lesson_nav.open_view("gradient", inputs)
     st.caption(
         "What the loss asks the model to change. The gradient of the mean cross entropy "
         "with respect to one prediction's logits is "

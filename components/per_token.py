@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from components import a11y, common, style
+from components import a11y, common, lesson_nav, style
 
 
 def _colour(x: float, lo: float, hi: float) -> tuple[str, str]:
@@ -45,7 +45,7 @@ def heat(t: dict, lo: float, hi: float, row: int = 0) -> str:
 
 
 def render(inputs: common.Inputs) -> None:
-    st.header("Per-token loss", anchor=False)
+    lesson_nav.open_view("per-token-loss", inputs)
     with common.friendly_errors():
         s = common.summary(inputs)
         common.metrics(s)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import plotly.graph_objects as go
 import streamlit as st
 
-from components import a11y, common, lesson_nav, style
+from components import a11y, common, formats, lesson_nav, style
 
 
 def _plot_label(piece: str, token_id: int) -> str:
@@ -35,14 +35,15 @@ def figure(p: dict, temperature: float) -> go.Figure:
             marker_color=colors,
             customdata=hover,
             hovertemplate="%{y}<br>%{customdata}<extra></extra>",
-            text=[common.proba(v) for v in values],
+            text=formats.distinct(values),
             textposition="auto",
         )
     )
     fig.update_yaxes(autorange="reversed", type="category")
     fig.update_xaxes(
         title="probability (softmax over all 50,257 tokens"
-        + (f", temperature {temperature:g})" if temperature != 1 else ")")
+        + (f", temperature {temperature:g})" if temperature != 1 else ")"),
+        **formats.LINEAR_PROBA_AXIS,  # 2.0e-05, never "20μ"
     )
     fig.update_layout(
         height=max(260, 34 * len(labels) + 80),

@@ -27,7 +27,7 @@ def figure(s: dict) -> go.Figure:
     uniform = 1 / v
     dots = targets(s)
     lo = min([uniform / 10] + [p / 3 for _, p, _ in dots])
-    exps = [math.log10(lo) + (0 - math.log10(lo)) * k / 200 for k in range(201)]
+    exps = [math.log10(lo) * (1 - k / 60) for k in range(61)]  # lo .. 1, evenly on the log axis
     xs = [10**e for e in exps]
     fig = go.Figure()
     fig.add_scatter(

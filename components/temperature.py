@@ -7,7 +7,7 @@ import math
 import plotly.graph_objects as go
 import streamlit as st
 
-from components import common, lesson_data
+from components import common, lesson_data, lesson_nav
 
 AXES = ["Loss (nats)", "Perplexity"]
 
@@ -73,7 +73,7 @@ def figure(s: dict, axis: str) -> go.Figure:
 
 
 def render(inputs: common.Inputs) -> None:
-    st.header("Temperature sweep", anchor=False)
+    lesson_nav.open_view("temperature", inputs)
     st.caption(
         "The loss at every temperature from 0.05 to 20, from one forward pass: dividing the logits by T is "
         "all a temperature does. Low T makes the model over-confident (a wrong favourite costs a lot); high "

@@ -6,7 +6,7 @@ import math
 
 import streamlit as st
 
-from components import common, lesson_data
+from components import common, lesson_data, lesson_nav
 
 BASES = ["nats", "bits"]
 
@@ -20,7 +20,7 @@ def _ppl(x) -> str:
 
 
 def render(inputs: common.Inputs) -> None:
-    st.header("Units and averages", anchor=False)
+    lesson_nav.open_view("units", inputs)
     st.caption(
         "One loss, many ways to state it. Every number below is a sum of surprisals −log p (in nats) "
         "divided by what it counts: predicted tokens, characters or bytes."

@@ -16,7 +16,7 @@ PERPLEXITY_DIGITS = 5  # significant digits shown; the JSON keeps every digit
 PERPLEXITY_NOTE = (
     "exp(loss), shown to 5 significant digits. The book prints 48725.8203: a float32 loss holds "
     "about 7 significant digits and its last bit differs between CPUs, and exp turns one bit of "
-    "the loss (about 1e-6) into about ±0.05 of perplexity, so the digits after these 5 vary."
+    "the loss (about a millionth) into about ±0.05 of perplexity, so the digits after these 5 vary."
 )
 # The same reason without the book's number: for any batch that is not the book's example.
 PERPLEXITY_NOTE_GENERAL = (

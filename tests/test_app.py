@@ -438,3 +438,241 @@ def test_a_script_run_counts_as_a_visitors_request_for_training_to_wait_on(monke
     at = app(text="A sentence that no other test typed.")
     assert seen == [1] and count.value == 0  # counted while the run lasted, and not after
     assert not at.error
+
+
+# --- the lesson path, honest labels, one number format -----------------------------------------
+
+
+def _markdown(at: AppTest) -> str:
+    return "\n".join(m.value for m in [*at.markdown, *at.caption])
+
+
+def test_the_start_page_opens_at_root_and_begins_the_lesson():
+    from components import lesson_nav
+
+    at = app()
+    assert at.header[0].value.startswith("LossLens")
+    body = _markdown(at)
+    for n, v in enumerate(lesson_nav.LESSON[1:], 1):
+        assert f"{n}. **{v.title}** · {v.minutes} min" in body
+    assert f"about **{lesson_nav.lesson_minutes()} minutes**" in body
+    assert metric(at, "Loss (cross entropy)") == "10.7940"  # where the lesson ends up
+    at.button(key="begin").click().run()
+    assert not at.exception
+    assert at.header[0].value == "Tokens"
+
+
+LESSON_PAGES = ["start", "tokens", "probabilities", "figure57", "cross_entropy", "dataset"]
+
+
+@pytest.mark.parametrize("n", range(len(LESSON_PAGES)))
+def test_each_lesson_view_asks_its_question_and_links_to_its_neighbours(n):
+    from components import lesson_nav
+
+    at = app(LESSON_PAGES[n])
+    view = lesson_nav.LESSON[n]
+    assert view.file == f"components/{LESSON_PAGES[n]}.py"
+    assert f"*{view.question}*" in [m.value for m in at.markdown][:2]
+    links = [(e.proto.label, e.proto.page) for e in at.get("page_link")]
+    expected = []
+    if n > 0:
+        before = lesson_nav.LESSON[n - 1]  # the start page is the default: its link is "/"
+        expected.append((f"← Previous: {before.title}", "" if n == 1 else before.path))
+    expected.append((f"Next: {lesson_nav.LESSON[n + 1].title} →", lesson_nav.LESSON[n + 1].path))
+    assert links == expected
+
+
+def test_the_lesson_and_the_extras_are_grouped_in_order():
+    from components import lesson_nav
+
+    assert [v.title for v in lesson_nav.LESSON] == [
+        "Start",
+        "Tokens",
+        "Next-token probabilities",
+        "Figure 5.7, step by step",
+        "Cross entropy and perplexity",
+        "Dataset losses (§5.1.3)",
+        "Training (§5.2)",
+    ]
+    # The URL paths of before the grouping still open their views (shared links).
+    paths = {v.path for v in lesson_nav.VIEWS}
+    assert {
+        "tokens",
+        "probabilities",
+        "figure-5-7",
+        "cross-entropy",
+        "per-token-loss",
+        "temperature",
+    } <= paths
+    assert {"units", "confidence", "gradient", "dataset", "training", "compare"} <= paths
+    assert all(v.extends.startswith("§") for v in lesson_nav.EXTRAS)
+
+
+def test_an_extra_view_names_the_book_section_it_extends():
+    at = app("temperature")
+    assert any(c.value.startswith("Beyond the book: extends §5.3.1") for c in at.caption)
+
+
+def test_off_the_book_a_notice_says_what_differs_and_one_button_goes_back(model):
+    at = app("figure57", temperature=2.0, seed=124)
+    notice = next(m.value for m in at.markdown if "Not the book's example" in m.value)
+    assert "seed 124 (the book: 123)" in notice and "temperature 2 (the book: 1)" in notice
+    assert "other texts" not in notice
+    at.button(key="back_to_book").click().run()
+    assert not at.exception
+    assert at.number_input(key="temperature").value == 1.0
+    assert at.number_input(key="seed").value == 123
+    assert at.text_area(key="text").value == "\n".join(BOOK_TEXTS)
+    assert metric(at, "Loss (cross entropy)") == "10.7940"
+    assert not any("Not the book's example" in m.value for m in at.markdown)
+
+
+def test_the_books_printed_perplexity_is_quoted_only_on_the_books_example():
+    at = app("cross_entropy")
+    assert "The book prints 48725.8203" in _markdown(at)
+    set_text(at, "a text of my own, not the book's")
+    assert "48725.8203" not in _markdown(at)
+    assert "Not the book's example" in _markdown(at)
+
+
+def test_step_code_on_the_page_follows_the_batch(model):
+    at = app("figure57", text="the cat sat on the mat and the dog", temperature=2.0, step=1)
+    assert "logits = model(inputs) / temperature" in at.code[0].value
+    at.select_slider(key="step").set_value(3).run()
+    assert "probas[text_idx, [0, 1, 2, 3, 4, 5, 6, 7], targets[text_idx]]" in at.code[0].value
+    at.select_slider(key="step").set_value(4).run()
+    assert at.code[0].value == "log_probas = torch.log(target_probas_1)"
+
+
+def test_step_cards_show_only_the_steps_reached():
+    at = app("figure57", step=1)
+    cards = [b for b in html_bodies(at).split("\n") if "ll-flow" in b]
+    assert cards and cards[0].count("<li") == 1 and "10.7940" not in cards[0]
+    at.select_slider(key="step").set_value(6).run()
+    cards = [b for b in html_bodies(at).split("\n") if "ll-flow" in b]
+    assert cards[0].count("<li") == 6 and "10.7940" in cards[0]
+
+
+def test_the_surprisal_curve_carries_the_batchs_targets_and_the_uniform_guess(model):
+    at = app("cross_entropy")
+    curve = next(s for s in plotly_specs(at) if any("surprisal" in (t.get("name") or "") for t in s["data"]))
+    dots = next(t for t in curve["data"] if t.get("name") == "this batch's targets")
+    result = compute_loss(model, BOOK_TEXTS)
+    probas = result.target_probas[result.batch.mask].tolist()
+    assert sorted(dots["x"]) == pytest.approx(sorted(probas), rel=1e-6)
+    assert sorted(dots["y"]) == pytest.approx(sorted(-math.log(p) for p in probas), rel=1e-6)
+    uniform = next(t for t in curve["data"] if (t.get("name") or "").startswith("uniform guess 1/50,257"))
+    assert uniform["x"] == [pytest.approx(1 / 50257)] and uniform["y"] == [pytest.approx(math.log(50257))]
+    assert curve["layout"]["xaxis"]["type"] == "log"
+    text = _markdown(at)
+    assert "ln(50,257) = 10.82" in text and "confidently wrong" in text and "nearly uniform" in text
+
+
+def test_a_loss_above_the_uniform_guess_says_so(model):
+    at = app("cross_entropy", temperature=0.1)  # a sharpened untrained model: worse than uniform
+    loss = float(compute_loss(model, BOOK_TEXTS, temperature=0.1).loss)
+    assert loss > math.log(50257)
+    text = _markdown(at)
+    assert "above ln(50,257) = 10.82" in text and "more than the 50,257 tokens of the vocabulary" in text
+
+
+_E_NUMBER = re.compile(r"\d(?:\.\d+)?[eE][-+]?\d+")
+_BOOK_E = re.compile(r"^\d\.\d{4}e[-+]\d{2}$")
+
+
+def _rendered_text(at: AppTest) -> list[str]:
+    texts = [e.value for e in [*at.markdown, *at.caption, *at.code]]
+    texts += [f"{m.label} {m.value}" for m in at.metric]
+    # The page's HTML, less its CSS and colours (#d55e00 is no number).
+    html_text = (re.sub(r"<style>.*?</style>", "", e.proto.body, flags=re.S) for e in at.get("html"))
+    texts += [re.sub(r"#[0-9a-fA-F]{3,8}\b", "", h) for h in html_text]
+    for spec in plotly_specs(at):
+        for trace in spec["data"]:
+            for key in ("text", "hovertext", "customdata", "name"):
+                texts.append(json.dumps(trace.get(key), ensure_ascii=False))
+        texts += [str(a.get("text")) for a in spec["layout"].get("annotations", [])]
+    return texts
+
+
+def _probability_axes(spec: dict) -> list[dict]:
+    axes = [v for k, v in spec["layout"].items() if re.fullmatch(r"[xy]axis\d*", k)]
+    # Axes of probabilities (not of log probabilities, which are ordinary numbers of nats).
+    title = lambda a: (a.get("title") or {}).get("text") or ""  # noqa: E731
+    return [a for a in axes if a.get("type") == "log" or re.match(r"(target'?s? )?probability", title(a))]
+
+
+@pytest.mark.parametrize(
+    "page,steps", [("probabilities", [None]), ("figure57", range(1, 7)), ("cross_entropy", [None])]
+)
+def test_every_number_a_lesson_view_renders_follows_the_format_rules(page, steps):
+    at = app(page)
+    for step in steps:
+        if step is not None:
+            at.select_slider(key="step").set_value(step).run()
+        for text in _rendered_text(at):
+            for number in _E_NUMBER.findall(text):
+                assert _BOOK_E.match(number), (page, step, number, text[:200])
+            assert "μ" not in text and not re.search(r"\d\s?%", text), (page, step, text[:200])
+        for spec in plotly_specs(at):
+            for axis in _probability_axes(spec):
+                assert axis.get("exponentformat") == "e", (page, step, axis)
+
+
+def test_two_different_values_never_print_the_same():
+    from components import formats
+
+    assert formats.proba(7.4541e-05) == "7.4541e-05"
+    assert formats.distinct([1.156e-05, 1.034e-05]) == ["1.1560e-05", "1.0340e-05"]
+    assert formats.distinct([1.23456e-05, 1.23457e-05]) == ["1.23456e-05", "1.23457e-05"]
+    assert formats.distinct([0.5, 0.5]) == ["5.0000e-01", "5.0000e-01"]  # equal values may
+
+
+def test_minus_infinity_is_a_hatched_bar_and_no_slanted_line():
+    from components import figure57
+
+    at = app("figure57", temperature=0.001, step=6)
+    s = common_summary(at)
+    fig = figure57.figure(s, 6).to_plotly_json()
+    bars = fig["data"][0]
+    assert all(math.isfinite(y) and y > 0 for y in bars["y"])  # no empty bar standing for ∞
+    inf = [x == "-inf" for x in s["log_probas"]]
+    assert any(inf)
+    assert list(bars["marker"]["pattern"]["shape"]) == ["/" if i else "" for i in inf]
+    assert all(math.isfinite(sh["y0"]) for sh in fig["layout"].get("shapes", []))
+    notes = " ".join(a["text"] for a in fig["layout"]["annotations"])
+    assert "loss by hand (naive) = ∞" in notes and f"F.cross_entropy (stable) = {s['loss']:.4f}" in notes
+    assert metric(at, "neg_avg_log_probas (by hand, naive)") == "∞"
+    assert metric(at, "F.cross_entropy (stable)") == f"{s['loss']:.4f}"
+
+
+def common_summary(at: AppTest) -> dict:
+    from components import common
+
+    texts = tuple(at.text_area(key="text").value.split("\n"))
+    return common.loss_summary(
+        "untrained-124m", 123, texts, 10, float(at.number_input(key="temperature").value)
+    )
+
+
+def test_the_legend_stays_clear_of_the_x_axis_title():
+    from components import figure57
+
+    at = app("figure57", step=2)
+    for step in range(1, 7):
+        legend = figure57.figure(common_summary(at), step).to_plotly_json()["layout"]["legend"]
+        assert legend["y"] >= 1 and legend["yanchor"] == "bottom", step  # above the plot
+
+
+def test_the_load_spinner_speaks_of_a_download_only_for_weights():
+    from components import common
+
+    assert "download" not in common.spinner_text("Building the model for seed 7", seeded=True)
+    assert "download" in common.spinner_text("Loading GPT-2 124M", seeded=False)
+
+
+def test_dataset_progress_counts_each_split_on_its_own():
+    from components.dataset import progress_text
+
+    assert progress_text(1, 10, "train", 9) == "training batches: 1 of 9"
+    assert progress_text(9, 10, "train", 9) == "training batches: 9 of 9"
+    assert progress_text(10, 10, "val", 9) == "validation batches: 1 of 1 (training done)"
