@@ -228,7 +228,10 @@ _MD_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+\-.!|$<>~:&])")
 
 
 def fast_toggle(key: str, device: str) -> bool:
-    """The bfloat16 fast mode, offered only where it is fast; the reason shown where it is not."""
+    """The bfloat16 fast mode, offered only where it is fast; the reason shown where it is not.
+    Not on a projector: hardware notes (bfloat16, CPU features) are for the laptop."""
+    if "_inputs" in st.session_state and current_inputs().presentation:
+        return False
     reason = bf16_unavailable(device)
     fast = st.toggle(
         "Fast mode (bfloat16)",
