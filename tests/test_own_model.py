@@ -392,7 +392,8 @@ def test_app_loads_the_readers_model_for_every_view(loopback_app, small, tokeniz
     expected = compute_loss(own.model, BOOK_TEXTS, 10, 1.0, tokenizer).loss
     assert _metric(at, "Loss (cross entropy)") == f"{expected:.4f}"
     assert any("optimizer" in c.value and "ignored" in c.value for c in at.sidebar.caption)
-    for page in ("figure57", "cross_entropy", "per_token", "units"):
+    pages = ("tokens", "probabilities", "figure57", "cross_entropy", "per_token", "temperature", "units")
+    for page in (*pages, "confidence", "gradient"):
         at.switch_page(f"components/{page}.py").run()
         assert not at.exception and not at.error, (page, at.exception, [e.value for e in at.error])
     at.switch_page("components/compare.py").run()
@@ -402,6 +403,21 @@ def test_app_loads_the_readers_model_for_every_view(loopback_app, small, tokeniz
     assert not at.exception, at.exception
     assert _metric(at, "Your own: model_and_optimizer.pth") == f"{expected:.4f}"
     assert _metric(at, "Untrained GPT-2 124M (book, section 5.1)") == "10.7940"
+    # On The Verdict too, with the book's loaders cut to the model's context (64).
+    at.multiselect(key="cmp_models").set_value([own.key]).run()
+    at.button(key="cmp_dataset").click().run()
+    assert not at.exception, at.exception
+    from core.corpus import load_verdict
+    from core.data import LoaderSettings
+    from core.evaluate import evaluate_dataset
+
+    r = evaluate_dataset(
+        own.model, load_verdict(), LoaderSettings(context_length=64, stride=64), tokenizer=tokenizer
+    )
+    table = at.dataframe[-1].value
+    row = table[table["model"] == "Your own: model_and_optimizer.pth"].iloc[0]
+    assert row["training loss"] == pytest.approx(r.train_loss, abs=1e-6)
+    assert row["validation loss"] == pytest.approx(r.val_loss, abs=1e-6)
 
 
 def test_app_bad_file_gives_a_message_and_keeps_serving(loopback_app, bad):
