@@ -194,7 +194,6 @@ def _start(preset, name: str, resume: bool, device: str) -> None:
     st.session_state["_train_run"] = run
     st.session_state["_train_acknowledged"] = False
     st.session_state.pop("_train_lost", None)
-    st.query_params[RUN_PARAM] = name
     st.rerun()
 
 
@@ -215,7 +214,6 @@ def _reconnected(kept: dict) -> None:
     if run is not None and run.name == name:
         st.session_state["_train_run"] = run
         st.session_state["_train_acknowledged"] = False
-        st.query_params[RUN_PARAM] = name
         return
     going = _slot().run
     if going is not None and going.running and going.name == name:
@@ -259,6 +257,9 @@ def render(inputs: common.Inputs) -> None:
         run: TrainingRun | None = st.session_state.get("_train_run")
         if run is not None and run.running:
             run.touch()
+            if st.query_params.get(RUN_PARAM) != run.name:
+                # Set here, not beside the start's st.rerun(), which can leave the address unchanged.
+                st.query_params[RUN_PARAM] = run.name
             _live(inputs.presentation)
             return
         if st.session_state.get("_train_lost"):

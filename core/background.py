@@ -7,6 +7,7 @@ steps it waits while visitors' requests run; its memory goes back to the system 
 from __future__ import annotations
 
 import multiprocessing
+import multiprocessing.spawn
 import os
 import queue
 import threading
@@ -86,6 +87,28 @@ def peak_rss_mb() -> float:
         return process_rss() / 2**20
 
 
+CHILD_PREFIX = "losslens-"  # the names of this module's child processes
+# The standard function, even when this module is imported again (Streamlit reloads modules).
+_PREPARATION_DATA = getattr(
+    multiprocessing.spawn.get_preparation_data, "__wrapped__", multiprocessing.spawn.get_preparation_data
+)
+
+
+def _preparation_data(name: str) -> dict:
+    """What a spawned child is told to import first, less the parent's main module for this
+    module's children: under `streamlit run` that is the app's script, which would run again in
+    the child, without a session (a warning per Streamlit call) and with a model of its own."""
+    data = _PREPARATION_DATA(name)
+    if name.startswith(CHILD_PREFIX):
+        data.pop("init_main_from_path", None)
+        data.pop("init_main_from_name", None)
+    return data
+
+
+_preparation_data.__wrapped__ = _PREPARATION_DATA
+multiprocessing.spawn.get_preparation_data = _preparation_data
+
+
 def default_threads() -> int:
     """Threads for a training child: all but one core, so visitors keep one to themselves."""
     return max(1, (os.cpu_count() or 2) - 1)
@@ -98,15 +121,6 @@ def _end_with_parent(parent: int) -> None:
     os._exit(1)
 
 
-def _quiet_streamlit() -> None:
-    """The child imports the server's main module (spawn does), Streamlit with it: without a
-    script run, each of its st.cache calls would log "missing ScriptRunContext"."""
-    import logging
-
-    for name in ("streamlit.runtime.scriptrunner_utils.script_run_context", "streamlit"):
-        logging.getLogger(name).setLevel(logging.ERROR)
-
-
 def _child(
     preset, text, name, resume, device, threads, nice, events, stop, parent, foreground, yield_s,
     owner=None, max_steps=None,
@@ -115,7 +129,6 @@ def _child(
     Between steps it waits while visitors are busy (`foreground`, a SharedForeground), at most
     `yield_s`. It stops by itself after `max_steps` steps (None: no cap), saved as a Stop is."""
     threading.Thread(target=_end_with_parent, args=(parent,), daemon=True).start()
-    _quiet_streamlit()
     torch.set_num_threads(threads)
     yield_to_foreground(foreground, yield_s)  # the imports are done; the warm-up and set-up wait too
     w = torch.zeros(1, requires_grad=True)  # AdamW's first step imports torch._dynamo (seconds of CPU):
@@ -163,7 +176,6 @@ def _child(
 def _estimate_child(preset, text, device, threads, nice, events, parent) -> None:
     """The time estimate's process: real training steps, so never in the server's own memory."""
     threading.Thread(target=_end_with_parent, args=(parent,), daemon=True).start()
-    _quiet_streamlit()
     torch.set_num_threads(threads)
     os.nice(max(0, nice - os.nice(0)))
     try:
