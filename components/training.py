@@ -13,7 +13,7 @@ from __future__ import annotations
 import plotly.graph_objects as go
 import streamlit as st
 
-from components import a11y, common, saved_models, visitor
+from components import a11y, common, lesson_nav, saved_models, visitor
 from core.background import RunLimits, TrainingRun, TrainingSlot
 from core.checkpoints import check_name, is_resumable, saved_run
 from core.presets import (
@@ -242,7 +242,7 @@ def _reconnected(kept: dict) -> None:
 
 
 def render(inputs: common.Inputs) -> None:
-    st.header("Training", anchor=False)
+    lesson_nav.open_view("training", inputs)
     st.caption(
         "Section 5.2: `torch.manual_seed(123)`, a fresh `GPTModel`, "
         "AdamW (lr 0.0004, weight decay 0.1 in the "
@@ -383,3 +383,5 @@ def _limits_note() -> str:
 
 if __name__ == "__main__":  # run as a page of app.py's st.navigation
     render(common.current_inputs())
+    lesson_nav.try_this("training")
+    lesson_nav.footer("training")  # after render: it returns early during a live run
