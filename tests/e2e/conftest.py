@@ -127,9 +127,9 @@ def new_page(browser, request):
 
 @pytest.fixture
 def page(new_page, server):
-    """A page of the default server, opened on the app and waited for."""
+    """A page of the default server, opened on the Tokens view (the lesson's first) and waited for."""
     page = new_page()
-    page.goto(server.url)
+    page.goto(f"{server.url}/tokens")
     wait_for_app(page)
     return page
 

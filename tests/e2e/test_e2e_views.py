@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import urllib.parse
 
 import pytest
@@ -21,7 +22,8 @@ from devtools.harness import (
 BOOK_TEXT = "every effort moves you\nI really like chocolate"
 # (URL path, whether the view draws Plotly charts)
 VIEWS = [
-    ("", False),  # Tokens: the default page, at "/"
+    ("", False),  # the start page, at "/": the lesson's plan and the batch's numbers
+    ("tokens", False),
     ("probabilities", True),
     ("figure-5-7", True),
     ("cross-entropy", False),
@@ -184,3 +186,71 @@ def test_downloads_hold_the_values_shown(page):
     data = json.load(open(info.value.path(), encoding="utf-8"))
     assert "every" in json.dumps(data, ensure_ascii=False)
     assert page.locator('[data-testid="stDownloadButtonError"]').count() == 0
+
+
+# --- the lesson, walked by its Next links only -------------------------------------------------
+
+# Each lesson view's key figure: what must start inside the first screen.
+KEY_FIGURE = {
+    "LossLens": 'button:has-text("Begin")',
+    "Tokens": ".ll-shift",
+    "Next-token probabilities": ".js-plotly-plot",
+    "Figure 5.7, step by step": ".js-plotly-plot",
+    "Cross entropy and perplexity": ".js-plotly-plot",
+    "Dataset losses (§5.1.3)": 'button:has-text("Compute")',
+    "Training (§5.2)": '[data-testid="stMainBlockContainer"] button[kind="primary"]',
+}
+# Text cut off: a box narrower than its text (an ellipsis, or text clipped at its edge).
+CUT_OFF_JS = """() => {
+  const cut = [];
+  for (const e of document.querySelectorAll('[data-testid="stMain"] *')) {
+    const cs = getComputedStyle(e);
+    if (!e.offsetParent || !e.textContent.trim() || e.children.length > 0) continue;
+    if (e.closest('.ll-sr') || e.getBoundingClientRect().width <= 2) continue;  // for screen readers only
+    if (e.closest('.js-plotly-plot, [data-testid="stCode"], .ll-tablewrap, [data-testid="stDataFrame"]'))
+      continue;
+    const clips = cs.textOverflow === 'ellipsis' || cs.overflowX === 'hidden' || cs.overflow === 'hidden';
+    if (clips && e.scrollWidth > e.clientWidth + 1) cut.push(e.textContent.trim().slice(0, 60));
+  }
+  // A metric's label and value as wholes: any of their boxes narrower than the text is a cut.
+  for (const e of document.querySelectorAll('[data-testid="stMetricLabel"], [data-testid="stMetricValue"]'))
+    for (const x of [e, ...e.querySelectorAll('*')])
+      if (x.offsetParent && x.scrollWidth > x.clientWidth + 1) cut.push(e.textContent.trim().slice(0, 60));
+  return cut; }"""
+
+
+@pytest.mark.parametrize(
+    "width,height,presentation", [(1280, 720, True), (1440, 900, False)], ids=["projector", "laptop"]
+)
+def test_the_lesson_walks_from_start_to_training_by_next_alone(new_page, server, width, height, presentation):
+    from components.lesson_nav import LESSON
+
+    page = new_page(viewport={"width": width, "height": height})
+    open_url(page, server, "", **({"presentation": "true"} if presentation else {}))
+    titles = ["LossLens", *[v.title for v in LESSON[1:]]]
+    for n, title in enumerate(titles):
+        heading = page.locator('[data-testid="stMainBlockContainer"] h2').first
+        heading.wait_for()
+        assert heading.inner_text().startswith(title), (n, heading.inner_text())
+        key = page.locator(KEY_FIGURE[title]).first
+        key.wait_for()
+        wait_for_app(page)
+        box = key.bounding_box()
+        assert box and 0 <= box["y"] < height, f"{title}: the key figure starts at {box} ({width}x{height})"
+        assert page.evaluate(CUT_OFF_JS) == [], title
+        if presentation:  # the sidebar stays collapsed: the links on the page are the way on
+            assert page.evaluate(
+                """() => { const r = document.querySelector('[data-testid="stSidebar"]')
+                .getBoundingClientRect(); return r.width < 5 || r.right <= 0; }"""
+            )
+        nxt = page.get_by_role("link", name=re.compile("^Next: "))
+        if n + 1 == len(titles):
+            assert nxt.count() == 0
+            assert page.get_by_role("link", name=f"← Previous: {LESSON[-2].title}").count() == 1
+            break
+        assert nxt.count() == 1, title
+        assert nxt.inner_text().strip() == f"Next: {LESSON[n + 1].title} →"
+        nxt.focus()  # by keyboard: Enter on the focused link
+        page.keyboard.press("Enter")
+        wait_for_app(page)
+        assert ("presentation=true" in page.url) == presentation
