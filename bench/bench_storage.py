@@ -93,9 +93,7 @@ def served(cache: Path, **env):
 
 
 def disk_mb(folder: Path) -> float:
-    return (
-        sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) / 1024**2 if folder.exists() else 0.0
-    )
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) / 1e6 if folder.exists() else 0.0
 
 
 def training_page(browser, url: str, name: str):

@@ -11,7 +11,7 @@ from core.registry import trained_key
 
 
 def _mb(n: int) -> str:
-    return f"{n / 1024**2:,.0f} MB" if n >= 1024**2 else f"{n / 1024**2:.1f} MB"
+    return f"{n / checkpoints.MB:,.0f} MB" if n >= checkpoints.MB else f"{n / checkpoints.MB:.1f} MB"
 
 
 def storage_problem(owner: str | None) -> str | None:

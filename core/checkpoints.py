@@ -98,8 +98,9 @@ MAX_MB_ENV, MAX_COUNT_ENV, RESERVE_MB_ENV = (
 )
 # Community Cloud's disk is small and ephemeral: a shared server keeps 2 GB of models (a dozen
 # quick runs, or one stopped book run); a local server keeps what a person is likely to want.
-SHARED_DEFAULTS = (2048, 50)
-LOCAL_DEFAULTS = (50 * 1024, 1000)
+SHARED_DEFAULTS = (2000, 50)
+LOCAL_DEFAULTS = (50_000, 1000)
+MB = 1_000_000  # sizes are decimal megabytes, as `df -H` and a file manager show them
 HEADER_BYTES = 256 * 1024  # a save's JSON descriptions (losses, samples) beside its tensors
 RESERVE_MB = 64  # left free on the disk after a save, for the logs and the server's own files
 
@@ -123,15 +124,15 @@ def quota() -> tuple[int, int]:
     from .deployment import shared_server
 
     mb, count = SHARED_DEFAULTS if shared_server() else LOCAL_DEFAULTS
-    return int(_env_number(MAX_MB_ENV, mb) * 1024**2), int(_env_number(MAX_COUNT_ENV, count))
+    return int(_env_number(MAX_MB_ENV, mb) * MB), int(_env_number(MAX_COUNT_ENV, count))
 
 
 def _reserve_bytes() -> int:
-    return int(_env_number(RESERVE_MB_ENV, RESERVE_MB) * 1024**2)
+    return int(_env_number(RESERVE_MB_ENV, RESERVE_MB) * MB)
 
 
 def _mb(n: float) -> str:
-    return f"{n / 1024**2:,.0f} MB" if n >= 1024**2 else f"{n / 1024**2:.1f} MB"
+    return f"{n / MB:,.0f} MB" if n >= MB else f"{n / MB:.1f} MB"
 
 
 def parameter_count(cfg: dict) -> int:

@@ -223,7 +223,7 @@ def test_the_size_quota_bounds_repeated_saves(cache, monkeypatch):
     one = _save("probe").stat().st_size + resume_path("probe").stat().st_size
     delete_model("probe")
     limit = 3.5 * one + checkpoints.HEADER_BYTES  # a save counts its JSON headers' room too
-    monkeypatch.setenv("LOSSLENS_MODELS_MAX_MB", str(limit / 1024**2))
+    monkeypatch.setenv("LOSSLENS_MODELS_MAX_MB", str(limit / 1e6))
     for i in range(12):  # train-then-stop, again and again
         _save(f"run-{i}", owner=A)
         assert sum(u.bytes for u in saved_units()) <= limit
@@ -257,7 +257,7 @@ def test_quota_settings_that_are_not_numbers_say_so(monkeypatch):
 def test_a_shared_server_has_the_smaller_default_quota(monkeypatch):
     local = checkpoints.quota()
     monkeypatch.setenv("LOSSLENS_SHARED", "1")
-    assert checkpoints.quota() == (2048 * 1024**2, 50) and local[0] > checkpoints.quota()[0]
+    assert checkpoints.quota() == (2000 * 10**6, 50) and local[0] > checkpoints.quota()[0]
 
 
 def test_delete_removes_the_whole_unit_and_only_the_owners(cache):
