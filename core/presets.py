@@ -241,7 +241,8 @@ def describe_estimate(e: dict) -> str:
     """One sentence for the app and the CLI alike."""
     book = " (the book: about 5 min for 10 epochs on an M3 MacBook Air)" if e["preset"] == "book" else ""
     return (
-        f"Measured on this machine ({e['threads']} threads): {e['step_s']:.2f} s per training step, "
+        f"Measured on this machine ({e['threads']} thread{'' if e['threads'] == 1 else 's'}): "
+        f"{e['step_s']:.2f} s per training step, "
         f"{e['steps_per_epoch']} steps per epoch → about {e['epoch_s']:.0f} s per epoch, "
         f"{e['total_s'] / 60:.1f} min for {e['num_epochs']} epochs with evaluations and samples{book}."
     )

@@ -175,3 +175,12 @@ def test_a_run_that_would_not_fit_under_the_limit_starts_no_child(text, monkeypa
     with pytest.raises(InvalidParameterError, match="Training the book preset needs about 3.6 GB of RAM"):
         slot.estimate(PRESETS["book"], text)
     assert set(_children()) == before and slot.run is None
+
+
+def test_the_estimate_sentence_counts_one_thread_in_the_singular():
+    from core.presets import describe_estimate
+
+    e = {"preset": "quick", "threads": 1, "step_s": 2.73, "steps_per_epoch": 9, "epoch_s": 29.4}
+    e |= {"total_s": 234.0, "num_epochs": 8}
+    assert describe_estimate(e).startswith("Measured on this machine (1 thread): 2.73 s per training step")
+    assert "(3 threads)" in describe_estimate(e | {"threads": 3})
