@@ -475,3 +475,20 @@ def test_local_server_raises_the_upload_cap_and_offers_a_path(loopback_app, monk
         assert st_config.get_option("server.maxUploadSize") == LOCAL_UPLOAD_MB
     finally:
         st_config.set_option("server.maxUploadSize", before)
+
+
+def test_book_names_in_safetensors_and_the_legacy_format(small, tmp_path):
+    from safetensors.torch import save_file
+
+    model, pth, _ = small
+    key = load_own_model(pth, n_heads=4).key
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp_path / "model.safetensors"))
+    assert load_own_model(tmp_path / "model.safetensors", n_heads=4).key == key
+    # torch.save's pre-1.6 format cannot be memory-mapped: read whole, after the size check.
+    torch.save(model.state_dict(), tmp_path / "legacy.pth", _use_new_zipfile_serialization=False)
+    assert load_own_model(tmp_path / "legacy.pth", n_heads=4).key == key
+    # Weights saved in bfloat16 are computed in float32, and say so.
+    torch.save({k: v.bfloat16() for k, v in model.state_dict().items()}, tmp_path / "bf16.pth")
+    own = load_own_model(tmp_path / "bf16.pth", n_heads=4)
+    assert own.model.tok_emb.weight.dtype == torch.float32
+    assert any("torch.bfloat16" in n for n in own.notes)
