@@ -28,8 +28,11 @@ from core.tokenizer import get_tokenizer
 
 def get_spec(key: str, owner: str | None = None):
     """The views ask it for a model's label: the registry's, this visitor's own model (listed by
-    components/own_model.py's provider), or the "Your own model…" entry before a file is loaded."""
-    return own_model.CHOICE_SPEC if key == own_model.CHOICE else _registry_spec(key, owner)
+    components/own_model.py's provider), or the "Your own model…" entry before a file is loaded.
+    A trained model only if it is this visitor's (`owner`, else the session's)."""
+    if key == own_model.CHOICE:
+        return own_model.CHOICE_SPEC
+    return _registry_spec(key, owner if owner is not None else visitor.owner())
 
 
 log = logging.getLogger("losslens")
@@ -100,7 +103,7 @@ def get_model(key: str, seed: int, device: str = "cpu"):
     if own_model.is_own(key):
         return own_model.get_model(key, device)
     seed = effective_seed(key, seed)
-    spec = get_spec(key, visitor.owner())  # first: a kept model is served only to its owner
+    spec = get_spec(key)  # first: a kept model is served only to its owner
     pool = _pool()
     if pool.kept(key, seed, device):
         return pool.get(key, seed, device)

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from conftest import ROOT
 from streamlit.testing.v1 import AppTest
-from test_checkpoints import _save
+from test_checkpoints import SMALL_CFG, _save
 
 from core.registry import BOOK_MODEL, trained_key
 
@@ -149,3 +149,26 @@ def test_delete_removes_ones_own_model_from_disk_and_picker(monkeypatch):
     )
     assert not [o for o in at.selectbox(key="model").options if o.startswith("Trained:")]
     assert model_path("theirs", owner=other.session_state["_owner"]).exists()
+
+
+def test_on_a_shared_server_ones_own_trained_model_works_in_every_view(monkeypatch):
+    from conftest import BOOK_TEXTS
+
+    from core.checkpoints import load_trained_model, model_path
+    from core.loss import compute_loss
+
+    monkeypatch.setenv("LOSSLENS_SHARED", "1")
+    at = app()
+    owner = at.session_state["_owner"]
+    _save("own", owner=owner, cfg={**SMALL_CFG, "vocab_size": 50257, "context_length": 64})  # reads any text
+    key = trained_key("own", owner)
+    at.run()
+    at.selectbox(key="model").set_value(key).run()
+    expected = (
+        f"{float(compute_loss(load_trained_model(model_path('own', owner=owner)), BOOK_TEXTS).loss):.4f}"
+    )
+    for page in ("figure57", "per_token", "probabilities", "confidence", "temperature", "compare"):
+        at.switch_page(f"components/{page}.py").run()
+        assert not at.exception and not at.error, (page, at.exception, [e.value for e in at.error])
+    at.switch_page("components/figure57.py").run()
+    assert loss(at) == expected and expected != "10.7940"

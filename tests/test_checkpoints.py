@@ -75,15 +75,15 @@ def cache(tmp_path, monkeypatch):
     return tmp_path / "cache"
 
 
-def _save(name: str, owner: str | None = None, stopped: bool = True, seed: int = 0) -> Path:
+def _save(name: str, owner: str | None = None, stopped: bool = True, seed: int = 0, cfg=None) -> Path:
     """A real save: a small model after one AdamW step (so the optimizer has its moments)."""
     torch.manual_seed(seed)
-    model = GPTModel(SMALL_CFG)
+    model = GPTModel(cfg or SMALL_CFG)
     opt = torch.optim.AdamW(model.parameters(), lr=SMALL.lr)
     model(torch.zeros(1, 4, dtype=torch.long)).sum().backward()
     opt.step()
     state = TrainState(global_step=0, stopped=stopped, rng_now=torch.get_rng_state())
-    return save_checkpoint(name, model, opt, state, SMALL, "0" * 64, owner=owner)
+    return save_checkpoint(name, model, opt, state, replace(SMALL, cfg=model.cfg), "0" * 64, owner=owner)
 
 
 @contextlib.contextmanager
