@@ -19,7 +19,7 @@ from streamlit.runtime.scriptrunner import get_script_run_ctx
 from core.deployment import shared_server
 from core.errors import LossLensError, WeightsError
 from core.model import release_free_memory
-from core.own_model import load_own_model, to_device
+from core.own_model import FORMATS, load_own_model, to_device
 from core.registry import ModelSpec, register_provider
 
 log = logging.getLogger("losslens")
@@ -143,7 +143,8 @@ def panel(sb) -> None:
     e = _entry()
     if e is not None:
         box.caption(
-            f"Loaded for this session: **{common.md(e['own'].name)}**, {common.md(e['own'].describe())}."
+            f"Loaded for this session: **{common.md(e['own'].name)}**, {FORMATS[e['own'].kind]}: "
+            f"{common.md(e['own'].describe())}."
         )
         for note in e["own"].notes:
             box.caption(common.md(note))

@@ -104,7 +104,8 @@ def test_a_loaded_model_is_never_offered_to_another_visitor(new_page, server, fi
     _choose_own(a)
     _load(a, upload=files["good"])
     assert (
-        "Loaded for this session: model.pth, 6.5M parameters: 2 layers, width 64" in _sidebar(a).inner_text()
+        "Loaded for this session: model.pth, the book's model.pth (a state dict): "
+        "6.5M parameters: 2 layers, width 64" in _sidebar(a).inner_text()
     )
     wait_for_metric(a, LOSS_LABEL, _expected(files["good"]))
     options = _open_picker(a)
