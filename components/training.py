@@ -235,9 +235,11 @@ def _reconnected(kept: dict) -> None:
             f"“{common.md(name)}” finished before the server restarted: it is in the model picker."
         )
     else:
+        # On a shared server the page's models went with its session: only a local one can tell.
+        before = " before its first save" if owner is None else ""
         st.session_state["_train_lost"] = (
-            f"The server restarted while “{common.md(name)}” was training, and the run was lost before "
-            "its first save. Start it again with Train."
+            f"The server restarted while “{common.md(name)}” was training, and the run was lost{before}. "
+            "Start it again with Train."
         )
 
 

@@ -200,3 +200,13 @@ def test_after_a_restart_a_run_with_a_save_offers_to_resume_it(verdict_path):
     assert "Its last save, after 1 step, can be resumed: press Resume." in text_of(at)
     assert at.text_input(key="train_name_quick").value == "was-resumed"
     assert not at.button(key="train_resume").disabled
+
+
+def test_after_a_restart_a_shared_servers_page_says_the_run_was_lost(monkeypatch):
+    """On a shared server the page's models went with its old session: lost, without a guess
+    about saves."""
+    from core.deployment import SHARED_ENV
+
+    monkeypatch.setenv(SHARED_ENV, "1")
+    at = _restarted("shared-run")
+    assert "“shared-run” was training, and the run was lost. Start it again with Train." in text_of(at)
