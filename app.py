@@ -26,9 +26,6 @@ st.set_page_config(
 )
 # A run counts as a visitor's request: a training child waits between its steps until none is in flight.
 with common.friendly_errors(), FOREGROUND.request():
-    inputs = sidebar.render()
-    common.set_current_inputs(inputs)
-    style.apply_style(inputs.presentation)
     # Two groups: the lesson in its order (the start page opens at "/"), then the extra views.
     # Each view keeps its URL path, so links shared before the grouping still open it.
     sections = {
@@ -41,4 +38,11 @@ with common.friendly_errors(), FOREGROUND.request():
             (lesson_nav.EXTRA_SECTION, lesson_nav.EXTRAS),
         )
     }
-    st.navigation(sections).run()
+    # Streamlit draws sectioned navigation as a list with headers inside it (invalid list markup for
+    # screen readers): the same sections are drawn as plain links by lesson_nav.sidebar_menu instead.
+    page = st.navigation(sections, position="hidden")
+    lesson_nav.sidebar_menu()
+    inputs = sidebar.render()
+    common.set_current_inputs(inputs)
+    style.apply_style(inputs.presentation)
+    page.run()

@@ -6,6 +6,8 @@ the numbers come from the same cached core calls as every other view, so they ag
 
 from __future__ import annotations
 
+import math
+
 import plotly.graph_objects as go
 import streamlit as st
 
@@ -53,6 +55,24 @@ def _loss_chart(labels: list[str], losses: list[float], presentation: bool) -> N
     fig.update_yaxes(title="cross entropy (nats)")
     fig.update_layout(height=360, title="Loss on the sidebar's texts")
     common.chart(fig, "compare-loss", presentation, a11y.describe_losses(labels, losses))
+
+
+def lowest_note(labels: list[str], losses: list[float], untrained: list[bool]) -> str | None:
+    """Which model scores lowest, and why an untrained one can beat a trained one."""
+    if len(labels) < 2:
+        return None
+    i = min(range(len(losses)), key=lambda n: losses[n])
+    ln_v = math.log(50257)
+    if not untrained[i]:
+        return f"Lowest: **{common.md(labels[i])}**: it gives the sidebar's texts the most probability."
+    above = [common.md(labels[n]) for n, x in enumerate(losses) if x > ln_v and not untrained[n]]
+    why = f" ({', '.join(above)}: above ln 50,257 = {ln_v:.2f}, worse than a uniform guess)" if above else ""
+    return (
+        f"Lowest: **{common.md(labels[i])}**, the untrained model. It sits near the uniform guess "
+        f"ln 50,257 = {ln_v:.2f} on any text. A model trained on one small corpus (such as The Verdict) "
+        "has learned that text's words and is confidently wrong on other sentences" + why + ", so on "
+        "these texts it scores worse than not knowing anything. On text like its corpus it scores lower."
+    )
 
 
 def _dataset_losses(keys: list[str], inputs: common.Inputs) -> None:
@@ -142,6 +162,13 @@ def render(inputs: common.Inputs) -> None:
             [common.to_float(s["loss"]) for s in ok.values()],
             inputs.presentation,
         )
+        note = lowest_note(
+            [models[k].label for k in ok],
+            [common.to_float(s["loss"]) for s in ok.values()],
+            [models[k].seeded for k in ok],
+        )
+        if note:
+            st.markdown(note)
 
         st.subheader("Next-token predictions", anchor=False)
         first = next(iter(ok.values()))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import plotly.graph_objects as go
 import streamlit as st
 
@@ -84,6 +86,23 @@ def coloured(c: dict) -> str:
     return '<div class="ll-heat">' + "".join(out) + "</div>"
 
 
+SAME_ENTROPY = 0.05  # nats: points closer than this stand on one vertical line of the chart
+
+
+def one_entropy_note(rows: list[dict]) -> str | None:
+    """Why every point can share one x value: an untrained model's nearly uniform softmax."""
+    entropies = [r["entropy"] for r in rows]
+    lo, hi = min(entropies), max(entropies)
+    if hi - lo >= SAME_ENTROPY:
+        return None
+    return (
+        f"All {len(rows)} points share one entropy, {lo:.4f} to {hi:.4f} nats, next to "
+        f"ln 50,257 = {math.log(50257):.4f}: this model's softmax is nearly uniform at every position "
+        "(an untrained model's logits are nearly equal), so it is equally unsure everywhere. Only the "
+        "surprisal, how far each target's probability fell below the others', tells the points apart."
+    )
+
+
 def render(inputs: common.Inputs) -> None:
     lesson_nav.open_view("confidence", inputs)
     st.caption(
@@ -107,6 +126,8 @@ def render(inputs: common.Inputs) -> None:
             f"(text {wrong['text']}, position {wrong['position']})",
         )
         common.chart(scatter(rows), "confidence-scatter", inputs.presentation)
+        if note := one_entropy_note(rows):
+            st.info(note, icon=":material/info:")
         if st.toggle("Colour the text by the target's rank (GLTR)", key="gltr", bind="query-params"):
             style.html_block(
                 '<div class="ll-legend">'

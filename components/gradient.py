@@ -3,12 +3,13 @@ training steps on a private copy of the model."""
 
 from __future__ import annotations
 
+import math
 import threading
 
 import plotly.graph_objects as go
 import streamlit as st
 
-from components import common, lesson_data, lesson_nav
+from components import common, formats, lesson_data, lesson_nav
 from core.gradient import BOOK_LR, BOOK_WEIGHT_DECAY, MAX_STEPS, train_steps
 
 
@@ -18,12 +19,33 @@ def _one_at_a_time() -> threading.Lock:
     return threading.Lock()
 
 
+def symlog_floor(values: list[float]) -> float:
+    """A decade below the smallest non-zero magnitude: every non-zero bar is at least one decade long."""
+    small = min((abs(v) for v in values if v), default=1.0)
+    return 10 ** (math.floor(math.log10(small)) - 1)
+
+
+def symlog(v: float, floor: float) -> float:
+    """sign(v) · log10(|v| / floor): 0 stays 0, and a 1e-05 push shows beside a 0.2 one."""
+    return 0.0 if abs(v) <= floor else math.copysign(math.log10(abs(v) / floor), v)
+
+
+def symlog_ticks(values: list[float], floor: float) -> list[tuple[float, str]]:
+    top = max((abs(v) for v in values), default=floor * 10)
+    decades = range(round(math.log10(floor)) + 1, math.ceil(math.log10(top)) + 1)
+    ticks = [(0.0, "0")]
+    for d in decades:
+        x = d - round(math.log10(floor))
+        ticks += [(x, f"1e{d:+03d}"), (-x, f"-1e{d:+03d}")]
+    return sorted(ticks)
+
+
 def figure(p: dict) -> go.Figure:
     labels = [f"{common.esc(piece)}  ·{i}" for piece, i in zip(p["pieces"], p["ids"], strict=True)]
     push = [-g for g in p["gradients"]]
     colours = [common.ACCENT if i == p["target_id"] else common.NEUTRAL for i in p["ids"]]
     hover = [
-        f"p = {common.proba(q)}<br>∂loss/∂logit = {g:.3e}"
+        f"p = {common.proba(q)}<br>∂loss/∂logit = {g:+.4e}"
         for q, g in zip(p["probas"], p["gradients"], strict=True)
     ]
     # The whole push down, over every token but the target: as large as the push up.
@@ -31,25 +53,32 @@ def figure(p: dict) -> go.Figure:
     push.append(-p["push_down_elsewhere"])
     colours.append("#999999")
     hover.append("Σ p / N over every token but the target")
+    # A symmetric log scale: the top-10 pushes (about 1e-05) beside the target's (about 0.2) would
+    # be invisible on a linear axis. Each bar's length is its decades above a floor.
+    floor = symlog_floor(push)
     fig = go.Figure(
         go.Bar(
-            x=push,
+            x=[symlog(x, floor) for x in push],
             y=labels,
             orientation="h",
             marker_color=colours,
             customdata=hover,
             hovertemplate="%{y}<br>%{customdata}<extra></extra>",
-            text=[f"{x:+.2e}" for x in push],
+            text=formats.distinct(push, fmt=lambda v, d: f"{v:+.{d}e}"),
             textposition="outside",
             cliponaxis=False,
         )
     )
     fig.update_yaxes(autorange="reversed", type="category")
-    lo, hi = min(push + [0.0]), max(push + [0.0])
-    pad = 0.3 * (hi - lo)  # room for the values written beside the bars
+    ticks = symlog_ticks(push, floor)
+    xs = [symlog(x, floor) for x in push]
+    lo, hi = min(xs + [0.0]), max(xs + [0.0])
+    pad = 0.35 * (hi - lo)  # room for the values written beside the bars
     fig.update_xaxes(
-        title="−∂loss/∂logit: how a gradient step moves each logit (up > 0, down < 0)",
+        title="−∂loss/∂logit (symmetric log scale): how a step moves each logit (up > 0, down < 0)",
         range=[lo - pad, hi + pad],
+        tickvals=[t for t, _ in ticks],
+        ticktext=[label for _, label in ticks],
     )
     fig.update_layout(
         height=max(260, 34 * len(labels) + 80),
@@ -122,13 +151,16 @@ def _steps(inputs: common.Inputs) -> None:
     fig.update_layout(height=300, title="Loss on the same batch after each step")
     common.chart(fig, "training-steps", inputs.presentation)
     s = lesson_data.gradients(key, seed, device, inputs.texts, 1)["positions"]
+    # One format for every probability of the table, with the digits that keep different ones apart.
+    values = [v for probas in r["target_probas"] for v in probas]
+    shown = dict(zip(values, formats.distinct(values), strict=True))
     rows = [
         {
             "text": q["text"],
             "position": q["position"],
             "target": q["target"],
             **{
-                f"p after {k} step{'s' if k != 1 else ''}" if k else "p before": probas[m]
+                f"p after {k} step{'s' if k != 1 else ''}" if k else "p before": shown[probas[m]]
                 for k, probas in enumerate(r["target_probas"])
             },
         }
@@ -160,12 +192,12 @@ def render(inputs: common.Inputs) -> None:
         c1, c2, c3 = st.columns(3)
         target_p = p["probas"][p["ids"].index(p["target_id"])]
         c1.metric("Target probability", common.proba(target_p))
-        c2.metric("Target pushed up by", f"{p['push_up']:.3e}", help="(1 − p_target) / N")
+        c2.metric("Target pushed up by", f"{p['push_up']:.4e}", help="(1 − p_target) / N")
         c3.metric(
             "Others pushed down by, in all",
-            f"{p['push_down_elsewhere']:.3e}",
+            f"{p['push_down_elsewhere']:.4e}",
             help=f"Σ p / N over the other 50,256 tokens; the {len(p['ids']) - 1} shown account for "
-            f"{-p['shown_push_down']:.3e}",
+            f"{-p['shown_push_down']:.4e}",
         )
         common.chart(figure(p), f"gradient-pos{at}", inputs.presentation)
         rows = [

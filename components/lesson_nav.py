@@ -209,6 +209,16 @@ for (const e of document.querySelectorAll('[data-testid="stMain"], [data-testid=
 window.scrollTo(0, 0);</script>"""
 
 
+def sidebar_menu() -> None:
+    """The two sections in the sidebar as headed groups of links, in the lesson's order."""
+    for section, views in ((LESSON_SECTION, LESSON), (EXTRA_SECTION, EXTRAS)):
+        with st.sidebar.container(key=f"ll_nav_{'lesson' if views is LESSON else 'extras'}"):
+            st.markdown(f"**{section}**")
+            for v in views:
+                st.page_link(v.file, label=v.title, icon=v.icon)
+    st.sidebar.divider()
+
+
 def scroll_to_top(path: str) -> None:
     """A Next link clicked at the bottom of one view opens the next one at its top, not at the
     old scroll position (Streamlit keeps the scroll of the main area across pages)."""

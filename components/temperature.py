@@ -10,6 +10,17 @@ import streamlit as st
 from components import common, lesson_data, lesson_nav
 
 AXES = ["Loss (nats)", "Perplexity"]
+# Labelled ticks on the log temperature axis: Plotly's own labels its minor ticks with bare digits.
+T_TICKS = [0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 20]
+
+
+def loss_range(s: dict) -> list[float]:
+    """The loss axis around the minimum: at low T an untrained model's loss runs into the
+    hundreds, which would squash the minimum flat against the axis."""
+    ln_v = math.log(s.get("vocab_size", 50257))
+    best = s["best_loss"]
+    top = best + 3 * max(1.0, abs(ln_v - best))
+    return [max(0.0, best - 0.5), min(max(s["losses"]), top) + 0.2]
 
 
 def figure(s: dict, axis: str) -> go.Figure:
@@ -57,19 +68,63 @@ def figure(s: dict, axis: str) -> go.Figure:
             for t, name, c, side in marks
         ],
     )
-    fig.update_xaxes(type="log", title="temperature T (the logits are divided by T before the softmax)")
+    fig.update_xaxes(
+        type="log",
+        title="temperature T (the logits are divided by T before the softmax)",
+        tickvals=T_TICKS,
+        ticktext=[f"{t:g}" for t in T_TICKS],
+        minor=dict(ticks="", showgrid=False),
+    )
     fig.update_layout(
         height=430,
         title="Cross entropy against temperature, on your texts",
         yaxis=dict(
-            title="perplexity = exp(loss)" if ppl else "cross entropy (nats)", type="log" if ppl else "linear"
+            title="perplexity = exp(loss)" if ppl else "cross entropy (nats)",
+            type="log" if ppl else "linear",
+            range=None if ppl else loss_range(s),
+            exponentformat="e",
         ),
         yaxis2=dict(
-            title="mean entropy of the predictions (nats)", overlaying="y", side="right", showgrid=False
+            title="mean entropy of the predictions (nats)",
+            overlaying="y",
+            side="right",
+            showgrid=False,
+            tickformat=".0f",
+            dtick=2,
+            tickmode="linear",
+            tick0=0,
         ),
         legend=dict(orientation="h", yanchor="top", y=-0.2),
     )
     return fig
+
+
+def sweep_words(s: dict) -> str:
+    """What the curve shows, in the words of this sweep's own minimum."""
+    ln_v = math.log(s.get("vocab_size", 50257))
+    best, low = s["best"], s["best_loss"]
+    if best > 1:
+        shape = (
+            f"The lowest loss, {low:.4f}, is at T = {best:.3g}, above 1: the model is over-confident, so "
+            "flattening its predictions a little helps. Flattening all the way does not: at high T every "
+            f"prediction becomes the uniform guess, ln 50,257 = {ln_v:.2f} nats."
+        )
+    else:
+        shape = (
+            f"The lowest loss, {low:.4f}, is at T = {best:.3g}, at or below 1: sharpening the predictions "
+            "helps this model a little on these texts."
+        )
+    cut = max(s["losses"]) > loss_range(s)[1]
+    return (
+        shape + " A trained model's best temperature sits near 1, where it was trained; set the sidebar's "
+        "temperature to move the orange line."
+        + (
+            " The loss axis stops above the minimum: at the lowest temperatures the loss climbs further "
+            "(see All points)."
+            if cut
+            else ""
+        )
+    )
 
 
 def render(inputs: common.Inputs) -> None:
@@ -99,11 +154,7 @@ def render(inputs: common.Inputs) -> None:
         )
         axis = st.radio("Show", AXES, horizontal=True, key="sweep_axis", bind="query-params")
         common.chart(figure(s, axis), "temperature-sweep", inputs.presentation)
-        st.caption(
-            "For an untrained model the best temperature is high: its predictions are nearly random, so the "
-            "flatter the better. A trained model's best temperature sits near 1, where it was trained; "
-            "set the sidebar's temperature to move the orange line."
-        )
+        st.caption(sweep_words(s))
         rows = [
             {"temperature": t, "loss": loss, "perplexity": p, "mean_entropy": h}
             for t, loss, p, h in zip(

@@ -45,11 +45,12 @@ def render(inputs: common.Inputs) -> None:
         c7.metric(
             "Perplexity per byte", _ppl(b["perplexity_per_byte"]), help="exp(total nats / predicted bytes)"
         )
+        # The bytes shown are the ones the per-byte rates divide by: the predicted ones.
         c8.metric(
-            "Characters · bytes",
-            f"{b['characters']:,} · {b['bytes']:,}",
-            help=f"predicted: {b['predicted_characters']:,} characters, {b['predicted_bytes']:,} bytes "
-            "(the first token of each text is read, never predicted)",
+            "Predicted characters · bytes",
+            f"{b['predicted_characters']:,} · {b['predicted_bytes']:,}",
+            help=f"of {b['characters']:,} characters, {b['bytes']:,} bytes in all: the first token of each "
+            "text is read, never predicted, so its bytes count in no rate",
         )
         st.info(
             "Why perplexities from different tokenizers cannot be compared: a tokenizer with longer tokens "
@@ -90,6 +91,7 @@ def render(inputs: common.Inputs) -> None:
                 "tokens": r["tokens"],
                 "characters": r["characters"],
                 "bytes": r["bytes"],
+                "predicted bytes": r["predicted_bytes"],
                 "predicted tokens": r["predicted_tokens"],
                 f"loss ({base})": r["loss_nats"] * k,
                 "perplexity per token": r["perplexity_per_token"],

@@ -32,7 +32,7 @@ def contains_run(items: list[str], run: list[str]) -> bool:
 
 def open_view(page, name: str) -> None:
     # The sidebar's navigation: a view's Previous/Next links also carry its neighbours' names.
-    page.locator('[data-testid="stSidebarNav"]').get_by_role("link", name=name).click()
+    page.locator('[data-testid="stSidebar"]').get_by_role("link", name=name).click()
     wait_for_app(page)
     page.get_by_role("heading", name=name).first.wait_for()
 
