@@ -17,6 +17,7 @@ from streamlit import config as st_config
 from streamlit.runtime.scriptrunner import get_script_run_ctx
 
 from core.deployment import shared_server
+from core.device import available_memory_gb
 from core.errors import LossLensError, WeightsError
 from core.model import release_free_memory
 from core.own_model import FORMATS, load_own_model, to_device
@@ -31,6 +32,7 @@ _SELECT = "_own_select"  # the key the picker switches to on the next run
 _UPLOADS = "_own_uploads"  # the uploader's generation: a new one lets Streamlit drop the old bytes
 # A local server takes the book's files whole: GPT-2 XL's state dict is about 6.6 GB.
 LOCAL_UPLOAD_MB = 8192
+_CONFIG_CAP: int | None = None  # server.maxUploadSize as the config set it, before any raise
 FILE_TYPES = ["pth", "pt", "bin", "safetensors"]
 
 
@@ -113,14 +115,20 @@ def path_allowed() -> bool:
 def upload_cap_mb() -> int:
     """The uploader's limit. Streamlit enforces one server-wide cap (server.maxUploadSize) on every
     upload request; a widget's max_upload_size only tells the browser. So a local server raises the
-    server-wide cap for a model file (a corpus is still refused above 20 MB by core), and a shared
-    server keeps the small one of .streamlit/config.toml."""
-    current = int(st.get_option("server.maxUploadSize"))
+    server-wide cap for a model file, to half the free memory (the upload's bytes and the weights
+    read from them must both fit) and at most LOCAL_UPLOAD_MB; a corpus is still refused above
+    20 MB by core. A shared server keeps the small cap of .streamlit/config.toml."""
+    global _CONFIG_CAP
+    if _CONFIG_CAP is None:
+        _CONFIG_CAP = int(st.get_option("server.maxUploadSize"))
     if shared_server():
-        return current
-    if current < LOCAL_UPLOAD_MB:
-        st_config.set_option("server.maxUploadSize", LOCAL_UPLOAD_MB)
-    return max(current, LOCAL_UPLOAD_MB)
+        return int(st.get_option("server.maxUploadSize"))
+    free = available_memory_gb("cpu")
+    room = LOCAL_UPLOAD_MB if free is None else int(free * 1024 / 2)
+    cap = max(_CONFIG_CAP, min(LOCAL_UPLOAD_MB, room))
+    if cap != st.get_option("server.maxUploadSize"):
+        st_config.set_option("server.maxUploadSize", cap)
+    return cap
 
 
 # --- the sidebar panel ----------------------------------------------------------------------

@@ -471,8 +471,11 @@ def test_local_server_raises_the_upload_cap_and_offers_a_path(loopback_app, monk
         at.run()
         at.selectbox(key="model").set_value("own:load").run()
         assert [t for t in at.text_input if t.key == "own_path"]
-        # Streamlit checks every upload against the server-wide cap: raised so a 124M file fits.
-        assert st_config.get_option("server.maxUploadSize") == LOCAL_UPLOAD_MB
+        # Streamlit checks every upload against the server-wide cap: raised so a 124M file fits
+        # (to half the free memory, at most LOCAL_UPLOAD_MB), and the uploader says so.
+        cap = st_config.get_option("server.maxUploadSize")
+        assert 20 < cap <= LOCAL_UPLOAD_MB
+        assert at.sidebar.get("file_uploader")[0].proto.label == f"Your model file (at most {cap:,} MB)"
     finally:
         st_config.set_option("server.maxUploadSize", before)
 
