@@ -102,10 +102,17 @@ def test_gradient_view_and_a_training_step(model, book):
     at = app("gradient", grad_at=1, top_k=5)
     z, y = book
     bars = gradient_bars(z, y, 5)[0]
-    assert metric(at, "Target pushed up by") == f"{bars['push_up']:.3e}"
+    assert metric(at, "Target pushed up by") == f"{bars['push_up']:.4e}"
     spec = specs(at)[0]
-    assert spec["data"][0]["x"] == pytest.approx(
-        [-g for g in bars["gradients"]] + [-bars["push_down_elsewhere"]], abs=1e-9
+    push = [-g for g in bars["gradients"]] + [-bars["push_down_elsewhere"]]
+    # Written beside each bar exactly, and drawn on a symmetric log scale where the top-10 pushes
+    # (about 1e-05) stand at least a decade long beside the target's (about 0.2).
+    assert [float(t) for t in spec["data"][0]["text"]] == pytest.approx(push, rel=1e-3)
+    drawn = spec["data"][0]["x"]
+    assert all(math.copysign(1, x) == math.copysign(1, v) for x, v in zip(drawn, push, strict=True))
+    assert min(abs(x) for x in drawn) >= 1.0
+    assert max(abs(x) for x in drawn) - min(abs(x) for x in drawn) == pytest.approx(
+        math.log10(max(map(abs, push)) / min(map(abs, push))), rel=1e-6
     )
     at.button(key="grad_run").click().run()
     assert not at.exception and not at.error
@@ -161,3 +168,44 @@ def test_compare_view_two_models_token_by_token(model, verdict_path):
     assert spec["data"][0]["y"] == pytest.approx(r["kl"], rel=1e-5)
     body = "\n".join(e.proto.body for e in at.get("html"))
     assert "KL(p_A‖p_B)" in body and "␣effort" in body
+
+
+def test_temperature_axis_labels_its_ticks_and_keeps_the_minimum_in_view(model):
+    from components.temperature import T_TICKS
+
+    at = app("temperature")
+    (spec,) = specs(at)
+    x = spec["layout"]["xaxis"]
+    assert x["tickvals"] == T_TICKS and x["ticktext"] == [f"{t:g}" for t in T_TICKS]
+    lo, hi = spec["layout"]["yaxis"]["range"]
+    best = float(metric(at, "Lowest loss"))
+    assert lo < best < hi and hi - lo < 15  # not squashed by the hundreds of nats at T = 0.05
+    assert spec["layout"]["yaxis2"]["dtick"] == 2  # whole numbers on the entropy axis
+    words = " ".join(c.value for c in at.caption)
+    assert "flatter the better" not in words
+    assert f"is at T = {float(metric(at, 'Temperature with the lowest loss')):.3g}" in words
+
+
+def test_confidence_explains_one_shared_entropy(book):
+    at = app("confidence")
+    z, y = book
+    c = confidence(z, y)
+    assert max(c["entropy"]) - min(c["entropy"]) < 0.05  # the untrained model: one vertical line
+    note = " ".join(i.value for i in at.info)
+    assert f"All {len(y)} points share one entropy" in note and "nearly uniform" in note
+
+
+def test_units_shows_the_bytes_its_rates_divide_by(model):
+    texts = ["Hi there", "The quick brown fox jumps over the lazy dog"]
+    at = app("units", text="\n".join(texts))
+    assert metric(at, "Predicted characters · bytes") == "46 · 46"  # " there" and 40 after "The"
+
+
+def test_compare_says_why_the_untrained_model_can_score_lowest():
+    from components.compare import lowest_note
+
+    note = lowest_note(["Untrained", "Trained on The Verdict"], [10.79, 11.13], [True, False])
+    assert note.startswith("Lowest: **Untrained**, the untrained model")
+    assert "confidently wrong on other sentences" in note and "above ln 50,257 = 10.82" in note
+    assert lowest_note(["A", "B"], [4.0, 5.0], [False, False]).startswith("Lowest: **A**")
+    assert lowest_note(["A"], [4.0], [False]) is None
