@@ -170,7 +170,7 @@ def _finished(run: TrainingRun, presentation: bool) -> None:
         )
     elif snap["stopped"]:
         why = {
-            "abandoned": f" because its page was gone for more than {snap['orphan_grace_s']:.0f} s",
+            "abandoned": f" because its page was gone for more than {snap['orphan_grace_s'] or 0:.0f} s",
             "steps": f", this server's limit of {_steps(snap['max_steps'] or 0)} for one run,",
             "time": f" at this server's limit of {(snap['max_wall_s'] or 0) / 60:.0f} min for one run,",
         }.get(snap["stop_reason"], "")
@@ -376,7 +376,7 @@ def _limits_note() -> str:
         caps.append(f"after {_steps(limits.max_steps)}")
     if limits.max_wall_s is not None:
         caps.append(f"after {limits.max_wall_s / 60:.0f} min")
-    if visitor.owner() is not None:
+    if visitor.owner() is not None and limits.orphan_grace_s is not None:
         caps.append(f"when its page has been closed for {limits.orphan_grace_s:.0f} s")
     if not caps:
         return ""

@@ -65,7 +65,7 @@ class RunLimits:
 
     max_steps: int | None = None
     max_wall_s: float | None = None
-    orphan_grace_s: float = ORPHAN_GRACE_S
+    orphan_grace_s: float | None = ORPHAN_GRACE_S
 
     @classmethod
     def from_env(cls, shared: bool | None = None) -> RunLimits:
@@ -74,8 +74,7 @@ class RunLimits:
         shared = shared_server() if shared is None else shared
         steps = _env_number(MAX_STEPS_ENV, SHARED_MAX_STEPS if shared else None, int)
         wall = _env_number(MAX_TRAIN_ENV, SHARED_MAX_TRAIN_S if shared else None)
-        grace = _env_number(GRACE_ENV, ORPHAN_GRACE_S)
-        return cls(steps, wall, ORPHAN_GRACE_S if grace is None else grace)
+        return cls(steps, wall, _env_number(GRACE_ENV, ORPHAN_GRACE_S))
 
 
 def peak_rss_mb() -> float:
@@ -300,7 +299,7 @@ class TrainingRun:
         if self._stop.is_set():
             return
         now = time.monotonic()
-        if self.owner is not None:
+        if self.owner is not None and self.limits.orphan_grace_s is not None:
             if self._probe is not None:
                 try:
                     if self._probe():

@@ -126,6 +126,8 @@ def test_limits_from_the_environment(monkeypatch):
     monkeypatch.setenv(MAX_TRAIN_ENV, "0")
     monkeypatch.setenv(GRACE_ENV, "120")
     assert RunLimits.from_env() == RunLimits(50, None, 120.0)
+    monkeypatch.setenv(GRACE_ENV, "0")
+    assert RunLimits.from_env().orphan_grace_s is None  # a closed page's run goes on
     monkeypatch.setenv(MAX_STEPS_ENV, "-3")
     with pytest.raises(InvalidParameterError, match="LOSSLENS_MAX_STEPS='-3': write a positive number"):
         RunLimits.from_env()
