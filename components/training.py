@@ -16,6 +16,7 @@ import streamlit as st
 from components import a11y, common, lesson_nav, saved_models, visitor
 from core.background import RunLimits, TrainingRun, TrainingSlot
 from core.checkpoints import check_name, is_resumable, saved_run
+from core.errors import ServerBusyError
 from core.presets import (
     PRESETS,
     child_peak_gb,
@@ -328,10 +329,12 @@ def render(inputs: common.Inputs) -> None:
             help=problem
             or "Times a few real training steps in a training process here (a busy server is slower).",
         ):
-            st.info(
-                describe_estimate(project(_estimate(preset_name, inputs.device, fast), preset)),
-                icon=":material/timer:",
-            )
+            try:
+                estimate = _estimate(preset_name, inputs.device, fast)
+            except ServerBusyError as e:  # the slot is taken: said here, and the rest of the page stays
+                st.warning(common.md(e), icon=":material/hourglass_top:")
+            else:
+                st.info(describe_estimate(project(estimate, preset)), icon=":material/timer:")
 
         resumable = is_resumable(name, owner=owner)
         b1, b2, _ = st.columns([1, 1, 3])

@@ -210,3 +210,25 @@ def test_after_a_restart_a_shared_servers_page_says_the_run_was_lost(monkeypatch
     monkeypatch.setenv(SHARED_ENV, "1")
     at = _restarted("shared-run")
     assert "“shared-run” was training, and the run was lost. Start it again with Train." in text_of(at)
+
+
+def test_the_estimate_is_timed_in_a_process_of_its_own():
+    import os
+    from pathlib import Path
+
+    from core.background import default_threads
+    from core.memory import process_rss
+
+    def children() -> set[int]:
+        tasks = Path(f"/proc/{os.getpid()}/task").glob("*/children")
+        return {int(c) for t in tasks for c in t.read_text().split()}
+
+    at = page("training")
+    before, rss = children(), process_rss()
+    at.button(key="train_estimate").click().run()
+    assert not at.exception, at.exception
+    threads = default_threads()
+    assert f"Measured on this machine ({threads} thread{'' if threads == 1 else 's'}): " in text_of(at)
+    assert "9 steps per epoch" in text_of(at)  # the quick preset on The Verdict
+    assert children() == before  # the estimate's process has ended
+    assert process_rss() - rss < 200 * 2**20  # its model, optimizer and steps were never here
