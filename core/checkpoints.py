@@ -283,9 +283,9 @@ def check_disk(nbytes: int, *, owner: str | None = None) -> None:
     free = shutil.disk_usage(models_dir(owner)).free
     if free - nbytes < _reserve_bytes():
         raise StorageError(
-            f"The disk is nearly full: saving this model needs about {_mb(nbytes)}, and the disk has "
-            f"{_mb(free)} free, of which LossLens leaves {_mb(_reserve_bytes())} to the server "
-            f"({RESERVE_MB_ENV}). Nothing was saved; delete saved models or free space on the server."
+            f"The disk is nearly full: saving this model needs about {_mb(nbytes)}, beside the "
+            f"{_mb(_reserve_bytes())} LossLens leaves free for the server ({RESERVE_MB_ENV}), and the disk "
+            f"has {_mb(free)} free. Nothing was saved; delete saved models or free space on the server."
         )
 
 
