@@ -16,7 +16,7 @@ import streamlit as st
 from components import a11y, common, lesson_nav, saved_models, visitor
 from core.background import RunLimits, TrainingRun, TrainingSlot
 from core.checkpoints import check_name, is_resumable, saved_run
-from core.errors import ServerBusyError
+from core.errors import InvalidParameterError, ServerBusyError
 from core.presets import (
     PRESETS,
     child_peak_gb,
@@ -148,7 +148,6 @@ def _live(presentation: bool) -> None:
     run: TrainingRun | None = st.session_state.get("_train_run")
     if run is None:
         return
-    snap = run.snapshot()
     run.touch()  # the owner's page is here: the run is not abandoned
     snap = run.snapshot()
     if not snap["running"]:
@@ -208,7 +207,7 @@ def _reconnected(kept: dict) -> None:
     st.query_params.pop(RUN_PARAM, None)
     try:
         check_name(name)
-    except Exception:
+    except InvalidParameterError:
         return  # not a name this page wrote: nothing to say
     owner = visitor.owner()
     run = _slot().current(owner)
@@ -224,8 +223,7 @@ def _reconnected(kept: dict) -> None:
         preset = meta.get("preset")
         if preset in PRESETS:
             kept["preset"] = preset
-            st.session_state.setdefault("_train_names", {})[preset] = name
-            st.session_state[f"train_name_{preset}"] = name
+            st.session_state.setdefault("_train_names", {})[preset] = name  # the name field's value
         st.session_state["_train_lost"] = (
             f"The server restarted while “{common.md(name)}” was training, and the run was lost. Its last "
             f"save, after {_steps(meta.get('state', {}).get('global_step', -1) + 1)}, can be resumed: "
