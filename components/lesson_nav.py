@@ -222,11 +222,14 @@ def sidebar_menu() -> None:
 def scroll_to_top(path: str) -> None:
     """A Next link clicked at the bottom of one view opens the next one at its top, not at the
     old scroll position (Streamlit keeps the scroll of the main area across pages)."""
-    if st.session_state.get("_ll_view") == path:
-        return
-    n = st.session_state["_ll_views_opened"] = st.session_state.get("_ll_views_opened", 0) + 1
-    st.session_state["_ll_view"] = path
+    # The container is there on every run, so the elements after it keep their places (a button
+    # that moved would be drawn anew and lose the keyboard focus); only its content changes.
     with st.container(key="ll_scroll_top"):  # hidden by components/style.py; the script still runs
+        if st.session_state.get("_ll_view") == path:
+            st.html('<span class="ll-sr"> </span>')
+            return
+        n = st.session_state["_ll_views_opened"] = st.session_state.get("_ll_views_opened", 0) + 1
+        st.session_state["_ll_view"] = path
         st.html(_SCROLL_TOP_JS % f"{path} {n}", unsafe_allow_javascript=True)
 
 

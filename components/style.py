@@ -135,6 +135,10 @@ footer {display: none !important;}
 [data-testid="stMarkdownContainer"], .ll-step, .ll-step * {color: #111111 !important;}
 .ll-step.now {border-width: 4px;}
 [data-testid="stMain"] button:not(:disabled) * {opacity: 1 !important;}  /* the faded shortcut hints */
+/* A primary button: white on a darker blue (8.6:1), not the theme's #0072b2 (5.2:1 with white). */
+[data-testid="stMain"] button[kind="primary"] {background: #004f7c !important;
+  border-color: #004f7c !important;}
+[data-testid="stMain"] button[kind="primary"] * {color: #ffffff !important;}
 .ll-arrow {color: #8f3700 !important;}
 /* The heatmap's mid viridis colours cannot carry 7:1 text: dark text on white,
    the colour as a thick underline. */

@@ -19,14 +19,21 @@ from devtools.harness import CHROMIUM_ARGS, find_chromium  # noqa: E402  (after 
 # A short Verdict text and a model trained on it (`python -m core train`, saved as tiny-verdict).
 VERDICT = "text=I+HAD+always+thought+Jack+Gisburn+rather+a+cheap+genius--though+a+good+fellow+enough"
 TINY = "&model=trained-tiny-verdict"
+PRESENT = "presentation=true"
+# The lesson, one view each, as a 1280x720 projector shows it (presentation mode): the README's
+# lesson screenshots. (file, URL path and query, text that says the view is drawn)
+LESSON = [
+    ("lesson-1-start.png", f"/?{PRESENT}", "Begin"),
+    ("lesson-2-tokens.png", f"/tokens?{PRESENT}", "Text 1"),
+    ("lesson-3-probabilities.png", f"/probabilities?{PRESENT}", "top 10 next tokens"),
+    ("lesson-4-figure-5-7.png", f"/figure-5-7?step=4&{PRESENT}", "Step 4 of 6"),
+    ("lesson-5-cross-entropy.png", f"/cross-entropy?{PRESENT}", "Loss is the mean surprisal"),
+    ("lesson-6-dataset.png", f"/dataset?{PRESENT}", "Validation perplexity"),
+    ("lesson-7-training.png", f"/training?{PRESENT}", "Preset"),
+]
 SHOTS = [  # (file, URL path and query)
-    ("tokens.png", "/"),
-    ("probabilities.png", "/probabilities"),
-    ("figure-5-7.png", "/figure-5-7?step=6"),
-    ("cross-entropy.png", "/cross-entropy"),
+    *[(name, path) for name, path, _ in LESSON],
     ("per-token-loss.png", "/per-token-loss?preset=The+Verdict%2C+first+sentence"),
-    ("dataset.png", "/dataset"),
-    ("presentation.png", "/figure-5-7?step=3&presentation=true"),
     # Accessibility: 200 % zoom in a 1280x720 window (a 640x360 CSS viewport at scale 2), and
     # presentation mode on a 1280x720 projector (sidebar collapsed).
     ("zoom-200.png", "/figure-5-7?step=3"),
@@ -41,7 +48,9 @@ SHOTS = [  # (file, URL path and query)
 VIEWPORTS = {  # file: (width, height, device scale); the others use 1440x1000 at scale 1
     "zoom-200.png": (640, 360, 2),
     "presentation-1280x720.png": (1280, 720, 1),
+    **{name: (1280, 720, 1) for name, _, _ in LESSON},
 }
+LESSON_WAIT = {name: marker for name, _, marker in LESSON}
 # The lesson views show their own first metric, and two need clicks (element to shoot, buttons).
 WAIT = {
     "temperature.png": "Lowest loss",
@@ -73,15 +82,19 @@ def main(base: str, only: list[str]) -> None:
                 page.get_by_text("Training, by position").first.wait_for(timeout=600_000)
                 page.wait_for_timeout(2500)
                 page.locator(".js-plotly-plot").nth(1).scroll_into_view_if_needed()
+            elif name == "lesson-6-dataset.png":
+                compute = page.get_by_role("button", name="Compute")
+                try:  # results kept from a run before: no button
+                    compute.click(timeout=60_000)
+                except PlaywrightTimeout:
+                    pass
+                page.get_by_text(LESSON_WAIT[name]).first.wait_for(timeout=600_000)
+            elif name in LESSON_WAIT:
+                page.get_by_text(LESSON_WAIT[name]).first.wait_for(timeout=120_000)
             elif name in WAIT:
                 page.get_by_text(WAIT[name]).first.wait_for(timeout=120_000)
                 if name == "compare-tokens.png":
                     page.get_by_text("Two models, token by token").first.scroll_into_view_if_needed()
-            elif name == "dataset.png":
-                compute = page.get_by_role("button", name="Compute")
-                compute.wait_for(timeout=120_000)
-                compute.click()
-                page.get_by_text("Validation perplexity").first.wait_for(timeout=600_000)
             elif "presentation" in path:
                 page.get_by_text("Step 3 of 6").first.wait_for(timeout=120_000)
             else:
