@@ -5,14 +5,11 @@ and an unwritable cache folder leaves the lessons working with saving off, sayin
 from __future__ import annotations
 
 import math
-import subprocess
-import tempfile
-from pathlib import Path
 
 import pytest
 from conftest import ROOT
 from streamlit.testing.v1 import AppTest
-from test_checkpoints import SMALL_CFG, _save
+from test_checkpoints import SMALL_CFG, _mounted, _save
 
 from core.registry import BOOK_MODEL, trained_key
 
@@ -99,17 +96,9 @@ def test_on_a_local_server_the_flat_folder_is_everyones():
 
 @pytest.fixture
 def read_only_cache(monkeypatch):
-    where = Path(tempfile.mkdtemp(prefix="losslens-ro-"))
-    done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(where)], capture_output=True
-    )
-    if done.returncode != 0:
-        where.rmdir()
-        pytest.skip(f"cannot mount a read-only tmpfs here (needs root): {done.stderr.decode().strip()}")
-    monkeypatch.setenv("LOSSLENS_CACHE_DIR", str(where / "losslens"))
-    yield where
-    subprocess.run(["umount", str(where)], check=True)
-    where.rmdir()
+    with _mounted("ro,size=1m") as where:  # a real read-only filesystem: root cannot write it either
+        monkeypatch.setenv("LOSSLENS_CACHE_DIR", str(where / "losslens"))
+        yield where
 
 
 def test_a_read_only_cache_leaves_the_lessons_working(read_only_cache):

@@ -4,28 +4,18 @@ link with invalid values shows."""
 
 from __future__ import annotations
 
-import subprocess
-import tempfile
-from pathlib import Path
-
 import pytest
+from test_checkpoints import _mounted
 
 from devtools.harness import StreamlitServer, metric_value, server_env, wait_for_app
 
 
 @pytest.fixture(scope="module")
 def read_only_server(tmp_path_factory, chromium_path, verdict_file):
-    where = Path(tempfile.mkdtemp(prefix="losslens-ro-"))
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(where)], capture_output=True)
-    if done.returncode != 0:
-        where.rmdir()
-        pytest.skip(f"cannot mount a read-only tmpfs here (needs root): {done.stderr.decode().strip()}")
-    work = tmp_path_factory.mktemp("e2e-ro")
-    srv = StreamlitServer(server_env(where / "losslens"), work).start()
-    yield srv
-    srv.stop()
-    subprocess.run(["umount", str(where)], check=True)
-    where.rmdir()
+    with _mounted("ro,size=1m") as where:  # a real read-only filesystem: root cannot write it either
+        srv = StreamlitServer(server_env(where / "losslens"), tmp_path_factory.mktemp("e2e-ro")).start()
+        yield srv
+        srv.stop()
 
 
 def test_a_read_only_cache_keeps_the_lessons_and_says_why_saving_is_off(new_page, read_only_server):
