@@ -29,7 +29,7 @@ LESSON = [
     ("lesson-4-figure-5-7.png", f"/figure-5-7?step=4&{PRESENT}", "Step 4 of 6"),
     ("lesson-5-cross-entropy.png", f"/cross-entropy?{PRESENT}", "Loss is the mean surprisal"),
     ("lesson-6-dataset.png", f"/dataset?{PRESENT}", "Validation perplexity"),
-    ("lesson-7-training.png", f"/training?{PRESENT}", "Preset"),
+    ("lesson-7-training.png", f"/training?{PRESENT}", "Estimate the time"),
 ]
 SHOTS = [  # (file, URL path and query)
     *[(name, path) for name, path, _ in LESSON],
