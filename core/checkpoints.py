@@ -244,6 +244,8 @@ def training(name: str, *, owner: str | None = None):
     finally:
         with contextlib.suppress(OSError):
             mark.unlink()
+            if owner is not None:
+                mark.parent.rmdir()  # only if empty: a run that saved nothing leaves no folder
 
 
 def plan_room(nbytes: int, name: str, *, owner: str | None = None) -> list[SavedUnit]:
@@ -280,7 +282,7 @@ def check_disk(nbytes: int, *, owner: str | None = None) -> None:
     problem = save_problem(owner=owner)
     if problem:
         raise StorageError(problem)
-    free = shutil.disk_usage(models_dir(owner)).free
+    free = shutil.disk_usage(models_root()).free
     if free - nbytes < _reserve_bytes():
         raise StorageError(
             f"The disk is nearly full: saving this model needs about {_mb(nbytes)}, beside the "
@@ -299,8 +301,9 @@ def check_room(cfg: dict, name: str, *, owner: str | None = None) -> None:
 
 def save_problem(*, owner: str | None = None) -> str | None:
     """Why models cannot be saved here (the cache folder is unwritable or missing), or None.
-    It tries what a save does: create the folder, write and remove a file."""
-    folder = models_dir(owner)
+    It tries what a save does: create the models' folder, write and remove a file. (An owner's
+    own folder is made only by a save, so visits leave no empty folders behind.)"""
+    folder = models_root()
     try:
         folder.mkdir(parents=True, exist_ok=True)
         probe = folder / f".probe-{uuid.uuid4().hex}.tmp"
@@ -328,6 +331,9 @@ def delete_model(name: str, *, owner: str | None = None) -> bool:
             pass
         except OSError as e:
             raise StorageError(f"{name!r} could not be deleted: {e.strerror or e}.") from e
+    if owner is not None:
+        with contextlib.suppress(OSError):
+            models_dir(owner).rmdir()  # only if empty: a visitor's last model takes its folder along
     return removed
 
 
@@ -418,6 +424,7 @@ def save_checkpoint(
     path, rpath = model_path(name, owner=owner), resume_path(name, owner=owner)
     tmps = []
     try:
+        models_dir(owner, create=True)
         tmps.append(_write_tmp(weights, path, meta))
         if resume is not None:
             groups = opt["param_groups"]

@@ -161,3 +161,11 @@ def test_on_a_shared_server_ones_own_trained_model_works_in_every_view(monkeypat
         assert not at.exception and not at.error, (page, at.exception, [e.value for e in at.error])
     at.switch_page("components/figure57.py").run()
     assert loss(at) == expected and expected != "10.7940"
+
+
+def test_visits_to_the_training_page_leave_no_folders_behind(cache, monkeypatch):
+    monkeypatch.setenv("LOSSLENS_SHARED", "1")
+    for _ in range(3):  # three visitors look at the Training page, none trains
+        at = app("training")
+        assert at.button(key="train_start") and not at.warning
+    assert [p.name for p in (cache / "models").iterdir()] == []
