@@ -30,6 +30,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
+from .deployment import shared_server
 from .errors import InvalidParameterError, StorageError, WeightsError
 from .model import GPTModel, freeze
 from .paths import cache_dir
@@ -121,8 +122,6 @@ def _env_number(env: str, default: float) -> float:
 def quota() -> tuple[int, int]:
     """(bytes, count) all saved models may take together: the settings, else the defaults of
     this kind of server."""
-    from .deployment import shared_server
-
     mb, count = SHARED_DEFAULTS if shared_server() else LOCAL_DEFAULTS
     return int(_env_number(MAX_MB_ENV, mb) * MB), int(_env_number(MAX_COUNT_ENV, count))
 
@@ -173,6 +172,13 @@ def _size(path: Path) -> int:
         return 0
 
 
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return 0.0
+
+
 def _folders() -> list[tuple[str | None, Path]]:
     root = models_root()
     found: list[tuple[str | None, Path]] = [(None, root)]
@@ -203,12 +209,12 @@ def saved_units() -> list[SavedUnit]:
                         names.add(stem)
                     break
             else:
-                if f.name.endswith(".tmp") and time.time() - f.stat().st_mtime > STALE_TMP_S:
-                    with contextlib.suppress(OSError):
+                with contextlib.suppress(OSError):  # gone meanwhile: nothing to do
+                    if f.name.endswith(".tmp") and time.time() - f.stat().st_mtime > STALE_TMP_S:
                         f.unlink()  # left by a save that was killed
         for name in names:
             w, r = folder / f"{name}{WEIGHTS_SUFFIX}", folder / f"{name}{RESUME_SUFFIX}"
-            mtime = max((p.stat().st_mtime for p in (w, r) if p.exists()), default=0.0)
+            mtime = max((_mtime(p) for p in (w, r)), default=0.0)
             units.append(
                 SavedUnit(owner, name, _size(w) + _size(r), mtime, (folder / f"{name}{PIN_SUFFIX}").exists())
             )
@@ -295,8 +301,8 @@ def check_room(cfg: dict, name: str, *, owner: str | None = None) -> None:
     """Before a run starts: its save (a stopped run's, the largest) can fit in the quota and on
     the disk, so no run trains for an hour to fail at its save."""
     need = expected_save_bytes(cfg)
-    plan_room(need, name, owner=owner)
-    check_disk(need, owner=owner)
+    victims = plan_room(need, name, owner=owner)
+    check_disk(need - sum(v.bytes for v in victims), owner=owner)
 
 
 def save_problem(*, owner: str | None = None) -> str | None:
@@ -418,9 +424,9 @@ def save_checkpoint(
     need += HEADER_BYTES
 
     victims = plan_room(need, name, owner=owner)
+    check_disk(need - sum(v.bytes for v in victims), owner=owner)  # before anything is removed
     for v in victims:  # oldest unpinned first out, across owners
         delete_model(v.name, owner=v.owner)
-    check_disk(need, owner=owner)
     path, rpath = model_path(name, owner=owner), resume_path(name, owner=owner)
     tmps = []
     try:
