@@ -107,7 +107,7 @@ ol.ll-flow{display:flex;flex-wrap:nowrap;align-items:stretch;gap:4px 22px;margin
 .st-key-ll_scroll_top{display:none!important}
 /* A wider open sidebar: the model picker shows a whole model name ("Untrained GPT-2 124M (book,
    section 5.1)") instead of cutting it off. Collapsed, it keeps Streamlit's own width (none). */
-[data-testid="stSidebar"][aria-expanded="true"]{min-width:23rem!important;max-width:23rem!important}
+[data-testid="stSidebar"][data-collapsed="false"]{min-width:23rem!important;max-width:23rem!important}
 /* prefers-reduced-motion: no animation anywhere; Play still changes the step, without transitions. */
 @media (prefers-reduced-motion: reduce){*,*::before,*::after{animation-duration:0s!important;
   animation-iteration-count:1!important;transition-duration:0s!important;transition-delay:0s!important;
