@@ -220,7 +220,9 @@ CUT_OFF_JS = """() => {
 
 
 @pytest.mark.parametrize(
-    "width,height,presentation", [(1280, 720, True), (1440, 900, False)], ids=["projector", "laptop"]
+    "width,height,presentation",
+    [(1280, 720, True), (1920, 1080, True), (1440, 900, False)],
+    ids=["projector", "projector-1080p", "laptop"],
 )
 def test_the_lesson_walks_from_start_to_training_by_next_alone(new_page, server, width, height, presentation):
     from components.lesson_nav import LESSON
