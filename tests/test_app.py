@@ -213,10 +213,11 @@ def test_bad_input_gives_a_message_not_a_traceback(text, message):
 
 def test_special_tokens_emoji_and_markup_are_shown_literally(model):
     text = "<|endoftext|> <script>alert(1)</script> $x$ **bold** 😀"
-    at = app()
+    at = app("tokens")
     set_text(at, text)
     assert not at.exception and not at.error
     body = html_bodies(at)
+    # (The app's own scroll-to-top script comes only with a change of view, not with an edit.)
     assert "<script" not in body and "</script" not in body
     assert "␣&lt;" in body and "&lt;/" in body  # the tokens " <" and "</", escaped
     assert "&lt;|endoftext|&gt;" in body and "50256" in body
@@ -224,7 +225,7 @@ def test_special_tokens_emoji_and_markup_are_shown_literally(model):
     assert any(t.value == text for t in at.text)  # the raw text, as plain text
     assert metric(at, "Loss (cross entropy)") == f"{float(compute_loss(model, [text]).loss):.4f}"
     at.switch_page("components/per_token.py").run()
-    assert "<script>" not in html_bodies(at)
+    assert "<script>alert" not in html_bodies(at) and "alert(1)</script" not in html_bodies(at)
 
 
 def test_cross_entropy_view_compares_manual_and_builtin(model):
@@ -473,7 +474,15 @@ def test_each_lesson_view_asks_its_question_and_links_to_its_neighbours(n):
     view = lesson_nav.LESSON[n]
     assert view.file == f"components/{LESSON_PAGES[n]}.py"
     assert f"*{view.question}*" in [m.value for m in at.markdown][:2]
-    links = [(e.proto.label, e.proto.page) for e in at.get("page_link")]
+    links = [
+        (e.proto.label, e.proto.page)
+        for e in at.get("page_link")
+        if e.proto.label.startswith(("← Previous: ", "Next: "))  # not the sidebar's menu
+    ]
+    menu = [
+        e.proto.label for e in at.get("page_link") if not e.proto.label.startswith(("← Previous: ", "Next: "))
+    ]
+    assert menu == [v.title for v in lesson_nav.VIEWS]  # the sidebar: the lesson, then the extras
     expected = []
     if n > 0:
         before = lesson_nav.LESSON[n - 1]  # the start page is the default: its link is "/"
