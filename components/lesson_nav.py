@@ -224,7 +224,7 @@ def scroll_to_top(path: str) -> None:
     old scroll position (Streamlit keeps the scroll of the main area across pages)."""
     # The container is there on every run, so the elements after it keep their places (a button
     # that moved would be drawn anew and lose the keyboard focus); only its content changes.
-    with st.container(key="ll_scroll_top"):  # hidden by components/style.py; the script still runs
+    with st.container(key="ll_scroll_top"):  # hidden by the app's CSS (style.py); the script still runs
         if st.session_state.get("_ll_view") == path:
             st.html('<span class="ll-sr"> </span>')
             return
