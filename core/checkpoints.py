@@ -92,10 +92,11 @@ def corpus_digest(text: str) -> str:
 
 # --- the quota and the disk -----------------------------------------------------------------
 
-MAX_MB_ENV, MAX_COUNT_ENV, RESERVE_MB_ENV = (
+MAX_MB_ENV, MAX_COUNT_ENV, RESERVE_MB_ENV, SHARE_ENV = (
     "LOSSLENS_MODELS_MAX_MB",
     "LOSSLENS_MODELS_MAX_COUNT",
     "LOSSLENS_DISK_RESERVE_MB",
+    "LOSSLENS_MODELS_OWNER_SHARE",
 )
 # Community Cloud's disk is small and ephemeral: a shared server keeps 2 GB of models (a dozen
 # quick runs, or one stopped book run); a local server keeps what a person is likely to want.
@@ -103,6 +104,7 @@ SHARED_DEFAULTS = (2000, 50)
 LOCAL_DEFAULTS = (50_000, 1000)
 MB = 1_000_000  # sizes are decimal megabytes, as `df -H` and a file manager show them
 HEADER_BYTES = 256 * 1024  # a save's JSON descriptions (losses, samples) beside its tensors
+OWNER_SHARE = 0.25  # of the quota, per visitor on a shared server
 RESERVE_MB = 64  # left free on the disk after a save, for the logs and the server's own files
 
 
@@ -254,9 +256,48 @@ def training(name: str, *, owner: str | None = None):
                 mark.parent.rmdir()  # only if empty: a run that saved nothing leaves no folder
 
 
+def owner_share() -> tuple[int, int]:
+    """(bytes, count) one visitor's models may hold on a shared server: a quarter of the quota
+    (LOSSLENS_MODELS_OWNER_SHARE), so one visitor's saves never push out everybody else's."""
+    max_bytes, max_count = quota()
+    share = _env_number(SHARE_ENV, OWNER_SHARE)
+    if share > 1:
+        raise InvalidParameterError(f"{SHARE_ENV}={share:g} must be a fraction of the quota, from 0 to 1.")
+    return int(max_bytes * share), max(1, int(max_count * share))
+
+
+def _over_share(units: list[SavedUnit], nbytes: int, owner: str, busy: set) -> list[SavedUnit]:
+    """The owner's own oldest unpinned models that must go first for this save to keep the owner
+    within their share; StorageError when only pinned or training ones are left."""
+    share_bytes, share_count = owner_share()
+    if nbytes > share_bytes:
+        raise StorageError(
+            f"This model needs about {_mb(nbytes)} on disk, more than the {_mb(share_bytes)} one visitor "
+            f"may keep on this server ({SHARE_ENV} of {MAX_MB_ENV}). Choose a smaller preset."
+        )
+    own = [u for u in units if u.owner == owner]
+    used = sum(u.bytes for u in own)
+    victims = []
+    for unit in own:
+        if used + nbytes <= share_bytes and len(own) - len(victims) + 1 <= share_count:
+            break
+        if unit.pinned or (unit.owner, unit.name) in busy:
+            continue
+        victims.append(unit)
+        used -= unit.bytes
+    if used + nbytes > share_bytes or len(own) - len(victims) + 1 > share_count:
+        raise StorageError(
+            f"Your saved models are at your share of this server ({_mb(share_bytes)}, {share_count} "
+            "models) and the rest are pinned or training: delete one of yours to save another."
+        )
+    return victims
+
+
 def plan_room(nbytes: int, name: str, *, owner: str | None = None) -> list[SavedUnit]:
     """The saved models a save of `nbytes` as (owner, name) must evict to stay in the quota,
-    oldest unpinned first and never one being trained; StorageError when no eviction makes room."""
+    oldest unpinned first and never one being trained; StorageError when no eviction makes room.
+    A visitor on a shared server loses their own oldest models before anybody else's once they
+    hold their share."""
     max_bytes, max_count = quota()
     if nbytes > max_bytes:
         raise StorageError(
@@ -265,21 +306,23 @@ def plan_room(nbytes: int, name: str, *, owner: str | None = None) -> list[Saved
         )
     units = [u for u in saved_units() if (u.owner, u.name) != (owner, name)]  # it replaces itself
     busy = _training_now()
+    victims = _over_share(units, nbytes, owner, busy) if owner is not None else []
+    units = [u for u in units if u not in victims]
     used = sum(u.bytes for u in units)
-    victims = []
+    others: list[SavedUnit] = []
     for unit in units:
-        if used + nbytes <= max_bytes and len(units) - len(victims) + 1 <= max_count:
+        if used + nbytes <= max_bytes and len(units) - len(others) + 1 <= max_count:
             break
         if unit.pinned or (unit.owner, unit.name) in busy:
             continue
-        victims.append(unit)
+        others.append(unit)
         used -= unit.bytes
-    if used + nbytes > max_bytes or len(units) - len(victims) + 1 > max_count:
+    if used + nbytes > max_bytes or len(units) - len(others) + 1 > max_count:
         raise StorageError(
             f"The saved models are at this server's quota ({_mb(max_bytes)}, {max_count} models) and "
             "the rest are pinned or training: delete one of yours to save another."
         )
-    return victims
+    return victims + others
 
 
 def check_disk(nbytes: int, *, owner: str | None = None) -> None:

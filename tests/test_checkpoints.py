@@ -72,6 +72,8 @@ def cache(tmp_path, monkeypatch):
         "LOSSLENS_DISK_RESERVE_MB",
     ):
         monkeypatch.delenv(env, raising=False)
+    # The server-wide quota on its own; the per-visitor share has its own tests below.
+    monkeypatch.setenv("LOSSLENS_MODELS_OWNER_SHARE", "1")
     return tmp_path / "cache"
 
 
@@ -228,6 +230,35 @@ def test_the_size_quota_bounds_repeated_saves(cache, monkeypatch):
         _save(f"run-{i}", owner=A)
         assert sum(u.bytes for u in saved_units()) <= limit
     assert [u.name for u in saved_units()] == ["run-9", "run-10", "run-11"]
+
+
+def test_a_visitor_over_their_share_loses_their_own_oldest_not_anybody_elses(cache, monkeypatch):
+    monkeypatch.delenv("LOSSLENS_MODELS_OWNER_SHARE")  # the default: a quarter of the quota
+    monkeypatch.setenv("LOSSLENS_MODELS_MAX_COUNT", "8")  # two models each
+    _save("b-first", owner=B)
+    for i in range(5):  # A trains and stops, again and again
+        _save(f"a-{i}", owner=A)
+    assert [(u.owner, u.name) for u in saved_units()] == [(B, "b-first"), (A, "a-3"), (A, "a-4")]
+    pin_model("a-3", owner=A)
+    pin_model("a-4", owner=A)
+    with pytest.raises(StorageError, match="at your share of this server"):
+        _save("a-5", owner=A)
+    assert model_path("b-first", owner=B).exists() and not model_path("a-5", owner=A).exists()
+
+
+def test_the_share_bounds_one_visitors_bytes_too(cache, monkeypatch):
+    one = _save("probe", owner=A).stat().st_size + resume_path("probe", owner=A).stat().st_size
+    delete_model("probe", owner=A)
+    monkeypatch.setenv("LOSSLENS_MODELS_OWNER_SHARE", "0.5")
+    monkeypatch.setenv("LOSSLENS_MODELS_MAX_MB", str((5 * one + 2 * checkpoints.HEADER_BYTES) / 1e6))
+    _save("b-0", owner=B)
+    _save("b-1", owner=B)
+    for i in range(4):
+        _save(f"a-{i}", owner=A)
+    assert [(u.owner, u.name) for u in saved_units()] == [(B, "b-0"), (B, "b-1"), (A, "a-2"), (A, "a-3")]
+    monkeypatch.setenv("LOSSLENS_MODELS_OWNER_SHARE", "2")
+    with pytest.raises(InvalidParameterError, match="fraction of the quota"):
+        _save("a-4", owner=A)
 
 
 def test_a_model_larger_than_the_quota_is_refused_before_training(cache, monkeypatch):
