@@ -32,7 +32,7 @@ _SELECT = "_own_select"  # the key the picker switches to on the next run
 _UPLOADS = "_own_uploads"  # the uploader's generation: a new one lets Streamlit drop the old bytes
 # A local server takes the book's files whole: GPT-2 XL's state dict is about 6.6 GB.
 LOCAL_UPLOAD_MB = 8192
-_CONFIG_CAP: int | None = None  # server.maxUploadSize as the config set it, before any raise
+_LOCAL_CAP: int | None = None  # a local server's raised server.maxUploadSize, set once
 FILE_TYPES = ["pth", "pt", "bin", "safetensors"]
 
 
@@ -115,20 +115,33 @@ def path_allowed() -> bool:
 def upload_cap_mb() -> int:
     """The uploader's limit. Streamlit enforces one server-wide cap (server.maxUploadSize) on every
     upload request; a widget's max_upload_size only tells the browser. So a local server raises the
-    server-wide cap for a model file, to half the free memory (the upload's bytes and the weights
-    read from them must both fit) and at most LOCAL_UPLOAD_MB; a corpus is still refused above
-    20 MB by core. A shared server keeps the small cap of .streamlit/config.toml."""
-    global _CONFIG_CAP
-    if _CONFIG_CAP is None:
-        _CONFIG_CAP = int(st.get_option("server.maxUploadSize"))
+    server-wide cap for a model file, once, to half the memory free then (the upload's bytes and
+    the weights read from them must both fit) and at most LOCAL_UPLOAD_MB; a corpus is still
+    refused above 20 MB by core. A shared server keeps the small cap of .streamlit/config.toml.
+    The cap stays fixed: a widget whose max_upload_size changes loses its file."""
+    global _LOCAL_CAP
     if shared_server():
         return int(st.get_option("server.maxUploadSize"))
-    free = available_memory_gb("cpu")
-    room = LOCAL_UPLOAD_MB if free is None else int(free * 1024 / 2)
-    cap = max(_CONFIG_CAP, min(LOCAL_UPLOAD_MB, room))
-    if cap != st.get_option("server.maxUploadSize"):
-        st_config.set_option("server.maxUploadSize", cap)
-    return cap
+    if _LOCAL_CAP is None:
+        configured = int(st.get_option("server.maxUploadSize"))
+        free = available_memory_gb("cpu")
+        room = LOCAL_UPLOAD_MB if free is None else int(free * 1024 / 2)
+        _LOCAL_CAP = max(configured, min(LOCAL_UPLOAD_MB, room))
+    if st.get_option("server.maxUploadSize") != _LOCAL_CAP:
+        st_config.set_option("server.maxUploadSize", _LOCAL_CAP)
+    return _LOCAL_CAP
+
+
+def _forget_upload(up) -> None:
+    """Drop the uploaded file from Streamlit's per-session store, which otherwise keeps its bytes
+    (650 MB for a 124M model) until the session ends: a new uploader key does not release them."""
+    ctx = get_script_run_ctx(suppress_warning=True)
+    try:
+        from streamlit.runtime.memory_uploaded_file_manager import MemoryUploadedFileManager
+    except ImportError:  # another Streamlit: its store frees the bytes with the session
+        return
+    if ctx is not None and isinstance(ctx.uploaded_file_mgr, MemoryUploadedFileManager):
+        ctx.uploaded_file_mgr.remove_file(session_id=ctx.session_id, file_id=up.file_id)
 
 
 # --- the sidebar panel ----------------------------------------------------------------------
@@ -203,6 +216,9 @@ def panel(sb) -> None:
         box.warning("Choose a file first" + (", or type its path." if path_allowed() else "."))
         return
     source, name = (up.getvalue(), up.name) if up is not None else (path, None)
+    if up is not None:
+        _forget_upload(up)
+        del up  # with `source` gone after the load, nothing holds the file's bytes
     # Whatever happens, the next run draws a fresh uploader: Streamlit then drops this file's bytes.
     st.session_state[_UPLOADS] = generation + 1
     # The previous model goes first: two models are never held at once for one visitor.
