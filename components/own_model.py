@@ -213,7 +213,10 @@ def panel(sb) -> None:
     if not box.button("Load", key="own_load", type="primary", icon=":material/upload:"):
         return
     if up is None and not path:
-        box.warning("Choose a file first" + (", or type its path." if path_allowed() else "."))
+        box.warning(
+            "Choose a file first (and let its upload finish)"
+            + (", or type its path." if path_allowed() else ".")
+        )
         return
     source, name = (up.getvalue(), up.name) if up is not None else (path, None)
     if up is not None:
