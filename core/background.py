@@ -19,7 +19,7 @@ import torch
 
 from .checkpoints import check_name
 from .deployment import shared_server
-from .errors import InvalidParameterError, ServerBusyError
+from .errors import InvalidParameterError, LossLensError, ServerBusyError
 from .memory import process_rss
 from .presets import Preset, check_training_memory, estimate_time
 from .priority import FOREGROUND, lower_thread_priority, yield_to_foreground
@@ -169,7 +169,13 @@ def _child(
         events.put(("result", replace(result, state=state)))
     except Exception as e:  # shown in the UI as a message, never lost in a process
         events.put(("peak_mb", peak_rss_mb()))
-        events.put(("error", f"{type(e).__name__}: {e}"))
+        events.put(("error", error_words(e)))
+
+
+def error_words(e: BaseException) -> str:
+    """What the page shows for a child's failure: LossLens's own errors are written for people;
+    anything else keeps its type, which is what makes it understandable."""
+    return str(e) if isinstance(e, LossLensError) else f"{type(e).__name__}: {e}"
 
 
 def _estimate_child(preset, text, device, threads, nice, events, parent) -> None:
@@ -180,7 +186,7 @@ def _estimate_child(preset, text, device, threads, nice, events, parent) -> None
     try:
         events.put(("result", estimate_time(preset, text, device=device)))
     except Exception as e:
-        events.put(("error", f"{type(e).__name__}: {e}"))
+        events.put(("error", error_words(e)))
     events.put(("peak_mb", peak_rss_mb()))
 
 

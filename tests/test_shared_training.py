@@ -186,3 +186,11 @@ def test_the_estimate_sentence_counts_one_thread_in_the_singular():
     e |= {"total_s": 234.0, "num_epochs": 8}
     assert describe_estimate(e).startswith("Measured on this machine (1 thread): 2.73 s per training step")
     assert "(3 threads)" in describe_estimate(e | {"threads": 3})
+
+
+def test_a_childs_failure_reads_as_its_message_without_a_type_name(text, monkeypatch):
+    # The disk's reserve set beyond any disk: the child's check before training refuses, in words.
+    monkeypatch.setenv("LOSSLENS_DISK_RESERVE_MB", str(10**12))
+    snap = _wait(TrainingRun(TINY, text, "no-room", nice=1, owner=OWNER).start())
+    assert snap["error"].startswith("The disk is nearly full") and "StorageError" not in snap["error"]
+    assert not model_path("no-room", owner=OWNER).exists()
