@@ -685,3 +685,12 @@ def test_dataset_progress_counts_each_split_on_its_own():
     assert progress_text(1, 10, "train", 9) == "training batches: 1 of 9"
     assert progress_text(9, 10, "train", 9) == "training batches: 9 of 9"
     assert progress_text(10, 10, "val", 9) == "validation batches: 1 of 1 (training done)"
+
+
+def test_presentation_mode_leaves_out_hardware_notes():
+    at = app("dataset", presentation="true")
+    assert not [t for t in at.toggle if t.key == "ds_fast"]
+    shown = _markdown(at) + " ".join(t.label for t in at.toggle)
+    assert "bfloat16" not in shown and "AVX" not in shown and "AMX" not in shown
+    at = app("dataset")  # on the laptop the switch is there (offered or with the reason why not)
+    assert [t for t in at.toggle if t.key == "ds_fast"]
