@@ -7,6 +7,8 @@ from dataclasses import dataclass
 
 import streamlit as st
 
+from components import common
+from core.errors import LossLensError
 from core.registry import BOOK_MODEL, BOOK_SEED
 from core.report import book_differences
 
@@ -168,8 +170,16 @@ def neighbours(path: str) -> tuple[View | None, View | None]:
     return (LESSON[n - 1] if n > 0 else None), (LESSON[n + 1] if n + 1 < len(LESSON) else None)
 
 
+def _differences(inputs) -> list[str]:
+    try:
+        label = common.md(common.get_spec(inputs.model).label)  # the visitor's own model: a file's name
+    except LossLensError:
+        label = None
+    return book_differences(inputs.model, inputs.seed, inputs.texts, inputs.temperature, label=label)
+
+
 def is_book_example(inputs) -> bool:
-    return not book_differences(inputs.model, inputs.seed, inputs.texts, inputs.temperature)
+    return not _differences(inputs)
 
 
 def back_to_book() -> None:
@@ -185,14 +195,14 @@ def back_to_book() -> None:
 
 def book_notice(inputs) -> None:
     """Say what differs from the book's example, with one button back to it."""
-    diffs = book_differences(inputs.model, inputs.seed, inputs.texts, inputs.temperature)
+    diffs = _differences(inputs)
     if not diffs:
         return
     with st.container(border=True, key="book_notice"):
         c1, c2 = st.columns([4, 1.3], vertical_alignment="center")
         c1.markdown(
             "**Not the book's example:** "
-            + "; ".join(d.replace("*", r"\*") for d in diffs)
+            + "; ".join(diffs)
             + ". The numbers below are for this state, not the book's."
         )
         c2.button(

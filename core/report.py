@@ -65,15 +65,16 @@ STEPS = [
 BOOK_TEXTS = ("every effort moves you", "I really like chocolate")  # figure 5.7's batch
 
 
-def book_differences(model: str, seed: int, texts, temperature: float) -> list[str]:
+def book_differences(model: str, seed: int, texts, temperature: float, label: str | None = None) -> list[str]:
     """What differs from section 5.1's example, one short phrase each (top-k changes only the
-    bars shown, never a number, so it is left out). Empty on the book's example."""
+    bars shown, never a number, so it is left out). Empty on the book's example. `label` names
+    the model where the registry cannot (a visitor's own model lives in their session)."""
     from .registry import BOOK_MODEL, BOOK_SEED, available_models
 
     out = []
     if model != BOOK_MODEL:
-        spec = available_models().get(model)
-        out.append(f"another model ({spec.label if spec else model})")
+        spec = None if label else available_models().get(model)
+        out.append(f"another model ({label or (spec.label if spec else model)})")
     elif seed != BOOK_SEED:
         out.append(f"seed {seed} (the book: {BOOK_SEED})")
     if temperature != 1:

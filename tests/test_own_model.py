@@ -392,6 +392,8 @@ def test_app_loads_the_readers_model_for_every_view(loopback_app, small, tokeniz
     expected = compute_loss(own.model, BOOK_TEXTS, 10, 1.0, tokenizer).loss
     assert _metric(at, "Loss (cross entropy)") == f"{expected:.4f}"
     assert any("optimizer" in c.value and "ignored" in c.value for c in at.sidebar.caption)
+    notice = " ".join(m.value for m in at.markdown if "Not the book's example" in m.value)
+    assert r"another model (Your own\: model\_and\_optimizer\.pth)" in notice  # the file's name, escaped
     pages = ("tokens", "probabilities", "figure57", "cross_entropy", "per_token", "temperature", "units")
     for page in (*pages, "confidence", "gradient"):
         at.switch_page(f"components/{page}.py").run()
@@ -426,6 +428,9 @@ def test_app_bad_file_gives_a_message_and_keeps_serving(loopback_app, bad):
     shown = " ".join(e.value for e in at.sidebar.error).replace("\\", "")
     assert "nan.pth has NaN weights" in shown
     assert at.selectbox(key="model").value == "own:load"
+    # The book notice names the picker's entry, never its internal key.
+    notice = " ".join(m.value for m in at.markdown if "Not the book's example" in m.value).replace("\\", "")
+    assert "another model (Your own model" in notice and "own:load" not in notice
     # The views say what to do instead of failing.
     assert "Load your model first" in " ".join(e.value for e in at.error)
     at.selectbox(key="model").set_value("untrained-124m").run()
