@@ -10,6 +10,8 @@ when their page has been gone for a while. The run's name waits in the page's ad
 
 from __future__ import annotations
 
+import re
+
 import plotly.graph_objects as go
 import streamlit as st
 
@@ -27,6 +29,7 @@ from core.presets import (
 )
 from core.registry import trained_key
 from core.runner import plan_run
+from core.train import START_CONTEXT
 
 POLL_S = 1.0
 RUN_PARAM = "run"  # the page address keeps the run's name: it outlives a server restart
@@ -87,12 +90,31 @@ def figure(evals: list[dict], title: str = "Training and validation loss") -> go
     return fig
 
 
+def sample_line(sample: str, start: str = START_CONTEXT) -> tuple[str, bool]:
+    """A greedy sample as the page prints it, and whether its continuation has no word yet.
+    Spaces after the prompt are made visible (runs counted), since the book's samples fold line
+    breaks into spaces and an early model's continuation is often nothing else."""
+    rest = sample[len(start) :] if sample.startswith(start) else sample
+    shown = re.sub(r" {4,}", lambda m: f" ␣×{len(m.group())} ", rest)
+    return f"{start}{shown}".rstrip(), not any(ch.isalnum() for ch in rest)
+
+
 def _samples(samples: list) -> None:
     if not samples:
         return
     st.markdown("**Greedy samples from “Every effort moves you”, after each epoch**")
+    wordless = []
     for epoch, text in samples:
-        st.text(f"Epoch {epoch}: {text}")  # st.text: shown literally, never as Markdown
+        line, empty = sample_line(text)
+        st.text(f"Epoch {epoch}: {line}")  # st.text: shown literally, never as Markdown
+        if empty:
+            wordless.append(str(epoch))
+    if wordless:
+        st.caption(
+            f"Epoch {', '.join(wordless)}: no word after the prompt yet, only spaces or punctuation (␣×N: "
+            "N spaces; line breaks print as spaces, as in the book). A barely trained model predicts "
+            "the corpus's most frequent tokens whatever came before; words follow as the loss falls."
+        )
 
 
 def _show(snap: dict, presentation: bool) -> None:

@@ -232,3 +232,25 @@ def test_the_estimate_is_timed_in_a_process_of_its_own():
     assert "9 steps per epoch" in text_of(at)  # the quick preset on The Verdict
     assert children() == before  # the estimate's process has ended
     assert process_rss() - rss < 200 * 2**20  # its model, optimizer and steps were never here
+
+
+def test_a_wordless_sample_shows_its_spaces_counted_and_says_why():
+    from components.training import sample_line
+    from core.train import START_CONTEXT
+
+    assert sample_line(START_CONTEXT + " " * 50) == (START_CONTEXT + " ␣×50", True)
+    assert sample_line(START_CONTEXT + ",,,,.") == (START_CONTEXT + ",,,,.", True)
+    assert sample_line(START_CONTEXT + " and the the") == (START_CONTEXT + " and the the", False)
+
+    def samples_page():
+        from components.training import _samples
+        from core.train import START_CONTEXT
+
+        _samples([(1, START_CONTEXT + " " * 50), (2, START_CONTEXT + ", and the")])
+
+    at = AppTest.from_function(samples_page, default_timeout=TIMEOUT).run()
+    assert [t.value for t in at.text] == [
+        "Epoch 1: Every effort moves you ␣×50",
+        "Epoch 2: Every effort moves you, and the",
+    ]
+    assert at.caption[0].value.startswith("Epoch 1: no word after the prompt yet")
