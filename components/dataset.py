@@ -8,7 +8,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from components import a11y, common, lesson_nav, position_loss, store
-from core.corpus import MAX_CORPUS_LABEL, decode_corpus_bytes, validate_corpus_text
+from core.corpus import MAX_CORPUS_BYTES, MAX_CORPUS_LABEL, decode_corpus_bytes, validate_corpus_text
 from core.data import LoaderSettings, make_loaders
 from core.errors import CorpusError
 from core.evaluate import evaluate_dataset
@@ -34,7 +34,11 @@ def _corpus() -> tuple[str, str] | None:
             return None
     if source == SOURCES[1]:
         up = st.file_uploader(
-            f"Upload a UTF-8 text file (at most {MAX_CORPUS_LABEL})", type=None, key="corpus_file"
+            f"Upload a UTF-8 text file (at most {MAX_CORPUS_LABEL})",
+            type=None,
+            key="corpus_file",
+            # The browser refuses more, whatever the server-wide cap (raised for model files).
+            max_upload_size=MAX_CORPUS_BYTES // 1_000_000,
         )
         if up is None:
             st.info("Upload a plain-text file to compute its loss.", icon=":material/upload_file:")

@@ -481,6 +481,10 @@ def test_local_server_raises_the_upload_cap_and_offers_a_path(loopback_app, monk
         cap = st_config.get_option("server.maxUploadSize")
         assert 20 < cap <= LOCAL_UPLOAD_MB
         assert at.sidebar.get("file_uploader")[0].proto.label == f"Your model file (at most {cap:,} MB)"
+        # The corpus uploader keeps its own 20 MB: the raised cap is for model files only.
+        at.switch_page("components/dataset.py").run()
+        at.radio(key="corpus").set_value("Upload a file").run()
+        assert at.main.get("file_uploader")[0].proto.max_upload_size_mb == 20
     finally:
         st_config.set_option("server.maxUploadSize", before)
 
