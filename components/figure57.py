@@ -56,7 +56,8 @@ def _play() -> None:
 
 def _positions(s: dict) -> list[tuple[str, dict]]:
     return [
-        (f"{common.esc(p['input'])} → {common.esc(p['target'])}<br>{r + 1}·{p['position']}", p)
+        # Input and target on lines of their own: side by side, neighbouring labels ran together.
+        (f"{common.esc(p['input'])} →<br>{common.esc(p['target'])}<br>{r + 1}·{p['position']}", p)
         for r, t in enumerate(s["texts"])
         for p in t["positions"]
     ]

@@ -117,7 +117,8 @@ ol.ll-flow{display:flex;flex-wrap:nowrap;align-items:stretch;gap:4px 22px;margin
 
 _PRESENTATION_CSS = """
 <style>
-html, body, [data-testid="stAppViewContainer"] {font-size: 22px;}
+/* 22px on a 1280-wide projector, and the same layout scaled on a wider one (33px at 1920). */
+html, body, [data-testid="stAppViewContainer"] {font-size: max(22px, 1.71875vw);}
 [data-testid="stMetricValue"] {font-size: 2.4rem !important;}
 [data-testid="stMetricLabel"] p {font-size: 1.1rem !important;}
 [data-testid="stMainBlockContainer"] h2 {font-size: 1.9rem !important; padding-top: 0 !important;}

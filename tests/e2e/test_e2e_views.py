@@ -230,6 +230,9 @@ def test_the_lesson_walks_from_start_to_training_by_next_alone(new_page, server,
     page = new_page(viewport={"width": width, "height": height})
     open_url(page, server, "", **({"presentation": "true"} if presentation else {}))
     titles = ["LossLens", *[v.title for v in LESSON[1:]]]
+    if presentation:  # the projector's type scales with its width: the same layout at 720p and 1080p
+        size = page.evaluate("parseFloat(getComputedStyle(document.documentElement).fontSize)")
+        assert size == pytest.approx(22 * width / 1280, abs=0.5)
     if not presentation:  # the model picker shows the whole name of the book's model
         picker = page.locator('[data-testid="stSidebar"] [data-testid="stSelectbox"] input').first
         assert picker.evaluate("e => e.scrollWidth <= e.clientWidth"), picker.input_value()
