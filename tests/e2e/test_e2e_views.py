@@ -197,7 +197,8 @@ KEY_FIGURE = {
     "Next-token probabilities": ".js-plotly-plot",
     "Figure 5.7, step by step": ".js-plotly-plot",
     "Cross entropy and perplexity": ".js-plotly-plot",
-    "Dataset losses (§5.1.3)": 'button:has-text("Compute")',
+    # Its losses where an earlier visit computed them (they are kept for every visitor), else Compute.
+    "Dataset losses (§5.1.3)": 'button:has-text("Compute"), [data-testid="stMetric"]',
     "Training (§5.2)": '[data-testid="stMainBlockContainer"] button[kind="primary"]',
 }
 # Text cut off: a box narrower than its text (an ellipsis, or text clipped at its edge).
