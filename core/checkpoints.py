@@ -266,29 +266,28 @@ def owner_share() -> tuple[int, int]:
     return int(max_bytes * share), max(1, int(max_count * share))
 
 
-def _over_share(units: list[SavedUnit], nbytes: int, owner: str, busy: set) -> list[SavedUnit]:
-    """The owner's own oldest unpinned models that must go first for this save to keep the owner
-    within their share; StorageError when only pinned or training ones are left."""
-    share_bytes, share_count = owner_share()
-    if nbytes > share_bytes:
+def _evict(units: list[SavedUnit], nbytes: int, limits: tuple[int, int], busy: set, words: tuple[str, str]):
+    """The oldest unpinned, idle units of `units` to remove so that a save of `nbytes` keeps them
+    within (bytes, count); StorageError, in `words` (whose limit, what it keeps), when it cannot."""
+    whose, keeps = words
+    max_bytes, max_count = limits
+    if nbytes > max_bytes:
         raise StorageError(
-            f"This model needs about {_mb(nbytes)} on disk, more than the {_mb(share_bytes)} one visitor "
-            f"may keep on this server ({SHARE_ENV} of {MAX_MB_ENV}). Choose a smaller preset."
+            f"This model needs about {_mb(nbytes)} on disk, more than the {_mb(max_bytes)} {keeps}. "
+            "Choose a smaller preset."
         )
-    own = [u for u in units if u.owner == owner]
-    used = sum(u.bytes for u in own)
-    victims = []
-    for unit in own:
-        if used + nbytes <= share_bytes and len(own) - len(victims) + 1 <= share_count:
+    used, victims = sum(u.bytes for u in units), []
+    for unit in units:
+        if used + nbytes <= max_bytes and len(units) - len(victims) + 1 <= max_count:
             break
         if unit.pinned or (unit.owner, unit.name) in busy:
             continue
         victims.append(unit)
         used -= unit.bytes
-    if used + nbytes > share_bytes or len(own) - len(victims) + 1 > share_count:
+    if used + nbytes > max_bytes or len(units) - len(victims) + 1 > max_count:
         raise StorageError(
-            f"Your saved models are at your share of this server ({_mb(share_bytes)}, {share_count} "
-            "models) and the rest are pinned or training: delete one of yours to save another."
+            f"The saved models are at {whose} ({_mb(max_bytes)}, {max_count} models) and the rest are "
+            "pinned or training: delete one of yours to save another."
         )
     return victims
 
@@ -298,31 +297,16 @@ def plan_room(nbytes: int, name: str, *, owner: str | None = None) -> list[Saved
     oldest unpinned first and never one being trained; StorageError when no eviction makes room.
     A visitor on a shared server loses their own oldest models before anybody else's once they
     hold their share."""
-    max_bytes, max_count = quota()
-    if nbytes > max_bytes:
-        raise StorageError(
-            f"This model needs about {_mb(nbytes)} on disk, more than the {_mb(max_bytes)} this "
-            f"server keeps for all saved models ({MAX_MB_ENV}). Choose a smaller preset."
-        )
     units = [u for u in saved_units() if (u.owner, u.name) != (owner, name)]  # it replaces itself
     busy = _training_now()
-    victims = _over_share(units, nbytes, owner, busy) if owner is not None else []
-    units = [u for u in units if u not in victims]
-    used = sum(u.bytes for u in units)
-    others: list[SavedUnit] = []
-    for unit in units:
-        if used + nbytes <= max_bytes and len(units) - len(others) + 1 <= max_count:
-            break
-        if unit.pinned or (unit.owner, unit.name) in busy:
-            continue
-        others.append(unit)
-        used -= unit.bytes
-    if used + nbytes > max_bytes or len(units) - len(others) + 1 > max_count:
-        raise StorageError(
-            f"The saved models are at this server's quota ({_mb(max_bytes)}, {max_count} models) and "
-            "the rest are pinned or training: delete one of yours to save another."
-        )
-    return victims + others
+    own = []
+    if owner is not None:
+        keeps = f"one visitor may keep on this server ({SHARE_ENV} of {MAX_MB_ENV})"
+        words = ("your share of this server", keeps)
+        own = _evict([u for u in units if u.owner == owner], nbytes, owner_share(), busy, words)
+    rest = [u for u in units if u not in own]
+    words = ("this server's quota", f"this server keeps for all saved models ({MAX_MB_ENV})")
+    return own + _evict(rest, nbytes, quota(), busy, words)
 
 
 def check_disk(nbytes: int, *, owner: str | None = None) -> None:
