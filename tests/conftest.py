@@ -23,6 +23,24 @@ def _isolated_cache(tmp_path_factory):
     yield
 
 
+STORAGE_ENVS = (
+    "LOSSLENS_SHARED",
+    "LOSSLENS_MODELS_MAX_MB",
+    "LOSSLENS_MODELS_MAX_COUNT",
+    "LOSSLENS_MODELS_OWNER_SHARE",
+    "LOSSLENS_DISK_RESERVE_MB",
+)
+
+
+@pytest.fixture
+def fresh_cache(tmp_path, monkeypatch):
+    """An empty cache of the test's own, on a local server with no storage setting."""
+    monkeypatch.setenv("LOSSLENS_CACHE_DIR", str(tmp_path / "cache"))
+    for env in STORAGE_ENVS:
+        monkeypatch.delenv(env, raising=False)
+    return tmp_path / "cache"
+
+
 @pytest.fixture(scope="session")
 def tokenizer():
     from core.tokenizer import get_tokenizer

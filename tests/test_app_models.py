@@ -7,33 +7,18 @@ from __future__ import annotations
 import math
 
 import pytest
-from conftest import ROOT
 from streamlit.testing.v1 import AppTest
+from test_app import app
 from test_checkpoints import SMALL_CFG, _mounted, _save
 
 from core.registry import BOOK_MODEL, trained_key
 
-TIMEOUT = 180
 pytestmark = pytest.mark.usefixtures("app_env")
 
 
 @pytest.fixture(autouse=True)
-def cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("LOSSLENS_CACHE_DIR", str(tmp_path / "cache"))
-    for env in ("LOSSLENS_SHARED", "LOSSLENS_MODELS_MAX_MB", "LOSSLENS_MODELS_MAX_COUNT"):
-        monkeypatch.delenv(env, raising=False)
-    return tmp_path / "cache"
-
-
-def app(page: str | None = None, **query) -> AppTest:
-    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=TIMEOUT)
-    for k, v in query.items():
-        at.query_params[k] = str(v)
-    at.run()
-    if page:
-        at.switch_page(f"components/{page}.py").run()
-    assert not at.exception, at.exception
-    return at
+def cache(fresh_cache):
+    return fresh_cache
 
 
 def loss(at: AppTest) -> str:

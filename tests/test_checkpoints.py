@@ -62,19 +62,11 @@ A, B = "a1b2c3d4e5f60718", "ffee00112233aabb"  # two visitors' owner keys (visit
 
 
 @pytest.fixture(autouse=True)
-def cache(tmp_path, monkeypatch):
+def cache(fresh_cache, monkeypatch):
     """Each test its own empty cache, on a local server with no quota setting."""
-    monkeypatch.setenv("LOSSLENS_CACHE_DIR", str(tmp_path / "cache"))
-    for env in (
-        "LOSSLENS_SHARED",
-        "LOSSLENS_MODELS_MAX_MB",
-        "LOSSLENS_MODELS_MAX_COUNT",
-        "LOSSLENS_DISK_RESERVE_MB",
-    ):
-        monkeypatch.delenv(env, raising=False)
     # The server-wide quota on its own; the per-visitor share has its own tests below.
     monkeypatch.setenv("LOSSLENS_MODELS_OWNER_SHARE", "1")
-    return tmp_path / "cache"
+    return fresh_cache
 
 
 def _save(name: str, owner: str | None = None, stopped: bool = True, seed: int = 0, cfg=None) -> Path:

@@ -10,15 +10,8 @@ from core.checkpoints import model_path, saved_run
 
 
 @pytest.fixture(autouse=True)
-def cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("LOSSLENS_CACHE_DIR", str(tmp_path / "cache"))
-    for env in (
-        "LOSSLENS_SHARED",
-        "LOSSLENS_MODELS_MAX_MB",
-        "LOSSLENS_MODELS_MAX_COUNT",
-        "LOSSLENS_DISK_RESERVE_MB",
-    ):
-        monkeypatch.delenv(env, raising=False)
+def cache(fresh_cache):
+    return fresh_cache
 
 
 @pytest.fixture
