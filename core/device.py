@@ -102,3 +102,20 @@ def describe(device: str | torch.device) -> str:
     if device.type == "cuda":
         return f"CUDA ({torch.cuda.get_device_name(device)})"
     return device.type.upper()
+
+
+def to_device_with_room(
+    model: torch.nn.Module, label: str, device: torch.device, error=InvalidParameterError
+):
+    """`model` (built on the CPU) moved to `device`, refused with `error` where that device lacks the
+    memory for its weights. On the CPU it stays as it is (its weights may be packed)."""
+    if device.type == "cpu":
+        return model
+    need = sum(p.numel() * p.element_size() for p in model.parameters()) / 1024**3
+    free = available_memory_gb(device)
+    if free is not None and free < need:
+        raise error(
+            f"{label} needs {need:.1f} GB on {describe(device)}, which has {free:.1f} GB free. "
+            "Choose the CPU or a smaller model."
+        )
+    return model.to(device)

@@ -23,7 +23,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load as load_safetensors_bytes
 
-from .device import available_memory_gb, describe
+from .device import to_device_with_room
 from .errors import WeightsError
 from .model import GPT_CONFIG_124M, GPTModel, freeze
 from .weights import (
@@ -465,17 +465,7 @@ def _param_count(cfg: dict) -> int:
 
 def to_device(model: GPTModel, label: str, device: str | torch.device) -> GPTModel:
     """The CPU-loaded model on `device`, refused with a message where that device lacks the memory."""
-    device = torch.device(device)
-    if device.type == "cpu":
-        return model
-    need = sum(p.numel() * p.element_size() for p in model.parameters()) / 1024**3
-    free = available_memory_gb(device)
-    if free is not None and free < need:
-        raise WeightsError(
-            f"{label} needs {need:.1f} GB on {describe(device)}, which has {free:.1f} GB free. "
-            "Choose the CPU or a smaller model."
-        )
-    return model.to(device)
+    return to_device_with_room(model, label, torch.device(device), error=WeightsError)
 
 
 def is_model_path(value: str) -> bool:

@@ -23,7 +23,7 @@ from .checkpoints import (
     models_root,
     read_metadata,
 )
-from .device import available_memory_gb, describe, resolve_device
+from .device import resolve_device, to_device_with_room
 from .errors import InvalidParameterError, WeightsError
 from .model import GPTModel
 from .rng import seeded_untrained_model
@@ -88,16 +88,7 @@ def load_model(
     trained model only from `owner`'s folder."""
     spec = get_spec(key, owner)
     target = resolve_device(device) if not isinstance(device, torch.device) else device
-    model = spec.load(seed)
-    if target.type != "cpu":
-        need = sum(p.numel() * p.element_size() for p in model.parameters()) / 1024**3
-        free = available_memory_gb(target)
-        if free is not None and free < need:
-            raise InvalidParameterError(
-                f"{spec.label} needs {need:.1f} GB on {describe(target)}, which has {free:.1f} GB free. "
-                "Choose the CPU or a smaller model."
-            )
-    return model.to(target)  # on the CPU, where it was built: as it is, weights still packed
+    return to_device_with_room(spec.load(seed), spec.label, target)
 
 
 BOOK_MODEL, BOOK_SEED = "untrained-124m", 123  # section 5.1's model and seed: the app's default

@@ -160,10 +160,10 @@ def test_dataset_loss_on_the_gpu(verdict_path):
 
 def test_a_model_too_big_for_the_devices_free_memory_is_refused(monkeypatch):
     """The check reads the target device's own free memory (a GPU's, not the RAM)."""
-    import core.registry
+    import core.device
 
     asked = []
-    monkeypatch.setattr(core.registry, "available_memory_gb", lambda d: asked.append(d) or 0.25)
+    monkeypatch.setattr(core.device, "available_memory_gb", lambda d: asked.append(d) or 0.25)
     with pytest.raises(InvalidParameterError, match=r"needs 0\.6 GB on META, which has 0\.2 GB free"):
         load_model("untrained-124m", 123, torch.device("meta"))
     assert asked == [torch.device("meta")]
