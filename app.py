@@ -8,7 +8,7 @@ import streamlit as st
 import torch
 
 from components import common, lesson_nav, sidebar, style
-from core.priority import FOREGROUND
+from core.serving.priority import FOREGROUND
 
 # One intra-op thread per script run: visitors already run in parallel sessions, and on shared
 # cores torch's spinning worker threads cost 3-5x the CPU per forward pass (bench/README.md).

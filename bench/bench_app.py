@@ -45,8 +45,8 @@ def bench_reruns(n: int, views: list[str] = VIEWS) -> None:
     from streamlit.testing.v1 import AppTest
 
     from components.common import get_model
-    from core.loss import compute_loss
-    from core.report import summarize
+    from core.lessons.loss import compute_loss
+    from core.lessons.report import summarize
 
     print(describe_cpu())
     at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=300)

@@ -6,7 +6,7 @@
 
 --peaks runs each preset's training child (TrainingRun, as the app does) through its first epoch:
 evaluations, the epoch's sample, then a Stop, which saves the weights and the resume state. It
-prints the child's VmHWM: core/presets.py's CHILD_PEAK_MB.
+prints the child's VmHWM: core/models/presets.py's CHILD_PEAK_MB.
 
 --attacks starts `streamlit run app.py` (LOSSLENS_SHARED=1, LOSSLENS_MEMORY_LIMIT=2.7GB, its own
 cache) and drives it with Chromium: the book preset's estimate and training, the quick preset's
@@ -32,9 +32,9 @@ sys.path.insert(0, str(ROOT))
 
 def peaks(names: list[str]) -> None:
     os.environ["LOSSLENS_CACHE_DIR"] = tempfile.mkdtemp(prefix="losslens-peaks-")
-    from core.background import TrainingRun
-    from core.corpus import load_verdict
-    from core.presets import get_preset
+    from core.models.corpus import load_verdict
+    from core.models.presets import get_preset
+    from core.serving.background import TrainingRun
 
     text = load_verdict()
     for name in names:
@@ -85,7 +85,7 @@ class Sampler:
         self._thread.join()
 
     def _loop(self) -> None:
-        from core.memory import process_rss, tree_rss
+        from core.runtime.memory import process_rss, tree_rss
 
         while not self._stop.is_set():
             server = process_rss(self.pid)
@@ -139,7 +139,7 @@ def attacks(limit: str, grace: int, cycles: int) -> None:
             home.goto(server.url)
             wait_for_app(home)
             time.sleep(2)
-            from core.memory import tree_rss
+            from core.runtime.memory import tree_rss
 
             print(f"idle server with a visitor: {tree_rss(server.pid) / 2**20:.0f} MB", flush=True)
 

@@ -1,11 +1,11 @@
 """What a sentence's forward pass spends between its kernel calls, on the app's model (LossLens's
-panels, core/panel.py): the forward pass as LossLens runs it, then with each of its two shortcuts
+panels, core/fast/panel.py): the forward pass as LossLens runs it, then with each of its two shortcuts
 between the calls undone, and the kernel calls alone, back to back (this design's floor: no
 attention, no layer norms, no Python between them). Alternating in one process, so that the
 host's noise hits each alike; the paired median of each difference, and the same logits bit for
 bit in every variant.
 
-The two shortcuts (core/model.py): a block keeps its layers' answer to "is every layer on the
+The two shortcuts (core/book/model.py): a block keeps its layers' answer to "is every layer on the
 kernel?" for the same weights (`TransformerBlock._on_panels`), and a few tokens' attention runs on
 one thread (`ONE_THREAD_ATTENTION`).
 
@@ -26,9 +26,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch
 from machine import describe_cpu, read_bandwidth, weight_bytes  # bench/ is the script's folder
 
-import core.model
-from core import panel
-from core.model import TransformerBlock, build_untrained_model
+import core.book.model
+from core.book.model import TransformerBlock, build_untrained_model
+from core.fast import panel
 
 INPUTS = {  # the book batch (section 5.1), and a sentence's 15 tokens
     "book batch (2 x 3)": [[16833, 3626, 6100], [40, 1107, 588]],
@@ -38,7 +38,7 @@ INPUTS = {  # the book batch (section 5.1), and a sentence's 15 tokens
 
 def variants(model):
     """name -> a forward pass of model: as LossLens runs it, without each shortcut."""
-    on_panels, limit = TransformerBlock._on_panels, core.model.ONE_THREAD_ATTENTION
+    on_panels, limit = TransformerBlock._on_panels, core.book.model.ONE_THREAD_ATTENTION
 
     def asking(self, x):  # forget the kept answer: the layers are asked at every call
         self.__dict__.pop("_panels_key", None)
@@ -47,11 +47,11 @@ def variants(model):
     def run(ask_every_time=False, all_threads=False):
         def forward(idx):
             TransformerBlock._on_panels = asking if ask_every_time else on_panels
-            core.model.ONE_THREAD_ATTENTION = 0 if all_threads else limit
+            core.book.model.ONE_THREAD_ATTENTION = 0 if all_threads else limit
             try:
                 return model(idx)
             finally:
-                TransformerBlock._on_panels, core.model.ONE_THREAD_ATTENTION = on_panels, limit
+                TransformerBlock._on_panels, core.book.model.ONE_THREAD_ATTENTION = on_panels, limit
 
         return forward
 

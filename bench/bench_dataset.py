@@ -38,13 +38,13 @@ import torch
 from bench_layers import layer_shapes, print_back_to_back  # bench/ is the script's folder
 from machine import describe_cpu, matmul_peak, matmul_sustained
 
-from core.corpus import load_verdict
-from core.data import LoaderSettings
-from core.device import available_devices, describe, resolve_device
-from core.evaluate import evaluate_dataset
-from core.model import GPT_CONFIG_124M, build_untrained_model
-from core.precision import bf16_unavailable
-from core.tokenizer import seed_tiktoken_cache
+from core.book.data import LoaderSettings
+from core.book.evaluate import evaluate_dataset
+from core.book.model import GPT_CONFIG_124M, build_untrained_model
+from core.book.tokenizer import seed_tiktoken_cache
+from core.models.corpus import load_verdict
+from core.runtime.device import available_devices, describe, resolve_device
+from core.runtime.precision import bf16_unavailable
 
 TARGET_PEAK = 0.85  # our pass's GFLOPS over the large-matmul GFLOPS of the same run
 
@@ -86,7 +86,7 @@ def alone(parts: dict, reps: int = 5) -> dict:
     warm (its weights and input just read), its outputs reused as in the pass. Against the same
     layer's calls inside the pass: how much of its speed alone a layer keeps there, on this CPU.
     The model must still be alive (the joined query/key/value reads past its view's end)."""
-    from core import panel
+    from core.fast import panel
 
     best = {}
     with torch.inference_mode(), panel.reusing_outputs():
@@ -102,12 +102,12 @@ def alone(parts: dict, reps: int = 5) -> dict:
 @contextlib.contextmanager
 def timed_parts():
     """{part: Part} of the pass's calls while inside: "linear" (every call of LossLens's kernel,
-    core.panel.linear, and of oneDNN's, core.model._onednn_linear: the two kernels a frozen model's
+    core.fast.panel.linear, and of oneDNN's, core.book.model._onednn_linear: the two kernels a frozen model's
     layers run on the CPU), "attention" (MultiHeadAttention._attend, torch's fused causal kernel)
-    and "cross entropy" (core.evaluate.cross_entropy: the log-softmax over the logits)."""
-    import core.evaluate
-    import core.model
-    from core import panel
+    and "cross entropy" (core.book.evaluate.cross_entropy: the log-softmax over the logits)."""
+    import core.book.evaluate
+    import core.book.model
+    from core.fast import panel
 
     parts = {name: Part() for name in ("linear", "attention", "cross entropy")}
 
@@ -131,9 +131,9 @@ def timed_parts():
 
     places = [
         (panel, "linear", parts["linear"], 1),
-        (core.model, "_onednn_linear", parts["linear"], 0),
-        (core.model.MultiHeadAttention, "_attend", parts["attention"], 0),
-        (core.evaluate, "cross_entropy", parts["cross entropy"], 0),
+        (core.book.model, "_onednn_linear", parts["linear"], 0),
+        (core.book.model.MultiHeadAttention, "_attend", parts["attention"], 0),
+        (core.book.evaluate, "cross_entropy", parts["cross entropy"], 0),
     ]
     saved = [getattr(owner, name) for owner, name, _, _ in places]
     for owner, name, part, ours in places:

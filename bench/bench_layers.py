@@ -1,11 +1,11 @@
 """Each linear layer of a dataset batch (2 x 256 tokens of GPT-2 124M), one by one: LossLens's
-kernel (core/panel.py, on its packed panels) against torch's own matmul on the plain weight (MKL
+kernel (core/fast/panel.py, on its packed panels) against torch's own matmul on the plain weight (MKL
 where torch has it), both as GFLOPS and as a share of the large-matmul peak of the same run.
 
 Why: the Verdict pass (bench_dataset.py) is bound by these layers; this shows which of them is
 short of the CPU's peak, and by how much, on the machine at hand. The out_head is timed twice:
 writing its 103 MB of logits to a fresh mapping each call (as a lone forward pass does) and to the
-same one again (as a pass over a data set does, core.panel.reusing_outputs). Beside each layer, the
+same one again (as a pass over a data set does, core.fast.panel.reusing_outputs). Beside each layer, the
 largest difference between its output and torch's (float32 rounding: ~1e-5). Best of --reps calls,
 alternated.
 
@@ -32,8 +32,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch
 from machine import describe_cpu, matmul_peak  # bench/ is the script's folder
 
-from core import panel
-from core.model import GPT_CONFIG_124M
+from core.book.model import GPT_CONFIG_124M
+from core.fast import panel
 
 
 def layer_shapes(cfg: dict) -> list[tuple[str, int, int, str]]:

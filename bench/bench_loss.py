@@ -3,7 +3,7 @@
 Figure 5.7 on "every effort moves you" / "I really like chocolate" with the untrained
 GPT_CONFIG_124M model after torch.manual_seed(123):
 
-- ours: core.loss.compute_loss, i.e. everything the app needs per request: tokenize, check,
+- ours: core.lessons.loss.compute_loss, i.e. everything the app needs per request: tokenize, check,
   forward, the six steps, F.cross_entropy, log-softmax surprisal, full-vocabulary ranks, top-k.
 - reference: the book's code (PyPI llms-from-scratch, installed with --no-deps):
   llms_from_scratch.ch04.GPTModel, the batch from ch02.create_dataloader_v1 (which calls
@@ -71,9 +71,9 @@ STARTUP_OURS = (
 import json, time
 t0 = time.perf_counter()
 import torch
-from core.loss import compute_loss
-from core.model import build_untrained_model
-from core.tokenizer import get_tokenizer
+from core.lessons.loss import compute_loss
+from core.book.model import build_untrained_model
+from core.book.tokenizer import get_tokenizer
 tok = get_tokenizer()
 model = build_untrained_model(123)
 t1 = time.perf_counter()
@@ -208,10 +208,10 @@ def main(argv=None) -> int:
 
     from machine import describe_cpu, read_bandwidth, weight_bytes
 
-    import core.model
-    from core.loss import compute_loss, loss_from_logits, prepare_batch
-    from core.model import GPT_CONFIG_124M, build_untrained_model
-    from core.tokenizer import get_tokenizer, seed_tiktoken_cache
+    import core.book.model
+    from core.book.model import GPT_CONFIG_124M, build_untrained_model
+    from core.book.tokenizer import get_tokenizer, seed_tiktoken_cache
+    from core.lessons.loss import compute_loss, loss_from_logits, prepare_batch
 
     cache = tempfile.TemporaryDirectory(prefix="losslens-tiktoken-")
     os.environ["TIKTOKEN_CACHE_DIR"] = str(seed_tiktoken_cache(Path(cache.name)))
@@ -270,26 +270,26 @@ def main(argv=None) -> int:
             reference(ref_inputs)
 
     # The linear kernels, so a learner sees which one wins on their CPU, on the book batch and on a
-    # 15-token sentence: LossLens's panels (core/panel.py, where it measured faster: the app, the
+    # 15-token sentence: LossLens's panels (core/fast/panel.py, where it measured faster: the app, the
     # CLI), oneDNN with the weights packed for it (elsewhere), oneDNN with plain weights (as before
     # freeze() packed them), and MKL (a pass with gradients).
     sentence = torch.tensor([tokenizer.encode(SENTENCE)])
-    onednn = core.model.ONEDNN_LINEAR
-    panels = core.model.panel.selected()
+    onednn = core.book.model.ONEDNN_LINEAR
+    panels = core.book.model.panel.selected()
     plain = copy.deepcopy(ours)  # a deep copy holds the plain layout
     dnn = copy.deepcopy(ours)
     for layer in dnn.modules():
-        if isinstance(layer, core.model.CpuLinear):
+        if isinstance(layer, core.book.model.CpuLinear):
             layer.pack(panels=False)  # for oneDNN, as where the panels are not faster
 
     def kernel_forward(model, inputs, use_onednn):
         def run():
-            core.model.ONEDNN_LINEAR = use_onednn
+            core.book.model.ONEDNN_LINEAR = use_onednn
             try:
                 with torch.inference_mode():
                     model(inputs)
             finally:
-                core.model.ONEDNN_LINEAR = onednn
+                core.book.model.ONEDNN_LINEAR = onednn
 
         return run
 
@@ -355,10 +355,10 @@ def main(argv=None) -> int:
     if onednn:
         k = {name: statistics.median(times[name]) for name in fns}
         if panels:
-            print("  linear kernels, forward pass (the app's model: LossLens's panels, core/panel.py):")
+            print("  linear kernels, forward pass (the app's model: LossLens's panels, core/fast/panel.py):")
         else:
             print(f"  linear kernels, forward pass (the app's model: oneDNN packed; LossLens's panels "
-                  f"off: {core.model.panel.reason})")  # fmt: skip
+                  f"off: {core.book.model.panel.reason})")  # fmt: skip
         n = sentence.shape[1]
         for label, app, dnn_t, plain_t, mkl in (
             ("book batch", f_ours, k["dnn_fwd"], k["plain_fwd"], k["mkl_fwd"]),

@@ -22,7 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from core.corpus import load_verdict
+from core.models.corpus import load_verdict
 
 
 def peak_mb() -> float:
@@ -68,9 +68,9 @@ def main() -> int:
     import torch
     from machine import describe_cpu
 
-    from core.data import LoaderSettings
-    from core.evaluate import evaluate_dataset
-    from core.model import build_untrained_model
+    from core.book.data import LoaderSettings
+    from core.book.evaluate import evaluate_dataset
+    from core.book.model import build_untrained_model
 
     print(describe_cpu())
     text = big_text(load_verdict(args.corpus), args.megabytes)
@@ -101,7 +101,7 @@ def main() -> int:
     print(f"after the evaluation:       peak RSS {peak_mb():7.0f} MB   (limit ~2048 MB)")
 
     if args.reference:
-        from core.tokenizer import seed_tiktoken_cache
+        from core.book.tokenizer import seed_tiktoken_cache
 
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / "big.txt"

@@ -15,9 +15,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from core.lessons import forward, predictions
-from core.model import build_untrained_model
-from core.sweep import temperature_sweep
+from core.book.model import build_untrained_model
+from core.lessons.sweep import temperature_sweep
+from core.lessons.views import forward, predictions
 
 BOOK = ["every effort moves you", "I really like chocolate"]
 

@@ -1,9 +1,9 @@
 """Training speed (section 5.2) on this machine: ours against the book's own model, same run.
 
-For each preset, the training step of core.train (core.model.GPTModel + core.evaluate's
+For each preset, the training step of core.book.train (core.book.model.GPTModel + core.book.evaluate's
 calc_loss_batch + AdamW) and the same step with the book's llms_from_scratch.ch04.GPTModel
 and its cross entropy are timed alternately on the same batches, so a busy machine slows
-both alike. Then core.presets.estimate_time's count of steps, evaluations and samples turns
+both alike. Then core.models.presets.estimate_time's count of steps, evaluations and samples turns
 the step time into seconds per epoch and for the whole preset. The book reports about
 5 minutes for its 10 epochs on an M3 MacBook Air (section 5.2).
 
@@ -61,13 +61,13 @@ def main() -> int:
     import torch
     import torch.nn.functional as F
 
-    from core.corpus import load_verdict
-    from core.device import available_devices, describe, resolve_device
-    from core.evaluate import calc_loss_batch
-    from core.model import GPTModel
-    from core.precision import bf16_unavailable
-    from core.presets import estimate_time, get_preset
-    from core.train import make_train_loaders
+    from core.book.evaluate import calc_loss_batch
+    from core.book.model import GPTModel
+    from core.book.train import make_train_loaders
+    from core.models.corpus import load_verdict
+    from core.models.presets import estimate_time, get_preset
+    from core.runtime.device import available_devices, describe, resolve_device
+    from core.runtime.precision import bf16_unavailable
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -5,7 +5,7 @@ and names of openai-community/gpt2's model.safetensors) to a temporary folder, t
 processes measures resident memory (VmRSS) and its peak (VmHWM) after each stage:
 
 - ours: import streamlit + core, build the untrained GPT_CONFIG_124M model (seed 123), load
-  the checkpoint with core.weights.load_gpt2_weights (meta-device build, tensors consumed as
+  the checkpoint with core.models.weights.load_gpt2_weights (meta-device build, tensors consumed as
   mapped, out_head tied to tok_emb), then compute the figure 5.7 loss with each model.
 - reference: the book's way (section 5.5): llms_from_scratch.ch04.GPTModel(GPT2 small config)
   with random init, then ch05.load_weights_into_gpt, which copies every tensor, out_head too.
@@ -74,9 +74,9 @@ def child_ours(path: str) -> None:
     stages = {}
     import streamlit  # noqa: F401  (the server's baseline)
 
-    from core.loss import compute_loss
-    from core.model import build_untrained_model
-    from core.weights import load_gpt2_weights
+    from core.book.model import build_untrained_model
+    from core.lessons.loss import compute_loss
+    from core.models.weights import load_gpt2_weights
 
     stages["imports"] = mem()
     untrained = build_untrained_model(123)

@@ -145,8 +145,8 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def expected_losses(texts: list[str]) -> list[str]:
-    from core.loss import compute_loss
-    from core.model import build_untrained_model
+    from core.book.model import build_untrained_model
+    from core.lessons.loss import compute_loss
 
     model = build_untrained_model(123)
     return [f"{float(compute_loss(model, [t]).loss):.4f}" for t in texts]

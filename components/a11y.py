@@ -1,6 +1,6 @@
 """Text alternatives: each chart's lesson as one sentence, its values as a table, and short
 announcements for screen readers. The describe_* functions only format numbers that core
-computed (summary dicts from core.report), so they are unit-tested without Streamlit."""
+computed (summary dicts from core.lessons.report), so they are unit-tested without Streamlit."""
 
 from __future__ import annotations
 

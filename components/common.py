@@ -14,16 +14,16 @@ import pandas as pd
 import streamlit as st
 
 from components import own_model, store, visitor
-from core.corpus import load_verdict
-from core.device import available_devices
+from core.book.tokenizer import get_tokenizer
 from core.errors import LossLensError, ServerBusyError, WeightsError
-from core.loss import compute_loss
-from core.pool import ModelPool, describe_wait
-from core.precision import bf16_unavailable
-from core.registry import BOOK_MODEL, BOOK_SEED, effective_seed, load_model, owner_of_key
-from core.registry import get_spec as _registry_spec
-from core.report import book_differences, format_perplexity, perplexity_note, summarize
-from core.tokenizer import get_tokenizer
+from core.lessons.loss import compute_loss
+from core.lessons.report import book_differences, format_perplexity, perplexity_note, summarize
+from core.models.corpus import load_verdict
+from core.models.registry import BOOK_MODEL, BOOK_SEED, effective_seed, load_model, owner_of_key
+from core.models.registry import get_spec as _registry_spec
+from core.runtime.device import available_devices
+from core.runtime.precision import bf16_unavailable
+from core.serving.pool import ModelPool, describe_wait
 
 
 def get_spec(key: str, owner: str | None = None):
@@ -65,7 +65,7 @@ class Inputs:
     top_k: int
     temperature: float
     presentation: bool = False
-    device: str = "cpu"  # where the model runs (core.device); part of every cache key
+    device: str = "cpu"  # where the model runs (core.runtime.device); part of every cache key
 
 
 # --- cached calls into core --------------------------------------------------------
@@ -117,7 +117,7 @@ def get_model(key: str, seed: int, device: str = "cpu"):
         box.info(describe_wait(what, ahead), icon=":material/hourglass_top:")
 
     try:
-        # The build goes on in the pauses between other visitors' requests (core/pool.py).
+        # The build goes on in the pauses between other visitors' requests (core/serving/pool.py).
         with st.spinner(spinner_text(what, spec.seeded)):
             return pool.get(key, seed, device, on_wait=on_wait)
     except LossLensError as e:
@@ -202,7 +202,7 @@ def friendly_errors():
 
 
 def num(x, digits: int = 4) -> str:
-    """A value from core.report: floats, or None / "inf" / "-inf" where float ran out."""
+    """A value from core.lessons.report: floats, or None / "inf" / "-inf" where float ran out."""
     if x is None:
         return "n/a"
     if isinstance(x, str):

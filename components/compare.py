@@ -12,11 +12,11 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from components import a11y, common, lesson_nav, store, token_compare, visitor
-from core.data import LoaderSettings
+from core.book.data import LoaderSettings
+from core.book.evaluate import evaluate_dataset
 from core.errors import LossLensError
-from core.evaluate import evaluate_dataset
-from core.registry import available_models
-from core.weights import cached_gpt2_path
+from core.models.registry import available_models
+from core.models.weights import cached_gpt2_path
 
 MAX_MODELS = 4  # each model is loaded in turn; a 124M model takes a few seconds
 

@@ -7,8 +7,8 @@ import math
 import streamlit as st
 
 from components import common, lesson_nav, surprisal
-from core.loss import IGNORE_INDEX
-from core.report import perplexity_note
+from core.lessons.loss import IGNORE_INDEX
+from core.lessons.report import perplexity_note
 
 LOW_TEMPERATURE = 0.001  # divides the logits by 1000: far beyond what float32's exp can hold
 

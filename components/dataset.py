@@ -8,10 +8,10 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from components import a11y, common, lesson_nav, position_loss, store
-from core.corpus import MAX_CORPUS_BYTES, MAX_CORPUS_LABEL, decode_corpus_bytes, validate_corpus_text
-from core.data import LoaderSettings, make_loaders
+from core.book.data import LoaderSettings, make_loaders
+from core.book.evaluate import evaluate_dataset
 from core.errors import CorpusError
-from core.evaluate import evaluate_dataset
+from core.models.corpus import MAX_CORPUS_BYTES, MAX_CORPUS_LABEL, decode_corpus_bytes, validate_corpus_text
 
 SOURCES = ["The Verdict", "Upload a file", "Paste text"]
 

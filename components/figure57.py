@@ -9,7 +9,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from components import a11y, common, formats, lesson_nav, style, surprisal
-from core.report import STEPS, step_code
+from core.lessons.report import STEPS, step_code
 
 PLAY_SECONDS = 5.0  # long enough to say a sentence about each step
 EXPLAIN = [

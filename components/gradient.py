@@ -10,7 +10,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from components import common, formats, lesson_data, lesson_nav
-from core.gradient import BOOK_LR, BOOK_WEIGHT_DECAY, MAX_STEPS, train_steps
+from core.lessons.gradient import BOOK_LR, BOOK_WEIGHT_DECAY, MAX_STEPS, train_steps
 
 
 @st.cache_resource

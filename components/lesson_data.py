@@ -9,12 +9,12 @@ from __future__ import annotations
 import streamlit as st
 
 from components import common
-from core.confidence import confidence
-from core.gradient import gradient_bars
-from core.lessons import forward, predictions
-from core.sweep import temperature_sweep
-from core.tokenizer import token_piece
-from core.units import loss_units
+from core.book.tokenizer import token_piece
+from core.lessons.confidence import confidence
+from core.lessons.gradient import gradient_bars
+from core.lessons.sweep import temperature_sweep
+from core.lessons.units import loss_units
+from core.lessons.views import forward, predictions
 
 
 def model_args(inputs: common.Inputs) -> tuple[str, int, str]:

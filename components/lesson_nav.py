@@ -9,8 +9,8 @@ import streamlit as st
 
 from components import common
 from core.errors import LossLensError
-from core.registry import BOOK_MODEL, BOOK_SEED
-from core.report import book_differences
+from core.lessons.report import book_differences
+from core.models.registry import BOOK_MODEL, BOOK_SEED
 
 LESSON_SECTION = "The lesson (§5.1–5.2)"
 EXTRA_SECTION = "Beyond the book"

@@ -6,7 +6,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from components import common, store
-from core.positions import position_losses
+from core.lessons.positions import position_losses
 
 SHOW = ["Both splits", "Training", "Validation"]
 

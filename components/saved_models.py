@@ -6,8 +6,8 @@ from __future__ import annotations
 import streamlit as st
 
 from components import common
-from core import checkpoints
-from core.registry import trained_key
+from core.models import checkpoints
+from core.models.registry import trained_key
 
 
 def _mb(n: int) -> str:

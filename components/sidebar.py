@@ -6,10 +6,10 @@ import math
 
 import streamlit as st
 
-from core.device import DEVICE_ENV, available_devices, describe, resolve_device
 from core.errors import LossLensError
-from core.loss import MAX_TEXTS
-from core.registry import available_models
+from core.lessons.loss import MAX_TEXTS
+from core.models.registry import available_models
+from core.runtime.device import DEVICE_ENV, available_devices, describe, resolve_device
 
 from . import own_model, visitor
 from .common import Inputs, md
@@ -130,7 +130,7 @@ def render() -> Inputs:
         [*models, own_model.CHOICE],
         format_func=lambda k: models[k].label if k in models else own_model.CHOICE_LABEL,
         key="model",
-        help="Models come from core.registry; trained models appear here once saved. "
+        help="Models come from core.models.registry; trained models appear here once saved. "
         "Your own model… loads a model you trained with the book's code, for this session only.",
     )
     if model == next(iter(models)) or own_model.is_own(model):  # an own model means nothing to a link

@@ -7,8 +7,8 @@ from dataclasses import asdict
 
 import streamlit as st
 
-from core.data import LoaderSettings
-from core.registry import effective_seed
+from core.book.data import LoaderSettings
+from core.models.registry import effective_seed
 
 MAX_STORED = 32  # finished results kept for every visitor: a workshop computes the same thing
 

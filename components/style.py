@@ -6,7 +6,7 @@ from __future__ import annotations
 import streamlit as st
 
 from components.common import esc
-from core.tokenizer import ENDOFTEXT_ID
+from core.book.tokenizer import ENDOFTEXT_ID
 
 _BASE_CSS = """
 <style>

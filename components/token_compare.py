@@ -6,8 +6,8 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from components import common, style
-from core.divergence import compare_models
-from core.tokenizer import token_piece
+from core.book.tokenizer import token_piece
+from core.lessons.divergence import compare_models
 
 # ColorBrewer PuOr (colour-blind safe, diverging): orange = A more surprised, purple = B more surprised.
 PUOR = ["#b35806", "#f1a340", "#fee0b6", "#f7f7f7", "#d8daeb", "#998ec3", "#542788"]

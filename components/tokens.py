@@ -5,7 +5,7 @@ from __future__ import annotations
 import streamlit as st
 
 from components import common, lesson_nav, style
-from core.loss import IGNORE_INDEX, PAD_ID
+from core.lessons.loss import IGNORE_INDEX, PAD_ID
 
 
 def _shift_table(t: dict) -> str:

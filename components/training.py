@@ -1,8 +1,8 @@
 """View: pretrain a GPT on The Verdict with the book's train_model_simple (section 5.2), live.
 
-The run is a core.background.TrainingRun: a child process at lower priority that trains its own
+The run is a core.serving.background.TrainingRun: a child process at lower priority that trains its own
 fresh model (never the shared one). A fragment polls it every second for the progress bar,
-the loss curves and the samples. One run at a time per server (core.background.TrainingSlot).
+the loss curves and the samples. One run at a time per server (core.serving.background.TrainingSlot).
 On a shared server the run is its visitor's: only they see and stop it, and it stops and saves
 when their page has been gone for a while. The run's name waits in the page's address
 (`?run=`), so a page that reconnects after a server restart says what became of it.
@@ -16,10 +16,10 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from components import a11y, common, lesson_nav, saved_models, visitor
-from core.background import RunLimits, TrainingRun, TrainingSlot
-from core.checkpoints import check_name, is_resumable, saved_run
+from core.book.train import START_CONTEXT
 from core.errors import InvalidParameterError, ServerBusyError
-from core.presets import (
+from core.models.checkpoints import check_name, is_resumable, saved_run
+from core.models.presets import (
     PRESETS,
     child_peak_gb,
     describe_estimate,
@@ -27,9 +27,9 @@ from core.presets import (
     project,
     training_memory_problem,
 )
-from core.registry import trained_key
-from core.runner import plan_run
-from core.train import START_CONTEXT
+from core.models.registry import trained_key
+from core.serving.background import RunLimits, TrainingRun, TrainingSlot
+from core.serving.runner import plan_run
 
 POLL_S = 1.0
 RUN_PARAM = "run"  # the page address keeps the run's name: it outlives a server restart

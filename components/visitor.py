@@ -6,7 +6,7 @@ import secrets
 
 import streamlit as st
 
-from core.deployment import shared_server
+from core.runtime.deployment import shared_server
 
 
 def owner() -> str | None:

@@ -3,10 +3,10 @@
 Importable without Streamlit; functions take and return plain data and tensors.
 """
 
-from .errors import LossLensError
-from .loss import LossResult, compute_loss
-from .model import GPT_CONFIG_124M, GPTModel, build_untrained_model
-from .tokenizer import encode, get_tokenizer
+from core.book.model import GPT_CONFIG_124M, GPTModel, build_untrained_model
+from core.book.tokenizer import encode, get_tokenizer
+from core.errors import LossLensError
+from core.lessons.loss import LossResult, compute_loss
 
 __all__ = [
     "GPT_CONFIG_124M",

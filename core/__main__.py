@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import cli
+from core import cli
 
 
 def main(argv: list[str] | None = None) -> int:

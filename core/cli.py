@@ -6,9 +6,9 @@ import json
 import signal
 import sys
 
-from .device import DEVICE_ENV, describe, resolve_device
-from .errors import InvalidParameterError, LossLensError
-from .report import format_perplexity
+from core.errors import InvalidParameterError, LossLensError
+from core.lessons.report import format_perplexity
+from core.runtime.device import DEVICE_ENV, describe, resolve_device
 
 DEFAULT_MODEL = "untrained-124m"  # the book's section 5.1 model
 
@@ -49,8 +49,8 @@ def _add_heads_option(p) -> None:
 
 
 def _own_model(args, device="cpu"):
-    """--model PATH: the reader's own weights (core.own_model), moved to `device`; notes to stderr."""
-    from .own_model import load_own_model, to_device
+    """--model PATH: the reader's own weights (core.models.own_model), moved to `device`; notes to stderr."""
+    from core.models.own_model import load_own_model, to_device
 
     own = load_own_model(args.model, n_heads=args.heads)
     for note in own.notes:
@@ -61,15 +61,15 @@ def _own_model(args, device="cpu"):
 
 def _is_path(args) -> bool:
     """--model names a file or folder (a registry key wins over a file of the same name)."""
-    from .own_model import is_model_path
-    from .registry import available_models
+    from core.models.own_model import is_model_path
+    from core.models.registry import available_models
 
     return args.model is not None and args.model not in available_models() and is_model_path(args.model)
 
 
 def _load(args):
     """Check the key, the seed and the device first (a build takes seconds), then load the model."""
-    from .registry import get_spec, load_model
+    from core.models.registry import get_spec, load_model
 
     if _is_path(args):
         device = resolve_device(args.device)
@@ -98,14 +98,14 @@ def add_loss(sub) -> None:
 
 def cmd_loss(args) -> int:
     # Lazy imports in each command: a command loads only the modules it uses.
-    from .loss import compute_loss, validate_options
-    from .model import GPT_CONFIG_124M
-    from .report import summarize
+    from core.book.model import GPT_CONFIG_124M
+    from core.lessons.loss import compute_loss, validate_options
+    from core.lessons.report import summarize
 
     # Fail fast, before building the model (a few seconds).
     validate_options(args.top_k, args.temperature, GPT_CONFIG_124M["vocab_size"])
     model, label = _load(args)
-    from .lessons import lessons_report
+    from core.lessons.views import lessons_report
 
     result = compute_loss(model, args.texts, args.top_k, args.temperature)
     summary = summarize(result)
@@ -181,7 +181,7 @@ def format_loss(summary: dict) -> str:
 
 def _warn_unless_bf16_native(device) -> None:
     """--fast where bfloat16 is not native: say why it will be slow, then run it as asked."""
-    from .precision import bf16_unavailable
+    from core.runtime.precision import bf16_unavailable
 
     if reason := bf16_unavailable(device):
         print(f"warning: {reason}; running it anyway, as asked", file=sys.stderr)
@@ -222,9 +222,9 @@ def add_dataset(sub) -> None:
 
 def cmd_dataset(args) -> int:
     # Lazy imports (as in every command): a command loads only the modules it uses.
-    from .corpus import load_verdict, read_corpus_file
-    from .data import LoaderSettings
-    from .evaluate import evaluate_dataset
+    from core.book.data import LoaderSettings
+    from core.book.evaluate import evaluate_dataset
+    from core.models.corpus import load_verdict, read_corpus_file
 
     settings = LoaderSettings(args.train_ratio, args.context_length, args.stride, args.batch_size, args.seed)
     settings.validate()  # fail fast, before reading the corpus or building the model
@@ -243,7 +243,7 @@ def cmd_dataset(args) -> int:
         )
 
     if args.fast:
-        from .device import model_device
+        from core.runtime.device import model_device
 
         _warn_unless_bf16_native(model_device(model))
     result = evaluate_dataset(
@@ -256,7 +256,7 @@ def cmd_dataset(args) -> int:
         **result.to_dict(),
     }
     if args.positions:
-        from .positions import position_losses
+        from core.lessons.positions import position_losses
 
         pos = position_losses(model, text, settings, args.num_batches, progress=progress)
         summary["positions"] = {
@@ -351,8 +351,8 @@ def add_train(sub) -> None:
 def _check_out(name: str, resume: bool, force: bool) -> None:
     """--out NAME: a resumed run needs a stopped one saved as NAME; a fresh one overwrites a saved
     model only with --force."""
-    from . import checkpoints
-    from .errors import WeightsError
+    from core.errors import WeightsError
+    from core.models import checkpoints
 
     meta = checkpoints.saved_run(name)
     if resume:
@@ -374,11 +374,11 @@ def cmd_train(args) -> int:
     # Lazy imports (as in every command): a command loads only the modules it uses.
     from dataclasses import replace
 
-    from .checkpoints import check_name, check_room
-    from .corpus import load_verdict, read_corpus_file
-    from .presets import describe_estimate, estimate_time, get_preset
-    from .registry import get_spec, load_model
-    from .runner import run_training
+    from core.models.checkpoints import check_name, check_room
+    from core.models.corpus import load_verdict, read_corpus_file
+    from core.models.presets import describe_estimate, estimate_time, get_preset
+    from core.models.registry import get_spec, load_model
+    from core.serving.runner import run_training
 
     preset = get_preset(args.preset, num_epochs=args.epochs, fast=args.fast or None)
     name = check_name(args.out or preset.name)  # fail fast, before reading the corpus

@@ -274,7 +274,7 @@ class PageProblems:
 
 
 def expected_loss(model, texts: list[str]) -> tuple[float, float]:
-    from core.loss import compute_loss
+    from core.lessons.loss import compute_loss
 
     result = compute_loss(model, texts)
     return float(result.loss), result.perplexity

@@ -43,7 +43,7 @@ def fresh_cache(tmp_path, monkeypatch):
 
 @pytest.fixture(scope="session")
 def tokenizer():
-    from core.tokenizer import get_tokenizer
+    from core.book.tokenizer import get_tokenizer
 
     return get_tokenizer()
 
@@ -76,7 +76,7 @@ def model():
 
     Read-only is checked: a test that unpacked it (gradients), trained it or changed a weight would
     leave every later test on another model, so the session ends with an error naming it."""
-    from core.model import build_untrained_model
+    from core.book.model import build_untrained_model
 
     shared = build_untrained_model(123)
     before = _fingerprint(shared)

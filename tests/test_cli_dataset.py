@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from core.__main__ import main
-from core.corpus import VERDICT_ENV
+from core.models.corpus import VERDICT_ENV
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -20,8 +20,8 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def first_batches(verdict_path, tmp_path_factory):
     """The book's code on the first training and the validation batch (section 5.1.3 setup)."""
-    from core.model import GPT_CONFIG_124M
-    from core.tokenizer import seed_tiktoken_cache
+    from core.book.model import GPT_CONFIG_124M
+    from core.book.tokenizer import seed_tiktoken_cache
 
     reason = "reference code absent: pip install --no-deps llms-from-scratch==1.0.19 (as .ci/run does)"
     ch02 = pytest.importorskip("llms_from_scratch.ch02", reason=reason)
@@ -130,6 +130,6 @@ def test_module_entry_point_offline_without_corpus(tmp_path):
     assert out["corpus"] == "The Verdict"
     assert out["train_loss"] == pytest.approx(10.98758347829183, abs=1e-4)  # the book's
     assert out["val_loss"] == pytest.approx(10.98110580444336, abs=1e-4)
-    # Nothing downloaded or cached; at most LossLens's own linear kernel, compiled here (core/panel.py).
+    # Nothing downloaded or cached; at most LossLens's own linear kernel, compiled here (core/fast/panel.py).
     files = [p.relative_to(tmp_path) for p in tmp_path.rglob("*") if p.is_file()]
     assert all(p.parent == Path("kernels") and p.name.startswith("panel_linear-") for p in files), files

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from test_checkpoints import _save
 
-from core.checkpoints import model_path, saved_run
+from core.models.checkpoints import model_path, saved_run
 
 
 @pytest.fixture(autouse=True)

@@ -79,8 +79,9 @@ def test_the_wheel_carries_the_verdict(tmp_path):
     (wheel,) = tmp_path.glob("losslens-*.whl")
     with zipfile.ZipFile(wheel) as z:
         names = z.namelist()
-        assert "core/data/the-verdict.txt" in names
+        assert "core/models/data/the-verdict.txt" in names
         assert (
-            z.read("core/data/the-verdict.txt") == (ROOT / "core" / "data" / "the-verdict.txt").read_bytes()
+            z.read("core/models/data/the-verdict.txt")
+            == (ROOT / "core" / "data" / "the-verdict.txt").read_bytes()
         )
     assert not any(n.startswith(("tests/", "bench/")) for n in names)

@@ -8,7 +8,7 @@ import urllib.parse
 
 import pytest
 
-from core.report import format_perplexity
+from core.lessons.report import format_perplexity
 from devtools.harness import BOOK_TEXTS, LOSS_LABEL, expected_loss, set_text, wait_for_app, wait_for_metric
 
 from .a11y_helpers import app_views, audit, lowest_contrast
@@ -38,8 +38,8 @@ def heading(page, step: int):
 @pytest.fixture(scope="module")
 def book_summary(core_model):
     """The book example as core computes it: the values each step must announce."""
-    from core.loss import compute_loss
-    from core.report import summarize
+    from core.lessons.loss import compute_loss
+    from core.lessons.report import summarize
 
     return summarize(compute_loss(core_model, BOOK_TEXTS))
 
@@ -292,7 +292,7 @@ def test_live_regions_announce_the_step_and_the_new_loss(new_page, server, core_
 
 
 def core_model_tokens(text: str) -> list[int]:
-    from core.tokenizer import get_tokenizer
+    from core.book.tokenizer import get_tokenizer
 
     return get_tokenizer().encode(text, allowed_special="all")
 

@@ -39,7 +39,7 @@ def open_view(page, name: str) -> None:
 
 @pytest.fixture(scope="module")
 def hostile_expected(core_model):
-    from core.tokenizer import encode, get_tokenizer, token_pieces
+    from core.book.tokenizer import encode, get_tokenizer, token_pieces
 
     tok = get_tokenizer()
     loss, _ = expected_loss(core_model, HOSTILE_LINES)

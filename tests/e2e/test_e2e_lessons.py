@@ -15,8 +15,8 @@ def open_url(page, server, path: str, **params) -> None:
 
 
 def test_temperature_sweep(new_page, server, core_model):
-    from core.lessons import forward, predictions
-    from core.sweep import temperature_sweep
+    from core.lessons.sweep import temperature_sweep
+    from core.lessons.views import forward, predictions
 
     page = new_page()
     open_url(page, server, "temperature", sweep_axis="Perplexity")
@@ -29,7 +29,7 @@ def test_temperature_sweep(new_page, server, core_model):
 
 
 def test_units_and_averages(new_page, server, core_model):
-    from core.loss import compute_loss
+    from core.lessons.loss import compute_loss
 
     page = new_page()
     open_url(page, server, "units", units_base="bits")
@@ -42,8 +42,8 @@ def test_units_and_averages(new_page, server, core_model):
 
 
 def test_confidence_with_gltr_colours(new_page, server, core_model):
-    from core.confidence import confidence
-    from core.lessons import forward, predictions
+    from core.lessons.confidence import confidence
+    from core.lessons.views import forward, predictions
 
     page = new_page()
     open_url(page, server, "confidence", gltr="true")
@@ -54,8 +54,8 @@ def test_confidence_with_gltr_colours(new_page, server, core_model):
 
 
 def test_gradient_and_one_training_step(new_page, server, core_model):
-    from core.gradient import gradient_bars, train_steps
-    from core.lessons import forward, predictions
+    from core.lessons.gradient import gradient_bars, train_steps
+    from core.lessons.views import forward, predictions
 
     page = new_page()
     open_url(page, server, "gradient", grad_at=2)
@@ -87,9 +87,9 @@ def test_compare_two_models_token_by_token(new_page, server, core_model, verdict
 
     from test_train import TINY
 
-    from core.checkpoints import load_trained_model, model_path
-    from core.divergence import compare_models
-    from core.runner import run_training
+    from core.lessons.divergence import compare_models
+    from core.models.checkpoints import load_trained_model, model_path
+    from core.serving.runner import run_training
 
     monkeypatch.setenv("LOSSLENS_CACHE_DIR", server.env["LOSSLENS_CACHE_DIR"])  # where the app looks
     run_training(

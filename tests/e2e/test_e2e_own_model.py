@@ -31,8 +31,8 @@ def files(tmp_path_factory):
 
 
 def _expected(path) -> str:
-    from core.loss import compute_loss
-    from core.own_model import load_own_model
+    from core.lessons.loss import compute_loss
+    from core.models.own_model import load_own_model
 
     return f"{compute_loss(load_own_model(path, n_heads=4).model, BOOK_TEXTS, 10, 1.0).loss:.4f}"
 

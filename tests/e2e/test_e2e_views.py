@@ -7,7 +7,7 @@ import urllib.parse
 
 import pytest
 
-from core.report import format_perplexity
+from core.lessons.report import format_perplexity
 from devtools.harness import (
     LOSS_LABEL,
     PERPLEXITY_LABEL,
