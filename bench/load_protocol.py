@@ -16,6 +16,14 @@ Streamlit app (bench/minimal_app.py: a title, 4 metrics, a text area) as the flo
     python bench/load_protocol.py --scenarios burst --visitors 10
     python bench/load_protocol.py --sweep 1,10,30,60 --plot docs/load-protocol.png
     python bench/load_protocol.py --flags "--runner.postScriptGC true"   # e.g. Streamlit's default GC
+    python bench/load_protocol.py --scenarios room --room 2 --sweep 30,60 --plot docs/deploy-p95.png
+    python bench/load_protocol.py --scenarios kill --room 2 --visitors 30
+    python bench/load_protocol.py --scenarios burst --url http://127.0.0.1:8500   # a running room
+
+`room` runs each burst against one process directly and against a room of --room processes behind
+deploy/'s nginx (started here, as `deploy/room.py start` does), alternately, in one run; `kill`
+kills one room process mid-burst and reloads the visitors it cost. Through a proxy each visitor
+keeps its cookies (devtools/room_client.py), as a browser tab does.
 
 Loopback only; every wait is bounded (--timeout per interaction).
 """
@@ -37,6 +45,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run as a script from anywhere: core and devtools live at the root
 
+from deploy.room import Room, RoomConfig  # noqa: E402
+from devtools import room_client  # noqa: E402
 from devtools.harness import (  # noqa: E402
     StreamlitServer,
     cpu_seconds,
@@ -48,6 +58,7 @@ from devtools.harness import (  # noqa: E402
 from devtools.protocol import (  # noqa: E402
     BOOK_TEXT,
     MINIMAL_LABEL,
+    Outcome,
     Plan,
     Session,
     crowd,
@@ -92,6 +103,7 @@ class Figures:
     child_cpu: float = 0.0  # the server's child processes (a training run), included in server_cpu
     rest_p50: float = float("nan")  # the visitors left out by `only` (a storm's seed visitors)
     rest_p95: float = float("nan")
+    note: str = ""  # e.g. how a room's proxy spread the visitors
 
     def line(self) -> str:
         return (
@@ -103,7 +115,7 @@ class Figures:
             f" | RSS after {self.rss_mib:5.0f} MiB | load {self.load:.1f}\n"
             f"{'':<28} page open p50 {self.open_p50:.2f} s; "
             f"own result after the edit p50 {self.edit_p50:.2f} s "
-            f"p95 {self.edit_p95:.2f} s"
+            f"p95 {self.edit_p95:.2f} s" + (f"; {self.note}" if self.note else "")
         )
 
 
@@ -316,6 +328,239 @@ def plot(sweep: list[Figures], path: Path, title: str) -> None:
     print(f"plot: {path}")
 
 
+# --- a room: several processes behind deploy/'s nginx ------------------------------------
+
+
+def live_cpu(pids: list[int]) -> float:
+    total = 0.0
+    for pid in pids:
+        try:
+            total += tree_cpu_seconds(pid)
+        except (FileNotFoundError, ProcessLookupError):
+            pass
+    return total
+
+
+def live_rss_mib(pids: list[int]) -> float:
+    total = 0
+    for pid in pids:
+        try:
+            total += tree_rss_kib(pid)
+        except (FileNotFoundError, ProcessLookupError, KeyError):
+            pass
+    return total / 1024
+
+
+class RoomUnderTest:
+    """A room started here (as `deploy/room.py start` does, supervised by a thread), or a URL."""
+
+    def __init__(self, work: Path, n: int, env: dict, flags: tuple = (), url: str | None = None):
+        self.room = None
+        if url is None:
+            base = room_client.free_block(n)
+            config = RoomConfig(processes=n, port=base, first_port=base + 1, run_dir=work / f"room-{n}",
+                                env=env, flags=flags)  # fmt: skip
+            self.room = Room(config).start()
+            url = self.room.url
+        self.target = room_client.Target.parse(url)
+        self.events: list[tuple[float, str]] = []
+        self._supervisor: asyncio.Task | None = None
+
+    @property
+    def pids(self) -> list[int]:
+        return [p.proc.pid for p in self.room.processes if p.proc is not None] if self.room else []
+
+    @property
+    def nginx_pid(self) -> int | None:
+        return self.room.nginx.pid if self.room and self.room.nginx else None
+
+    async def warm(self, timeout: float) -> list[Outcome]:
+        """One visit to each process directly: each builds its book model before the bursts."""
+        if self.room is None:
+            return []
+        warm = Plan("fresh")
+        expected_numbers([warm], {}, {})
+        return list(await asyncio.gather(*(visit(p.port, warm, timeout) for p in self.room.processes)))
+
+    def supervise(self) -> None:
+        async def loop() -> None:
+            while True:
+                for event in await asyncio.to_thread(self.room.check):
+                    self.events.append((time.monotonic(), event))
+                await asyncio.sleep(self.room.config.interval)
+
+        if self.room is not None:
+            self._supervisor = asyncio.create_task(loop())
+
+    async def stop(self) -> None:
+        if self._supervisor is not None:
+            self._supervisor.cancel()
+        if self.room is not None:
+            await asyncio.to_thread(self.room.stop)
+
+
+async def measure_room(name: str, room: RoomUnderTest, plans, ramp, timeout) -> Figures:
+    pids = room.pids
+    cpu0, me0, t0 = live_cpu(pids), client_cpu(), time.perf_counter()
+    ng0 = cpu_seconds(room.nginx_pid) if room.nginx_pid else 0.0
+    outs = await room_client.crowd(room.target, plans, ramp, timeout)
+    wall = time.perf_counter() - t0
+    cpu, me = live_cpu(pids) - cpu0, client_cpu() - me0
+    ng = (cpu_seconds(room.nginx_pid) - ng0) if room.nginx_pid else float("nan")
+    own = [o.t_own for o in outs if o.t_own is not None]
+    opens = [o.t_open for o in outs if o.t_open is not None]
+    edits = [o.t_own - o.t_open for o in outs if o.t_own is not None]
+    routes = {r: sum(str(o.route) == r for o in outs) for r in sorted({str(o.route) for o in outs})}
+    return Figures(
+        name, len(plans), percentile(own, 0.5), percentile(own, 0.95),
+        [f"{o.kind} ({o.route}): {o.error}" for o in outs if o.error], cpu, me, wall,
+        live_rss_mib(pids), os.getloadavg()[0], percentile(opens, 0.5),
+        percentile(edits, 0.5), percentile(edits, 0.95),
+        note=f"visitors per process {routes}; nginx CPU {ng:.2f} s",
+    )  # fmt: skip
+
+
+async def room_compare(app: StreamlitServer, room: RoomUnderTest, args) -> tuple[list[str], list, list]:
+    """Each burst size against one process directly, then against the room, alternately."""
+    lines, direct, behind = [], [], []
+    for k, n in enumerate(args.sweep):
+        ramp = 0 if n == 1 else args.ramp
+        d = await burst(app, n, ramp, args.timeout, f"1 process, direct N={n}", 70_000 + 1000 * k)
+        plans, texts = text_plans(n, 80_000 + 1000 * k)
+        expected_numbers(plans, texts, {})
+        r = await measure_room(f"{args.room} processes + nginx N={n}", room, plans, ramp, args.timeout)
+        direct.append(d)
+        behind.append(r)
+        lines += [d.line(), r.line()]
+        print("\n".join(lines[-2:]), flush=True)
+    return lines, direct, behind
+
+
+async def kill_one(room: RoomUnderTest, args) -> list[str]:
+    """A burst through the room; half-way through the ramp one process is killed (SIGKILL).
+
+    A visitor whose page breaks reloads at once in the same tab (its cookies kept), as a person
+    would; the figures say whose pages broke, and how long until they had their numbers again."""
+    import signal
+
+    n = args.visitors
+    plans, texts = text_plans(n, 90_000)
+    expected_numbers(plans, texts, {})
+    victim = room.room.processes[0]
+    killed_at: list[float] = []
+    again: dict[int, room_client.RoomOutcome] = {}
+    broke_route: dict[int, str | None] = {}
+
+    async def killer() -> None:
+        await asyncio.sleep(args.ramp / 2)
+        os.kill(victim.proc.pid, signal.SIGKILL)
+        killed_at.append(time.monotonic())
+
+    async def arrive(i: int, plan: Plan):
+        await asyncio.sleep(args.ramp * i / max(1, n - 1))
+        out = await room_client.visit(room.target, plan, args.timeout)
+        if out.error:
+            broke_route[i] = out.route
+            again[i] = await room_client.visit(room.target, plan, args.timeout, jar=out.jar)
+            again[i].t_own = time.monotonic()  # when the reloaded page had its numbers
+        return out
+
+    t0 = time.monotonic()
+    outs, _ = await asyncio.gather(asyncio.gather(*(arrive(i, p) for i, p in enumerate(plans))), killer())
+    kill_t = killed_at[0]
+    healthy = [t for t, e in room.events if "healthy again" in e and t > kill_t]
+    own = [o.t_own for o in outs if o.t_own is not None]
+    others = [i for i, o in enumerate(outs) if o.error and broke_route.get(i) != victim.route]
+    reload_errors = [f"{i}: {a.error}" for i, a in again.items() if a.error]
+    recover = [a.t_own - kill_t for a in again.values() if not a.error]
+    on_victim = sum(1 for o in outs if o.route == victim.route) + sum(
+        1 for i in broke_route if broke_route[i] == victim.route
+    )
+    return [
+        f"kill one of {args.room} processes mid-burst: {n} visitors over {args.ramp:g} s, process "
+        f"{victim.index} killed at {kill_t - t0:.1f} s (load {os.getloadavg()[0]:.1f})",
+        f"  broken pages: {len(broke_route)} (all on the killed process: {not others}); "
+        f"errors of visitors on the other process: {len(others)} {[outs[i].error for i in others][:2]}",
+        f"  after a reload in the same tab: {len(recover)} of {len(again)} had their own numbers again "
+        f"(errors {reload_errors[:2]}); time from the kill: max {max(recover, default=float('nan')):.1f} s, "
+        f"median {statistics.median(recover) if recover else float('nan'):.1f} s",
+        f"  visitors who finished without a break: {len(own)} of {n}, p50 {percentile(own, 0.5):.2f} s "
+        f"p95 {percentile(own, 0.95):.2f} s; visitors routed to the killed process before or at the kill: "
+        f"{on_victim}",
+        f"  the killed process healthy again after "
+        f"{(healthy[0] - kill_t) if healthy else float('nan'):.1f} s (restarted by the room's supervisor)",
+    ]
+
+
+def plot_room(direct: list[Figures], behind: list[Figures], n: int, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.2), dpi=120)
+    for figs, style, colour, label in (
+        (direct, "o-", "#0072b2", "1 process, direct"),
+        (behind, "s-", "#d55e00", f"{n} processes behind nginx"),
+    ):
+        ax.plot([f.n for f in figs], [f.p95 for f in figs], style, color=colour, label=f"{label}: p95")
+        for f in figs:
+            ax.annotate(f"{f.p95:.1f}s", (f.n, f.p95), textcoords="offset points", xytext=(4, 6), fontsize=8)
+    ax.axhline(5, color="grey", ls=":", lw=1, label="goal: p95 ≤ 5 s")
+    ax.set_xlabel(f"visitors arriving within 10 s (each types its own text), {os.cpu_count()} cores")
+    ax.set_ylabel("seconds until own numbers arrive (p95)")
+    ax.set_title(f"LossLens: one process against {n} behind nginx, same run", fontsize=10)
+    ax.set_xticks([f.n for f in direct])
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    print(f"plot: {path}")
+
+
+async def room_main(args) -> int:
+    """The room scenarios: `room` (direct against the room, alternately) and `kill`."""
+    work = Path(tempfile.mkdtemp(prefix="losslens-room-bench-"))
+    env = server_env(work / "cache")
+    env["LOSSLENS_SHARED"] = "1"  # a room serves a crowd; the direct process runs the same way
+    flags = tuple(shlex.split(args.flags))
+    lines = [f"LossLens room load, {os.cpu_count()} cores, load before {os.getloadavg()[0]:.1f}"]
+    app = None
+    room = RoomUnderTest(work, args.room, env, flags, args.url)
+    try:
+        room.supervise()
+        if "room" in args.scenarios:
+            app = StreamlitServer(env, work, flags=flags).start()
+            warm = Plan("fresh")
+            expected_numbers([warm], {}, {})
+            outs = [await visit(app.port, warm, args.timeout), *await room.warm(args.timeout)]
+            lines.append(f"warm-up (each process builds its book model): errors {[o.error for o in outs]}")
+            print("\n".join(lines), flush=True)
+            more, direct, behind = await room_compare(app, room, args)
+            lines += more
+            if args.plot:
+                plot_room(direct, behind, args.room, Path(args.plot))
+            app.stop()
+        if "kill" in args.scenarios:
+            outs = await room.warm(args.timeout)
+            lines.append(f"warm-up: errors {[o.error for o in outs]}")
+            lines += await kill_one(room, args)
+            print("\n".join(lines[-6:]), flush=True)
+        if "burst" in args.scenarios and args.url:
+            plans, texts = text_plans(args.visitors, 95_000)
+            expected_numbers(plans, texts, {})
+            f = await measure_room(f"burst through {args.url}", room, plans, args.ramp, args.timeout)
+            lines.append(f.line())
+            print(lines[-1], flush=True)
+        for _t, event in room.events:
+            print(f"  supervisor: {event}")
+    finally:
+        if app is not None:
+            app.stop()
+        await room.stop()
+    return 0
+
+
 async def main_async(args) -> int:
     work = Path(tempfile.mkdtemp(prefix="losslens-protocol-"))
     flags = tuple(shlex.split(args.flags))
@@ -385,7 +630,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--scenarios", type=lambda s: s.split(","),
                         default=["reference", "burst", "hostile", "seeds", "training"],
-                        help="comma-separated: reference,burst,sweep,hostile,seeds,training")  # fmt: skip
+                        help="comma-separated: reference,burst,sweep,hostile,seeds,training; "
+                             "with --room or --url: room,kill,burst")  # fmt: skip
     parser.add_argument("--visitors", type=int, default=30, help="visitors per burst (default 30)")
     parser.add_argument(
         "--ramp", type=float, default=10.0, help="seconds over which a burst arrives (default 10)"
@@ -400,6 +646,10 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=3, help="alternating repeats of the reference")
     parser.add_argument("--timeout", type=float, default=180.0, help="seconds per interaction (default 180)")
     parser.add_argument("--flags", default="", help='extra server flags, e.g. "--runner.postScriptGC true"')
+    parser.add_argument(
+        "--room", type=int, default=0, help="processes of a room behind nginx, for the room/kill scenarios"
+    )
+    parser.add_argument("--url", help="visit this running server or room instead of starting one")
     args = parser.parse_args()
     if (
         not 1 <= args.visitors <= 100
@@ -409,6 +659,10 @@ def main() -> int:
         parser.error("--visitors and --sweep values must be 1..100, --ramp 0..60 s")
     if not 1 <= args.bursts <= 5 or not 1 <= args.seeds <= min(20, args.visitors - 1):
         parser.error("--bursts must be 1..5 and --seeds 1..20, fewer than --visitors")
+    if args.room or args.url:
+        if not args.url and not 1 <= args.room <= 16:
+            parser.error("--room must be 1..16")
+        return asyncio.run(room_main(args))
     return asyncio.run(main_async(args))
 
 

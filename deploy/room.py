@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -86,6 +87,7 @@ class RoomConfig:
     interval: float = 1.0
     max_body: str = "21m"  # Streamlit's server.maxUploadSize (20 MB) plus the multipart frame
     flags: tuple[str, ...] = ()  # extra `streamlit run` flags
+    env: dict | None = None  # the processes' environment (default: this one's)
 
     def __post_init__(self) -> None:
         if self.run_dir is None:
@@ -107,6 +109,9 @@ class Room:
         self.nginx: subprocess.Popen | None = None
         self.nginx_restarts = 0
         self._stopping = False
+        self.work_dir = (
+            c.run_dir
+        )  # nginx's temp files and static cache (elsewhere if root's workers cannot reach it)
 
     # --- nginx ---------------------------------------------------------------------------
 
@@ -134,6 +139,7 @@ class Room:
             "@@USER@@": user,
             "@@WORKERS@@": "1" if len(procs) <= 2 else "auto",
             "@@RUN@@": str(run),
+            "@@WORK@@": str(self.work_dir),
             "@@MAX_BODY@@": c.max_body,
             "@@LISTEN@@": f"{c.listen}:{c.port}",
             "@@ANY_SERVERS@@": "\n".join(server(p) for p in procs),
@@ -148,7 +154,7 @@ class Room:
         for key, value in fill.items():
             text = text.replace(key, value)
         if not c.affinity:  # no cookie either: requests spread round-robin
-            text = "\n".join(line for line in text.splitlines() if "Set-Cookie \"losslens_route" not in line)
+            text = "\n".join(line for line in text.splitlines() if 'Set-Cookie "losslens_route' not in line)
         return text
 
     def write_nginx_config(self) -> Path:
@@ -159,13 +165,15 @@ class Room:
         return path
 
     def start_nginx(self) -> None:
-        run = self.config.run_dir
-        for sub in ("tmp", "cache"):
-            (run / sub).mkdir(parents=True, exist_ok=True)
         if os.geteuid() == 0:  # workers run as nobody: they must reach the temp and cache folders
-            os.chmod(run, 0o755)
-            for sub in ("tmp", "cache"):
-                os.chown(run / sub, *_nobody())
+            if not all(os.stat(d).st_mode & 0o001 for d in [self.work_dir, *self.work_dir.parents]):
+                self.work_dir = Path(tempfile.mkdtemp(prefix=f"losslens-nginx-{self.config.port}-"))
+            os.chmod(self.work_dir, 0o711)
+        for sub in ("tmp", "cache"):
+            (self.work_dir / sub).mkdir(parents=True, exist_ok=True)
+            if os.geteuid() == 0:
+                os.chown(self.work_dir / sub, *_nobody())
+        run = self.config.run_dir
         conf = self.write_nginx_config()
         cmd = [NGINX, "-p", str(run), "-c", str(conf), "-e", str(run / "error.log")]
         test = subprocess.run([*cmd, "-t"], capture_output=True, text=True)
@@ -189,7 +197,7 @@ class Room:
     # --- the Streamlit processes ---------------------------------------------------------
 
     def env(self) -> dict[str, str]:
-        env = dict(os.environ)
+        env = dict(self.config.env if self.config.env is not None else os.environ)
         env["PYTHONUNBUFFERED"] = "1"
         if self.config.shared:
             env["LOSSLENS_SHARED"] = "1"
@@ -197,13 +205,21 @@ class Room:
 
     def spawn(self, p: Process) -> None:
         cmd = [
-            sys.executable, "-m", "streamlit", "run", "app.py",
-            "--server.headless", "true",
-            "--server.port", str(p.port),
-            "--server.address", p.host,
-            "--browser.gatherUsageStats", "false",
+            sys.executable,
+            "-m",
+            "streamlit",
+            "run",
+            "app.py",
+            "--server.headless",
+            "true",
+            "--server.port",
+            str(p.port),
+            "--server.address",
+            p.host,
+            "--browser.gatherUsageStats",
+            "false",
             *self.config.flags,
-        ]  # fmt: skip
+        ]
         log = open(self.config.run_dir / f"process-{p.index}.log", "ab")
         p.proc = subprocess.Popen(
             cmd, cwd=ROOT, env=self.env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True
@@ -275,7 +291,11 @@ class Room:
                 p.failing_since = p.failing_since or now
                 # A busy process answers late: only an exit, or a long silence, takes it out.
                 if exited or now - p.failing_since >= self.config.hung:
-                    why = f"exited ({p.proc.returncode})" if exited else f"no health answer for {self.config.hung:.0f} s"
+                    why = (
+                        f"exited ({p.proc.returncode})"
+                        if exited
+                        else f"no health answer for {self.config.hung:.0f} s"
+                    )
                     p.state, p.since, changed = "down", now, True
                     events.append(f"process {p.index} on :{p.port} {why}: taken out of the proxy")
             if p.state != "up" and p.local:
@@ -333,6 +353,8 @@ class Room:
             if p.local:
                 self.kill(p)
         (self.config.run_dir / STATE_FILE).unlink(missing_ok=True)
+        if self.work_dir != self.config.run_dir:
+            shutil.rmtree(self.work_dir, ignore_errors=True)
 
     # --- state on disk, for `status` and `stop` ------------------------------------------
 
@@ -442,8 +464,10 @@ def detach(args, config: RoomConfig) -> int:
     while time.monotonic() < deadline:
         state = read_state(config.run_dir)
         if state is not None and state["supervisor"] == child.pid:
-            print(f"LossLens room: {state['url'] or 'processes only'} (supervisor pid {child.pid}; "
-                  f"log {log_path})")  # fmt: skip
+            print(
+                f"LossLens room: {state['url'] or 'processes only'} (supervisor pid {child.pid}; "
+                f"log {log_path})"
+            )
             return 0
         if child.poll() is not None:
             print(log_path.read_text(errors="replace")[-3000:], file=sys.stderr)
@@ -484,11 +508,15 @@ def cmd_status(args) -> int:
     if args.json:
         print(json.dumps(state, indent=1))
         return 0
-    print(f"room {state['url'] or '(no proxy here)'}: supervisor pid {state['supervisor']}, "
-          f"nginx pid {state['nginx']} ({'healthy' if state.get('proxy_healthy') else 'not answering'})")  # fmt: skip
+    print(
+        f"room {state['url'] or '(no proxy here)'}: supervisor pid {state['supervisor']}, "
+        f"nginx pid {state['nginx']} ({'healthy' if state.get('proxy_healthy') else 'not answering'})"
+    )
     for p in state["processes"]:
-        print(f"  process {p['index']} {p['address']}: pid {p['pid']}, {p['state']}, "
-              f"{'healthy' if p['healthy'] else 'not answering'}, restarts {p['restarts']}")  # fmt: skip
+        print(
+            f"  process {p['index']} {p['address']}: pid {p['pid']}, {p['state']}, "
+            f"{'healthy' if p['healthy'] else 'not answering'}, restarts {p['restarts']}"
+        )
     return 0
 
 
@@ -496,26 +524,52 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     start = sub.add_parser("start", help="start a room and supervise it")
-    start.add_argument("-n", "--processes", type=int, default=RoomConfig.processes,
-                       help="Streamlit processes on this machine (default: one per core)")  # fmt: skip
+    start.add_argument(
+        "-n",
+        "--processes",
+        type=int,
+        default=RoomConfig.processes,
+        help="Streamlit processes on this machine (default: one per core)",
+    )
     start.add_argument("--first-port", type=int, help="the first process's port (default: --port + 1)")
     start.add_argument("--listen", default="127.0.0.1", help="the proxy's address (0.0.0.0: the network)")
-    start.add_argument("--address", default="127.0.0.1",
-                       help="the processes' address (a LAN address when another machine's proxy serves them)")  # fmt: skip
+    start.add_argument(
+        "--address",
+        default="127.0.0.1",
+        help="the processes' address (a LAN address when another machine's proxy serves them)",
+    )
     start.add_argument("--local", action="store_true", help="a local server (LOSSLENS_SHARED unset)")
-    start.add_argument("--no-affinity", action="store_true",
-                       help="spread requests round-robin, no route cookie (to show what breaks)")  # fmt: skip
+    start.add_argument(
+        "--no-affinity",
+        action="store_true",
+        help="spread requests round-robin, no route cookie (to show what breaks)",
+    )
     start.add_argument("--no-proxy", action="store_true", help="processes only (another machine proxies)")
-    start.add_argument("--remote", action="append", default=[], metavar="HOST:PORT",
-                       help="a process on another machine, also behind this proxy (repeatable)")  # fmt: skip
-    start.add_argument("--hung", type=float, default=30.0,
-                       help="seconds without a health answer before a process is restarted (default 30)")  # fmt: skip
-    start.add_argument("--flag", action="append", default=[],
-                       help='an extra streamlit flag, e.g. --flag=--server.maxUploadSize --flag=20')  # fmt: skip
+    start.add_argument(
+        "--remote",
+        action="append",
+        default=[],
+        metavar="HOST:PORT",
+        help="a process on another machine, also behind this proxy (repeatable)",
+    )
+    start.add_argument(
+        "--hung",
+        type=float,
+        default=30.0,
+        help="seconds without a health answer before a process is restarted (default 30)",
+    )
+    start.add_argument(
+        "--flag",
+        action="append",
+        default=[],
+        help="an extra streamlit flag, e.g. --flag=--server.maxUploadSize --flag=20",
+    )
     start.add_argument("--detach", action="store_true", help="return once the room is up")
     for p in (start, sub.add_parser("stop", help="stop the room"), sub.add_parser("status", help="health")):
         p.add_argument("--port", type=int, default=8500, help="the proxy's port (default 8500)")
-        p.add_argument("--run-dir", type=Path, help="config, logs and state (default: $TMPDIR/losslens-room-PORT)")
+        p.add_argument(
+            "--run-dir", type=Path, help="config, logs and state (default: $TMPDIR/losslens-room-PORT)"
+        )
     sub.choices["status"].add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     if args.command == "start" and not 1 <= args.processes <= 64:

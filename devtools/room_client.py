@@ -21,11 +21,33 @@ from streamlit.proto.BackMsg_pb2 import BackMsg
 from streamlit.proto.ForwardMsg_pb2 import ForwardMsg
 from streamlit.proto.WidgetStates_pb2 import WidgetState
 
+from devtools.harness import free_port
 from devtools.protocol import ASSET, DONE, Outcome, Plan, Run, Session, check
 
 ROUTE_COOKIE = "losslens_route"
 XSRF_COOKIE = "_streamlit_xsrf"
 TRAIN_LOSS, VAL_LOSS = "Training loss", "Validation loss"
+
+
+def free_block(n: int) -> int:
+    """A port p such that p .. p+n are free on loopback now (the proxy, then n processes)."""
+    import socket
+
+    for _ in range(50):
+        base = free_port()
+        socks = []
+        try:
+            for k in range(n + 1):
+                sock = socket.socket()
+                socks.append(sock)
+                sock.bind(("127.0.0.1", base + k))
+            return base
+        except OSError:
+            continue
+        finally:
+            for sock in socks:
+                sock.close()
+    raise RuntimeError("no block of free ports")
 
 
 @dataclass
@@ -93,7 +115,10 @@ async def static_visit(target: Target, jar: Jar, timeout: float) -> None:
     status, page = await request(target, "GET", "/", jar, timeout)
     if status != 200:
         raise RuntimeError(f"GET /: HTTP {status}")
-    paths = sorted(set(ASSET.findall(page.decode(errors="replace")))) + ["_stcore/health", "_stcore/host-config"]
+    paths = sorted(set(ASSET.findall(page.decode(errors="replace")))) + [
+        "_stcore/health",
+        "_stcore/host-config",
+    ]
     gate = asyncio.Semaphore(6)  # a browser's connections per host
 
     async def one(path: str) -> None:
@@ -186,9 +211,13 @@ class RoomSession(Session):
         u = resp.file_urls[0]
         boundary = uuid.uuid4().hex
         body = (
-            f"--{boundary}\r\nContent-Disposition: form-data; name=\"{quote(name)}\"; "
-            f"filename=\"{quote(name)}\"\r\nContent-Type: text/plain\r\n\r\n"
-        ).encode() + data + f"\r\n--{boundary}--\r\n".encode()
+            (
+                f'--{boundary}\r\nContent-Disposition: form-data; name="{quote(name)}"; '
+                f'filename="{quote(name)}"\r\nContent-Type: text/plain\r\n\r\n'
+            ).encode()
+            + data
+            + f"\r\n--{boundary}--\r\n".encode()
+        )
         headers = {"Content-Type": f"multipart/form-data; boundary={boundary}"}
         if jar.cookies.get(XSRF_COOKIE):
             headers["X-Xsrftoken"] = jar.cookies[XSRF_COOKIE]
@@ -201,6 +230,7 @@ class RoomSession(Session):
 @dataclass
 class RoomOutcome(Outcome):
     route: str | None = None  # the process the proxy's cookie named at the end
+    jar: Jar | None = None  # the visitor's cookies, for a reload of the same tab
 
 
 async def visit(target: Target, plan: Plan, timeout: float, jar: Jar | None = None) -> RoomOutcome:
@@ -222,7 +252,7 @@ async def visit(target: Target, plan: Plan, timeout: float, jar: Jar | None = No
     except Exception as e:
         out.error = f"{type(e).__name__}: {str(e)[:160]}"
     finally:
-        out.route = jar.route
+        out.route, out.jar = jar.route, jar
         if session is not None:
             await session.close()
     return out
