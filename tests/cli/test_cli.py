@@ -18,7 +18,7 @@ from core.book.tokenizer import token_piece
 from core.lessons.loss import MAX_CHARS, MAX_TEXTS, compute_loss
 from core.lessons.report import summarize
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 BOOK_TEXTS = ["every effort moves you", "I really like chocolate"]
 LONG_TEXT = "a" + " a" * 257  # 258 tokens: one more than a 256-token context allows
 

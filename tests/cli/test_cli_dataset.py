@@ -14,7 +14,7 @@ import torch
 from core.__main__ import main
 from core.models.corpus import VERDICT_ENV
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
