@@ -1,17 +1,18 @@
 """LossLens: GPT-2's next-token probabilities become the cross-entropy loss, step by step.
 
 Streamlit runs this file on every interaction: sidebar -> plain inputs -> the chosen view.
-All maths lives in `core`; each view is a page file in `components/` with a render(inputs).
+All maths lives in `core`; each view is a page file in `components/` with a render(inputs),
+drawn with the helpers in `ui/`.
 """
 
 import streamlit as st
 import torch
 
-from components import common, lesson_nav, sidebar, style
 from core.serving.priority import FOREGROUND
+from ui import errors, lesson_nav, sidebar, state, style
 
 # One intra-op thread per script run: visitors already run in parallel sessions, and on shared
-# cores torch's spinning worker threads cost 3-5x the CPU per forward pass (bench/README.md).
+# cores torch's spinning worker threads cost several times the CPU per pass (bench/README.md).
 torch.set_num_threads(1)
 
 # An emoji favicon is drawn locally; a :material/...: one is fetched from a font CDN (fails offline).
@@ -25,7 +26,7 @@ st.set_page_config(
     initial_sidebar_state="collapsed" if _presenting else "auto",
 )
 # A run counts as a visitor's request: a training child waits between its steps until none is in flight.
-with common.friendly_errors(), FOREGROUND.request():
+with errors.friendly_errors(), FOREGROUND.request():
     # Two groups: the lesson in its order (the start page opens at "/"), then the extra views.
     # Each view keeps its URL path, so links shared before the grouping still open it.
     sections = {
@@ -43,6 +44,6 @@ with common.friendly_errors(), FOREGROUND.request():
     page = st.navigation(sections, position="hidden")
     lesson_nav.sidebar_menu()
     inputs = sidebar.render()
-    common.set_current_inputs(inputs)
+    state.set_current_inputs(inputs)
     style.apply_style(inputs.presentation)
     page.run()

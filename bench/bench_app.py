@@ -44,9 +44,9 @@ def bench_reruns(n: int, views: list[str] = VIEWS) -> None:
     from machine import describe_cpu
     from streamlit.testing.v1 import AppTest
 
-    from components.common import get_model
     from core.lessons.loss import compute_loss
     from core.lessons.report import summarize
+    from ui.cache import get_model
 
     print(describe_cpu())
     at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=300)

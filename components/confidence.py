@@ -7,7 +7,7 @@ import math
 import plotly.graph_objects as go
 import streamlit as st
 
-from components import common, lesson_data, lesson_nav, style
+from ui import charts, errors, formats, lesson_data, lesson_nav, state, style, widgets
 
 # Okabe-Ito, colour-blind safe, in GLTR's order: green (top 10) ... purple (beyond 1000).
 BUCKET_COLOURS = ["#009e73", "#f0e442", "#e69f00", "#cc79a7"]
@@ -34,7 +34,7 @@ def scatter(rows: list[dict]) -> go.Figure:
             name=f"target rank {name}",
             marker=dict(color=BUCKET_COLOURS[index], size=10, line=dict(width=1, color="#333")),
             customdata=[
-                [common.esc(r["input"]), common.esc(r["target"]), r["rank"], r["text"], r["position"]]
+                [formats.esc(r["input"]), formats.esc(r["target"]), r["rank"], r["text"], r["position"]]
                 for r in pts
             ],
             hovertemplate="text %{customdata[3]}, position %{customdata[4]}: "
@@ -73,7 +73,7 @@ def coloured(c: dict) -> str:
             row = r["text"]
             out.append(
                 ("<br>" if out else "")
-                + f'<span style="border:1px dashed #999">{common.esc(c["first_tokens"][row - 1])}</span>'
+                + f'<span style="border:1px dashed #999">{formats.esc(c["first_tokens"][row - 1])}</span>'
             )
         tip = (
             f"rank {r['rank']:,} ({r['bucket']}); surprisal {r['surprisal']:.3f} nats; "
@@ -81,7 +81,7 @@ def coloured(c: dict) -> str:
         )
         out.append(
             f'<span style="background:{BUCKET_COLOURS[r["bucket_index"]]};color:#000" '
-            f'title="{common.esc(tip)}">{common.esc(r["target"])}</span>'
+            f'title="{formats.esc(tip)}">{formats.esc(r["target"])}</span>'
         )
     return '<div class="ll-heat">' + "".join(out) + "</div>"
 
@@ -103,29 +103,29 @@ def one_entropy_note(rows: list[dict]) -> str | None:
     )
 
 
-def render(inputs: common.Inputs) -> None:
+def render(inputs: state.Inputs) -> None:
     lesson_nav.open_view("confidence", inputs)
     st.caption(
         "Entropy −Σ p log p says how spread out a prediction was; surprisal −log p(target) what the loss "
         "charged. The entropy is the surprisal the model expected: points high above the dotted line are "
         "confidently wrong, points near it on the right merely unsure."
     )
-    with common.friendly_errors():
+    with errors.friendly_errors():
         c = lesson_data.confidence_rows(*lesson_data.model_args(inputs), inputs.texts, inputs.temperature)
         rows = c["rows"]
         wrong = max(rows, key=lambda r: r["surprisal"] - r["entropy"])
         c1, c2, c3 = st.columns(3)
-        c1.metric("Mean entropy", common.num(sum(r["entropy"] for r in rows) / len(rows)), help="nats")
+        c1.metric("Mean entropy", formats.num(sum(r["entropy"] for r in rows) / len(rows)), help="nats")
         c2.metric(
-            "Mean surprisal = loss", common.num(sum(r["surprisal"] for r in rows) / len(rows)), help="nats"
+            "Mean surprisal = loss", formats.num(sum(r["surprisal"] for r in rows) / len(rows)), help="nats"
         )
         c3.metric(
             "Most confidently wrong",
-            common.md(wrong["target"]),
+            formats.md(wrong["target"]),
             help=f"surprisal − entropy = {wrong['surprisal'] - wrong['entropy']:.3f} nats "
             f"(text {wrong['text']}, position {wrong['position']})",
         )
-        common.chart(scatter(rows), "confidence-scatter", inputs.presentation)
+        charts.chart(scatter(rows), "confidence-scatter", inputs.presentation)
         if note := one_entropy_note(rows):
             st.info(note, icon=":material/info:")
         if st.toggle("Colour the text by the target's rank (GLTR)", key="gltr", bind="query-params"):
@@ -133,13 +133,13 @@ def render(inputs: common.Inputs) -> None:
                 '<div class="ll-legend">'
                 + "".join(
                     f'<span style="background:{col};color:#000;padding:0 6px;border-radius:4px">'
-                    f"{common.esc(n)}</span>"
+                    f"{formats.esc(n)}</span>"
                     for col, n in zip(BUCKET_COLOURS, c["bucket_names"], strict=True)
                 )
                 + "</div>"
             )
             style.html_block(coloured(c))
-            common.chart(histogram(c), "rank-buckets", inputs.presentation)
+            charts.chart(histogram(c), "rank-buckets", inputs.presentation)
         table = [
             {
                 k: r[k]
@@ -160,7 +160,7 @@ def render(inputs: common.Inputs) -> None:
         ]
         with st.expander("All predictions"):
             st.dataframe(table, hide_index=True)
-        common.downloads(
+        widgets.downloads(
             "confidence",
             table,
             {"predictions": table, "histogram": dict(zip(c["bucket_names"], c["histogram"], strict=True))},
@@ -168,4 +168,4 @@ def render(inputs: common.Inputs) -> None:
 
 
 if __name__ == "__main__":  # run as a page of app.py's st.navigation
-    render(common.current_inputs())
+    render(state.current_inputs())

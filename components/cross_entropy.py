@@ -6,29 +6,29 @@ import math
 
 import streamlit as st
 
-from components import common, lesson_nav, surprisal
 from core.lessons.loss import IGNORE_INDEX
 from core.lessons.report import perplexity_note
+from ui import cache, errors, formats, lesson_nav, state, surprisal, widgets
 
 LOW_TEMPERATURE = 0.001  # divides the logits by 1000: far beyond what float32's exp can hold
 
 
 def _full(x) -> str:
-    return common.num(x) if x is None or isinstance(x, str) else repr(float(x))
+    return formats.num(x) if x is None or isinstance(x, str) else repr(float(x))
 
 
 def _diff(d) -> str:
     if d is None or isinstance(d, str):
-        return common.num(d)
+        return formats.num(d)
     return "0 (identical)" if d == 0 else f"{d:+.4e}"
 
 
-def render(inputs: common.Inputs) -> None:
+def render(inputs: state.Inputs) -> None:
     lesson_nav.open_view("cross-entropy", inputs)
-    with common.friendly_errors():
-        s = common.summary(inputs)
+    with errors.friendly_errors():
+        s = cache.summary(inputs)
         if not inputs.presentation:
-            common.metrics(s)
+            widgets.metrics(s)
         v = s["vocab_size"]
         book = lesson_nav.is_book_example(inputs)
 
@@ -36,12 +36,12 @@ def render(inputs: common.Inputs) -> None:
         c1, c2, c3 = st.columns(3)
         c1.metric(
             "Six steps by hand (naive)",
-            common.num(s["neg_avg_log_probas"]),
+            formats.num(s["neg_avg_log_probas"]),
             help="neg_avg_log_probas: torch.log of the softmax's probabilities",
         )
         c2.metric(
             "F.cross_entropy (stable)",
-            common.num(s["loss"]),
+            formats.num(s["loss"]),
             help="torch.nn.functional.cross_entropy(logits_flat, targets_flat): log-sum-exp on the logits",
         )
         c3.metric(
@@ -74,7 +74,7 @@ def render(inputs: common.Inputs) -> None:
         st.subheader("Perplexity", anchor=False)
         p = s["perplexity"]
         meaning = (
-            f"The model is as unsure as if it picked uniformly among about **{common.ppl(p)}** tokens "
+            f"The model is as unsure as if it picked uniformly among about **{formats.ppl(p)}** tokens "
             "at each step "
             f"(the vocabulary has {v:,})."
             if not isinstance(p, str)
@@ -92,7 +92,7 @@ def render(inputs: common.Inputs) -> None:
             {
                 "model": "This model on your text",
                 "loss (nats)": s["loss"],
-                "perplexity": common.ppl(p),
+                "perplexity": formats.ppl(p),
                 "bits per token": s["bits_per_token"],
             },
             {
@@ -119,7 +119,7 @@ def render(inputs: common.Inputs) -> None:
         st.caption(f"Uniform baseline: ln({v:,}) = {math.log(v):.4f}; bits per token = loss / ln 2.")
 
         st.subheader("Why the built-in works from logits", anchor=False)
-        low = common.summary(common.Inputs(**{**inputs.__dict__, "top_k": 1}), temperature=LOW_TEMPERATURE)
+        low = cache.summary(state.Inputs(**{**inputs.__dict__, "top_k": 1}), temperature=LOW_TEMPERATURE)
         naive, stable = low["neg_avg_log_probas"], low["loss"]
         st.markdown(
             f"At temperature {LOW_TEMPERATURE} the logits are multiplied by {1 / LOW_TEMPERATURE:,.0f}. "
@@ -129,14 +129,14 @@ def render(inputs: common.Inputs) -> None:
         )
         underflow = sum(1 for x in low["log_probas"] if x == "-inf")
         c1, c2, c3 = st.columns(3)
-        c1.metric(f"By hand (naive), T = {LOW_TEMPERATURE}", common.num(naive))
-        c2.metric(f"F.cross_entropy (stable), T = {LOW_TEMPERATURE}", common.num(stable))
+        c1.metric(f"By hand (naive), T = {LOW_TEMPERATURE}", formats.num(naive))
+        c2.metric(f"F.cross_entropy (stable), T = {LOW_TEMPERATURE}", formats.num(stable))
         c3.metric("Targets with probability 0", f"{underflow} of {low['num_tokens']}")
         st.caption(
             f"Your current temperature is {inputs.temperature:g}. Change it in the sidebar and watch the "
             "by-hand and built-in results part ways at low values."
         )
-        common.downloads(
+        widgets.downloads(
             "cross-entropy",
             rows,
             {
@@ -161,4 +161,4 @@ def render(inputs: common.Inputs) -> None:
 
 
 if __name__ == "__main__":  # run as a page of app.py's st.navigation
-    render(common.current_inputs())
+    render(state.current_inputs())

@@ -7,11 +7,11 @@ from dataclasses import asdict
 import plotly.graph_objects as go
 import streamlit as st
 
-from components import a11y, common, lesson_nav, position_loss, store
 from core.book.data import LoaderSettings, make_loaders
 from core.book.evaluate import evaluate_dataset
 from core.errors import CorpusError
 from core.models.corpus import MAX_CORPUS_BYTES, MAX_CORPUS_LABEL, decode_corpus_bytes, validate_corpus_text
+from ui import a11y, cache, charts, errors, formats, lesson_nav, position_loss, state, store, style, widgets
 
 SOURCES = ["The Verdict", "Upload a file", "Paste text"]
 
@@ -19,7 +19,7 @@ SOURCES = ["The Verdict", "Upload a file", "Paste text"]
 @st.cache_data(max_entries=16, show_spinner=False)
 def counts(text: str, settings: tuple) -> dict:
     """Token, window and batch counts of the loaders (cheap: no model)."""
-    data = make_loaders(text, LoaderSettings(*settings), common.tokenizer())
+    data = make_loaders(text, LoaderSettings(*settings), cache.tokenizer())
     return data.to_dict()
 
 
@@ -27,9 +27,9 @@ def _corpus() -> tuple[str, str] | None:
     source = st.radio("Corpus", SOURCES, horizontal=True, key="corpus", bind="query-params")
     if source == SOURCES[0]:
         try:
-            return common.verdict(), "The Verdict"
+            return cache.verdict(), "The Verdict"
         except CorpusError as e:
-            st.error(common.md(e), icon=":material/cloud_off:")
+            st.error(formats.md(e), icon=":material/cloud_off:")
             st.caption("Or choose “Upload a file” or “Paste text” above.")
             return None
     if source == SOURCES[1]:
@@ -72,7 +72,7 @@ def _settings(context_length: int) -> tuple[LoaderSettings, int | None]:
 
 def figure(r: dict) -> go.Figure:
     fig = go.Figure()
-    for name, key, colour in (("training", "train", common.NEUTRAL), ("validation", "val", common.ACCENT)):
+    for name, key, colour in (("training", "train", style.NEUTRAL), ("validation", "val", style.ACCENT)):
         losses = r[f"{key}_batch_losses"]
         fig.add_scatter(
             x=list(range(1, len(losses) + 1)),
@@ -87,7 +87,7 @@ def figure(r: dict) -> go.Figure:
                 line_dash="dot",
                 line_color=colour,
                 annotation_text=f"{name} mean {r[f'{key}_loss']:.4f}",
-                annotation_font_color=common.ACCENT_TEXT if colour == common.ACCENT else colour,
+                annotation_font_color=style.ACCENT_TEXT if colour == style.ACCENT else colour,
             )
     fig.update_xaxes(
         title="batch", dtick=1 if max(len(r["train_batch_losses"]), len(r["val_batch_losses"])) < 25 else None
@@ -101,14 +101,15 @@ def figure(r: dict) -> go.Figure:
 
 def _show(r: dict, presentation: bool) -> None:
     c1, c2, c3, c4 = st.columns(4)
-    c1.metric("Training loss", common.num(r["train_loss"]))
-    c2.metric("Validation loss", common.num(r["val_loss"]))
+    c1.metric("Training loss", formats.num(r["train_loss"]))
+    c2.metric("Validation loss", formats.num(r["val_loss"]))
     c3.metric(
         "Training perplexity",
-        common.ppl(r["train_perplexity"]) if r["train_perplexity"] is not None else "n/a",
+        formats.ppl(r["train_perplexity"]) if r["train_perplexity"] is not None else "n/a",
     )
     c4.metric(
-        "Validation perplexity", common.ppl(r["val_perplexity"]) if r["val_perplexity"] is not None else "n/a"
+        "Validation perplexity",
+        formats.ppl(r["val_perplexity"]) if r["val_perplexity"] is not None else "n/a",
     )
     if r.get("precision") == "bfloat16":
         d = r["bf16_differences"]
@@ -118,10 +119,10 @@ def _show(r: dict, presentation: bool) -> None:
             "(validation). The book's numbers are float32.",
             icon=":material/speed:",
         )
-    common.chart(figure(r), "dataset-batch-losses", presentation, a11y.describe_dataset(r))
+    charts.chart(figure(r), "dataset-batch-losses", presentation, a11y.describe_dataset(r))
     rows = [{"split": "train", "batch": i + 1, "loss": x} for i, x in enumerate(r["train_batch_losses"])]
     rows += [{"split": "val", "batch": i + 1, "loss": x} for i, x in enumerate(r["val_batch_losses"])]
-    common.downloads("dataset", rows, r)
+    widgets.downloads("dataset", rows, r)
 
 
 def _n(k: int, noun: str) -> str:
@@ -155,31 +156,31 @@ def _counts_table(c: dict) -> None:
     )
 
 
-def render(inputs: common.Inputs) -> None:
+def render(inputs: state.Inputs) -> None:
     lesson_nav.open_view("dataset", inputs)
     st.caption(
         "Section 5.1.3: split the corpus into training and validation text, cut each into windows of "
         "`context_length` tokens with `create_dataloader_v1`, and average `calc_loss_batch` over the "
         "batches (`calc_loss_loader`)."
     )
-    with common.friendly_errors():
+    with errors.friendly_errors():
         _body(inputs)
     lesson_nav.try_this("dataset")
     lesson_nav.footer("dataset")
 
 
-def _body(inputs: common.Inputs) -> None:
+def _body(inputs: state.Inputs) -> None:
     corpus = _corpus()
     if corpus is None:
         return
     text, name = corpus
-    model = common.get_model(inputs.model, inputs.seed, inputs.device)
+    model = cache.get_model(inputs.model, inputs.seed, inputs.device)
     # The losses come first, above the settings that made them: on a projector they are the view.
     results = st.container()
-    settings, num_batches = _settings(model.context_length)
+    settings, num_batches = _settings(model.cfg["context_length"])
     c = counts(text, tuple(asdict(settings).values()))
     st.markdown(
-        f"**{common.md(name)}**: {c['characters']:,} characters, {c['tokens']:,} tokens; "
+        f"**{formats.md(name)}**: {c['characters']:,} characters, {c['tokens']:,} tokens; "
         f"training {_n(c['train']['batches'], 'batch')} ({c['train_tokens']:,} tokens), "
         f"validation {_n(c['val']['batches'], 'batch')} ({c['val_tokens']:,} tokens)."
     )
@@ -188,7 +189,7 @@ def _body(inputs: common.Inputs) -> None:
     with st.expander("Token and batch counts"):
         _counts_table(c)
     # Hardware notes (bfloat16, CPU features) are for the laptop, not for the projector.
-    fast = False if inputs.presentation else common.fast_toggle("ds_fast", inputs.device)
+    fast = False if inputs.presentation else widgets.fast_toggle("ds_fast", inputs.device)
     key = store.dataset_key(inputs.model, inputs.seed, text, settings, num_batches, inputs.device, fast)
     with results:
         stopped = st.session_state.pop("_ds_running", None)
@@ -230,7 +231,7 @@ def _compute(model, text, settings, num_batches, key, fast=False, n_train=0) -> 
         bar.progress(done / max(total, 1), text=progress_text(done, total, split, n_train))
 
     r = evaluate_dataset(
-        model, text, settings, num_batches, progress=progress, tokenizer=common.tokenizer(), fast=fast
+        model, text, settings, num_batches, progress=progress, tokenizer=cache.tokenizer(), fast=fast
     )
     st.session_state.pop("_ds_running", None)
     bar.empty()
@@ -242,4 +243,4 @@ def _compute(model, text, settings, num_batches, key, fast=False, n_train=0) -> 
 
 
 if __name__ == "__main__":  # run as a page of app.py's st.navigation
-    render(common.current_inputs())
+    render(state.current_inputs())

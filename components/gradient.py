@@ -9,8 +9,8 @@ import threading
 import plotly.graph_objects as go
 import streamlit as st
 
-from components import common, formats, lesson_data, lesson_nav
 from core.lessons.gradient import BOOK_LR, BOOK_WEIGHT_DECAY, MAX_STEPS, train_steps
+from ui import cache, charts, errors, formats, lesson_data, lesson_nav, state, style, widgets
 
 
 @st.cache_resource
@@ -41,11 +41,11 @@ def symlog_ticks(values: list[float], floor: float) -> list[tuple[float, str]]:
 
 
 def figure(p: dict) -> go.Figure:
-    labels = [f"{common.esc(piece)}  ·{i}" for piece, i in zip(p["pieces"], p["ids"], strict=True)]
+    labels = [f"{formats.esc(piece)}  ·{i}" for piece, i in zip(p["pieces"], p["ids"], strict=True)]
     push = [-g for g in p["gradients"]]
-    colours = [common.ACCENT if i == p["target_id"] else common.NEUTRAL for i in p["ids"]]
+    colours = [style.ACCENT if i == p["target_id"] else style.NEUTRAL for i in p["ids"]]
     hover = [
-        f"p = {common.proba(q)}<br>∂loss/∂logit = {g:+.4e}"
+        f"p = {formats.proba(q)}<br>∂loss/∂logit = {g:+.4e}"
         for q, g in zip(p["probas"], p["gradients"], strict=True)
     ]
     # The whole push down, over every token but the target: as large as the push up.
@@ -82,12 +82,12 @@ def figure(p: dict) -> go.Figure:
     )
     fig.update_layout(
         height=max(260, 34 * len(labels) + 80),
-        title=f"After “{common.esc(p['input'])}”: the target “{common.esc(p['target'])}” up, the rest down",
+        title=f"After “{formats.esc(p['input'])}”: the target “{formats.esc(p['target'])}” up, the rest down",
     )
     return fig
 
 
-def _steps(inputs: common.Inputs) -> None:
+def _steps(inputs: state.Inputs) -> None:
     st.subheader("One real training step", anchor=False)
     st.caption(
         f"AdamW with the book's settings (lr {BOOK_LR}, weight decay {BOOK_WEIGHT_DECAY}) "
@@ -110,10 +110,10 @@ def _steps(inputs: common.Inputs) -> None:
         bar = st.progress(0.0, text="Copying the model…")
         with _one_at_a_time():
             r = train_steps(
-                common.get_model(key, seed, device),
+                cache.get_model(key, seed, device),
                 list(inputs.texts),
                 int(n),
-                tokenizer=common.tokenizer(),
+                tokenizer=cache.tokenizer(),
                 progress=lambda k, total: bar.progress(k / total, text=f"step {k} of {total}"),
             )
         bar.empty()
@@ -126,10 +126,10 @@ def _steps(inputs: common.Inputs) -> None:
             icon=":material/memory:",
         )
     c1, c2, c3 = st.columns(3)
-    c1.metric("Loss before", common.num(r["losses"][0]))
+    c1.metric("Loss before", formats.num(r["losses"][0]))
     c2.metric(
         f"Loss after {len(r['losses']) - 1} step(s)",
-        common.num(r["losses"][-1]),
+        formats.num(r["losses"][-1]),
         delta=f"{r['losses'][-1] - r['losses'][0]:+.4f}",
         delta_color="inverse",
     )
@@ -143,13 +143,13 @@ def _steps(inputs: common.Inputs) -> None:
             x=list(range(len(r["losses"]))),
             y=r["losses"],
             mode="lines+markers",
-            line=dict(color=common.ACCENT),
+            line=dict(color=style.ACCENT),
         )
     )
     fig.update_xaxes(title="optimizer steps", dtick=1)
     fig.update_yaxes(title="loss on the batch (nats)")
     fig.update_layout(height=300, title="Loss on the same batch after each step")
-    common.chart(fig, "training-steps", inputs.presentation)
+    charts.chart(fig, "training-steps", inputs.presentation)
     s = lesson_data.gradients(key, seed, device, inputs.texts, 1)["positions"]
     # One format for every probability of the table, with the digits that keep different ones apart.
     values = [v for probas in r["target_probas"] for v in probas]
@@ -167,10 +167,10 @@ def _steps(inputs: common.Inputs) -> None:
         for m, q in enumerate(s)
     ]
     st.dataframe(rows, hide_index=True)
-    common.downloads("training-steps", rows, r, key="grad-steps")
+    widgets.downloads("training-steps", rows, r, key="grad-steps")
 
 
-def render(inputs: common.Inputs) -> None:
+def render(inputs: state.Inputs) -> None:
     lesson_nav.open_view("gradient", inputs)
     st.caption(
         "What the loss asks the model to change. The gradient of the mean cross entropy "
@@ -179,7 +179,7 @@ def render(inputs: common.Inputs) -> None:
         "training raises the target's logit by (1 − p) / N "
         "and lowers every other token's in proportion to its probability. The two amounts are equal."
     )
-    with common.friendly_errors():
+    with errors.friendly_errors():
         g = lesson_data.gradients(*lesson_data.model_args(inputs), inputs.texts, inputs.top_k)
         n = g["num_predictions"]
         at = (
@@ -188,10 +188,10 @@ def render(inputs: common.Inputs) -> None:
             else 1
         )
         p = g["positions"][at - 1]
-        st.caption(common.md(f"Text {p['text']} · position {p['position']} · {p['input']} → {p['target']}"))
+        st.caption(formats.md(f"Text {p['text']} · position {p['position']} · {p['input']} → {p['target']}"))
         c1, c2, c3 = st.columns(3)
         target_p = p["probas"][p["ids"].index(p["target_id"])]
-        c1.metric("Target probability", common.proba(target_p))
+        c1.metric("Target probability", formats.proba(target_p))
         c2.metric("Target pushed up by", f"{p['push_up']:.4e}", help="(1 − p_target) / N")
         c3.metric(
             "Others pushed down by, in all",
@@ -199,12 +199,12 @@ def render(inputs: common.Inputs) -> None:
             help=f"Σ p / N over the other 50,256 tokens; the {len(p['ids']) - 1} shown account for "
             f"{-p['shown_push_down']:.4e}",
         )
-        common.chart(figure(p), f"gradient-pos{at}", inputs.presentation)
+        charts.chart(figure(p), f"gradient-pos{at}", inputs.presentation)
         rows = [
             {"token": piece, "id": i, "proba": q, "gradient": gr}
             for piece, i, q, gr in zip(p["pieces"], p["ids"], p["probas"], p["gradients"], strict=True)
         ]
-        common.downloads(
+        widgets.downloads(
             "gradient",
             rows,
             {
@@ -226,4 +226,4 @@ def render(inputs: common.Inputs) -> None:
 
 
 if __name__ == "__main__":  # run as a page of app.py's st.navigation
-    render(common.current_inputs())
+    render(state.current_inputs())

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import streamlit as st
 
-from components import common, lesson_nav
+from ui import cache, errors, lesson_nav, state, widgets
 
 
-def render(inputs: common.Inputs) -> None:
+def render(inputs: state.Inputs) -> None:
     lesson_nav.scroll_to_top("start")
     st.header("LossLens: how a language model's loss is computed", anchor=False)
     st.markdown(f"*{lesson_nav.view('start').question}*")
-    with common.friendly_errors():
+    with errors.friendly_errors():
         lesson_nav.book_notice(inputs)
         st.markdown(
             "Section 5.1 of *Build a Large Language Model (From Scratch)* scores an untrained GPT-2 on "
@@ -26,11 +26,11 @@ def render(inputs: common.Inputs) -> None:
             "Each view ends with a Next link (Tab, then Enter). The sidebar holds the texts, the model and "
             "the temperature; *Beyond the book* has six more views for later."
         )
-        s = common.summary(inputs)
+        s = cache.summary(inputs)
         st.markdown("Where the lesson ends up, for the texts in the sidebar:")
-        common.metrics(s)
+        widgets.metrics(s)
     lesson_nav.footer("start")
 
 
 if __name__ == "__main__":  # run as a page of app.py's st.navigation
-    render(common.current_inputs())
+    render(state.current_inputs())

@@ -7,7 +7,7 @@ import math
 import plotly.graph_objects as go
 import streamlit as st
 
-from components import common, lesson_data, lesson_nav
+from ui import charts, errors, formats, lesson_data, lesson_nav, state, style, widgets
 
 AXES = ["Loss (nats)", "Perplexity"]
 # Labelled ticks on the log temperature axis: Plotly's own labels its minor ticks with bare digits.
@@ -25,14 +25,14 @@ def loss_range(s: dict) -> list[float]:
 
 def figure(s: dict, axis: str) -> go.Figure:
     ppl = axis == AXES[1]
-    y = [common.to_float(p) for p in s["perplexities"]] if ppl else s["losses"]
+    y = [formats.to_float(p) for p in s["perplexities"]] if ppl else s["losses"]
     fig = go.Figure()
     fig.add_scatter(
         x=s["temperatures"],
         y=y,
         mode="lines+markers",
         name="perplexity" if ppl else "loss",
-        line=dict(color=common.NEUTRAL),
+        line=dict(color=style.NEUTRAL),
         marker=dict(size=5),
     )
     fig.add_scatter(
@@ -41,12 +41,12 @@ def figure(s: dict, axis: str) -> go.Figure:
         mode="lines",
         name="mean entropy (nats)",
         yaxis="y2",
-        line=dict(color=common.VIRIDIS[6], dash="dot"),
+        line=dict(color=style.VIRIDIS[6], dash="dot"),
     )
     # Shapes written into the layout directly: add_vline is ~30x slower (it resolves subplots).
     marks = (
-        (s["current"], "current", common.ACCENT, "right"),
-        (s["best"], "lowest loss", common.VIRIDIS[2], "left"),
+        (s["current"], "current", style.ACCENT, "right"),
+        (s["best"], "lowest loss", style.VIRIDIS[2], "left"),
     )
     fig.update_layout(
         shapes=[
@@ -127,33 +127,33 @@ def sweep_words(s: dict) -> str:
     )
 
 
-def render(inputs: common.Inputs) -> None:
+def render(inputs: state.Inputs) -> None:
     lesson_nav.open_view("temperature", inputs)
     st.caption(
         "The loss at every temperature from 0.05 to 20, from one forward pass: dividing the logits by T is "
         "all a temperature does. Low T makes the model over-confident (a wrong favourite costs a lot); high "
         "T flattens every prediction towards the uniform guess ln 50,257 ≈ 10.82 nats."
     )
-    with common.friendly_errors():
+    with errors.friendly_errors():
         s = lesson_data.sweep(*lesson_data.model_args(inputs), inputs.texts, inputs.temperature)
         c1, c2, c3, c4 = st.columns(4)
         c1.metric(
-            "Loss at the current T", common.num(s["current_loss"]), help=f"T = {s['current']:g} (sidebar)"
+            "Loss at the current T", formats.num(s["current_loss"]), help=f"T = {s['current']:g} (sidebar)"
         )
         c2.metric(
             "Temperature with the lowest loss",
             f"{s['best']:.3f}",
             help="The best point of the grid, refined by a golden-section search.",
         )
-        c3.metric("Lowest loss", common.num(s["best_loss"]))
+        c3.metric("Lowest loss", formats.num(s["best_loss"]))
         i = s["temperatures"].index(s["current"])
         c4.metric(
             "Mean entropy at the current T",
-            common.num(s["entropies"][i]),
+            formats.num(s["entropies"][i]),
             help="−Σ p log p of each predicted distribution, averaged over the predictions (nats).",
         )
         axis = st.radio("Show", AXES, horizontal=True, key="sweep_axis", bind="query-params")
-        common.chart(figure(s, axis), "temperature-sweep", inputs.presentation)
+        charts.chart(figure(s, axis), "temperature-sweep", inputs.presentation)
         st.caption(sweep_words(s))
         rows = [
             {"temperature": t, "loss": loss, "perplexity": p, "mean_entropy": h}
@@ -163,8 +163,8 @@ def render(inputs: common.Inputs) -> None:
         ]
         with st.expander("All points"):
             st.dataframe(rows, hide_index=True)
-        common.downloads("temperature-sweep", rows, s)
+        widgets.downloads("temperature-sweep", rows, s)
 
 
 if __name__ == "__main__":  # run as a page of app.py's st.navigation
-    render(common.current_inputs())
+    render(state.current_inputs())

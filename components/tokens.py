@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import streamlit as st
 
-from components import common, lesson_nav, style
 from core.lessons.loss import IGNORE_INDEX, PAD_ID
+from ui import cache, errors, lesson_nav, state, style, widgets
 
 
 def _shift_table(t: dict) -> str:
@@ -33,11 +33,11 @@ def _shift_table(t: dict) -> str:
     )
 
 
-def render(inputs: common.Inputs) -> None:
+def render(inputs: state.Inputs) -> None:
     lesson_nav.open_view("tokens", inputs)
-    with common.friendly_errors():
-        s = common.summary(inputs)
-        common.metrics(s)
+    with errors.friendly_errors():
+        s = cache.summary(inputs)
+        widgets.metrics(s)
         st.caption(
             "GPT-2's byte-pair encoding splits each text into tokens (␣ marks a space, ↵ a newline; "
             "dashed chips are pieces of a multi-byte character). The model reads `inputs` and must "
@@ -78,7 +78,7 @@ def render(inputs: common.Inputs) -> None:
             "targets = torch.tensor(" + _fmt(target_rows, width, IGNORE_INDEX) + ")",
             language="python",
         )
-        common.downloads("tokens", rows)
+        widgets.downloads("tokens", rows)
         lesson_nav.try_this("tokens")
     lesson_nav.footer("tokens")
 
@@ -88,4 +88,4 @@ def _fmt(rows: list[list[int]], width: int, pad: int) -> str:
 
 
 if __name__ == "__main__":  # run as a page of app.py's st.navigation
-    render(common.current_inputs())
+    render(state.current_inputs())

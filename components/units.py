@@ -6,26 +6,26 @@ import math
 
 import streamlit as st
 
-from components import common, lesson_data, lesson_nav
+from ui import errors, formats, lesson_data, lesson_nav, state, widgets
 
 BASES = ["nats", "bits"]
 
 
 def _n(x, digits: int = 4) -> str:
-    return "n/a" if x is None else common.num(x, digits)
+    return "n/a" if x is None else formats.num(x, digits)
 
 
 def _ppl(x) -> str:
-    return _n(x) if isinstance(x, float) and x < 100 else common.ppl(x)
+    return _n(x) if isinstance(x, float) and x < 100 else formats.ppl(x)
 
 
-def render(inputs: common.Inputs) -> None:
+def render(inputs: state.Inputs) -> None:
     lesson_nav.open_view("units", inputs)
     st.caption(
         "One loss, many ways to state it. Every number below is a sum of surprisals −log p (in nats) "
         "divided by what it counts: predicted tokens, characters or bytes."
     )
-    with common.friendly_errors():
+    with errors.friendly_errors():
         u = lesson_data.units(*lesson_data.model_args(inputs), inputs.texts, inputs.temperature)
         b, a = u["batch"], u["averages"]
         c1, c2, c3, c4 = st.columns(4)
@@ -36,7 +36,7 @@ def render(inputs: common.Inputs) -> None:
         )
         c4.metric("Predicted tokens", f"{b['predicted_tokens']:,}")
         c5, c6, c7, c8 = st.columns(4)
-        c5.metric("Perplexity per token", common.ppl(b["perplexity_per_token"]), help="exp(loss)")
+        c5.metric("Perplexity per token", formats.ppl(b["perplexity_per_token"]), help="exp(loss)")
         c6.metric(
             "Perplexity per character",
             _ppl(b["perplexity_per_character"]),
@@ -76,12 +76,12 @@ def render(inputs: common.Inputs) -> None:
         )
         d3.metric(
             "Mean of per-text perplexities",
-            common.ppl(a["mean_of_text_perplexities"]),
+            formats.ppl(a["mean_of_text_perplexities"]),
             help="exp of each text's loss, then averaged: always ≥ exp of the mean loss (Jensen).",
         )
         st.caption(
-            f"exp(token-weighted loss) = {common.ppl(a['token_weighted_perplexity'])}; exp(mean of per-text "
-            f"losses) = {common.ppl(a['perplexity_of_mean_loss'])}. They agree only when every text has the "
+            f"exp(token-weighted loss) = {formats.ppl(a['token_weighted_perplexity'])}; exp(mean of per-text "
+            f"losses) = {formats.ppl(a['perplexity_of_mean_loss'])}. They agree only when every text has the "
             "same number of predicted tokens (or the same loss); a perplexity tool that averages per-text "
             "perplexities reports a third, larger number."
         )
@@ -101,8 +101,8 @@ def render(inputs: common.Inputs) -> None:
             for n, r in enumerate(u["texts"])
         ]
         st.dataframe(rows, hide_index=True)
-        common.downloads("units", rows, u)
+        widgets.downloads("units", rows, u)
 
 
 if __name__ == "__main__":  # run as a page of app.py's st.navigation
-    render(common.current_inputs())
+    render(state.current_inputs())

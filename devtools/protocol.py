@@ -83,10 +83,10 @@ _LOSSES: dict = {}
 
 def expected_numbers(plans: list[Plan], texts: dict[int, str], seeds: dict[int, int]) -> None:
     """Fill in each plan's expectation with core, in this process, before any visitor starts."""
-    from components.sidebar import split_texts
     from core.book.model import build_untrained_model
     from core.errors import LossLensError
     from core.lessons.loss import compute_loss
+    from ui.sidebar import split_texts
 
     def loss(text: str, seed: int) -> float | None:
         if (text, seed) not in _LOSSES:

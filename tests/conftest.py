@@ -99,7 +99,7 @@ def app_env(monkeypatch, verdict_path):
     dataset store before and after each test (the model stays cached: it is only read)."""
     import streamlit as st
 
-    from components import store
+    from ui import store
 
     monkeypatch.delenv("LOSSLENS_VERDICT_PATH", raising=False)
     st.cache_data.clear()

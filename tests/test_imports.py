@@ -1,12 +1,15 @@
-"""The layout of the code: no import cycle in core, core never imports Streamlit, pages never
-import each other, and every core module imports on its own in a fresh interpreter."""
+"""The layout of the code: no import cycle in core or in the app's helpers (ui), core never imports
+Streamlit, ui never imports a page and pages never import each other, and every module imports on
+its own in a fresh interpreter."""
 
 from __future__ import annotations
 
 import ast
+import json
 import re
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -18,8 +21,8 @@ CORE = sorted(".".join(p.relative_to(ROOT).with_suffix("").parts) for p in (ROOT
 # The book's chapter code is the foundation and knows nothing of LossLens; the fast path is a
 # plug-in that only serving installs.
 LAYERS = ["book", "runtime", "models", "lessons", "serving"]
-# The page files app.py navigates to, as components/lesson_nav.py lists them.
-_NAV = (ROOT / "components" / "lesson_nav.py").read_text(encoding="utf-8")
+# The page files app.py navigates to, as ui/lesson_nav.py lists them.
+_NAV = (ROOT / "ui" / "lesson_nav.py").read_text(encoding="utf-8")
 PAGES = sorted(set(re.findall(r"components/(\w+)\.py", _NAV)))
 
 
@@ -153,9 +156,66 @@ def test_core_never_imports_streamlit_and_pages_never_import_pages():
         assert not any(m.split(".")[0] == "streamlit" for m in _absolute_imports(path)), path.name
     graph = _graph("components")
     pages = {f"components.{p}" for p in PAGES}
-    assert len(PAGES) >= 8 and "common" not in PAGES and "store" not in PAGES
+    assert len(PAGES) >= 8 and "figure57" in PAGES and "training" in PAGES
+    assert set(graph) == pages, f"not a page: {set(graph) - pages}"  # components/ holds pages only
     for page in pages:
         assert not graph[page] & pages, f"{page} imports {graph[page] & pages}"
+
+
+def test_ui_has_no_import_cycle_and_never_imports_a_page():
+    graph = _graph("ui")
+    assert "ui.a11y" in graph and "ui.formats" in graph["ui.a11y"] and "ui.style" in graph["ui.a11y"]
+    assert _cycle(graph) is None, " -> ".join(_cycle(graph))
+    for path in (ROOT / "ui").rglob("*.py"):
+        pages = {m for m in _absolute_imports(path) if m.split(".")[0] == "components"}
+        assert not pages, f"{path.name} imports {pages}"
+
+
+# One process loads the libraries the app uses once, then imports each module of the app first
+# in a forked child of its own: the app's code is fresh in every child, the libraries' load is paid once.
+_FORK_EACH = textwrap.dedent(
+    """
+    import json, os, sys, traceback
+    import pandas, plotly.graph_objects, streamlit, tiktoken, torch
+
+    failed = {}
+    for name in sys.argv[1:]:
+        r, w = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            os.close(r)
+            try:
+                __import__(name)
+            except BaseException:
+                os.write(w, traceback.format_exc()[-2000:].encode())
+                os._exit(1)
+            os._exit(0)
+        os.close(w)
+        with os.fdopen(r, "rb") as f:
+            out = f.read().decode()
+        if os.waitpid(pid, 0)[1] != 0:
+            failed[name] = out or "exited abnormally"
+    print(json.dumps(failed))
+    """
+)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="needs os.fork")
+def test_every_ui_and_page_module_imports_first_in_a_fresh_interpreter():
+    """A page or helper imported first, alone, is where a cycle hidden by app.py's order breaks."""
+    names = sorted(
+        _module_name(p).removesuffix(".__init__")
+        for package in ("ui", "components")
+        for p in (ROOT / package).rglob("*.py")
+    )
+    assert "ui" in names and "components.figure57" in names
+    proc = subprocess.run(
+        [sys.executable, "-c", _FORK_EACH, *names], cwd=ROOT, capture_output=True, text=True, timeout=600
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    failed = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert not failed, failed
 
 
 @pytest.mark.slow

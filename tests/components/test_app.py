@@ -318,7 +318,7 @@ def test_dataset_view_fast_mode_only_where_offered_and_how_far_from_float32(mode
 
 
 def test_every_preset_renders_on_every_view(model):
-    from components.sidebar import PRESETS, split_texts
+    from ui.sidebar import PRESETS, split_texts
 
     at = app()
     for name, text in PRESETS.items():
@@ -375,16 +375,16 @@ def test_a_model_that_cannot_download_gives_a_message_once(monkeypatch):
 
 
 def test_a_rerun_that_changes_nothing_computes_nothing(monkeypatch):
-    import components.common as common
+    import ui.cache as cache
 
     calls = []
-    real = common.compute_loss
+    real = cache.compute_loss
 
     def counting(*args, **kwargs):
         calls.append(args[1])
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(common, "compute_loss", counting)
+    monkeypatch.setattr(cache, "compute_loss", counting)
     at = app()
     assert calls == [BOOK_TEXTS]
     at.run()
@@ -426,7 +426,7 @@ def test_a_link_with_a_text_shows_the_matching_preset(query, preset):
 
 
 def test_a_script_run_counts_as_a_visitors_request_for_training_to_wait_on(monkeypatch):
-    import components.common as common_module
+    import ui.cache as cache
     from core.serving.priority import FOREGROUND
 
     count, seen = FOREGROUND.shared().count, []
@@ -435,7 +435,7 @@ def test_a_script_run_counts_as_a_visitors_request_for_training_to_wait_on(monke
         seen.append(count.value)  # the app's run, before compute_loss adds its own
         return compute_loss(*args, **kwargs)
 
-    monkeypatch.setattr(common_module, "compute_loss", counting)
+    monkeypatch.setattr(cache, "compute_loss", counting)
     at = app(text="A sentence that no other test typed.")
     assert seen == [1] and count.value == 0  # counted while the run lasted, and not after
     assert not at.error
@@ -449,7 +449,7 @@ def _markdown(at: AppTest) -> str:
 
 
 def test_the_start_page_opens_at_root_and_begins_the_lesson():
-    from components import lesson_nav
+    from ui import lesson_nav
 
     at = app()
     assert at.header[0].value.startswith("LossLens")
@@ -468,7 +468,7 @@ LESSON_PAGES = ["start", "tokens", "probabilities", "figure57", "cross_entropy",
 
 @pytest.mark.parametrize("n", range(len(LESSON_PAGES)))
 def test_each_lesson_view_asks_its_question_and_links_to_its_neighbours(n):
-    from components import lesson_nav
+    from ui import lesson_nav
 
     at = app(LESSON_PAGES[n])
     view = lesson_nav.LESSON[n]
@@ -492,7 +492,7 @@ def test_each_lesson_view_asks_its_question_and_links_to_its_neighbours(n):
 
 
 def test_the_lesson_and_the_extras_are_grouped_in_order():
-    from components import lesson_nav
+    from ui import lesson_nav
 
     assert [v.title for v in lesson_nav.LESSON] == [
         "Start",
@@ -628,7 +628,7 @@ def test_every_number_a_lesson_view_renders_follows_the_format_rules(page, steps
 
 
 def test_two_different_values_never_print_the_same():
-    from components import formats
+    from ui import formats
 
     assert formats.proba(7.4541e-05) == "7.4541e-05"
     assert formats.distinct([1.156e-05, 1.034e-05]) == ["1.1560e-05", "1.0340e-05"]
@@ -637,11 +637,11 @@ def test_two_different_values_never_print_the_same():
 
 
 def test_minus_infinity_is_a_hatched_bar_and_no_slanted_line():
-    from components import figure57
+    from ui import charts
 
     at = app("figure57", temperature=0.001, step=6)
     s = common_summary(at)
-    fig = figure57.figure(s, 6).to_plotly_json()
+    fig = charts.step_figure(s, 6).to_plotly_json()
     bars = fig["data"][0]
     assert all(math.isfinite(y) and y > 0 for y in bars["y"])  # no empty bar standing for ∞
     inf = [x == "-inf" for x in s["log_probas"]]
@@ -655,28 +655,28 @@ def test_minus_infinity_is_a_hatched_bar_and_no_slanted_line():
 
 
 def common_summary(at: AppTest) -> dict:
-    from components import common
+    from ui import cache
 
     texts = tuple(at.text_area(key="text").value.split("\n"))
-    return common.loss_summary(
+    return cache.loss_summary(
         "untrained-124m", 123, texts, 10, float(at.number_input(key="temperature").value)
     )
 
 
 def test_the_legend_stays_clear_of_the_x_axis_title():
-    from components import figure57
+    from ui import charts
 
     at = app("figure57", step=2)
     for step in range(1, 7):
-        legend = figure57.figure(common_summary(at), step).to_plotly_json()["layout"]["legend"]
+        legend = charts.step_figure(common_summary(at), step).to_plotly_json()["layout"]["legend"]
         assert legend["y"] >= 1 and legend["yanchor"] == "bottom", step  # above the plot
 
 
 def test_the_load_spinner_speaks_of_a_download_only_for_weights():
-    from components import common
+    from ui import cache
 
-    assert "download" not in common.spinner_text("Building the model for seed 7", seeded=True)
-    assert "download" in common.spinner_text("Loading GPT-2 124M", seeded=False)
+    assert "download" not in cache.spinner_text("Building the model for seed 7", seeded=True)
+    assert "download" in cache.spinner_text("Loading GPT-2 124M", seeded=False)
 
 
 def test_dataset_progress_counts_each_split_on_its_own():

@@ -157,9 +157,9 @@ def test_visits_to_the_training_page_leave_no_folders_behind(cache, monkeypatch)
 
 
 def test_a_links_unknown_preset_or_device_is_named_too():
-    from components.sidebar import url_corrections
     from core.models.registry import available_models
     from core.runtime.device import describe
+    from ui.sidebar import url_corrections
 
     notes = url_corrections({"preset": "nope", "device": "tpu", "seed": "12.5"}, available_models(), ["cpu"])
     assert notes == [

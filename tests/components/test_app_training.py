@@ -235,18 +235,18 @@ def test_the_estimate_is_timed_in_a_process_of_its_own():
 
 
 def test_a_wordless_sample_shows_its_spaces_counted_and_says_why():
-    from components.training import sample_line
     from core.book.train import START_CONTEXT
+    from ui.training_progress import sample_line
 
     assert sample_line(START_CONTEXT + " " * 50) == (START_CONTEXT + " ␣×50", True)
     assert sample_line(START_CONTEXT + ",,,,.") == (START_CONTEXT + ",,,,.", True)
     assert sample_line(START_CONTEXT + " and the the") == (START_CONTEXT + " and the the", False)
 
     def samples_page():
-        from components.training import _samples
         from core.book.train import START_CONTEXT
+        from ui.training_progress import show_samples
 
-        _samples([(1, START_CONTEXT + " " * 50), (2, START_CONTEXT + ", and the")])
+        show_samples([(1, START_CONTEXT + " " * 50), (2, START_CONTEXT + ", and the")])
 
     at = AppTest.from_function(samples_page, default_timeout=TIMEOUT).run()
     assert [t.value for t in at.text] == [

@@ -15,9 +15,9 @@ AUDIT_DIR = ARTIFACTS / "axe"
 
 
 def app_views() -> list[tuple[str, str]]:
-    """(URL path, title) of every view in components/lesson_nav.py's VIEWS, in navigation order.
+    """(URL path, title) of every view in ui/lesson_nav.py's VIEWS, in navigation order.
     The start page opens at "/"; a view added to VIEWS is audited without editing the tests."""
-    from components.lesson_nav import VIEWS
+    from ui.lesson_nav import VIEWS
 
     return [("" if n == 0 else v.path, v.title) for n, v in enumerate(VIEWS)]
 

@@ -154,7 +154,7 @@ def live_text(page) -> list[str]:
 
 
 def test_keyboard_only_walks_figure_5_7(new_page, server, book_summary):
-    from components.a11y import describe_step
+    from ui.a11y import describe_step
 
     page = new_page()
     open_url(page, server, "figure-5-7")
@@ -224,7 +224,7 @@ def test_heatmap_details_reachable_by_keyboard(new_page, server, book_summary):
 
 
 def test_screen_reader_hears_the_steps_in_order(new_page, server, book_summary):
-    from components import common
+    from ui import formats
 
     page = new_page()
     open_url(page, server, "figure-5-7")
@@ -233,8 +233,8 @@ def test_screen_reader_hears_the_steps_in_order(new_page, server, book_summary):
         "[2, 3, 50,257], rows sum to 1",
         "6 values, one per target",
         "[6]",
-        common.num(book_summary["avg_log_probas"]),
-        common.num(book_summary["neg_avg_log_probas"]),
+        formats.num(book_summary["avg_log_probas"]),
+        formats.num(book_summary["neg_avg_log_probas"]),
     ]
     for step in range(1, 7):
         if step > 1:

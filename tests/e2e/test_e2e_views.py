@@ -226,7 +226,7 @@ CUT_OFF_JS = """() => {
     ids=["projector", "projector-1080p", "laptop"],
 )
 def test_the_lesson_walks_from_start_to_training_by_next_alone(new_page, server, width, height, presentation):
-    from components.lesson_nav import LESSON
+    from ui.lesson_nav import LESSON
 
     page = new_page(viewport={"width": width, "height": height})
     open_url(page, server, "", **({"presentation": "true"} if presentation else {}))

@@ -466,7 +466,7 @@ def test_local_server_raises_the_upload_cap_and_offers_a_path(loopback_app, monk
     from streamlit import config as st_config
     from streamlit.testing.v1 import AppTest
 
-    from components.own_model import LOCAL_UPLOAD_MB
+    from ui.own_model import LOCAL_UPLOAD_MB
 
     monkeypatch.delenv("LOSSLENS_SHARED", raising=False)
     before = st_config.get_option("server.maxUploadSize")

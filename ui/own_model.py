@@ -22,6 +22,7 @@ from core.models.own_model import FORMATS, load_own_model, to_device
 from core.models.registry import ModelSpec, register_provider
 from core.runtime.deployment import shared_server
 from core.runtime.device import available_memory_gb
+from ui import formats
 
 log = logging.getLogger("losslens")
 
@@ -158,17 +159,15 @@ def apply_pending_choice() -> None:
 
 def panel(sb) -> None:
     """Upload (or, on a loopback-only local server, a path), heads if needed, Load."""
-    from components import common  # here: common imports this module
-
     box = sb.container(border=True)
     e = _entry()
     if e is not None:
         box.caption(
-            f"Loaded for this session: **{common.md(e['own'].name)}**, {FORMATS[e['own'].kind]}: "
-            f"{common.md(e['own'].describe())}."
+            f"Loaded for this session: **{formats.md(e['own'].name)}**, {FORMATS[e['own'].kind]}: "
+            f"{formats.md(e['own'].describe())}."
         )
         for note in e["own"].notes:
-            box.caption(common.md(note))
+            box.caption(formats.md(note))
     cap = upload_cap_mb()
     generation = st.session_state.setdefault(_UPLOADS, 0)
     up = box.file_uploader(
@@ -231,7 +230,7 @@ def panel(sb) -> None:
         with box, st.spinner("Reading and checking the weights…"):
             own = load_own_model(source, n_heads=int(heads) or None, name=name)
     except LossLensError as err:
-        box.error(common.md(err), icon=":material/error:")
+        box.error(formats.md(err), icon=":material/error:")
         return
     except MemoryError:
         box.error("Not enough free memory to load this model here.", icon=":material/memory:")

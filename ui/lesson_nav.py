@@ -7,10 +7,11 @@ from dataclasses import dataclass
 
 import streamlit as st
 
-from components import common
 from core.errors import LossLensError
 from core.lessons.report import book_differences
 from core.models.registry import BOOK_MODEL, BOOK_SEED
+from ui import cache, formats
+from ui.sidebar import BOOK_TEXT, PRESETS
 
 LESSON_SECTION = "The lesson (§5.1–5.2)"
 EXTRA_SECTION = "Beyond the book"
@@ -172,7 +173,7 @@ def neighbours(path: str) -> tuple[View | None, View | None]:
 
 def _differences(inputs) -> list[str]:
     try:
-        label = common.md(common.get_spec(inputs.model).label)  # the visitor's own model: a file's name
+        label = formats.md(cache.get_spec(inputs.model).label)  # the visitor's own model: a file's name
     except LossLensError:
         label = None
     return book_differences(inputs.model, inputs.seed, inputs.texts, inputs.temperature, label=label)
@@ -184,8 +185,6 @@ def is_book_example(inputs) -> bool:
 
 def back_to_book() -> None:
     """All of section 5.1's example at once; runs before the sidebar's widgets exist in the run."""
-    from components.sidebar import BOOK_TEXT, PRESETS
-
     st.session_state.model = BOOK_MODEL
     st.session_state.seed = BOOK_SEED
     st.session_state.temperature = 1.0

@@ -8,28 +8,28 @@ from __future__ import annotations
 
 import streamlit as st
 
-from components import common
 from core.book.tokenizer import token_piece
 from core.lessons.confidence import confidence
 from core.lessons.gradient import gradient_bars
 from core.lessons.sweep import temperature_sweep
 from core.lessons.units import loss_units
 from core.lessons.views import forward, predictions
+from ui import cache, state
 
 
-def model_args(inputs: common.Inputs) -> tuple[str, int, str]:
+def model_args(inputs: state.Inputs) -> tuple[str, int, str]:
     """(model key, seed, device) as the caches see them: the seed only matters for untrained models."""
-    return inputs.model, inputs.seed if common.get_spec(inputs.model).seeded else 0, inputs.device
+    return inputs.model, inputs.seed if cache.get_spec(inputs.model).seeded else 0, inputs.device
 
 
 def _forward(key: str, seed: int, device: str, texts: tuple[str, ...]):
-    batch, logits = forward(common.get_model(key, seed, device), list(texts), common.tokenizer())
+    batch, logits = forward(cache.get_model(key, seed, device), list(texts), cache.tokenizer())
     return batch, *predictions(logits, batch)
 
 
 def _labels(batch) -> list[dict]:
     """Text, position, input and target piece of each prediction, in the order of predictions()."""
-    tk = common.tokenizer()
+    tk = cache.tokenizer()
     out = []
     for row, ids in enumerate(batch.token_ids):
         shown = [token_piece(i, tk).display for i in ids]
@@ -60,7 +60,7 @@ def units(key: str, seed: int, device: str, texts: tuple[str, ...], temperature:
     for ids in batch.token_ids:
         per_text.append(c["surprisal"][start : start + len(ids) - 1])
         start += len(ids) - 1
-    return loss_units(batch.texts, batch.token_ids, per_text, common.tokenizer())
+    return loss_units(batch.texts, batch.token_ids, per_text, cache.tokenizer())
 
 
 @st.cache_data(max_entries=64, ttl=3600, show_spinner=False)
@@ -83,7 +83,7 @@ def confidence_rows(key: str, seed: int, device: str, texts: tuple[str, ...], te
         "rows": rows,
         "histogram": c["histogram"],
         "bucket_names": c["bucket_names"],
-        "first_tokens": [token_piece(ids[0], common.tokenizer()).display for ids in batch.token_ids],
+        "first_tokens": [token_piece(ids[0], cache.tokenizer()).display for ids in batch.token_ids],
     }
 
 
@@ -91,7 +91,7 @@ def confidence_rows(key: str, seed: int, device: str, texts: tuple[str, ...], te
 def gradients(key: str, seed: int, device: str, texts: tuple[str, ...], top_k: int) -> dict:
     """The logit gradient's top-k and target bars at every prediction (temperature 1: training's)."""
     batch, z, y = _forward(key, seed, device, texts)
-    tk = common.tokenizer()
+    tk = cache.tokenizer()
     labels = _labels(batch)
     for label, bars in zip(labels, gradient_bars(z, y, top_k), strict=True):
         label.update(bars, pieces=[token_piece(i, tk).display for i in bars["ids"]])

@@ -8,7 +8,7 @@ import math
 import plotly.graph_objects as go
 import streamlit as st
 
-from components import common, formats
+from ui import charts, formats, style
 
 
 def targets(s: dict) -> list[tuple[str, float, float]]:
@@ -16,7 +16,7 @@ def targets(s: dict) -> list[tuple[str, float, float]]:
     out = []
     for r, t in enumerate(s["texts"]):
         for p in t["positions"]:
-            prob = common.to_float(p["target_proba"])
+            prob = formats.to_float(p["target_proba"])
             if prob > 0:
                 out.append((f"{p['input']} → {p['target']} ({r + 1}·{p['position']})", prob, -math.log(prob)))
     return out
@@ -35,7 +35,7 @@ def figure(s: dict) -> go.Figure:
         y=[-math.log(x) for x in xs],
         mode="lines",
         name="−ln p (surprisal)",
-        line=dict(color=common.NEUTRAL, width=3),
+        line=dict(color=style.NEUTRAL, width=3),
         hoverinfo="skip",
     )
     fig.add_scatter(
@@ -43,7 +43,7 @@ def figure(s: dict) -> go.Figure:
         y=[y for _, _, y in dots],
         mode="markers",
         name="this batch's targets",
-        marker=dict(color=common.ACCENT, size=13, line=dict(color="#111111", width=1)),
+        marker=dict(color=style.ACCENT, size=13, line=dict(color="#111111", width=1)),
         customdata=[[name, formats.proba(p), formats.nats(y)] for name, p, y in dots],
         hovertemplate="%{customdata[0]}<br>p = %{customdata[1]}<br>−ln p = %{customdata[2]}<extra></extra>",
     )
@@ -59,11 +59,11 @@ def figure(s: dict) -> go.Figure:
     if isinstance(s["loss"], float) and math.isfinite(s["loss"]):
         fig.add_hline(
             y=s["loss"],
-            line_color=common.ACCENT,
+            line_color=style.ACCENT,
             line_width=2,
             annotation_text=f"loss = mean = {s['loss']:.4f}",
             annotation_position="top right",
-            annotation_font_color=common.ACCENT_TEXT,
+            annotation_font_color=style.ACCENT_TEXT,
         )
     fig.update_xaxes(
         title="target's probability p (log scale)",
@@ -110,4 +110,4 @@ def section(s: dict, presentation: bool, filename: str) -> None:
         f"{len(targets(s))} targets are drawn on the curve; the uniform guess is at "
         f"{math.log(s['vocab_size']):.2f} nats."
     )
-    common.chart(figure(s), filename, presentation, description)
+    charts.chart(figure(s), filename, presentation, description)

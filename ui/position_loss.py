@@ -5,15 +5,15 @@ from __future__ import annotations
 import plotly.graph_objects as go
 import streamlit as st
 
-from components import common, store
 from core.lessons.positions import position_losses
+from ui import cache, charts, formats, store, style, widgets
 
 SHOW = ["Both splits", "Training", "Validation"]
 
 
 def figure(r: dict, show: str) -> go.Figure:
     fig = go.Figure()
-    for name, key, colour in (("training", "train", common.NEUTRAL), ("validation", "val", common.ACCENT)):
+    for name, key, colour in (("training", "train", style.NEUTRAL), ("validation", "val", style.ACCENT)):
         if show not in (SHOW[0], name.capitalize()):
             continue
         means = r[key]["position_means"]
@@ -57,7 +57,7 @@ def section(model, text: str, settings, num_batches, key: tuple, presentation: b
             text,
             settings,
             num_batches,
-            tokenizer=common.tokenizer(),
+            tokenizer=cache.tokenizer(),
             progress=lambda done, total, split: bar.progress(
                 done / max(total, 1), text=f"{split_name[split]} batches: {done} of {total}"
             ),
@@ -73,15 +73,15 @@ def section(model, text: str, settings, num_batches, key: tuple, presentation: b
     for col, split, name in ((c1, "train", "Training"), (c3, "val", "Validation")):
         p = r[split]
         col.metric(
-            f"{name} loss (book)", common.num(p["loss"]), help="calc_loss_loader: the mean of batch losses"
+            f"{name} loss (book)", formats.num(p["loss"]), help="calc_loss_loader: the mean of batch losses"
         )
         (c2 if split == "train" else c4).metric(
             f"{name}, by position",
-            common.num(p["token_weighted_loss"]),
+            formats.num(p["token_weighted_loss"]),
             help="The mean loss at each position, weighted by how many windows reach it: every "
             "token once, so it equals the book's loss when all batches are full.",
         )
-    common.chart(figure(r, show), "loss-by-position", presentation)
+    charts.chart(figure(r, show), "loss-by-position", presentation)
     rows = [
         {
             "position": i,
@@ -90,4 +90,4 @@ def section(model, text: str, settings, num_batches, key: tuple, presentation: b
         }
         for i in range(len(r["train"]["position_means"]))
     ]
-    common.downloads("loss-by-position", rows, r, key="positions")
+    widgets.downloads("loss-by-position", rows, r, key="positions")

@@ -1,12 +1,29 @@
-"""The page's look: the app's CSS (base and presentation mode) and the HTML pieces the views
-build from escaped text (token chips, blocks of HTML)."""
+"""The page's look: its colours, the app's CSS (base and presentation mode) and the HTML pieces
+the views build from escaped text (token chips, blocks of HTML)."""
 
 from __future__ import annotations
 
 import streamlit as st
 
-from components.common import esc
 from core.book.tokenizer import ENDOFTEXT_ID
+from ui.formats import esc
+
+# Viridis: sequential, colour-blind safe, still ordered when printed in grey.
+VIRIDIS = [
+    "#440154",
+    "#482878",
+    "#3e4989",
+    "#31688e",
+    "#26828e",
+    "#1f9e89",
+    "#35b779",
+    "#6ece58",
+    "#b5de2b",
+    "#fde725",
+]
+ACCENT = "#d55e00"  # Okabe-Ito vermillion: the target token, everywhere
+NEUTRAL = "#0072b2"  # Okabe-Ito blue: the other top-k tokens
+ACCENT_TEXT = "#8f3700"  # a darker vermillion for text: 7.7:1 on white (#d55e00 is 3.9:1, too low for text)
 
 _BASE_CSS = """
 <style>

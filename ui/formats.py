@@ -1,12 +1,18 @@
-"""One way to print each kind of number, everywhere in the app (views, hover text, tables, exports).
+"""One way to print each kind of number, everywhere in the app (views, hover text, tables, exports),
+and user text escaped so it shows literally.
 
 Probabilities use the book's e-notation (PyTorch prints `tensor([7.4541e-05, ...])`): 4 digits after
 the point, always with an exponent, so 7.4541e-05 never appears as 0.0000745, 7.454e-5 or 0.0075 %.
+Free of Streamlit: the text alternatives and their tests use it as it is.
 """
 
 from __future__ import annotations
 
+import html
 import math
+import re
+
+from core.lessons.report import format_perplexity
 
 PROBA_DIGITS = 4  # digits after the point: the book's tensor printout
 MAX_DIGITS = 12
@@ -51,3 +57,46 @@ def distinct(values, fmt=proba, digits: int = PROBA_DIGITS) -> list[str]:
 # Plotly axis settings for probabilities: e-notation ticks ("1e-05"), never SI prefixes ("10μ").
 LOG_PROBA_AXIS = dict(type="log", dtick=1, exponentformat="e", showexponent="all", tickformat=".0e")
 LINEAR_PROBA_AXIS = dict(exponentformat="e", showexponent="all", tickformat=".1e")
+
+
+def num(x, digits: int = 4) -> str:
+    """A value from core.lessons.report: floats, or None / "inf" / "-inf" where float ran out."""
+    if x is None:
+        return "n/a"
+    if isinstance(x, str):
+        return {"inf": "∞", "-inf": "−∞"}.get(x, x)
+    return f"{x:.{digits}f}"
+
+
+def ppl(x) -> str:
+    if isinstance(x, str):
+        return num(x)
+    return format_perplexity(x)
+
+
+def to_float(x) -> float:
+    if x is None:
+        return float("nan")
+    return float(x)
+
+
+def label(summary_: dict, row: int, pos: int) -> str:
+    """'Text 1 · every → ␣effort' (plain text: shown by widgets that do not parse HTML)."""
+    p = summary_["texts"][row]["positions"][pos]
+    return f"Text {row + 1} · position {pos} · {p['input']} → {p['target']}"
+
+
+# --- user text ------------------------------------------------------------------------------
+
+
+def esc(text: str) -> str:
+    return html.escape(str(text), quote=True)
+
+
+_MD_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+\-.!|$<>~:&])")
+
+
+def md(text: str) -> str:
+    """User text (a file name, an error quoting the input) inside st.markdown / st.error:
+    backslash-escaped so it shows literally, never as Markdown, LaTeX or HTML."""
+    return _MD_SPECIAL.sub(r"\\\1", str(text))

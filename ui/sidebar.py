@@ -10,9 +10,9 @@ from core.errors import LossLensError
 from core.lessons.loss import MAX_TEXTS
 from core.models.registry import available_models
 from core.runtime.device import DEVICE_ENV, available_devices, describe, resolve_device
-
-from . import own_model, visitor
-from .common import Inputs, md
+from ui import own_model, visitor
+from ui.formats import md
+from ui.state import Inputs
 
 BOOK_TEXT = "every effort moves you\nI really like chocolate"
 PRESETS = {

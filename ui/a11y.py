@@ -9,20 +9,20 @@ import math
 
 import streamlit as st
 
-from components import common, style
+from ui import formats, style
 
 MAX_TABLE_ROWS = 500  # a chart with more points keeps its values in the CSV download
 
 
 def p3(x) -> str:
-    """A probability as everywhere in the app: the book's 7.4541e-05 (components/formats.py)."""
-    return common.proba(x)
+    """A probability as everywhere in the app: the book's 7.4541e-05 (ui/formats.py)."""
+    return formats.proba(x)
 
 
 def value(x) -> str:
     """A chart value for the table: 4 decimals for ordinary sizes, else scientific."""
     if x is None or isinstance(x, str):
-        return common.num(x)
+        return formats.num(x)
     if isinstance(x, int):
         return f"{x:,}"
     x = float(x)
@@ -67,7 +67,7 @@ def describe_step(s: dict, step: int) -> str:
             f"the highest logit of each position from {hl:.4f} to {hh:.4f}."
         )
     if step == 2:
-        (_, tl), (_, th) = _extremes([(k, common.to_float(p["target_proba"])) for k, p in pairs])
+        (_, tl), (_, th) = _extremes([(k, formats.to_float(p["target_proba"])) for k, p in pairs])
         (_, hl), (_, hh) = _extremes([(k, p["top_k"][0]["proba"]) for k, p in pairs])
         return (
             f"Softmax: each position's {v:,} probabilities sum to 1. "
@@ -75,35 +75,35 @@ def describe_step(s: dict, step: int) -> str:
             f"the most likely token of each position from {p3(hl)} to {p3(hh)}; uniform would be {p3(1 / v)}."
         )
     if step == 3:
-        (kl, tl), (kh, th) = _extremes([(k, common.to_float(p["target_proba"])) for k, p in pairs])
+        (kl, tl), (kh, th) = _extremes([(k, formats.to_float(p["target_proba"])) for k, p in pairs])
         return (
             f"target_probas: {n} values, from {p3(tl)} ({kl}) to {p3(th)} ({kh}); "
             f"the uniform guess 1/{v:,} is {p3(1 / v)}."
         )
     if step == 4:
-        logs = [(k, common.to_float(x)) for (k, _), x in zip(pairs, s["log_probas"], strict=True)]
+        logs = [(k, formats.to_float(x)) for (k, _), x in zip(pairs, s["log_probas"], strict=True)]
         (kl, ll), (kh, lh) = _extremes(logs)
         return (
-            f"log_probas: {n} values, from {common.num(ll)} ({kl}) to {common.num(lh)} ({kh}); "
+            f"log_probas: {n} values, from {formats.num(ll)} ({kl}) to {formats.num(lh)} ({kh}); "
             "0 would be a perfect prediction."
         )
     if step == 5:
-        return f"avg_log_probas, the mean of the {n} log probabilities: {common.num(s['avg_log_probas'])}."
+        return f"avg_log_probas, the mean of the {n} log probabilities: {formats.num(s['avg_log_probas'])}."
     return (
-        f"neg_avg_log_probas = {common.num(s['neg_avg_log_probas'])}, the cross-entropy loss; "
-        f"torch.nn.functional.cross_entropy gives {common.num(s['loss'])}."
+        f"neg_avg_log_probas = {formats.num(s['neg_avg_log_probas'])}, the cross-entropy loss; "
+        f"torch.nn.functional.cross_entropy gives {formats.num(s['loss'])}."
     )
 
 
 def describe_heat(t: dict, row: int) -> str:
     """One text of the per-token heatmap: its most and least surprising tokens."""
-    items = [(p["target"], common.to_float(p["surprisal"])) for p in t["positions"]]
+    items = [(p["target"], formats.to_float(p["surprisal"])) for p in t["positions"]]
     if not items:
         return f"Text {row + 1}: no token to predict."
     (kl, lo), (kh, hi) = _extremes(items)
     return (
-        f"Text {row + 1}, {len(items)} predicted tokens: most surprising {kh} ({common.num(hi, 2)} nats), "
-        f"least surprising {kl} ({common.num(lo, 2)} nats)."
+        f"Text {row + 1}, {len(items)} predicted tokens: most surprising {kh} ({formats.num(hi, 2)} nats), "
+        f"least surprising {kl} ({formats.num(lo, 2)} nats)."
     )
 
 
@@ -111,7 +111,7 @@ def _series(name: str, losses: list[float], mean) -> str:
     if not losses:
         return f"{name}: no batch."
     return (
-        f"{name} loss {common.num(mean)}, "
+        f"{name} loss {formats.num(mean)}, "
         f"the mean of {len(losses):,} batch{'es' if len(losses) != 1 else ''} "
         f"(lowest {min(losses):.4f}, highest {max(losses):.4f})"
     )
@@ -151,7 +151,7 @@ def describe_losses(labels: list[str], losses: list[float]) -> str:
 
 def loss_announcement(s: dict) -> str:
     return (
-        f"Loss {common.num(s['loss'])}, perplexity {common.ppl(s['perplexity'])}, "
+        f"Loss {formats.num(s['loss'])}, perplexity {formats.ppl(s['perplexity'])}, "
         f"over {s['num_tokens']:,} predicted tokens."
     )
 
@@ -192,7 +192,7 @@ def figure_rows(fig) -> tuple[str, list[str], list[list[str]]]:
 
 def table_html(caption: str, head: list[str], body: list[list[str]]) -> str:
     """An accessible HTML table (caption, column headers, row headers); every cell escaped."""
-    e = common.esc
+    e = formats.esc
     th = "".join(f'<th scope="col">{e(h)}</th>' for h in head)
     tr = "".join(
         "<tr>" + f'<th scope="row">{e(r[0])}</th>' + "".join(f"<td>{e(c)}</td>" for c in r[1:]) + "</tr>"
@@ -215,7 +215,7 @@ def chart_alternative(fig, description: str = "") -> None:
     """Under a chart: its lesson in a sentence, and its values one keystroke away (an expander)."""
     title = _label(fig.layout.title.text) if fig.layout.title and fig.layout.title.text else "Chart"
     if description:
-        st.caption(common.md(description))
+        st.caption(formats.md(description))
     axis, columns, body = figure_rows(fig)
     if body:
         with st.expander(f"Chart values as a table: {title}"):
@@ -225,5 +225,5 @@ def chart_alternative(fig, description: str = "") -> None:
 def announce(text: str) -> None:
     """A polite live region: screen readers read this short text when it changes, not the page."""
     style.html_block(
-        f'<div class="ll-sr" role="status" aria-live="polite" aria-atomic="true">{common.esc(text)}</div>'
+        f'<div class="ll-sr" role="status" aria-live="polite" aria-atomic="true">{formats.esc(text)}</div>'
     )

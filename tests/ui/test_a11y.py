@@ -5,8 +5,8 @@ from __future__ import annotations
 import plotly.graph_objects as go
 import pytest
 
-from components import a11y
 from tests.conftest import BOOK_TEXTS
+from ui import a11y
 
 
 @pytest.fixture(scope="module")

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import streamlit as st
 
-from components import common
 from core.models import checkpoints
 from core.models.registry import trained_key
+from ui import cache, formats
 
 
 def _mb(n: int) -> str:
@@ -22,7 +22,8 @@ def storage_problem(owner: str | None) -> str | None:
 def warn(problem: str) -> None:
     """Why saving is off (from storage_problem), and that the rest of the app is not."""
     st.warning(
-        common.md(problem) + " The lessons work as usual; only training is off.", icon=":material/folder_off:"
+        formats.md(problem) + " The lessons work as usual; only training is off.",
+        icon=":material/folder_off:",
     )
 
 
@@ -44,11 +45,11 @@ def render(owner: str | None) -> None:
             c1, c2 = st.columns([4, 1])
             resumable = checkpoints.is_resumable(unit.name, owner=owner)
             c1.markdown(
-                f"**{common.md(unit.name)}** · {_mb(unit.bytes)}"
+                f"**{formats.md(unit.name)}** · {_mb(unit.bytes)}"
                 + (" · can resume" if resumable else "")
                 + (" · pinned" if unit.pinned else "")
             )
             if c2.button("Delete", key=f"delete_model_{unit.name}", icon=":material/delete:"):
                 if checkpoints.delete_model(unit.name, owner=owner):
-                    common.forget_model(trained_key(unit.name, owner))
+                    cache.forget_model(trained_key(unit.name, owner))
                 st.rerun()

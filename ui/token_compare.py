@@ -5,9 +5,9 @@ from __future__ import annotations
 import plotly.graph_objects as go
 import streamlit as st
 
-from components import common, style
 from core.book.tokenizer import token_piece
 from core.lessons.divergence import compare_models
+from ui import cache, charts, formats, state, style, widgets
 
 # ColorBrewer PuOr (colour-blind safe, diverging): orange = A more surprised, purple = B more surprised.
 PUOR = ["#b35806", "#f1a340", "#fee0b6", "#f7f7f7", "#d8daeb", "#998ec3", "#542788"]
@@ -15,18 +15,18 @@ TOP = 10
 
 
 def _seed(key: str, seed: int) -> int:
-    return seed if common.get_spec(key).seeded else 0
+    return seed if cache.get_spec(key).seeded else 0
 
 
 @st.cache_data(max_entries=32, ttl=3600, show_spinner=False)
 def token_rows(a: str, seed_a: int, b: str, seed_b: int, texts: tuple[str, ...], device: str = "cpu") -> dict:
     r = compare_models(
-        common.get_model(a, seed_a, device),
-        common.get_model(b, seed_b, device),
+        cache.get_model(a, seed_a, device),
+        cache.get_model(b, seed_b, device),
         list(texts),
-        common.tokenizer(),
+        cache.tokenizer(),
     )
-    tk = common.tokenizer()
+    tk = cache.tokenizer()
     rows, n = [], 0
     for row, ids in enumerate(r["token_ids"]):
         shown = [token_piece(i, tk).display for i in ids]
@@ -61,7 +61,7 @@ def heat(c: dict) -> str:
             row = r["text"]
             out.append(
                 ("<br>" if out else "")
-                + f'<span style="border:1px dashed #999">{common.esc(c["first_tokens"][row - 1])}</span>'
+                + f'<span style="border:1px dashed #999">{formats.esc(c["first_tokens"][row - 1])}</span>'
             )
         bg, fg = _colour(r["difference"], scale)
         tip = (
@@ -70,13 +70,13 @@ def heat(c: dict) -> str:
             f"KL(p_A‖p_B) {r['kl']:.4f} nats"
         )
         out.append(
-            f'<span style="background:{bg};color:{fg}" title="{common.esc(tip)}">'
-            f"{common.esc(r['target'])}</span>"
+            f'<span style="background:{bg};color:{fg}" title="{formats.esc(tip)}">'
+            f"{formats.esc(r['target'])}</span>"
         )
     return '<div class="ll-heat">' + "".join(out) + "</div>"
 
 
-def section(inputs: common.Inputs, keys: list[str], labels: dict[str, str]) -> None:
+def section(inputs: state.Inputs, keys: list[str], labels: dict[str, str]) -> None:
     st.subheader("Two models, token by token", anchor=False)
     if len(keys) < 2:
         st.info("Choose two models above to compare them token by token.", icon=":material/info:")
@@ -88,14 +88,14 @@ def section(inputs: common.Inputs, keys: list[str], labels: dict[str, str]) -> N
     rows = c["rows"]
     m1, m2, m3 = st.columns(3)
     m1.metric(
-        "Mean KL(p_A ‖ p_B)", common.num(sum(r["kl"] for r in rows) / len(rows)), help="nats per position"
+        "Mean KL(p_A ‖ p_B)", formats.num(sum(r["kl"] for r in rows) / len(rows)), help="nats per position"
     )
     m2.metric(
         "Loss A − loss B",
         f"{sum(r['difference'] for r in rows) / len(rows):+.4f}",
         help="the mean surprisal difference: the difference of the two losses",
     )
-    m3.metric("Largest KL at", common.md(max(rows, key=lambda r: r["kl"])["target"]))
+    m3.metric("Largest KL at", formats.md(max(rows, key=lambda r: r["kl"])["target"]))
     st.caption(
         "Each token coloured by surprisal A − B: orange where A was more surprised, purple where B was "
         "(ColorBrewer PuOr, colour-blind safe). Hover for both surprisals and the KL divergence."
@@ -105,10 +105,10 @@ def section(inputs: common.Inputs, keys: list[str], labels: dict[str, str]) -> N
         go.Bar(
             x=list(range(len(rows))),
             y=[r["kl"] for r in rows],
-            marker_color=common.VIRIDIS[3],
+            marker_color=style.VIRIDIS[3],
             customdata=[
-                f"text {r['text']}, position {r['position']}: {common.esc(r['input'])} → "
-                f"{common.esc(r['target'])}"
+                f"text {r['text']}, position {r['position']}: {formats.esc(r['input'])} → "
+                f"{formats.esc(r['target'])}"
                 for r in rows
             ],
             hovertemplate="%{customdata}<br>KL %{y:.4f} nats<extra></extra>",
@@ -117,9 +117,9 @@ def section(inputs: common.Inputs, keys: list[str], labels: dict[str, str]) -> N
     fig.update_xaxes(title="prediction (texts one after the other)")
     fig.update_yaxes(title="KL(p_A ‖ p_B), nats")
     fig.update_layout(height=320, title="How differently the two models predict, per position")
-    common.chart(fig, "compare-kl", inputs.presentation)
+    charts.chart(fig, "compare-kl", inputs.presentation)
     st.markdown(f"**Where they disagree most** (top {min(TOP, len(rows))} by KL)")
     st.dataframe(sorted(rows, key=lambda r: -r["kl"])[:TOP], hide_index=True)
-    common.downloads(
+    widgets.downloads(
         "compare-tokens", rows, {"model_a": a, "model_b": b, "predictions": rows}, key="cmp-tokens"
     )
