@@ -25,7 +25,7 @@ from core.models.checkpoints import (
     models_root,
     read_metadata,
 )
-from core.models.weights import HF_REPOS, MEMORY, SIZE_NAMES, load_pretrained_gpt2, memory_warning
+from core.models.hub import HF_REPOS, MEMORY, SIZE_NAMES, load_pretrained_gpt2, memory_warning
 from core.runtime.device import resolve_device, to_device_with_room
 from core.runtime.rng import seeded_untrained_model
 
@@ -114,7 +114,7 @@ register(
 
 
 def _register_pretrained() -> None:
-    """OpenAI's GPT-2 releases, downloaded from the Hugging Face Hub on first use (core.models.weights)."""
+    """OpenAI's GPT-2 releases, downloaded from the Hugging Face Hub on first use (core.models.hub)."""
     for size in HF_REPOS:
         warning = memory_warning(size)
         register(

@@ -7,15 +7,8 @@ import torch
 import torch.nn.functional as F
 
 from core.errors import WeightsError
-from core.models.weights import (
-    cached_gpt2_path,
-    download_gpt2_safetensors,
-    load_gpt2_weights,
-    map_gpt2_state_dict,
-    memory_warning,
-    read_safetensors,
-    weights_env,
-)
+from core.models.hub import cached_gpt2_path, download_gpt2_safetensors, memory_warning, weights_env
+from core.models.weights import load_gpt2_weights, map_gpt2_state_dict, read_safetensors
 
 transformers = pytest.importorskip("transformers")
 
