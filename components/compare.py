@@ -11,12 +11,25 @@ import math
 import plotly.graph_objects as go
 import streamlit as st
 
-from components import a11y, common, lesson_nav, store, token_compare, visitor
 from core.book.data import LoaderSettings
 from core.book.evaluate import evaluate_dataset
 from core.errors import LossLensError
 from core.models.hub import cached_gpt2_path
 from core.models.registry import available_models
+from ui import (
+    a11y,
+    cache,
+    charts,
+    errors,
+    formats,
+    lesson_nav,
+    state,
+    store,
+    style,
+    token_compare,
+    visitor,
+    widgets,
+)
 
 MAX_MODELS = 4  # each model is loaded in turn; a 124M model takes a few seconds
 
@@ -29,13 +42,13 @@ def _default(models: dict) -> list[str]:
     return keys[:MAX_MODELS]
 
 
-def _summaries(inputs: common.Inputs, keys: list[str]) -> dict[str, dict | str]:
+def _summaries(inputs: state.Inputs, keys: list[str]) -> dict[str, dict | str]:
     out: dict[str, dict | str] = {}
     bar = st.progress(0.0, text="Running the models…")
     for n, key in enumerate(keys):
-        bar.progress(n / len(keys), text=f"{common.get_spec(key).label}…")
+        bar.progress(n / len(keys), text=f"{cache.get_spec(key).label}…")
         try:
-            out[key] = common.summary(inputs, model=key)
+            out[key] = cache.summary(inputs, model=key)
         except LossLensError as e:  # e.g. pretrained weights offline, or a text longer than a small context
             out[key] = str(e)
     bar.empty()
@@ -47,14 +60,14 @@ def _loss_chart(labels: list[str], losses: list[float], presentation: bool) -> N
         go.Bar(
             x=labels,
             y=losses,
-            marker_color=common.VIRIDIS[2],
+            marker_color=style.VIRIDIS[2],
             text=[f"{x:.3f}" for x in losses],
             textposition="outside",
         )
     )
     fig.update_yaxes(title="cross entropy (nats)")
     fig.update_layout(height=360, title="Loss on the sidebar's texts")
-    common.chart(fig, "compare-loss", presentation, a11y.describe_losses(labels, losses))
+    charts.chart(fig, "compare-loss", presentation, a11y.describe_losses(labels, losses))
 
 
 def lowest_note(labels: list[str], losses: list[float], untrained: list[bool]) -> str | None:
@@ -64,30 +77,30 @@ def lowest_note(labels: list[str], losses: list[float], untrained: list[bool]) -
     i = min(range(len(losses)), key=lambda n: losses[n])
     ln_v = math.log(50257)
     if not untrained[i]:
-        return f"Lowest: **{common.md(labels[i])}**: it gives the sidebar's texts the most probability."
-    above = [common.md(labels[n]) for n, x in enumerate(losses) if x > ln_v and not untrained[n]]
+        return f"Lowest: **{formats.md(labels[i])}**: it gives the sidebar's texts the most probability."
+    above = [formats.md(labels[n]) for n, x in enumerate(losses) if x > ln_v and not untrained[n]]
     why = f" ({', '.join(above)}: above ln 50,257 = {ln_v:.2f}, worse than a uniform guess)" if above else ""
     return (
-        f"Lowest: **{common.md(labels[i])}**, the untrained model. It sits near the uniform guess "
+        f"Lowest: **{formats.md(labels[i])}**, the untrained model. It sits near the uniform guess "
         f"ln 50,257 = {ln_v:.2f} on any text. A model trained on one small corpus (such as The Verdict) "
         "has learned that text's words and is confidently wrong on other sentences" + why + ", so on "
         "these texts it scores worse than not knowing anything. On text like its corpus it scores lower."
     )
 
 
-def _dataset_losses(keys: list[str], inputs: common.Inputs) -> None:
+def _dataset_losses(keys: list[str], inputs: state.Inputs) -> None:
     """Training and validation loss on The Verdict, shared with the Dataset view's results."""
     st.subheader("Dataset losses (The Verdict, the book's loaders)", anchor=False)
-    text = common.verdict()
+    text = cache.verdict()
     rows, todo = [], []
     for key in keys:
-        ctx = common.get_spec(key)  # settings must fit the model's context (a quick model reads 64 tokens)
+        ctx = cache.get_spec(key)  # settings must fit the model's context (a quick model reads 64 tokens)
         try:
-            model = common.get_model(key, inputs.seed, inputs.device)
+            model = cache.get_model(key, inputs.seed, inputs.device)
         except LossLensError as e:
             rows.append({"model": ctx.label, "note": str(e)})
             continue
-        length = min(256, model.context_length)
+        length = min(256, model.cfg["context_length"])
         settings = LoaderSettings(context_length=length, stride=length)
         skey = store.dataset_key(key, inputs.seed, text, settings, None, inputs.device)
         if (r := store.get(skey)) is not None:
@@ -109,8 +122,8 @@ def _dataset_losses(keys: list[str], inputs: common.Inputs) -> None:
     ):
         bar = st.progress(0.0)
         for n, (key, model, settings, skey) in enumerate(todo):
-            bar.progress(n / len(todo), text=f"{common.get_spec(key).label}…")
-            store.put(skey, evaluate_dataset(model, text, settings, tokenizer=common.tokenizer()).to_dict())
+            bar.progress(n / len(todo), text=f"{cache.get_spec(key).label}…")
+            store.put(skey, evaluate_dataset(model, text, settings, tokenizer=cache.tokenizer()).to_dict())
         st.rerun()
     st.dataframe(rows, hide_index=True)
     st.caption(
@@ -119,13 +132,13 @@ def _dataset_losses(keys: list[str], inputs: common.Inputs) -> None:
     )
 
 
-def render(inputs: common.Inputs) -> None:
+def render(inputs: state.Inputs) -> None:
     lesson_nav.open_view("compare", inputs)
     st.caption(
         "The sidebar's texts through each model: the same six steps, side by side. An untrained model "
         "is near the uniform guess (ln 50257 ≈ 10.82); training lowers the loss on text like its corpus."
     )
-    with common.friendly_errors():
+    with errors.friendly_errors():
         models = available_models(visitor.owner())  # only this visitor's trained models
         keys = st.multiselect(
             "Models",
@@ -148,23 +161,23 @@ def render(inputs: common.Inputs) -> None:
         ok = {k: v for k, v in res.items() if isinstance(v, dict)}
         for k, v in res.items():
             if isinstance(v, str):
-                st.warning(f"{common.md(models[k].label)}: {common.md(v)}", icon=":material/warning:")
+                st.warning(f"{formats.md(models[k].label)}: {formats.md(v)}", icon=":material/warning:")
         if not ok:
             return
         cols = st.columns(len(ok))
         for col, (k, s) in zip(cols, ok.items(), strict=True):
-            col.metric(models[k].label, common.num(s["loss"]), help="cross entropy (loss)")
+            col.metric(models[k].label, formats.num(s["loss"]), help="cross entropy (loss)")
             col.caption(
-                f"perplexity {common.ppl(s['perplexity'])} · {s['bits_per_token']:.3f} bits per token"
+                f"perplexity {formats.ppl(s['perplexity'])} · {s['bits_per_token']:.3f} bits per token"
             )
         _loss_chart(
             [models[k].label for k in ok],
-            [common.to_float(s["loss"]) for s in ok.values()],
+            [formats.to_float(s["loss"]) for s in ok.values()],
             inputs.presentation,
         )
         note = lowest_note(
             [models[k].label for k in ok],
-            [common.to_float(s["loss"]) for s in ok.values()],
+            [formats.to_float(s["loss"]) for s in ok.values()],
             [models[k].seeded for k in ok],
         )
         if note:
@@ -179,9 +192,9 @@ def render(inputs: common.Inputs) -> None:
                 line = {"input → target": f"{p['input']} → {p['target']}"}
                 for k, s in ok.items():
                     q = s["texts"][row]["positions"][pos]
-                    top = ", ".join(f"{t['piece']} {common.proba(t['proba'])}" for t in q["top_k"])
+                    top = ", ".join(f"{t['piece']} {formats.proba(t['proba'])}" for t in q["top_k"])
                     line[models[k].label] = (
-                        f"p(target) {common.proba(q['target_proba'])} · rank {q['rank']} · top: {top}"
+                        f"p(target) {formats.proba(q['target_proba'])} · rank {q['rank']} · top: {top}"
                     )
                 table.append(line)
             st.dataframe(table, hide_index=True)  # a dataframe shows user text literally
@@ -189,7 +202,7 @@ def render(inputs: common.Inputs) -> None:
             {"model": models[k].label, "key": k, "loss": s["loss"], "perplexity": s["perplexity"]}
             for k, s in ok.items()
         ]
-        common.downloads(
+        widgets.downloads(
             "compare", rows, {k: {"loss": s["loss"], "perplexity": s["perplexity"]} for k, s in ok.items()}
         )
         token_compare.section(inputs, list(ok), {k: models[k].label for k in ok})
@@ -197,4 +210,4 @@ def render(inputs: common.Inputs) -> None:
 
 
 if __name__ == "__main__":  # run as a page of app.py's st.navigation
-    render(common.current_inputs())
+    render(state.current_inputs())
