@@ -402,11 +402,11 @@ class RoomUnderTest:
 async def measure_room(name: str, room: RoomUnderTest, plans, ramp, timeout) -> Figures:
     pids = room.pids
     cpu0, me0, t0 = live_cpu(pids), client_cpu(), time.perf_counter()
-    ng0 = cpu_seconds(room.nginx_pid) if room.nginx_pid else 0.0
+    ng0 = tree_cpu_seconds(room.nginx_pid) if room.nginx_pid else 0.0  # its workers
     outs = await room_client.crowd(room.target, plans, ramp, timeout)
     wall = time.perf_counter() - t0
     cpu, me = live_cpu(pids) - cpu0, client_cpu() - me0
-    ng = (cpu_seconds(room.nginx_pid) - ng0) if room.nginx_pid else float("nan")
+    ng = (tree_cpu_seconds(room.nginx_pid) - ng0) if room.nginx_pid else float("nan")
     own = [o.t_own for o in outs if o.t_own is not None]
     opens = [o.t_open for o in outs if o.t_open is not None]
     edits = [o.t_own - o.t_open for o in outs if o.t_own is not None]

@@ -80,6 +80,7 @@ class RoomConfig:
     address: str = "127.0.0.1"  # the processes' address; a LAN address when another machine proxies
     run_dir: Path | None = None
     shared: bool = True  # LOSSLENS_SHARED=1: each visitor's models and runs are their own
+    shared_weights: bool = True  # LOSSLENS_SHARED_WEIGHTS=1: the book's model mapped from one file
     affinity: bool = True  # False only to show what breaks without it (docs/deploy.md)
     proxy: bool = True  # False on a machine whose processes another machine's nginx serves
     remote: tuple[str, ...] = ()  # host:port of processes on other machines, behind this proxy
@@ -201,6 +202,9 @@ class Room:
         env["PYTHONUNBUFFERED"] = "1"
         if self.config.shared:
             env["LOSSLENS_SHARED"] = "1"
+        if not self.config.shared_weights:
+            env["LOSSLENS_SHARED_WEIGHTS"] = "0"
+        env.setdefault("LOSSLENS_SHARED_WEIGHTS", "1")
         return env
 
     def spawn(self, p: Process) -> None:
@@ -430,6 +434,7 @@ def cmd_start(args) -> int:
         address=args.address,
         run_dir=args.run_dir,
         shared=not args.local,
+        shared_weights=not args.private_weights,
         affinity=not args.no_affinity,
         proxy=not args.no_proxy,
         remote=tuple(args.remote),
@@ -539,6 +544,11 @@ def main(argv: list[str] | None = None) -> int:
         help="the processes' address (a LAN address when another machine's proxy serves them)",
     )
     start.add_argument("--local", action="store_true", help="a local server (LOSSLENS_SHARED unset)")
+    start.add_argument(
+        "--private-weights",
+        action="store_true",
+        help="each process keeps its own copy of the book's model (LOSSLENS_SHARED_WEIGHTS=0)",
+    )
     start.add_argument(
         "--no-affinity",
         action="store_true",
