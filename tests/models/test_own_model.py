@@ -19,7 +19,8 @@ from core.__main__ import main
 from core.book.evaluate import calc_loss_batch as losslens_calc_loss_batch
 from core.errors import WeightsError
 from core.lessons.loss import compute_loss
-from core.models.own_model import GPT2_HEADS, load_own_model
+from core.models.own_build import GPT2_HEADS
+from core.models.own_model import load_own_model
 
 ch04 = pytest.importorskip(
     "llms_from_scratch.ch04", reason="the book's code (llms-from-scratch) is a dev dependency"
