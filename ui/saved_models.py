@@ -5,18 +5,18 @@ from __future__ import annotations
 
 import streamlit as st
 
-from core.models import checkpoints
+from core.models import checkpoints, model_files, storage
 from core.models.registry import trained_key
 from ui import cache, formats
 
 
 def _mb(n: int) -> str:
-    return f"{n / checkpoints.MB:,.0f} MB" if n >= checkpoints.MB else f"{n / checkpoints.MB:.1f} MB"
+    return f"{n / storage.MB:,.0f} MB" if n >= storage.MB else f"{n / storage.MB:.1f} MB"
 
 
 def storage_problem(owner: str | None) -> str | None:
     """Why this server cannot save models (an unwritable or missing cache folder), or None."""
-    return checkpoints.save_problem(owner=owner)
+    return storage.save_problem(owner=owner)
 
 
 def warn(problem: str) -> None:
@@ -29,11 +29,11 @@ def warn(problem: str) -> None:
 
 def render(owner: str | None) -> None:
     """The owner's saved models with a Delete button each, and the server's quota."""
-    units = [u for u in checkpoints.saved_units() if u.owner == owner]
+    units = [u for u in model_files.saved_units() if u.owner == owner]
     if not units:
         return
-    max_bytes, max_count = checkpoints.quota()
-    everyone = sum(u.bytes for u in checkpoints.saved_units())
+    max_bytes, max_count = storage.quota()
+    everyone = sum(u.bytes for u in model_files.saved_units())
     mine = sum(u.bytes for u in units)
     with st.expander(f"Your saved models: {len(units)}, {_mb(mine)}"):
         st.caption(
@@ -50,6 +50,6 @@ def render(owner: str | None) -> None:
                 + (" · pinned" if unit.pinned else "")
             )
             if c2.button("Delete", key=f"delete_model_{unit.name}", icon=":material/delete:"):
-                if checkpoints.delete_model(unit.name, owner=owner):
+                if model_files.delete_model(unit.name, owner=owner):
                     cache.forget_model(trained_key(unit.name, owner))
                 st.rerun()

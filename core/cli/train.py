@@ -79,10 +79,11 @@ def cmd_train(args) -> int:
     # Lazy imports (as in every command): a command loads only the modules it uses.
     from dataclasses import replace
 
-    from core.models.checkpoints import check_name, check_room
     from core.models.corpus import load_verdict, read_corpus_file
+    from core.models.model_files import check_name
     from core.models.presets import describe_estimate, estimate_time, get_preset
     from core.models.registry import get_spec, load_model
+    from core.models.storage import check_room
     from core.serving.runner import run_training
 
     preset = get_preset(args.preset, num_epochs=args.epochs, fast=args.fast or None)

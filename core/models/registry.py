@@ -16,16 +16,9 @@ import torch
 
 from core.book.model import GPTModel
 from core.errors import InvalidParameterError, WeightsError
-from core.models.checkpoints import (
-    check_name,
-    check_owner,
-    list_trained_models,
-    load_trained_model,
-    model_path,
-    models_root,
-    read_metadata,
-)
+from core.models.checkpoints import list_trained_models, load_trained_model, read_metadata
 from core.models.hub import HF_REPOS, MEMORY, SIZE_NAMES, load_pretrained_gpt2, memory_warning
+from core.models.model_files import check_name, check_owner, model_path, models_root
 from core.runtime.device import resolve_device, to_device_with_room
 from core.runtime.rng import seeded_untrained_model
 

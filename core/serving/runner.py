@@ -13,7 +13,7 @@ from core.book.model import GPTModel
 from core.book.tokenizer import get_tokenizer
 from core.book.train import TrainState, make_train_loaders, train_model_simple
 from core.errors import InvalidParameterError
-from core.models import checkpoints
+from core.models import checkpoints, model_files, storage
 from core.models.checkpoints import check_name, corpus_digest, load_trained_model
 from core.models.presets import Preset, check_training_memory, preset_of
 from core.runtime.rng import seeded_fresh_model
@@ -43,7 +43,7 @@ def plan_run(preset: Preset, name: str, resume: bool = False, owner: str | None 
         preset = preset_of(checkpoints.saved_run(name, owner=owner))
     else:
         checkpoints.check_new_name(name, owner=owner)
-    checkpoints.check_room(preset.cfg, name, owner=owner)  # its save fits the quota and the disk
+    storage.check_room(preset.cfg, name, owner=owner)  # its save fits the quota and the disk
     check_training_memory(preset)
     return preset
 
@@ -114,7 +114,7 @@ def run_training(
     if preset.settings.context_length > model.context_length:
         raise InvalidParameterError("The loaders' context length exceeds the model's.")
     t0 = time.perf_counter()
-    with checkpoints.training(name, owner=owner):  # no other save's quota evicts this one meanwhile
+    with model_files.training(name, owner=owner):  # no other save's quota evicts this one meanwhile
         train_model_simple(
             model,
             train_loader,

@@ -21,23 +21,19 @@ from core.book.data import LoaderSettings
 from core.book.model import GPTModel
 from core.book.train import TrainState
 from core.errors import InvalidParameterError, StorageError, WeightsError
-from core.models import checkpoints
+from core.models import checkpoints, model_files, storage
 from core.models.checkpoints import (
     check_new_name,
-    delete_model,
     is_resumable,
     list_trained_models,
     load_resume_state,
     load_trained_model,
-    model_path,
-    pin_model,
-    resume_path,
     save_checkpoint,
-    save_problem,
     saved_run,
-    saved_units,
 )
+from core.models.model_files import delete_model, model_path, pin_model, resume_path, saved_units
 from core.models.presets import Preset
+from core.models.storage import save_problem
 
 SMALL_CFG = {  # a few hundred KB a save: quotas in fractions of a MB
     "vocab_size": 320,
@@ -202,7 +198,7 @@ def test_a_model_being_trained_is_never_evicted(cache, monkeypatch):
     monkeypatch.setenv("LOSSLENS_MODELS_MAX_COUNT", "2")
     _save("training", owner=A)
     _save("other", owner=A)
-    with checkpoints.training("training", owner=A):  # a run resumed from it is under way
+    with model_files.training("training", owner=A):  # a run resumed from it is under way
         _save("third", owner=B)
         with pytest.raises(InvalidParameterError, match="being trained"):
             delete_model("training", owner=A)
@@ -216,7 +212,7 @@ def test_a_model_being_trained_is_never_evicted(cache, monkeypatch):
 def test_the_size_quota_bounds_repeated_saves(cache, monkeypatch):
     one = _save("probe").stat().st_size + resume_path("probe").stat().st_size
     delete_model("probe")
-    limit = 3.5 * one + checkpoints.HEADER_BYTES  # a save counts its JSON headers' room too
+    limit = 3.5 * one + storage.HEADER_BYTES  # a save counts its JSON headers' room too
     monkeypatch.setenv("LOSSLENS_MODELS_MAX_MB", str(limit / 1e6))
     for i in range(12):  # train-then-stop, again and again
         _save(f"run-{i}", owner=A)
@@ -242,7 +238,7 @@ def test_the_share_bounds_one_visitors_bytes_too(cache, monkeypatch):
     one = _save("probe", owner=A).stat().st_size + resume_path("probe", owner=A).stat().st_size
     delete_model("probe", owner=A)
     monkeypatch.setenv("LOSSLENS_MODELS_OWNER_SHARE", "0.5")
-    monkeypatch.setenv("LOSSLENS_MODELS_MAX_MB", str((5 * one + 2 * checkpoints.HEADER_BYTES) / 1e6))
+    monkeypatch.setenv("LOSSLENS_MODELS_MAX_MB", str((5 * one + 2 * storage.HEADER_BYTES) / 1e6))
     _save("b-0", owner=B)
     _save("b-1", owner=B)
     for i in range(4):
@@ -274,13 +270,13 @@ def test_all_pinned_means_a_clear_refusal(cache, monkeypatch):
 def test_quota_settings_that_are_not_numbers_say_so(monkeypatch):
     monkeypatch.setenv("LOSSLENS_MODELS_MAX_MB", "lots")
     with pytest.raises(InvalidParameterError, match="LOSSLENS_MODELS_MAX_MB='lots' is not a number"):
-        checkpoints.quota()
+        storage.quota()
 
 
 def test_a_shared_server_has_the_smaller_default_quota(monkeypatch):
-    local = checkpoints.quota()
+    local = storage.quota()
     monkeypatch.setenv("LOSSLENS_SHARED", "1")
-    assert checkpoints.quota() == (2000 * 10**6, 50) and local[0] > checkpoints.quota()[0]
+    assert storage.quota() == (2000 * 10**6, 50) and local[0] > storage.quota()[0]
 
 
 def test_delete_removes_the_whole_unit_and_only_the_owners(cache):
