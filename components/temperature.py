@@ -43,7 +43,7 @@ def figure(s: dict, axis: str) -> go.Figure:
         yaxis="y2",
         line=dict(color=style.VIRIDIS[6], dash="dot"),
     )
-    # Shapes written into the layout directly: add_vline is ~30x slower (it resolves subplots).
+    # Shapes written into the layout directly: add_vline is far slower (it resolves subplots).
     marks = (
         (s["current"], "current", style.ACCENT, "right"),
         (s["best"], "lowest loss", style.VIRIDIS[2], "left"),
