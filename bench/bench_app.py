@@ -44,7 +44,7 @@ def bench_reruns(n: int, views: list[str] = VIEWS) -> None:
     from machine import describe_cpu
     from streamlit.testing.v1 import AppTest
 
-    from core.lessons.loss import compute_loss
+    from core.serving.requests import compute_loss
     from core.lessons.report import summarize
     from ui.cache import get_model
 

@@ -38,10 +38,10 @@ import torch
 from bench_layers import layer_shapes, print_back_to_back  # bench/ is the script's folder
 from machine import describe_cpu, matmul_peak, matmul_sustained
 
-from core.book.data import LoaderSettings
-from core.book.evaluate import evaluate_dataset
+from core.models.loaders import LoaderSettings
+from core.serving.requests import evaluate_dataset
 from core.book.model import GPT_CONFIG_124M, build_untrained_model
-from core.book.tokenizer import seed_tiktoken_cache
+from core.runtime.tokenizer_files import seed_tiktoken_cache
 from core.models.corpus import load_verdict
 from core.runtime.device import available_devices, describe, resolve_device
 from core.runtime.precision import bf16_unavailable
@@ -104,8 +104,8 @@ def timed_parts():
     """{part: Part} of the pass's calls while inside: "linear" (every call of LossLens's kernel,
     core.fast.panel.linear, and of oneDNN's, core.book.model._onednn_linear: the two kernels a frozen model's
     layers run on the CPU), "attention" (MultiHeadAttention._attend, torch's fused causal kernel)
-    and "cross entropy" (core.book.evaluate.cross_entropy: the log-softmax over the logits)."""
-    import core.book.evaluate
+    and "cross entropy" (core.lessons.dataset.cross_entropy: the log-softmax over the logits)."""
+    import core.lessons.dataset
     import core.book.model
     from core.fast import panel
 
@@ -133,7 +133,7 @@ def timed_parts():
         (panel, "linear", parts["linear"], 1),
         (core.book.model, "_onednn_linear", parts["linear"], 0),
         (core.book.model.MultiHeadAttention, "_attend", parts["attention"], 0),
-        (core.book.evaluate, "cross_entropy", parts["cross entropy"], 0),
+        (core.lessons.dataset, "cross_entropy", parts["cross entropy"], 0),
     ]
     saved = [getattr(owner, name) for owner, name, _, _ in places]
     for owner, name, part, ours in places:

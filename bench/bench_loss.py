@@ -73,7 +73,7 @@ t0 = time.perf_counter()
 import torch
 from core.lessons.loss import compute_loss
 from core.book.model import build_untrained_model
-from core.book.tokenizer import get_tokenizer
+from core.runtime.tokenizer_files import get_tokenizer
 tok = get_tokenizer()
 model = build_untrained_model(123)
 t1 = time.perf_counter()
@@ -210,7 +210,7 @@ def main(argv=None) -> int:
 
     import core.book.model
     from core.book.model import GPT_CONFIG_124M, build_untrained_model
-    from core.book.tokenizer import get_tokenizer, seed_tiktoken_cache
+    from core.runtime.tokenizer_files import get_tokenizer, seed_tiktoken_cache
     from core.lessons.loss import compute_loss, loss_from_logits, prepare_batch
 
     cache = tempfile.TemporaryDirectory(prefix="losslens-tiktoken-")

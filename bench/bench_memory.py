@@ -68,8 +68,8 @@ def main() -> int:
     import torch
     from machine import describe_cpu
 
-    from core.book.data import LoaderSettings
-    from core.book.evaluate import evaluate_dataset
+    from core.models.loaders import LoaderSettings
+    from core.serving.requests import evaluate_dataset
     from core.book.model import build_untrained_model
 
     print(describe_cpu())
@@ -101,7 +101,7 @@ def main() -> int:
     print(f"after the evaluation:       peak RSS {peak_mb():7.0f} MB   (limit ~2048 MB)")
 
     if args.reference:
-        from core.book.tokenizer import seed_tiktoken_cache
+        from core.runtime.tokenizer_files import seed_tiktoken_cache
 
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / "big.txt"

@@ -1,6 +1,6 @@
 """Training speed (section 5.2) on this machine: ours against the book's own model, same run.
 
-For each preset, the training step of core.book.train (core.book.model.GPTModel + core.book.evaluate's
+For each preset, the training step of core.models.training (core.book.model.GPTModel + core.book.loss's
 calc_loss_batch + AdamW) and the same step with the book's llms_from_scratch.ch04.GPTModel
 and its cross entropy are timed alternately on the same batches, so a busy machine slows
 both alike. Then core.models.presets.estimate_time's count of steps, evaluations and samples turns
@@ -61,9 +61,9 @@ def main() -> int:
     import torch
     import torch.nn.functional as F
 
-    from core.book.evaluate import calc_loss_batch
+    from core.book.loss import calc_loss_batch
     from core.book.model import GPTModel
-    from core.book.train import make_train_loaders
+    from core.models.training import make_train_loaders
     from core.models.corpus import load_verdict
     from core.models.presets import estimate_time, get_preset
     from core.runtime.device import available_devices, describe, resolve_device

@@ -11,8 +11,8 @@ import math
 import plotly.graph_objects as go
 import streamlit as st
 
-from core.book.data import LoaderSettings
-from core.book.evaluate import evaluate_dataset
+from core.models.loaders import LoaderSettings
+from core.serving.requests import evaluate_dataset
 from core.errors import LossLensError
 from core.models.hub import cached_gpt2_path
 from core.models.registry import available_models

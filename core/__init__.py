@@ -4,9 +4,9 @@ Importable without Streamlit; functions take and return plain data and tensors.
 """
 
 from core.book.model import GPT_CONFIG_124M, GPTModel, build_untrained_model
-from core.book.tokenizer import encode, get_tokenizer
 from core.errors import LossLensError
 from core.lessons.loss import LossResult, compute_loss
+from core.runtime.tokenizer_files import encode, get_tokenizer
 
 __all__ = [
     "GPT_CONFIG_124M",

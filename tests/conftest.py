@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-VERDICT_PATH = ROOT / "core" / "data" / "the-verdict.txt"  # the copy LossLens ships
+VERDICT_PATH = ROOT / "core" / "models" / "data" / "the-verdict.txt"  # the copy LossLens ships
 BOOK_TEXTS = ["every effort moves you", "I really like chocolate"]
 
 
@@ -43,7 +43,7 @@ def fresh_cache(tmp_path, monkeypatch):
 
 @pytest.fixture(scope="session")
 def tokenizer():
-    from core.book.tokenizer import get_tokenizer
+    from core.runtime.tokenizer_files import get_tokenizer
 
     return get_tokenizer()
 

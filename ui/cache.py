@@ -7,9 +7,9 @@ import time
 
 import streamlit as st
 
-from core.book.tokenizer import get_tokenizer
+from core.runtime.tokenizer_files import get_tokenizer
 from core.errors import LossLensError, WeightsError
-from core.lessons.loss import compute_loss
+from core.serving.requests import compute_loss
 from core.lessons.report import summarize
 from core.models.corpus import load_verdict
 from core.models.registry import BOOK_MODEL, BOOK_SEED, effective_seed, load_model, owner_of_key

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from core.book.tokenizer import token_piece
+from core.lessons.tokens import token_piece
 from core.lessons.confidence import confidence
 from core.lessons.gradient import gradient_bars
 from core.lessons.sweep import temperature_sweep

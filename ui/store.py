@@ -7,7 +7,7 @@ from dataclasses import asdict
 
 import streamlit as st
 
-from core.book.data import LoaderSettings
+from core.models.loaders import LoaderSettings
 from core.models.registry import effective_seed
 
 MAX_STORED = 32  # finished results kept for every visitor: a workshop computes the same thing

@@ -5,7 +5,7 @@ from __future__ import annotations
 import plotly.graph_objects as go
 import streamlit as st
 
-from core.book.tokenizer import token_piece
+from core.lessons.tokens import token_piece
 from core.lessons.divergence import compare_models
 from ui import cache, charts, formats, state, style, widgets
 

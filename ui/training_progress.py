@@ -8,7 +8,7 @@ import re
 import plotly.graph_objects as go
 import streamlit as st
 
-from core.book.train import START_CONTEXT
+from core.models.training import START_CONTEXT
 from ui import a11y, charts, style
 
 

@@ -1,159 +1,45 @@
-"""Section 5.2: pretraining with the book's train_model_simple and its helpers.
+"""Sections 4.7 and 5.1-5.2: greedy generation, text <-> token ids, and the book's training loop.
 
-The loop keeps the book's names, order and log. Two additions serve a UI: optional
-callbacks (on_eval, on_sample, on_step, should_stop) and a TrainState that a stopped run is
-saved to and resumed from exactly. The shuffle and dropout draw from torch's global
-generator as in the book, so `torch.manual_seed(123)` before building the model reproduces
-the book's log; `own_rng` keeps that stream apart from other threads' draws.
+LossLens's training runs (core/models/training.py) follow this loop step for step, and add a
+state to stop and resume by, callbacks for the page, and a random stream of their own.
 """
-
-from __future__ import annotations
-
-from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
 
 import torch
 
-from core.book.data import LoaderSettings, create_dataloader_v1, split_text
-from core.book.evaluate import calc_loss_batch, calc_loss_loader
-from core.book.tokenizer import ENDOFTEXT
-from core.errors import NoBatchesError
-from core.models.corpus import validate_corpus_text
-from core.runtime.precision import autocast
-from core.runtime.rng import own_rng
-
-START_CONTEXT = "Every effort moves you"
-
-
-# --- the book's helpers (sections 4.7 and 5.1) ----------------------------------------------
-
-
-def text_to_token_ids(text, tokenizer):
-    encoded = tokenizer.encode(text, allowed_special={ENDOFTEXT})
-    return torch.tensor(encoded).unsqueeze(0)  # add the batch dimension
-
-
-def token_ids_to_text(token_ids, tokenizer):
-    return tokenizer.decode(token_ids.squeeze(0).tolist())
+from core.book.loss import calc_loss_batch, calc_loss_loader
 
 
 def generate_text_simple(model, idx, max_new_tokens, context_size):
-    """Greedy decoding: append the most likely next token `max_new_tokens` times."""
+    # idx is (B, T) array of indices in the current context
     for _ in range(max_new_tokens):
+        # Crop current context if it exceeds the supported context size
         idx_cond = idx[:, -context_size:]
+
+        # Get the predictions
         with torch.no_grad():
             logits = model(idx_cond)
-        idx_next = torch.argmax(logits[:, -1, :], dim=-1, keepdim=True)
-        idx = torch.cat((idx, idx_next), dim=1)
+
+        # Focus only on the last time step: (batch, n_token, vocab_size) becomes (batch, vocab_size)
+        logits = logits[:, -1, :]
+
+        # Get the idx of the vocab entry with the highest logits value
+        idx_next = torch.argmax(logits, dim=-1, keepdim=True)  # (batch, 1)
+
+        # Append sampled index to the running sequence
+        idx = torch.cat((idx, idx_next), dim=1)  # (batch, n_tokens+1)
+
     return idx
 
 
-def generate_sample(model, tokenizer, start_context=START_CONTEXT, max_new_tokens=50, device="cpu") -> str:
-    """The book's generate_and_print_sample, returning the text (newlines folded) instead."""
-    was_training = model.training
-    model.eval()
-    encoded = text_to_token_ids(start_context, tokenizer).to(device)
-    token_ids = generate_text_simple(model, encoded, max_new_tokens, model.pos_emb.weight.shape[0])
-    model.train(was_training)
-    return token_ids_to_text(token_ids.cpu(), tokenizer).replace("\n", " ")
+def text_to_token_ids(text, tokenizer):
+    encoded = tokenizer.encode(text, allowed_special={"<|endoftext|>"})
+    encoded_tensor = torch.tensor(encoded).unsqueeze(0)  # add batch dimension
+    return encoded_tensor
 
 
-def evaluate_model(model, train_loader, val_loader, device, eval_iter, fast=False):
-    model.eval()
-    with torch.no_grad():
-        train_loss = calc_loss_loader(train_loader, model, device, num_batches=eval_iter, fast=fast)
-        val_loss = calc_loss_loader(val_loader, model, device, num_batches=eval_iter, fast=fast)
-    model.train()
-    return train_loss, val_loss
-
-
-def make_train_loaders(text: str, settings: LoaderSettings, tokenizer=None):
-    """The book's training loaders: the train loader shuffles with the global generator."""
-    validate_corpus_text(text)
-    settings.validate()
-    train_text, val_text = split_text(text, settings.train_ratio)
-    L, S, B = settings.context_length, settings.stride, settings.batch_size
-    train_loader = create_dataloader_v1(
-        train_text, batch_size=B, max_length=L, stride=S, shuffle=True, drop_last=True, tokenizer=tokenizer
-    )
-    val_loader = create_dataloader_v1(
-        val_text, batch_size=B, max_length=L, stride=S, shuffle=False, drop_last=False, tokenizer=tokenizer
-    )
-    for name, loader in (("training", train_loader), ("validation", val_loader)):
-        if len(loader) == 0:
-            raise NoBatchesError(
-                f"The {name} split has no batch of {B} x {L} tokens: use a longer text or a smaller preset."
-            )
-    return train_loader, val_loader
-
-
-# --- where a run is -------------------------------------------------------------------------
-
-
-@dataclass
-class TrainState:
-    """Where a run is: enough to save it, plot it, and resume it exactly."""
-
-    epoch: int = 0  # current epoch, 0-based
-    batch: int = 0  # batches done in the current epoch
-    global_step: int = -1  # the book's counter: -1 before the first step
-    tokens_seen: int = 0
-    train_losses: list[float] = field(default_factory=list)
-    val_losses: list[float] = field(default_factory=list)
-    track_tokens_seen: list[int] = field(default_factory=list)
-    eval_steps: list[int] = field(default_factory=list)
-    # A bfloat16 run's yardstick, per evaluation: [train, val] loss in bfloat16 minus float32 on
-    # the same batches (the recorded losses are float32). Empty for a float32 run.
-    bf16_gaps: list[list[float]] = field(default_factory=list)
-    samples: list[str] = field(default_factory=list)
-    stopped: bool = False
-    # Global generator states: at the start of the current epoch (it drew the epoch's
-    # shuffle) and now. Not saved in the JSON part; tensors go to the resume file.
-    rng_epoch_start: torch.Tensor | None = field(default=None, repr=False)
-    rng_now: torch.Tensor | None = field(default=None, repr=False)
-
-    def to_json(self) -> dict:
-        d = asdict(self)
-        d.pop("rng_epoch_start"), d.pop("rng_now")
-        return d
-
-    def record(self, train_loss: float, val_loss: float) -> None:
-        self.train_losses.append(train_loss)
-        self.val_losses.append(val_loss)
-        self.track_tokens_seen.append(self.tokens_seen)
-        self.eval_steps.append(self.global_step)
-
-    def stop(self) -> tuple[list[float], list[float], list[int]]:
-        self.stopped = True
-        return self.train_losses, self.val_losses, self.track_tokens_seen
-
-
-def epoch_batches(train_loader, state: TrainState) -> Iterator:
-    """The epoch's batches, each drawn on the run's own random stream.
-
-    A fresh epoch remembers the generator state that draws its shuffle; a resumed one replays
-    that shuffle, skips the batches already done, and goes on from the state saved at the stop.
-    """
-    with own_rng(state):
-        if state.batch == 0:
-            state.rng_epoch_start = torch.get_rng_state()
-            batches = iter(train_loader)
-        else:
-            now = torch.get_rng_state()
-            torch.set_rng_state(state.rng_epoch_start)
-            batches = iter(train_loader)
-            for _ in range(state.batch):
-                next(batches)
-            torch.set_rng_state(now)
-    while True:
-        with own_rng(state):  # the shuffle is drawn at the first next()
-            batch = next(batches, None)
-        if batch is None:
-            return
-        yield batch
-
-
-# --- the book's loop ------------------------------------------------------------------------
+def token_ids_to_text(token_ids, tokenizer):
+    flat = token_ids.squeeze(0)  # remove batch dimension
+    return tokenizer.decode(flat.tolist())
 
 
 def train_model_simple(
@@ -167,81 +53,57 @@ def train_model_simple(
     eval_iter,
     start_context,
     tokenizer,
-    *,
-    state: TrainState | None = None,
-    on_eval: Callable[[int, int, float, float], None] | None = None,
-    on_sample: Callable[[int, str], None] | None = None,
-    on_step: Callable[[TrainState], None] | None = None,
-    should_stop: Callable[[], bool] | None = None,
-    log: Callable[[str], None] | None = print,
-    fast: bool = False,
 ):
-    """The book's loop. Returns train_losses, val_losses, track_tokens_seen.
+    # Initialize lists to track losses and tokens seen
+    train_losses, val_losses, track_tokens_seen = [], [], []
+    tokens_seen, global_step = 0, -1
 
-    `state` (fresh or resumed) is updated in place; should_stop() is asked after every step
-    and ends the run with state.stopped = True, ready to be resumed. fast=True runs each
-    step's forward pass in bfloat16 (core.runtime.precision); evaluations stay float32, and are done
-    again in bfloat16 on the same batches to record how far it is (state.bf16_gaps).
-    """
-    s = state if state is not None else TrainState()
-    should_stop = should_stop or (lambda: False)
-    if len(train_loader) == 0:
-        raise NoBatchesError(
-            "The training loader has no batch: use a longer text or a shorter context length."
+    # Main training loop
+    for epoch in range(num_epochs):
+        model.train()  # Set model to training mode
+
+        for input_batch, target_batch in train_loader:
+            optimizer.zero_grad()  # Reset loss gradients from previous batch iteration
+            loss = calc_loss_batch(input_batch, target_batch, model, device)
+            loss.backward()  # Calculate loss gradients
+            optimizer.step()  # Update model weights using loss gradients
+            tokens_seen += input_batch.numel()
+            global_step += 1
+
+            # Optional evaluation step
+            if global_step % eval_freq == 0:
+                train_loss, val_loss = evaluate_model(model, train_loader, val_loader, device, eval_iter)
+                train_losses.append(train_loss)
+                val_losses.append(val_loss)
+                track_tokens_seen.append(tokens_seen)
+                print(
+                    f"Ep {epoch + 1} (Step {global_step:06d}): "
+                    f"Train loss {train_loss:.3f}, Val loss {val_loss:.3f}"
+                )
+
+        # Print a sample text after each epoch
+        generate_and_print_sample(model, tokenizer, device, start_context)
+
+    return train_losses, val_losses, track_tokens_seen
+
+
+def evaluate_model(model, train_loader, val_loader, device, eval_iter):
+    model.eval()
+    with torch.no_grad():
+        train_loss = calc_loss_loader(train_loader, model, device, num_batches=eval_iter)
+        val_loss = calc_loss_loader(val_loader, model, device, num_batches=eval_iter)
+    model.train()
+    return train_loss, val_loss
+
+
+def generate_and_print_sample(model, tokenizer, device, start_context):
+    model.eval()
+    context_size = model.pos_emb.weight.shape[0]
+    encoded = text_to_token_ids(start_context, tokenizer).to(device)
+    with torch.no_grad():
+        token_ids = generate_text_simple(
+            model=model, idx=encoded, max_new_tokens=50, context_size=context_size
         )
-
-    for epoch in range(s.epoch, num_epochs):
-        model.train()
-        for input_batch, target_batch in epoch_batches(train_loader, s):
-            with own_rng(s):  # dropout, and the evaluation's pass over the shuffled train_loader
-                optimizer.zero_grad()
-                with autocast(device, fast):  # backward runs outside, in each op's forward dtype
-                    loss = calc_loss_batch(input_batch, target_batch, model, device)
-                loss.backward()
-                optimizer.step()
-                s.tokens_seen += input_batch.numel()
-                s.global_step += 1
-                s.batch += 1
-                evaluated = s.global_step % eval_freq == 0
-                if evaluated:
-                    # The pass over train_loader draws its shuffle: a fast run replays it.
-                    before = torch.get_rng_state() if fast else None
-                    train_loss, val_loss = evaluate_model(model, train_loader, val_loader, device, eval_iter)
-                    if fast:  # again in bfloat16 on the same batches (the same shuffle), then on
-                        after = torch.get_rng_state()
-                        torch.set_rng_state(before)
-                        bf16 = evaluate_model(model, train_loader, val_loader, device, eval_iter, fast)
-                        torch.set_rng_state(after)
-                        s.bf16_gaps.append([bf16[0] - train_loss, bf16[1] - val_loss])
-            if evaluated:
-                s.record(train_loss, val_loss)
-                if log:
-                    log(
-                        f"Ep {epoch + 1} (Step {s.global_step:06d}): "
-                        f"Train loss {train_loss:.3f}, Val loss {val_loss:.3f}"
-                        + (
-                            f" (bfloat16 on the same batches: {s.bf16_gaps[-1][0]:+.4f}, "
-                            f"{s.bf16_gaps[-1][1]:+.4f})"
-                            if fast
-                            else ""
-                        )
-                    )
-                if on_eval:
-                    on_eval(s.global_step, s.tokens_seen, train_loss, val_loss)
-            if on_step:
-                on_step(s)
-            if s.batch < len(train_loader) and should_stop():
-                return s.stop()
-
-        sample = generate_sample(model, tokenizer, start_context, device=device)  # greedy: no random draws
-        s.samples.append(sample)
-        if log:
-            log(sample)
-        if on_sample:
-            on_sample(epoch + 1, sample)
-        s.epoch, s.batch = epoch + 1, 0
-        if epoch + 1 < num_epochs and should_stop():
-            return s.stop()
-
-    s.stopped = False
-    return s.train_losses, s.val_losses, s.track_tokens_seen
+        decoded_text = token_ids_to_text(token_ids, tokenizer)
+        print(decoded_text.replace("\n", " "))  # Compact print format
+    model.train()

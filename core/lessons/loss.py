@@ -15,14 +15,14 @@ import tiktoken
 import torch
 import torch.nn.functional as F
 
-from core.book.tokenizer import ENDOFTEXT_ID, encode, get_tokenizer
+from core.book.tokenizer import ENDOFTEXT_ID
 from core.errors import (
     ContextLengthError,
     EmptyTextError,
     InvalidParameterError,
     TooFewTokensError,
 )
-from core.serving.priority import FOREGROUND
+from core.runtime.tokenizer_files import encode, get_tokenizer
 
 IGNORE_INDEX = -100  # F.cross_entropy's default: padded targets count for nothing
 PAD_ID = ENDOFTEXT_ID  # what padded input positions hold (their logits are ignored)
@@ -238,7 +238,7 @@ def compute_loss(
     if model.training:
         raise RuntimeError("compute_loss needs a model in eval mode (dropout off)")
     device = next(model.parameters()).device
-    with torch.inference_mode(), FOREGROUND.request():  # a training run waits for this (priority.py)
+    with torch.inference_mode():
         if device.type == "cpu":
             return loss_from_logits(model(batch.inputs), batch.targets, top_k, temperature, batch)
         # On a GPU: compute there, hand back CPU tensors (the report and the views read them).

@@ -13,9 +13,9 @@ from dataclasses import asdict
 import torch
 import torch.nn.functional as F
 
-from core.book.data import LoaderSettings, make_loaders
-from core.book.evaluate import EvaluationCancelled, _check_batches
+from core.lessons.dataset import EvaluationCancelled, check_batches
 from core.models.corpus import validate_corpus_text
+from core.models.loaders import LoaderSettings, make_loaders
 
 Progress = Callable[[int, int, str], None]
 
@@ -68,7 +68,7 @@ def position_losses(
         raise RuntimeError("position_losses needs a model in eval mode (dropout off)")
     validate_corpus_text(text)
     data = make_loaders(text, settings, tokenizer)
-    _check_batches(data)
+    check_batches(data)
     device = next(model.parameters()).device
     n_train = len(data.train_loader) if num_batches is None else min(num_batches, len(data.train_loader))
     n_val = len(data.val_loader) if num_batches is None else min(num_batches, len(data.val_loader))

@@ -9,8 +9,9 @@ import math
 
 import tiktoken
 
-from core.book.tokenizer import get_tokenizer, token_piece
 from core.lessons.loss import LossResult, perplexity
+from core.lessons.tokens import token_piece
+from core.runtime.tokenizer_files import get_tokenizer
 
 PERPLEXITY_DIGITS = 5  # significant digits shown; the JSON keeps every digit
 PERPLEXITY_NOTE = (

@@ -1,7 +1,8 @@
 """One forward pass for the views that read the logits themselves (sweep, units, confidence...).
 
-The logits stay in `core`: the functions of core.lessons.sweep, core.lessons.units, core.lessons.confidence and
-core.lessons.gradient reduce them to per-position numbers and top-k lists before anything leaves.
+The logits stay in `core`: the functions of core.lessons.sweep, core.lessons.units,
+core.lessons.confidence and core.lessons.gradient reduce them to per-position numbers and top-k
+lists before anything leaves.
 """
 
 from __future__ import annotations
@@ -11,11 +12,11 @@ import math
 import tiktoken
 import torch
 
-from core.book.tokenizer import get_tokenizer
 from core.lessons.confidence import confidence
 from core.lessons.loss import Batch, prepare_batch
 from core.lessons.sweep import temperature_sweep
 from core.lessons.units import loss_units
+from core.runtime.tokenizer_files import get_tokenizer
 
 
 def forward(

@@ -21,7 +21,6 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from core.book.model import GPTModel, freeze
-from core.book.train import TrainState
 from core.errors import InvalidParameterError, WeightsError
 from core.models.model_files import (
     RESUME_SUFFIX,
@@ -34,6 +33,7 @@ from core.models.model_files import (
     resume_path,
 )
 from core.models.storage import HEADER_BYTES, check_disk, plan_room
+from core.models.training import TrainState
 from core.models.weights import read_safetensors
 
 FORMAT = "losslens-trained-v1"

@@ -7,16 +7,17 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from core.book.data import LoaderSettings
-from core.book.evaluate import calc_loss_batch
+from core.book.loss import calc_loss_batch
 from core.book.model import GPT_CONFIG_124M, GPTModel
-from core.book.tokenizer import VOCAB_SIZE, get_tokenizer
-from core.book.train import START_CONTEXT, generate_sample, make_train_loaders
+from core.book.tokenizer import VOCAB_SIZE
 from core.errors import InvalidParameterError
+from core.models.loaders import LoaderSettings
+from core.models.training import START_CONTEXT, generate_sample, make_train_loaders
 from core.runtime.device import available_memory_gb, describe
 from core.runtime.memory import MemoryBudget, memory_budget, process_rss
 from core.runtime.precision import autocast
 from core.runtime.rng import borrowed_rng
+from core.runtime.tokenizer_files import get_tokenizer
 
 
 @dataclass(frozen=True)

@@ -17,10 +17,10 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from core.book.train import make_train_loaders
 from core.errors import InvalidParameterError, LossLensError, ServerBusyError
 from core.models.checkpoints import check_name
 from core.models.presets import Preset, check_training_memory, estimate_time
+from core.models.training import make_train_loaders
 from core.runtime.deployment import shared_server
 from core.runtime.memory import process_rss
 from core.serving.priority import FOREGROUND, lower_thread_priority, yield_to_foreground

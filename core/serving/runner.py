@@ -10,13 +10,13 @@ from pathlib import Path
 import torch
 
 from core.book.model import GPTModel
-from core.book.tokenizer import get_tokenizer
-from core.book.train import TrainState, make_train_loaders, train_model_simple
 from core.errors import InvalidParameterError
 from core.models import checkpoints, model_files, storage
 from core.models.checkpoints import check_name, corpus_digest, load_trained_model
 from core.models.presets import Preset, check_training_memory, preset_of
+from core.models.training import TrainState, make_train_loaders, train_model
 from core.runtime.rng import seeded_fresh_model
+from core.runtime.tokenizer_files import get_tokenizer
 
 
 @dataclass
@@ -115,7 +115,7 @@ def run_training(
         raise InvalidParameterError("The loaders' context length exceeds the model's.")
     t0 = time.perf_counter()
     with model_files.training(name, owner=owner):  # no other save's quota evicts this one meanwhile
-        train_model_simple(
+        train_model(
             model,
             train_loader,
             val_loader,

@@ -13,7 +13,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
 import bench_dataset
 import bench_layers
 
-import core.book.evaluate
+import core.lessons.dataset
 import core.book.model
 from core.book.model import GPT_CONFIG_124M, CpuLinear, build_untrained_model
 from core.fast import panel
@@ -33,7 +33,7 @@ def test_linear_flops_are_the_model_s_own_linear_layers():
 
 
 def test_timed_parts_times_every_linear_attention_and_loss_call_and_restores_them():
-    from core.book.evaluate import calc_loss_batch
+    from core.lessons.dataset import batch_loss as calc_loss_batch
     from core.book.model import MultiHeadAttention
 
     model = build_untrained_model(123, SMALL)
@@ -45,7 +45,7 @@ def test_timed_parts_times_every_linear_attention_and_loss_call_and_restores_the
             panel.linear,
             core.book.model._onednn_linear,
             MultiHeadAttention._attend,
-            core.book.evaluate.cross_entropy,
+            core.lessons.dataset.cross_entropy,
         )
 
     originals = timed_places()
@@ -56,13 +56,13 @@ def test_timed_parts_times_every_linear_attention_and_loss_call_and_restores_the
     else:
         pytest.skip("the model's layers run neither LossLens's kernel nor oneDNN on this machine")
     with torch.inference_mode():
-        expected = calc_loss_batch(x, x, model)
+        expected = calc_loss_batch(x, x, model, "cpu")
         with bench_dataset.timed_parts() as parts:
-            got = calc_loss_batch(x, x, model)
+            got = calc_loss_batch(x, x, model, "cpu")
         counted = {name: (p.calls, p.ours) for name, p in parts.items()}
         assert counted == {"linear": (calls, ours), "attention": (2, 0), "cross entropy": (1, 0)}
         assert all(p.seconds > 0 for p in parts.values())
-        calc_loss_batch(x, x, model)
+        calc_loss_batch(x, x, model, "cpu")
     assert {name: (p.calls, p.ours) for name, p in parts.items()} == counted  # counted only inside
     assert timed_places() == originals
     assert torch.equal(got, expected)  # timing changes nothing
@@ -81,7 +81,7 @@ def test_timed_parts_times_every_linear_attention_and_loss_call_and_restores_the
         by_itself = bench_dataset.alone(parts, reps=1)
         assert by_itself.keys() == parts["linear"].layers.keys() and all(t > 0 for t in by_itself.values())
         with torch.inference_mode():
-            assert torch.equal(calc_loss_batch(x, x, model), expected)  # running them again changed nothing
+            assert torch.equal(calc_loss_batch(x, x, model, "cpu"), expected)  # running them again changed nothing
 
 
 def test_layer_names_are_bench_layers_own_and_an_unknown_shape_is_spelt_out():

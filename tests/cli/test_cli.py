@@ -14,7 +14,7 @@ import pytest
 
 import core.book.model
 from core.__main__ import main
-from core.book.tokenizer import token_piece
+from core.lessons.tokens import token_piece
 from core.lessons.loss import MAX_CHARS, MAX_TEXTS, compute_loss
 from core.lessons.report import summarize
 

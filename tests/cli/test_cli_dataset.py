@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[2]
 def first_batches(verdict_path, tmp_path_factory):
     """The book's code on the first training and the validation batch (section 5.1.3 setup)."""
     from core.book.model import GPT_CONFIG_124M
-    from core.book.tokenizer import seed_tiktoken_cache
+    from core.runtime.tokenizer_files import seed_tiktoken_cache
 
     reason = "reference code absent: pip install --no-deps llms-from-scratch==1.0.19 (as .ci/run does)"
     ch02 = pytest.importorskip("llms_from_scratch.ch02", reason=reason)

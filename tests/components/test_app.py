@@ -267,8 +267,8 @@ def _pasted_corpus() -> tuple[str, AppTest]:
 
 
 def test_dataset_view_pasted_text_and_bad_corpus(model):
-    from core.book.data import LoaderSettings
-    from core.book.evaluate import evaluate_dataset
+    from core.lessons.dataset import evaluate_dataset
+    from core.models.loaders import LoaderSettings
 
     text, at = _pasted_corpus()
     at.button(key="ds_compute").click().run()
@@ -283,8 +283,8 @@ def test_dataset_view_pasted_text_and_bad_corpus(model):
 
 
 def test_dataset_view_fast_mode_only_where_offered_and_how_far_from_float32(model, monkeypatch):
-    from core.book.data import LoaderSettings
-    from core.book.evaluate import evaluate_dataset
+    from core.lessons.dataset import evaluate_dataset
+    from core.models.loaders import LoaderSettings
     from core.runtime.precision import FORCE_ENV, bf16_unavailable
 
     monkeypatch.delenv(FORCE_ENV, raising=False)
@@ -627,15 +627,6 @@ def test_every_number_a_lesson_view_renders_follows_the_format_rules(page, steps
                 assert axis.get("exponentformat") == "e", (page, step, axis)
 
 
-def test_two_different_values_never_print_the_same():
-    from ui import formats
-
-    assert formats.proba(7.4541e-05) == "7.4541e-05"
-    assert formats.distinct([1.156e-05, 1.034e-05]) == ["1.1560e-05", "1.0340e-05"]
-    assert formats.distinct([1.23456e-05, 1.23457e-05]) == ["1.23456e-05", "1.23457e-05"]
-    assert formats.distinct([0.5, 0.5]) == ["5.0000e-01", "5.0000e-01"]  # equal values may
-
-
 def test_minus_infinity_is_a_hatched_bar_and_no_slanted_line():
     from ui import charts
 
@@ -670,13 +661,6 @@ def test_the_legend_stays_clear_of_the_x_axis_title():
     for step in range(1, 7):
         legend = charts.step_figure(common_summary(at), step).to_plotly_json()["layout"]["legend"]
         assert legend["y"] >= 1 and legend["yanchor"] == "bottom", step  # above the plot
-
-
-def test_the_load_spinner_speaks_of_a_download_only_for_weights():
-    from ui import cache
-
-    assert "download" not in cache.spinner_text("Building the model for seed 7", seeded=True)
-    assert "download" in cache.spinner_text("Loading GPT-2 124M", seeded=False)
 
 
 def test_dataset_progress_counts_each_split_on_its_own():

@@ -126,7 +126,7 @@ def test_gradient_view_and_a_training_step(model, book):
 
 
 def test_dataset_view_loss_by_position(model, verdict_path):
-    from core.book.data import LoaderSettings
+    from core.models.loaders import LoaderSettings
     from core.lessons.positions import position_losses
 
     text = verdict_path.read_text(encoding="utf-8")[:3000]
@@ -150,7 +150,7 @@ def test_dataset_view_loss_by_position(model, verdict_path):
 def test_compare_view_two_models_token_by_token(model, verdict_path):
     from dataclasses import replace
 
-    from test_train import TINY
+    from test_training import TINY
 
     from core.lessons.divergence import compare_models
     from core.models.checkpoints import load_trained_model, model_path

@@ -92,7 +92,7 @@ def test_training_view_refuses_a_bad_or_taken_name():
 def test_compare_view_matches_core_for_each_model(verdict_path):
     from dataclasses import replace
 
-    from test_train import TINY
+    from test_training import TINY
 
     run_training(
         replace(TINY, num_epochs=1), verdict_path.read_text(encoding="utf-8")[:6000], "cmp-tiny", log=None
@@ -110,7 +110,7 @@ def test_compare_reuses_the_dataset_views_result_for_a_trained_model(verdict_pat
     Compare without a second Compute, whatever the (unused) seed in the sidebar says."""
     from dataclasses import replace
 
-    from test_train import TINY
+    from test_training import TINY
 
     run_training(
         replace(TINY, num_epochs=1), verdict_path.read_text(encoding="utf-8")[:6000], "reuse-tiny", log=None
@@ -235,7 +235,7 @@ def test_the_estimate_is_timed_in_a_process_of_its_own():
 
 
 def test_a_wordless_sample_shows_its_spaces_counted_and_says_why():
-    from core.book.train import START_CONTEXT
+    from core.models.training import START_CONTEXT
     from ui.training_progress import sample_line
 
     assert sample_line(START_CONTEXT + " " * 50) == (START_CONTEXT + " ␣×50", True)
@@ -243,7 +243,7 @@ def test_a_wordless_sample_shows_its_spaces_counted_and_says_why():
     assert sample_line(START_CONTEXT + " and the the") == (START_CONTEXT + " and the the", False)
 
     def samples_page():
-        from core.book.train import START_CONTEXT
+        from core.models.training import START_CONTEXT
         from ui.training_progress import show_samples
 
         show_samples([(1, START_CONTEXT + " " * 50), (2, START_CONTEXT + ", and the")])

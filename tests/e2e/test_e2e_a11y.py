@@ -292,7 +292,7 @@ def test_live_regions_announce_the_step_and_the_new_loss(new_page, server, core_
 
 
 def core_model_tokens(text: str) -> list[int]:
-    from core.book.tokenizer import get_tokenizer
+    from core.runtime.tokenizer_files import get_tokenizer
 
     return get_tokenizer().encode(text, allowed_special="all")
 

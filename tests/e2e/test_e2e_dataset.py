@@ -53,7 +53,7 @@ def assert_verdict_usable(page) -> None:
 @pytest.fixture(scope="module")
 def verdict_losses(core_model, verdict_file):
     """The Verdict's losses computed by core in this process, the book's settings."""
-    from core.book.evaluate import evaluate_dataset
+    from core.lessons.dataset import evaluate_dataset
     from core.models.corpus import read_corpus_file
 
     r = evaluate_dataset(core_model, read_corpus_file(verdict_file))

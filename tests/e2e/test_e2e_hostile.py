@@ -39,7 +39,8 @@ def open_view(page, name: str) -> None:
 
 @pytest.fixture(scope="module")
 def hostile_expected(core_model):
-    from core.book.tokenizer import encode, get_tokenizer, token_pieces
+    from core.lessons.tokens import token_pieces
+    from core.runtime.tokenizer_files import encode, get_tokenizer
 
     tok = get_tokenizer()
     loss, _ = expected_loss(core_model, HOSTILE_LINES)

@@ -85,7 +85,7 @@ def test_dataset_loss_by_position(new_page, server):
 def test_compare_two_models_token_by_token(new_page, server, core_model, verdict_file, monkeypatch):
     from dataclasses import replace
 
-    from test_train import TINY
+    from test_training import TINY
 
     from core.lessons.divergence import compare_models
     from core.models.checkpoints import load_trained_model, model_path

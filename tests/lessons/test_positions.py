@@ -6,8 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from core.book.data import LoaderSettings, make_loaders
-from core.book.evaluate import calc_loss_loader
+from core.models.loaders import LoaderSettings, make_loaders
+from core.book.loss import calc_loss_loader
 from core.lessons.positions import position_losses
 
 
@@ -23,7 +23,7 @@ def test_count_weighted_position_means_equal_the_books_split_loss(model, verdict
         )
         assert len(p["position_means"]) == 256
         assert weighted == pytest.approx(p["loss"], abs=1e-6)
-        assert p["loss"] == pytest.approx(calc_loss_loader(loader, model, num_batches=3), abs=1e-6)
+        assert p["loss"] == pytest.approx(calc_loss_loader(loader, model, "cpu", num_batches=3), abs=1e-6)
 
 
 def test_position_means_against_window_by_window(model, verdict_path):

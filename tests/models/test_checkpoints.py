@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from core.book.data import LoaderSettings
+from core.models.loaders import LoaderSettings
 from core.book.model import GPTModel
-from core.book.train import TrainState
+from core.models.training import TrainState
 from core.errors import InvalidParameterError, StorageError, WeightsError
 from core.models import checkpoints, model_files, storage
 from core.models.checkpoints import (

@@ -16,7 +16,7 @@ from conftest import BOOK_TEXTS, ROOT
 
 import core.models.weights
 from core.__main__ import main
-from core.book.evaluate import calc_loss_batch as losslens_calc_loss_batch
+from core.lessons.dataset import batch_loss as losslens_calc_loss_batch
 from core.errors import WeightsError
 from core.lessons.loss import compute_loss
 from core.models.own_build import GPT2_HEADS
@@ -410,8 +410,8 @@ def test_app_loads_the_readers_model_for_every_view(loopback_app, small, tokeniz
     at.multiselect(key="cmp_models").set_value([own.key]).run()
     at.button(key="cmp_dataset").click().run()
     assert not at.exception, at.exception
-    from core.book.data import LoaderSettings
-    from core.book.evaluate import evaluate_dataset
+    from core.models.loaders import LoaderSettings
+    from core.lessons.dataset import evaluate_dataset
     from core.models.corpus import load_verdict
 
     r = evaluate_dataset(

@@ -113,7 +113,7 @@ def test_cli_unknown_device_exits_2(command):
 
 def test_cli_uses_a_trained_model_by_its_key(verdict_path, tmp_path, monkeypatch):
     """Train a tiny model into a cache, then `loss --model trained-NAME` reads it from there."""
-    from test_train import TINY
+    from test_training import TINY
 
     from core.models.checkpoints import load_trained_model, model_path
     from core.serving.runner import run_training
@@ -151,7 +151,7 @@ def test_book_numbers_on_the_gpu_within_1e_4(model):
 @gpu
 @pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU")
 def test_dataset_loss_on_the_gpu(verdict_path):
-    from core.book.evaluate import evaluate_dataset
+    from core.lessons.dataset import evaluate_dataset
 
     r = evaluate_dataset(load_model("untrained-124m", 123, "cuda"), verdict_path.read_text(encoding="utf-8"))
     assert r.train_loss == pytest.approx(10.98758347829183, abs=1e-4)

@@ -11,8 +11,8 @@ import sys
 import pytest
 import torch
 
-from core.book.data import LoaderSettings
-from core.book.evaluate import evaluate_dataset
+from core.models.loaders import LoaderSettings
+from core.lessons.dataset import evaluate_dataset
 from core.book.model import GPT_CONFIG_124M, GPTModel, freeze
 from core.runtime.precision import CPU_BF16_FLAGS, FORCE_ENV, autocast, bf16_unavailable, cpu_flags
 
@@ -132,7 +132,7 @@ def test_cli_dataset_fast(tmp_path):
 def test_fast_training_steps_in_bfloat16_and_records_how_far_on_the_same_batches(verdict_path):
     from dataclasses import replace
 
-    from test_train import TINY
+    from test_training import TINY
 
     from core.errors import InvalidParameterError
     from core.models.checkpoints import load_trained_model, saved_run
@@ -169,7 +169,7 @@ def test_fast_training_steps_in_bfloat16_and_records_how_far_on_the_same_batches
 def test_a_fast_training_child_reports_how_far_bfloat16_is(verdict_path):
     from dataclasses import replace
 
-    from test_train import TINY
+    from test_training import TINY
 
     from core.serving.background import TrainingRun
 

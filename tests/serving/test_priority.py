@@ -9,7 +9,6 @@ import time
 
 import pytest
 
-from core.lessons.loss import compute_loss
 from core.serving.priority import (
     FOREGROUND,
     Foreground,
@@ -132,14 +131,3 @@ def test_yielding_waits_for_a_quiet_gap_after_the_last_request():
     # Through the gaps, until the last visitor (ended ~1.0 s in) had been gone 0.5 s; with no
     # quiet time it would have gone on in the first gap, 0.05 s in.
     assert 1.2 < waited < 5.0
-
-
-def test_compute_loss_counts_as_a_visitors_request(model):
-    count = FOREGROUND.shared().count
-    seen = []
-    hook = model.register_forward_pre_hook(lambda module, args: seen.append(count.value))
-    try:
-        compute_loss(model, ["every effort moves you"])
-    finally:
-        hook.remove()
-    assert seen == [1] and count.value == 0

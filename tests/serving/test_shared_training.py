@@ -11,7 +11,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from test_train import TINY
+from test_training import TINY
 
 from core.errors import InvalidParameterError, ServerBusyError
 from core.models.checkpoints import is_resumable, model_path, saved_run

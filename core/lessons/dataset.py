@@ -1,9 +1,8 @@
 """Section 5.1.3: the loss over whole data sets, with progress reporting and a stop button.
 
-calc_loss_batch and calc_loss_loader keep the book's semantics (the loader loss is the
-mean of the per-batch losses; NaN for a loader without batches). evaluate_dataset runs
-both splits for the app and the CLI and explains, rather than returns NaN, when a split
-has no batch.
+evaluate_dataset runs both splits for the app and the CLI with the book's semantics
+(core/book/loss.py: a split's loss is the mean of its batch losses), and explains, rather than
+returns NaN, when a split has no batch.
 """
 
 from __future__ import annotations
@@ -14,15 +13,13 @@ from dataclasses import dataclass, field, replace
 import torch
 import torch.nn.functional as F
 
-from core.book.data import DataSplit, LoaderSettings, make_loaders
 from core.errors import InvalidParameterError, NoBatchesError
-from core.fast.panel import reusing_outputs
 from core.lessons.loss import IGNORE_INDEX, perplexity
 from core.models.corpus import validate_corpus_text
+from core.models.loaders import DataSplit, LoaderSettings, make_loaders
 from core.runtime.device import model_device
 from core.runtime.precision import autocast
 
-Progress = Callable[[int, int], None]
 Cancel = Callable[[], bool]
 
 
@@ -34,13 +31,11 @@ class EvaluationCancelled(Exception):
         self.batch_losses = batch_losses
 
 
-def calc_loss_batch(input_batch, target_batch, model, device="cpu"):
-    """Cross entropy of one batch over its flattened logits and targets (the book's code, with
-    F.cross_entropy's same bits from cross_entropy below).
+def batch_loss(input_batch, target_batch, model, device):
+    """The book's calc_loss_batch, with F.cross_entropy's same bits from cross_entropy below.
 
-    With core.book.model.GPTModel on the CPU the logits arrive as rows (oneDNN, in inference) or as a
-    transposed view of a [vocab, tokens] matmul (MKL, where gradients are needed); flattening
-    keeps either a view, and cross_entropy reads it as it is.
+    On the CPU the logits may arrive as rows or as a transposed view of a [vocab, tokens] matmul;
+    flattening keeps either a view, and cross_entropy reads it as it is.
     """
     input_batch, target_batch = input_batch.to(device), target_batch.to(device)
     logits = model(input_batch)
@@ -84,7 +79,7 @@ def _batch_losses(data_loader, model, device, num_batches, fast=False) -> Iterat
         # Entered per batch, not around the loop: grad mode (and autocast) is thread-local,
         # and it must not stay off in the caller while this generator waits (or is abandoned).
         with torch.inference_mode(), autocast(device, fast):
-            loss = calc_loss_batch(input_batch, target_batch, model, device).item()
+            loss = batch_loss(input_batch, target_batch, model, device).item()
         yield loss
 
 
@@ -93,28 +88,6 @@ def _num_batches(data_loader, num_batches) -> int:
         return len(data_loader)
     # The book: more batches than the loader has means all of them.
     return min(num_batches, len(data_loader))
-
-
-def calc_loss_loader(
-    data_loader, model, device="cpu", num_batches=None, progress=None, cancel=None, fast=False
-):
-    """Mean batch loss over the first `num_batches` batches (all by default); NaN if none.
-
-    progress(done, total) is called after each batch (and once with 0 before the first);
-    cancel() is checked before each batch and raises EvaluationCancelled when it is True.
-    fast=True runs the matmuls in bfloat16 (core.runtime.precision).
-    """
-    if len(data_loader) == 0:
-        return float("nan")
-    total = _num_batches(data_loader, num_batches)
-    losses: list[float] = []
-    if progress:
-        progress(0, total)
-    with reusing_outputs():  # each batch's logits in the last one's memory (core/fast/panel.py)
-        for _ in _run(data_loader, model, device, total, cancel, losses, fast):
-            if progress:
-                progress(len(losses), total)
-    return sum(losses) / total
 
 
 def _run(data_loader, model, device, total, cancel, losses, fast=False) -> Iterator[float]:
@@ -182,7 +155,7 @@ def _perplexity(loss: float | None) -> float | None:
     return None if loss is None else perplexity(loss)
 
 
-def _check_batches(data: DataSplit) -> None:
+def check_batches(data: DataSplit) -> None:
     s = data.settings
     for split, label, fix in (
         (data.train, "training", "a higher train ratio"),
@@ -226,7 +199,7 @@ def evaluate_dataset(
     settings = settings or LoaderSettings()
     if model.training:
         raise RuntimeError("evaluate_dataset needs a model in eval mode (dropout off)")
-    settings.validate(getattr(model, "context_length", None))
+    settings.validate(model.cfg["context_length"])
     if num_batches is not None and (
         isinstance(num_batches, bool) or not isinstance(num_batches, int) or num_batches < 1
     ):
@@ -235,7 +208,7 @@ def evaluate_dataset(
         )
     validate_corpus_text(text)
     data = make_loaders(text, settings, tokenizer)
-    _check_batches(data)
+    check_batches(data)
 
     device = model_device(model)  # the batches go where the weights are (CPU, CUDA or MPS)
     n_train = _num_batches(data.train_loader, num_batches)
@@ -248,23 +221,22 @@ def evaluate_dataset(
     )  # fmt: skip
     if progress:
         progress(0, total, "train")
-    with reusing_outputs():  # each batch's logits in the last one's memory (core/fast/panel.py)
-        for name, loader, n, losses, offset in (
-            ("train", data.train_loader, n_train, result.train_batch_losses, 0),
-            ("val", data.val_loader, n_val, result.val_batch_losses, n_train),
-        ):
-            try:
-                for _ in _run(loader, model, device, n, cancel, losses, fast):
-                    if progress:
-                        progress(offset + len(losses), total, name)
-            except EvaluationCancelled:
-                result.cancelled = True
-                return result
-            mean = sum(losses) / n
-            if name == "train":
-                result.train_loss = mean
-            else:
-                result.val_loss = mean
+    for name, loader, n, losses, offset in (
+        ("train", data.train_loader, n_train, result.train_batch_losses, 0),
+        ("val", data.val_loader, n_val, result.val_batch_losses, n_train),
+    ):
+        try:
+            for _ in _run(loader, model, device, n, cancel, losses, fast):
+                if progress:
+                    progress(offset + len(losses), total, name)
+        except EvaluationCancelled:
+            result.cancelled = True
+            return result
+        mean = sum(losses) / n
+        if name == "train":
+            result.train_loss = mean
+        else:
+            result.val_loss = mean
     if fast:
         result.float32_first_batch = {
             name: next(_batch_losses(loader, model, device, 1))

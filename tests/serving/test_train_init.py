@@ -6,7 +6,7 @@ from dataclasses import replace
 
 import pytest
 import torch
-from test_train import TINY
+from test_training import TINY
 
 from core.__main__ import main
 from core.models.checkpoints import load_trained_model, model_path

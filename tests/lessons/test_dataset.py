@@ -1,5 +1,5 @@
-"""Section 5.1.3's losses: the book's calc_loss_batch / calc_loss_loader semantics, the
-book's printed training and validation losses, progress, cancel and the no-batch cases."""
+"""Section 5.1.3's pass over a data set: the book's printed training and validation losses, the
+book's calc_loss_loader semantics, progress, cancel and the no-batch cases."""
 
 from __future__ import annotations
 
@@ -10,17 +10,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from core.book.data import LoaderSettings, create_dataloader_v1, make_loaders
-from core.book.evaluate import (
-    LOG_SOFTMAX_ROWS,
-    EvaluationCancelled,
-    calc_loss_batch,
-    calc_loss_loader,
-    cross_entropy,
-    evaluate_dataset,
-)
-from core.book.model import GPT_CONFIG_124M, GPTModel, freeze
+from core.book.model import GPT_CONFIG_124M, GPTModel
 from core.errors import InvalidParameterError, NoBatchesError
+from core.lessons.dataset import LOG_SOFTMAX_ROWS, cross_entropy, evaluate_dataset
+from core.models.loaders import LoaderSettings, make_loaders
+from core.serving.frozen import freeze
 
 # Printed by the book's ch05 notebook for the untrained seed-123 model on The Verdict,
 # and reproduced to every printed digit by the book's code (llms_from_scratch) here.
@@ -90,115 +84,6 @@ def test_num_batches_takes_the_first_batches(model, verdict, book_run):
     assert calls == [(0, 2, "train"), (1, 2, "train"), (2, 2, "val")]
 
 
-def test_a_pass_writes_each_batch_s_logits_where_the_last_one_s_were(verdict):
-    """calc_loss_loader and evaluate_dataset keep a batch's logits (103 MB for 2 x 256 tokens) in
-    the last batch's mapping (core/fast/panel.py: reusing_outputs), with the same losses to the bit as
-    batches run one by one outside."""
-    from core.fast import panel
-
-    torch.manual_seed(11)
-    model = freeze(GPTModel({**GPT_CONFIG_124M, "emb_dim": 64, "n_heads": 4, "n_layers": 1}))
-    if not model.out_head.on_panels(torch.zeros(1, 64)):
-        pytest.skip(f"the out_head runs oneDNN here, not LossLens's kernel: {panel.reason}")
-    loader = make_loaders(verdict, LoaderSettings()).train_loader
-    batches = [batch for batch, _ in zip(loader, range(3), strict=False)]
-    with torch.inference_mode():
-        alone = [calc_loss_batch(x, y, model).item() for x, y in batches]
-    addresses, kept = [], []
-
-    def hook(module, inputs, out):  # the logits, and the mapping the pass keeps for the next batch
-        addresses.append(out.data_ptr())
-        kept.extend(t.data_ptr() for t in (panel._outputs.pool or {}).values())
-
-    handle = model.out_head.register_forward_hook(hook)
-    try:
-        mean = calc_loss_loader(batches, model, num_batches=3)
-        assert len(addresses) == 3 and kept == addresses and len(set(addresses)) == 1
-        del addresses[:], kept[:]
-        both = evaluate_dataset(model, verdict, num_batches=2)  # 2 training batches, 1 validation
-    finally:
-        handle.remove()
-    assert len(addresses) == 3 and kept == addresses and len(set(addresses)) == 1
-    assert mean == sum(alone) / 3 and both.train_batch_losses == alone[:2]
-    assert panel._outputs.pool is None  # let go after the pass
-
-
-# --- the book's functions, on a tiny model ---------------------------------------
-
-
-def test_calc_loss_batch_equals_the_books(tiny_model, verdict):
-    ch05 = pytest.importorskip(
-        "llms_from_scratch.ch05",
-        reason="reference code absent: pip install --no-deps llms-from-scratch==1.0.19 (as .ci/run does)",
-    )
-
-    loader = create_dataloader_v1(verdict, batch_size=3, max_length=32, stride=32, shuffle=False)
-    x, y = next(iter(loader))
-    with torch.no_grad():
-        ours = calc_loss_batch(x, y, tiny_model, "cpu")
-        book = ch05.calc_loss_batch(x, y, tiny_model, "cpu")  # model(x) + F.cross_entropy
-        logits = tiny_model(x)
-    assert ours.item() == pytest.approx(book.item(), abs=1e-6)
-    assert ours.item() == pytest.approx(
-        F.cross_entropy(logits.flatten(0, 1).double(), y.flatten()).item(), abs=1e-5
-    )
-
-
-def test_calc_loss_batch_keeps_gradients():
-    torch.manual_seed(1)
-    model = GPTModel(TINY)  # trainable: the book's training loop calls calc_loss_batch too
-    x = torch.randint(0, 50257, (2, 8))
-    loss = calc_loss_batch(x, torch.roll(x, -1, 1), model)
-    loss.backward()
-    assert model.out_head.weight.grad is not None and model.tok_emb.weight.grad.abs().sum() > 0
-
-
-def test_calc_loss_loader_equals_the_books(tiny_model, verdict):
-    ch05 = pytest.importorskip(
-        "llms_from_scratch.ch05",
-        reason="reference code absent: pip install --no-deps llms-from-scratch==1.0.19 (as .ci/run does)",
-    )
-
-    loader = create_dataloader_v1(verdict[:3000], batch_size=2, max_length=32, stride=32, shuffle=False)
-    assert len(loader) > 5
-    for n in (None, 1, 3, 10_000):
-        with torch.no_grad():
-            ours = calc_loss_loader(loader, tiny_model, "cpu", num_batches=n)
-            book = ch05.calc_loss_loader(loader, tiny_model, "cpu", num_batches=n)
-        assert ours == pytest.approx(book, abs=1e-6), n
-
-
-def test_empty_loader_is_nan_like_the_book(tiny_model):
-    loader = create_dataloader_v1("Too short.", batch_size=2, max_length=32, stride=32)  # shuffled
-    assert len(loader) == 0
-    assert math.isnan(calc_loss_loader(loader, tiny_model))
-
-
-def test_loader_progress_and_cancel(tiny_model, verdict):
-    loader = create_dataloader_v1(verdict[:3000], batch_size=2, max_length=32, stride=32, shuffle=False)
-    calls, modes = [], []
-
-    def progress(*args):
-        calls.append(args)
-        modes.append(torch.is_inference_mode_enabled())
-
-    calc_loss_loader(loader, tiny_model, num_batches=4, progress=progress)
-    assert modes == [False] * 5  # the UI's callback runs in the caller's grad mode
-    assert calls == [(0, 4), (1, 4), (2, 4), (3, 4), (4, 4)]
-
-    checks = []
-
-    def cancel():
-        checks.append(1)
-        return len(checks) > 3  # allow three batches, then stop
-
-    with pytest.raises(EvaluationCancelled) as e:
-        calc_loss_loader(loader, tiny_model, num_batches=10, cancel=cancel)
-    assert len(e.value.batch_losses) == 3
-    # Stopping half-way leaves this thread's grad mode as it was.
-    assert torch.is_grad_enabled() and not torch.is_inference_mode_enabled()
-
-
 # --- evaluate_dataset ------------------------------------------------------------
 
 
@@ -216,6 +101,8 @@ def test_cancel_returns_what_was_done(tiny_model, verdict):
     assert len(result.train_batch_losses) == 2  # progress(0), batch 1, batch 2, then stop
     assert result.train_loss is None and result.val_loss is None and result.val_batch_losses == []
     assert result.train_perplexity is None
+    # Stopping half-way leaves this thread's grad mode as it was.
+    assert torch.is_grad_enabled() and not torch.is_inference_mode_enabled()
 
 
 def test_cancel_during_validation_keeps_the_training_loss(tiny_model, verdict):
