@@ -15,8 +15,6 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-# Every module of core by its dotted name: core.book.model, core.cli, ...
-CORE = sorted(".".join(p.relative_to(ROOT).with_suffix("").parts) for p in (ROOT / "core").rglob("*.py"))
 # The layers of core, lowest first: a layer imports only from the layers before it (and core.errors).
 # The book's chapter code is the foundation and knows nothing of LossLens; the fast path is a
 # plug-in that only serving installs.
@@ -143,12 +141,12 @@ def test_the_registry_imports_saved_runs_only_from_checkpoints():
     graph = _graph("core")
     assert "core.models.checkpoints" in graph["core.models.registry"]
     assert not graph["core.models.registry"] & {
-        "core.models.training",
+        "core.book.train",
         "core.serving.runner",
         "core.serving.background",
         "core.models.presets",
     }
-    assert "core.models.registry" not in graph["core.models.training"] | graph["core.models.checkpoints"]
+    assert "core.models.registry" not in graph["core.book.train"] | graph["core.models.checkpoints"]
 
 
 def test_core_never_imports_streamlit_and_pages_never_import_pages():
@@ -202,39 +200,19 @@ _FORK_EACH = textwrap.dedent(
 
 @pytest.mark.slow
 @pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="needs os.fork")
-def test_every_ui_and_page_module_imports_first_in_a_fresh_interpreter():
-    """A page or helper imported first, alone, is where a cycle hidden by app.py's order breaks."""
+def test_every_module_imports_first_in_a_fresh_interpreter():
+    """Importing a module first, alone, is where a cycle hidden by the usual order (core's, or
+    app.py's for a page or helper) breaks."""
     names = sorted(
         _module_name(p).removesuffix(".__init__")
-        for package in ("ui", "components")
+        for package in ("core", "ui", "components")
         for p in (ROOT / package).rglob("*.py")
+        if p.name != "__main__.py"
     )
-    assert "ui" in names and "components.figure57" in names
+    assert {"core", "core.book.model", "ui", "components.figure57"} <= set(names)
     proc = subprocess.run(
         [sys.executable, "-c", _FORK_EACH, *names], cwd=ROOT, capture_output=True, text=True, timeout=600
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
     failed = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert not failed, failed
-
-
-@pytest.mark.slow
-def test_every_core_module_imports_first_in_a_fresh_interpreter():
-    """Importing a module first, alone, is where a cycle hidden by the usual order breaks."""
-    procs = {
-        name: subprocess.Popen(
-            [sys.executable, "-c", f"import {name}"],
-            cwd=ROOT,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        for name in CORE
-        if not name.endswith("__main__")
-    }
-    failed = {}
-    for name, proc in procs.items():
-        out, _ = proc.communicate(timeout=600)
-        if proc.returncode != 0:
-            failed[name] = out[-2000:]
     assert not failed, failed
