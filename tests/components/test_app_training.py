@@ -92,7 +92,7 @@ def test_training_view_refuses_a_bad_or_taken_name():
 def test_compare_view_matches_core_for_each_model(verdict_path):
     from dataclasses import replace
 
-    from test_training import TINY
+    from test_train import TINY
 
     run_training(
         replace(TINY, num_epochs=1), verdict_path.read_text(encoding="utf-8")[:6000], "cmp-tiny", log=None
@@ -110,7 +110,7 @@ def test_compare_reuses_the_dataset_views_result_for_a_trained_model(verdict_pat
     Compare without a second Compute, whatever the (unused) seed in the sidebar says."""
     from dataclasses import replace
 
-    from test_training import TINY
+    from test_train import TINY
 
     run_training(
         replace(TINY, num_epochs=1), verdict_path.read_text(encoding="utf-8")[:6000], "reuse-tiny", log=None
@@ -232,25 +232,3 @@ def test_the_estimate_is_timed_in_a_process_of_its_own():
     assert "9 steps per epoch" in text_of(at)  # the quick preset on The Verdict
     assert children() == before  # the estimate's process has ended
     assert process_rss() - rss < 200 * 2**20  # its model, optimizer and steps were never here
-
-
-def test_a_wordless_sample_shows_its_spaces_counted_and_says_why():
-    from core.models.training import START_CONTEXT
-    from ui.training_progress import sample_line
-
-    assert sample_line(START_CONTEXT + " " * 50) == (START_CONTEXT + " ␣×50", True)
-    assert sample_line(START_CONTEXT + ",,,,.") == (START_CONTEXT + ",,,,.", True)
-    assert sample_line(START_CONTEXT + " and the the") == (START_CONTEXT + " and the the", False)
-
-    def samples_page():
-        from core.models.training import START_CONTEXT
-        from ui.training_progress import show_samples
-
-        show_samples([(1, START_CONTEXT + " " * 50), (2, START_CONTEXT + ", and the")])
-
-    at = AppTest.from_function(samples_page, default_timeout=TIMEOUT).run()
-    assert [t.value for t in at.text] == [
-        "Epoch 1: Every effort moves you ␣×50",
-        "Epoch 2: Every effort moves you, and the",
-    ]
-    assert at.caption[0].value.startswith("Epoch 1: no word after the prompt yet")
