@@ -267,9 +267,8 @@ def _pasted_corpus() -> tuple[str, AppTest]:
 
 
 def test_dataset_view_pasted_text_and_bad_corpus(model):
-    from core.book.evaluate import evaluate_dataset
-
-    from core.book.data import LoaderSettings
+    from core.lessons.dataset import evaluate_dataset
+    from core.models.loaders import LoaderSettings
 
     text, at = _pasted_corpus()
     at.button(key="ds_compute").click().run()
@@ -284,9 +283,8 @@ def test_dataset_view_pasted_text_and_bad_corpus(model):
 
 
 def test_dataset_view_fast_mode_only_where_offered_and_how_far_from_float32(model, monkeypatch):
-    from core.book.evaluate import evaluate_dataset
-
-    from core.book.data import LoaderSettings
+    from core.lessons.dataset import evaluate_dataset
+    from core.models.loaders import LoaderSettings
     from core.runtime.precision import FORCE_ENV, bf16_unavailable
 
     monkeypatch.delenv(FORCE_ENV, raising=False)

@@ -92,7 +92,7 @@ def test_training_view_refuses_a_bad_or_taken_name():
 def test_compare_view_matches_core_for_each_model(verdict_path):
     from dataclasses import replace
 
-    from test_train import TINY
+    from test_training import TINY
 
     run_training(
         replace(TINY, num_epochs=1), verdict_path.read_text(encoding="utf-8")[:6000], "cmp-tiny", log=None
@@ -110,7 +110,7 @@ def test_compare_reuses_the_dataset_views_result_for_a_trained_model(verdict_pat
     Compare without a second Compute, whatever the (unused) seed in the sidebar says."""
     from dataclasses import replace
 
-    from test_train import TINY
+    from test_training import TINY
 
     run_training(
         replace(TINY, num_epochs=1), verdict_path.read_text(encoding="utf-8")[:6000], "reuse-tiny", log=None
