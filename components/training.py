@@ -2,7 +2,7 @@
 
 The run is a core.serving.background.TrainingRun: a child process at lower priority that trains its own
 fresh model (never the shared one). A fragment polls it every second for the progress bar,
-the loss curves and the samples. One run at a time per server (core.serving.background.TrainingSlot).
+the loss curves and the samples. One run at a time per server (core.serving.training_slot.TrainingSlot).
 On a shared server the run is its visitor's: only they see and stop it, and it stops and saves
 when their page has been gone for a while. The run's name waits in the page's address
 (`?run=`), so a page that reconnects after a server restart says what became of it.

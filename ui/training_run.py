@@ -8,7 +8,8 @@ import streamlit as st
 from core.errors import InvalidParameterError
 from core.models.checkpoints import check_name, is_resumable, saved_run
 from core.models.presets import PRESETS, get_preset
-from core.serving.background import RunLimits, TrainingSlot
+from core.serving.run_limits import RunLimits
+from core.serving.training_slot import TrainingSlot
 from ui import cache, formats, visitor
 
 RUN_PARAM = "run"  # the page address keeps the run's name: it outlives a server restart

@@ -217,7 +217,7 @@ def test_the_estimate_is_timed_in_a_process_of_its_own():
     from pathlib import Path
 
     from core.runtime.memory import process_rss
-    from core.serving.background import default_threads
+    from core.serving.training_child import default_threads
 
     def children() -> set[int]:
         tasks = Path(f"/proc/{os.getpid()}/task").glob("*/children")

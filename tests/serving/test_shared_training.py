@@ -17,14 +17,9 @@ from core.errors import InvalidParameterError, ServerBusyError
 from core.models.checkpoints import is_resumable, model_path, saved_run
 from core.runtime.deployment import SHARED_ENV
 from core.runtime.memory import LIMIT_ENV, tree_rss
-from core.serving.background import (
-    GRACE_ENV,
-    MAX_STEPS_ENV,
-    MAX_TRAIN_ENV,
-    RunLimits,
-    TrainingRun,
-    TrainingSlot,
-)
+from core.serving.background import TrainingRun
+from core.serving.run_limits import GRACE_ENV, MAX_STEPS_ENV, MAX_TRAIN_ENV, RunLimits
+from core.serving.training_slot import TrainingSlot
 
 OWNER, OTHER = "a1b2c3d4e5f60718", "ffffeeeeddddcccc"
 LONG = replace(TINY, num_epochs=500)

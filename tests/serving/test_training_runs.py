@@ -15,9 +15,10 @@ from core.book.train import generate_text_simple, text_to_token_ids, token_ids_t
 from core.errors import InvalidParameterError, LossLensError, NoBatchesError, ServerBusyError, WeightsError
 from core.models.checkpoints import list_trained_models, load_trained_model, model_path
 from core.models.presets import get_preset
-from core.serving.background import TrainingRun, TrainingSlot
+from core.serving.background import TrainingRun
 from core.serving.priority import FOREGROUND
 from core.serving.runner import run_training
+from core.serving.training_slot import TrainingSlot
 
 
 def test_stop_and_resume_equals_an_uninterrupted_run(text):
