@@ -44,9 +44,9 @@ def add_dataset(sub) -> None:
 
 def cmd_dataset(args) -> int:
     # Lazy imports (as in every command): a command loads only the modules it uses.
+    from core.models.corpus import load_verdict, read_corpus_file
     from core.models.loaders import LoaderSettings
     from core.serving.requests import evaluate_dataset
-    from core.models.corpus import load_verdict, read_corpus_file
 
     settings = LoaderSettings(args.train_ratio, args.context_length, args.stride, args.batch_size, args.seed)
     settings.validate()  # fail fast, before reading the corpus or building the model

@@ -14,9 +14,9 @@ import pytest
 
 import core.book.model
 from core.__main__ import main
-from core.lessons.tokens import token_piece
 from core.lessons.loss import MAX_CHARS, MAX_TEXTS, compute_loss
 from core.lessons.report import summarize
+from core.lessons.tokens import token_piece
 
 ROOT = Path(__file__).resolve().parents[2]
 BOOK_TEXTS = ["every effort moves you", "I really like chocolate"]
