@@ -43,7 +43,7 @@ def check_size(size: str) -> str:
 
 
 def memory_warning(size: str) -> str | None:
-    """A warning for the sizes that do not fit a small server (the hosted demo has ~2.7 GB)."""
+    """A warning for the sizes that do not fit a small server, such as a free hosted app."""
     file_size, ram_gb = MEMORY[check_size(size)]
     if size == "124M":
         return None

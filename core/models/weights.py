@@ -4,7 +4,7 @@ core.models.hub finds OpenAI's files.
 Only safetensors files are read (no pickle). The Hub stores GPT-2 with `Conv1D` layers whose
 weights are (in, out), so every projection is transposed into `nn.Linear`'s (out, in), and the
 fused `c_attn` splits into W_query, W_key and W_value. `out_head` is tied to `tok_emb`, as in
-GPT-2: one tensor, not a copy (that saves 154 MB for the small model).
+GPT-2: one tensor, not a copy.
 """
 
 from __future__ import annotations
