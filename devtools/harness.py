@@ -18,7 +18,7 @@ import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-VERDICT_PATH = ROOT / "core" / "data" / "the-verdict.txt"  # the copy LossLens ships
+VERDICT_PATH = ROOT / "core" / "models" / "data" / "the-verdict.txt"  # the copy LossLens ships
 ARTIFACTS = ROOT / "test-artifacts"
 BOOK_TEXTS = ["every effort moves you", "I really like chocolate"]
 
