@@ -82,6 +82,6 @@ def test_the_wheel_carries_the_verdict(tmp_path):
         assert "core/models/data/the-verdict.txt" in names
         assert (
             z.read("core/models/data/the-verdict.txt")
-            == (ROOT / "core" / "data" / "the-verdict.txt").read_bytes()
+            == (ROOT / "core" / "models" / "data" / "the-verdict.txt").read_bytes()
         )
     assert not any(n.startswith(("tests/", "bench/")) for n in names)
