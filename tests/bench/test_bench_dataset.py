@@ -94,6 +94,7 @@ def test_layer_names_are_bench_layers_own_and_an_unknown_shape_is_spelt_out():
     assert bench_dataset.layer_name((4 * d, d, False, False)) == "3072 x 768"
 
 
+@pytest.mark.slow
 def test_the_timed_pass_runs_the_model_as_the_app_holds_it():
     """The bench times the app's model: a CPU model keeps the weights freeze() packed (a .to("cpu")
     that unpacked them once had the bench time oneDNN on plain weights, 1.2x slower than the app)."""

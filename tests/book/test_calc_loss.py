@@ -53,6 +53,7 @@ def test_calc_loss_batch_keeps_gradients():
     assert model.out_head.weight.grad is not None and model.tok_emb.weight.grad.abs().sum() > 0
 
 
+@pytest.mark.slow
 def test_calc_loss_loader_equals_the_books(tiny_model, verdict):
     ch05 = pytest.importorskip(
         "llms_from_scratch.ch05",

@@ -40,6 +40,7 @@ def _n_params(model, skip_out_head=False):
     )
 
 
+@pytest.mark.slow
 def test_seed_123_weights_equal_the_reference(model, reference_model):
     ours = model.state_dict()  # the plain layout, also of weights packed for oneDNN (freeze)
     ref = dict(reference_model.named_parameters())
@@ -50,6 +51,7 @@ def test_seed_123_weights_equal_the_reference(model, reference_model):
     assert {n.rsplit(".", 1)[-1] for n, _ in reference_model.named_buffers()} == {"mask"}
 
 
+@pytest.mark.slow
 def test_logits_equal_the_reference(model, reference_model):
     torch.manual_seed(0)
     longer = torch.randint(0, GPT_CONFIG_124M["vocab_size"], (2, 64))
@@ -73,6 +75,7 @@ def test_untrained_model_is_frozen_and_deterministic(model):
     assert torch.equal(a, b)
 
 
+@pytest.mark.slow
 def test_seed_changes_the_weights(model):
     other = build_untrained_model(7, {**GPT_CONFIG_124M, "n_layers": 1})
     assert not torch.equal(other.tok_emb.weight, model.tok_emb.weight)
@@ -230,6 +233,7 @@ def test_packed_cpu_linear_equals_f_linear(rows, bias, threads, onednn_packing):
     assert torch.equal(layer.weight, plain) and not layer.weight.is_inference()
 
 
+@pytest.mark.slow
 @needs_onednn
 def test_freeze_packs_the_weights_in_place_of_the_plain_ones(kind):
     """The app's shared models hold each linear weight once, packed for oneDNN or in LossLens's
@@ -306,6 +310,7 @@ def test_a_frozen_model_pickles_as_its_plain_weights_and_freezes_again_to_the_sa
     assert packed(model.out_head.weight)  # the original is untouched
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc_trim is Linux's")
 def test_release_free_memory_hands_freed_heap_blocks_back():
     """Packing frees every plain weight, and glibc keeps such blocks in its heap unless trimmed
@@ -334,6 +339,7 @@ def test_freeze_trims_the_heap_after_packing(kind, monkeypatch):
     assert len(calls) == 7 * int(kind == "panels" or model_module.ONEDNN_LINEAR)
 
 
+@pytest.mark.slow
 @needs_onednn
 def test_freeze_leaves_a_weight_too_large_to_copy_plain(monkeypatch, onednn_packing):
     """oneDNN's packing holds a weight twice for a moment: not the 154 MB out_head (server peak RSS)."""
@@ -412,6 +418,7 @@ def _cpu_s(usage) -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+@pytest.mark.slow
 def test_onednn_kernel_caches_are_bounded():
     """Every token count is a new oneDNN kernel; its caches are capped unless the user set them."""
     names = ("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "LRU_CACHE_CAPACITY")
@@ -435,6 +442,7 @@ def test_model_layers_are_cpu_linear(model):
     assert all(m.contiguous_output for m in linears[:-1])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("shape", [(2, 3), (1, 11), (2, 256)])  # the book batch, a sentence, a batch
 def test_logits_do_not_depend_on_the_thread_count(model, shape):
     """The app's server runs on one torch thread, the CLI and tests on more: the same numbers, bit
@@ -453,6 +461,7 @@ def test_logits_do_not_depend_on_the_thread_count(model, shape):
     assert torch.equal(one, two)
 
 
+@pytest.mark.slow
 def test_a_sentence_s_attention_runs_on_one_thread_with_the_same_bits(model, monkeypatch):
     """Attention over a few tokens runs on one thread (faster than waking a second one), then the
     thread count goes back, also after an error; longer inputs and training keep every thread."""
@@ -506,6 +515,7 @@ def test_a_sentence_s_attention_runs_on_one_thread_with_the_same_bits(model, mon
     assert seen == [2]
 
 
+@pytest.mark.slow
 def test_a_conversion_that_changes_nothing_keeps_the_weights_packed(kind):
     """.to("cpu"), .cpu() and .float() on a frozen CPU model return each tensor as it is, so the
     packed weights stay (unpacking there left every later pass on the slower plain layout); a real

@@ -66,6 +66,7 @@ def no_model(monkeypatch):
 # --- the book's example -----------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_json_shows_the_book_numbers():
     proc = run_cli(*BOOK_TEXTS, "--json")
     assert proc.returncode == 0, proc.stderr
@@ -95,6 +96,7 @@ def test_json_shows_the_book_numbers():
         assert p["rank"] >= 1 and math.isclose(p["log_proba"], math.log(p["target_proba"]), rel_tol=1e-5)
 
 
+@pytest.mark.slow
 def test_tables_show_every_step(tokenizer):
     proc = run_cli(*BOOK_TEXTS)
     assert proc.returncode == 0, proc.stderr
@@ -131,6 +133,7 @@ def test_options_change_the_numbers(same_model, capsys):
     assert abs(s["loss"] - 10.7940) > 0.01  # the temperature did change the loss
 
 
+@pytest.mark.slow
 def test_seed_changes_the_model(capsys):
     """A different seed is a different untrained model (built for real here)."""
     assert main(["loss", *BOOK_TEXTS, "--seed", "7", "--json"]) == 0
@@ -148,6 +151,7 @@ def test_underflow_is_strict_json_and_readable(same_model, capsys):
     assert "neg_avg_log_probas  inf" in out and "underflowed" in out and "perplexity          inf" in out
 
 
+@pytest.mark.slow
 def test_padded_batch_and_hard_texts(same_model, capsys):
     texts = ["Hi there", "I 💜 chocolate<|endoftext|>مرحبا", "我真的很喜欢巧克力", "नमस्ते\tदुनिया\x00\u200b"]
     assert main(["loss", *texts, "--json"]) == 0
@@ -161,6 +165,7 @@ def test_padded_batch_and_hard_texts(same_model, capsys):
     assert "(padded; padding ignored)" in out and "\ufffd" not in out
 
 
+@pytest.mark.slow
 def test_output_to_an_ascii_pipe():
     """A pipe or console without UTF-8 gets escapes instead of a UnicodeEncodeError."""
     proc = subprocess.run(
@@ -225,6 +230,7 @@ def test_non_numbers_are_usage_errors(no_model, capsys, option):
     assert e.value.code == 2 and "invalid" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_bad_input_through_the_process():
     """The real process: message on stderr, exit 2, no traceback."""
     for args, message in (

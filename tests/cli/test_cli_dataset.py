@@ -41,6 +41,7 @@ def first_batches(verdict_path, tmp_path_factory):
             return [ch05.calc_loss_batch(*next(iter(loader)), model, "cpu").item() for loader in (train, val)]
 
 
+@pytest.mark.slow
 def test_json_counts_and_losses(verdict_path, first_batches, capsys):
     assert main(["dataset", "--corpus", str(verdict_path), "--num-batches", "1", "--json"]) == 0
     out, err = capsys.readouterr()
@@ -65,6 +66,7 @@ def test_json_counts_and_losses(verdict_path, first_batches, capsys):
     assert "train batches 1/2" in err and "val batches 2/2" in err
 
 
+@pytest.mark.slow
 def test_text_output_and_env_var_corpus(verdict_path, monkeypatch, capsys):
     monkeypatch.setenv(VERDICT_ENV, str(verdict_path))
     args = ["dataset", "--num-batches", "1", "--context-length", "64", "--stride", "128", "--batch-size", "1"]
@@ -77,6 +79,7 @@ def test_text_output_and_env_var_corpus(verdict_path, monkeypatch, capsys):
     assert 10 < float(rows["train"][6]) < 12
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "args,message",
     [
@@ -92,6 +95,7 @@ def test_bad_settings_exit_2(verdict_path, capsys, args, message):
     assert err.startswith("error: ") and message in err
 
 
+@pytest.mark.slow
 def test_bad_corpora_exit_2(tmp_path, capsys):
     binary = tmp_path / "model.bin"
     binary.write_bytes(b"\x00\x01\x02" * 100)
@@ -110,6 +114,7 @@ def test_bad_corpora_exit_2(tmp_path, capsys):
         assert err.startswith("error: ") and message in err and "Traceback" not in err
 
 
+@pytest.mark.slow
 def test_module_entry_point_offline_without_corpus(tmp_path):
     """A real process with no corpus given, an empty cache and every socket refused: The Verdict
     that ships with LossLens gives the book's losses."""

@@ -27,6 +27,7 @@ def _error_line(capsys) -> str:
     return err[0]
 
 
+@pytest.mark.slow
 def test_train_refuses_to_overwrite_a_saved_model_without_force(corpus, capsys):
     from core.__main__ import main
 

@@ -106,6 +106,7 @@ def test_temperature_rescales_the_logits(model):
     assert metric(at, "Loss (cross entropy)") != "10.7940"
 
 
+@pytest.mark.slow
 def test_seed_rebuilds_the_untrained_model():
     from core.models.registry import load_model
 
@@ -159,6 +160,7 @@ def test_step_buttons_and_slider(model):
     assert at.button[1].disabled
 
 
+@pytest.mark.slow
 def test_play_runs_to_the_last_step():
     at = app("figure57", step=4)
     at.button[2].click().run()  # Play: 4 -> 5 -> 6, then stops
@@ -242,6 +244,7 @@ def test_cross_entropy_view_compares_manual_and_builtin(model):
     assert metric(at, "F.cross_entropy (stable), T = 0.001") == f"{float(low.loss):.4f}"
 
 
+@pytest.mark.slow
 def test_dataset_view_on_the_verdict_gives_the_books_losses():
     at = app("dataset")
     assert "5,145 tokens" in " ".join(m.value for m in at.markdown)
@@ -266,6 +269,7 @@ def _pasted_corpus() -> tuple[str, AppTest]:
     return text, at
 
 
+@pytest.mark.slow
 def test_dataset_view_pasted_text_and_bad_corpus(model):
     from core.lessons.dataset import evaluate_dataset
     from core.models.loaders import LoaderSettings
@@ -282,6 +286,7 @@ def test_dataset_view_pasted_text_and_bad_corpus(model):
     assert "NUL" in " ".join(e.value for e in at.error)
 
 
+@pytest.mark.slow
 def test_dataset_view_fast_mode_only_where_offered_and_how_far_from_float32(model, monkeypatch):
     from core.lessons.dataset import evaluate_dataset
     from core.models.loaders import LoaderSettings
@@ -317,6 +322,7 @@ def test_dataset_view_fast_mode_only_where_offered_and_how_far_from_float32(mode
     assert at.button(key="ds_compute") and "bfloat16" not in " ".join(i.value for i in at.info)
 
 
+@pytest.mark.slow
 def test_every_preset_renders_on_every_view(model):
     from ui.sidebar import PRESETS, split_texts
 
@@ -522,6 +528,7 @@ def test_an_extra_view_names_the_book_section_it_extends():
     assert any(c.value.startswith("Beyond the book: extends §5.3.1") for c in at.caption)
 
 
+@pytest.mark.slow
 def test_off_the_book_a_notice_says_what_differs_and_one_button_goes_back(model):
     at = app("figure57", temperature=2.0, seed=124)
     notice = next(m.value for m in at.markdown if "Not the book's example" in m.value)

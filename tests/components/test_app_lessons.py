@@ -47,6 +47,7 @@ def book(model):
     return predictions(logits, batch)
 
 
+@pytest.mark.slow
 def test_temperature_sweep_shows_core_numbers(model):
     at = app("temperature", temperature=0.5)
     batch, logits = forward(model, BOOK_TEXTS)
@@ -98,6 +99,7 @@ def test_confidence_view_and_gltr_buckets(book):
     assert "␣effort" in body and "rank 258" in body
 
 
+@pytest.mark.slow
 def test_gradient_view_and_a_training_step(model, book):
     at = app("gradient", grad_at=1, top_k=5)
     z, y = book
@@ -125,6 +127,7 @@ def test_gradient_view_and_a_training_step(model, book):
     )  # shared model untouched
 
 
+@pytest.mark.slow
 def test_dataset_view_loss_by_position(model, verdict_path):
     from core.models.loaders import LoaderSettings
     from core.lessons.positions import position_losses
@@ -147,6 +150,7 @@ def test_dataset_view_loss_by_position(model, verdict_path):
     assert spec["data"][0]["y"] == pytest.approx(r["val"]["position_means"], abs=1e-9)
 
 
+@pytest.mark.slow
 def test_compare_view_two_models_token_by_token(model, verdict_path):
     from dataclasses import replace
 

@@ -32,6 +32,7 @@ def notice(at: AppTest) -> str:
 # --- a link's invalid values ------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_a_links_invalid_values_get_a_notice_of_what_was_corrected():
     at = app("figure57", seed=-5, top_k=10**9, temperature="nan", model="../../etc/passwd")
     said = notice(at)
@@ -125,6 +126,7 @@ def test_delete_removes_ones_own_model_from_disk_and_picker(monkeypatch):
     assert model_path("theirs", owner=other.session_state["_owner"]).exists()
 
 
+@pytest.mark.slow
 def test_on_a_shared_server_ones_own_trained_model_works_in_every_view(monkeypatch):
     from conftest import BOOK_TEXTS
 

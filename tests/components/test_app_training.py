@@ -32,6 +32,7 @@ def text_of(at: AppTest) -> str:
     return " ".join(re.sub(r"\\(.)", r"\1", str(p)) for p in parts)
 
 
+@pytest.mark.slow
 def test_training_view_trains_in_the_background_stops_and_saves():
     at = page("training")
     assert at.radio(key="train_preset").value == "quick"
@@ -55,6 +56,7 @@ def test_training_view_trains_in_the_background_stops_and_saves():
     assert not at.button(key="train_resume").disabled
 
 
+@pytest.mark.slow
 def test_training_view_fast_mode_only_where_offered_and_how_far_from_float32(monkeypatch):
     from core.runtime.precision import FORCE_ENV, bf16_unavailable
 
@@ -89,6 +91,7 @@ def test_training_view_refuses_a_bad_or_taken_name():
     assert not at.exception and "Model name" in text_of(at)
 
 
+@pytest.mark.slow
 def test_compare_view_matches_core_for_each_model(verdict_path):
     from dataclasses import replace
 
@@ -105,6 +108,7 @@ def test_compare_view_matches_core_for_each_model(verdict_path):
     assert "10.7940" in values and f"{float(tiny.loss):.4f}" in values
 
 
+@pytest.mark.slow
 def test_compare_reuses_the_dataset_views_result_for_a_trained_model(verdict_path):
     """One store and one key: a trained model's losses computed in the Dataset view appear in
     Compare without a second Compute, whatever the (unused) seed in the sidebar says."""
@@ -149,6 +153,7 @@ def test_a_preset_too_big_for_the_servers_limit_is_offered_disabled_with_the_rea
     assert "_train_run" not in at.session_state
 
 
+@pytest.mark.slow
 def test_a_run_stopped_after_one_step_says_so_and_keeps_its_preset():
     """ "Stopped after 1 step" (not "1 steps"), and the page comes back on the preset, epochs and
     name that ran, not on the quick preset's defaults."""
@@ -212,6 +217,7 @@ def test_after_a_restart_a_shared_servers_page_says_the_run_was_lost(monkeypatch
     assert "“shared-run” was training, and the run was lost. Start it again with Train." in text_of(at)
 
 
+@pytest.mark.slow
 def test_the_estimate_is_timed_in_a_process_of_its_own():
     import os
     from pathlib import Path

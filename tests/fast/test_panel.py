@@ -29,6 +29,7 @@ def test_the_kernel_builds_here():
     assert panel.library() is not None, panel.reason
 
 
+@pytest.mark.slow
 @needs_kernel
 def test_the_kernel_compiles_without_a_warning(tmp_path):
     # A warning here has meant a value the compiler cannot prove set (an accumulator read before
@@ -57,6 +58,7 @@ def test_pack_and_unpack_work_in_place_and_round_trip():
     assert torch.equal(plain, want) and plain.data_ptr() == w.data_ptr()
 
 
+@pytest.mark.slow
 @needs_kernel
 @pytest.mark.parametrize("threads", [1, 2, 3])
 # k = 200: 14 rows go in k blocks of 128 (core/fast/kernels/panel_linear.c), the last one partial.
@@ -546,6 +548,7 @@ def wide_tile(request, monkeypatch):
     panel.set_wide_rows(panel.wide_rows)
 
 
+@pytest.mark.slow
 @needs_kernel
 @pytest.mark.parametrize("threads", [1, 2, 3])
 # n = 40: one quad of panels and one panel left; 56: a quad and a pair and a panel; 7: no panel at

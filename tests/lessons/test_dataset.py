@@ -46,6 +46,7 @@ def book_run(model, verdict):
 # --- the book's numbers ----------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_book_losses(book_run):
     result, _ = book_run
     assert result.train_loss == pytest.approx(BOOK_TRAIN_LOSS, abs=1e-6)
@@ -73,6 +74,7 @@ def test_progress_counts_both_splits(book_run):
     assert calls == [(0, 10, "train")] + [(i, 10, "train") for i in range(1, 10)] + [(10, 10, "val")]
 
 
+@pytest.mark.slow
 def test_num_batches_takes_the_first_batches(model, verdict, book_run):
     full, _ = book_run
     calls = []
@@ -105,6 +107,7 @@ def test_cancel_returns_what_was_done(tiny_model, verdict):
     assert torch.is_grad_enabled() and not torch.is_inference_mode_enabled()
 
 
+@pytest.mark.slow
 def test_cancel_during_validation_keeps_the_training_loss(tiny_model, verdict):
     settings = LoaderSettings(context_length=32, stride=32, batch_size=1)  # two validation batches
     text = verdict[:4000]
@@ -122,6 +125,7 @@ def test_cancel_during_validation_keeps_the_training_loss(tiny_model, verdict):
     assert result.val_loss is None and len(result.val_batch_losses) == 1
 
 
+@pytest.mark.slow
 def test_small_settings_match_the_books_function(tiny_model, verdict):
     ch05 = pytest.importorskip(
         "llms_from_scratch.ch05",

@@ -15,6 +15,7 @@ SMALL = {**GPT_CONFIG_124M, "context_length": 16, "emb_dim": 32, "n_heads": 2, "
 TEXTS = ["every effort moves you", "I really like chocolate and cake"]
 
 
+@pytest.mark.slow
 def test_surprisal_difference_and_kl_on_two_small_models():
     a, b = build_untrained_model(1, SMALL), build_untrained_model(2, SMALL)
     r = compare_models(a, b, TEXTS)

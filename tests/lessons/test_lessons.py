@@ -36,6 +36,7 @@ def book(model):
 # --- temperature sweep --------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_sweep_points_equal_compute_loss_at_each_temperature(model, book):
     _, _, z, y = book
     s = temperature_sweep(z, y, current=1.0)
@@ -47,6 +48,7 @@ def test_sweep_points_equal_compute_loss_at_each_temperature(model, book):
         assert abs(loss - expected) <= 1e-6 * max(1.0, expected), (t, loss, expected)
 
 
+@pytest.mark.slow
 def test_sweep_entropy_and_minimum_against_brute_force(book):
     _, _, z, y = book
     s = temperature_sweep(z, y, current=0.7)
@@ -167,6 +169,7 @@ def test_logit_gradient_equals_autograd(book):
     assert gradient_bars(z, y, 5)[0]["ids"][-1] == int(y[0])  # " effort" is rank 258: its own bar
 
 
+@pytest.mark.slow
 def test_one_step_equals_adamw_by_hand():
     model = build_untrained_model(1, SMALL)
     before = {k: v.clone() for k, v in model.state_dict().items()}
@@ -200,6 +203,7 @@ def test_one_step_equals_adamw_by_hand():
     assert result.losses[1] < result.losses[0]
 
 
+@pytest.mark.slow
 def test_more_steps_memorise_the_batch_and_sgd_matches_torch():
     model = build_untrained_model(2, SMALL)
     r = train_steps(model, BOOK_TEXTS, steps=5, optimizer="adamw")
@@ -227,6 +231,7 @@ def test_short_memory_falls_back_to_sgd_then_refuses():
 # --- the command line ---------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_cli_json_has_the_lesson_numbers(model, monkeypatch, capsys, book):
     import json
 
@@ -275,6 +280,7 @@ def _run_steps(model, texts, temperature=1.0):
     return s, code, scope, result
 
 
+@pytest.mark.slow
 def test_step_code_for_one_text_of_nine_tokens(model, tokenizer):
     assert len(tokenizer.encode(NINE_TOKENS)) == 9
     s, code, scope, result = _run_steps(model, [NINE_TOKENS])
@@ -285,6 +291,7 @@ def test_step_code_for_one_text_of_nine_tokens(model, tokenizer):
     assert float(scope["neg_avg_log_probas"]) == pytest.approx(float(result.neg_avg_log_probas), abs=1e-6)
 
 
+@pytest.mark.slow
 def test_step_code_for_a_ragged_batch_of_three_texts_at_temperature_2(model, tokenizer):
     lengths = [len(tokenizer.encode(t)) - 1 for t in RAGGED]
     assert len(set(lengths)) == 3  # ragged: each text its own number of positions
@@ -299,6 +306,7 @@ def test_step_code_for_a_ragged_batch_of_three_texts_at_temperature_2(model, tok
     assert float(scope["neg_avg_log_probas"]) == pytest.approx(float(result.neg_avg_log_probas), abs=1e-6)
 
 
+@pytest.mark.slow
 def test_step_code_of_the_book_example_is_the_books_listing(model):
     from core.lessons.report import STEPS
 
@@ -308,6 +316,7 @@ def test_step_code_of_the_book_example_is_the_books_listing(model):
     assert f"{float(scope['neg_avg_log_probas']):.4f}" == "10.7940"
 
 
+@pytest.mark.slow
 def test_long_texts_index_their_positions_with_range(model):
     text = " ".join(["word"] * 12)
     _, code, scope, result = _run_steps(model, [text])

@@ -105,6 +105,7 @@ def test_steps_follow_from_each_other(book):
     torch.testing.assert_close(book.surprisal.flatten(), -book.log_probas, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_compute_loss_leaves_the_shared_model_alone(model, book):
     before = model.state_dict()["out_head.weight"].sum().item(), model.training
     compute_loss(model, BOOK_TEXTS, temperature=0.5)
@@ -161,6 +162,7 @@ def test_padded_loss_is_cross_entropy_with_ignore_index(padded):
     )
 
 
+@pytest.mark.slow
 def test_padded_batch_matches_each_text_alone(model, padded):
     losses, counts, flat = [], [], 0
     for row, text in enumerate(PADDED_TEXTS):
@@ -269,6 +271,7 @@ def random_batches(draw):
     return logits, targets, temperature, draw(st.integers(1, v))
 
 
+@pytest.mark.slow
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(random_batches())
 def test_manual_equals_builtin_on_random_logits(case):
@@ -322,6 +325,7 @@ def test_not_a_string(model):
         compute_loss(model, [b"\x89PNG\r\n\x1a\n\x00\x00"])
 
 
+@pytest.mark.slow
 def test_context_length_limit(model):
     at_limit = "a" + " a" * 256  # 257 tokens: 256 inputs, 256 predictions
     r = compute_loss(model, [at_limit], top_k=1)
@@ -367,6 +371,7 @@ def test_invalid_temperature(model, temperature):
         compute_loss(model, BOOK_TEXTS, temperature=temperature)
 
 
+@pytest.mark.slow
 def test_top_k_lists_are_bounded(model):
     long = "a" + " a" * 255  # 255 predictions
     limit = MAX_TOPK_ENTRIES // 255
@@ -403,6 +408,7 @@ HARD_TEXTS = [
 ]
 
 
+@pytest.mark.slow
 def test_hard_texts_work(model, tokenizer):
     r = compute_loss(model, HARD_TEXTS, top_k=3)
     assert math.isfinite(float(r.loss))

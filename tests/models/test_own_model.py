@@ -88,6 +88,7 @@ def small(tmp_path_factory):
     return model, *save_both_ways(model, folder)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("which", ["model.pth", "model_and_optimizer.pth"])
 def test_book_files_give_the_books_loss(small, tokenizer, which):
     model, pth, both = small
@@ -102,6 +103,7 @@ def test_book_files_give_the_books_loss(small, tokenizer, which):
     assert 10.0 < loss < 11.5  # a random small GPT: near ln(50257)
 
 
+@pytest.mark.slow
 def test_both_files_are_the_same_model(small):
     _, pth, both = small
     a, b = load_own_model(pth, n_heads=4), load_own_model(both, n_heads=4)
@@ -145,6 +147,7 @@ def book_124m(tmp_path_factory):
     return model, folder
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("which", ["model.pth", "model_and_optimizer.pth"])
 def test_book_124m_at_context_256(book_124m, tokenizer, which):
     from core.book.model import GPT_CONFIG_124M
@@ -172,6 +175,7 @@ def hf_folder(tmp_path_factory):
     return hf, folder
 
 
+@pytest.mark.slow
 def test_hugging_face_folder_gives_transformers_loss(hf_folder, tokenizer):
     hf, folder = hf_folder
     own = load_own_model(folder)  # the heads come from config.json
@@ -295,6 +299,7 @@ def test_too_big_for_free_memory(small, monkeypatch, capsys):
     assert "of free RAM" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_a_bad_file_through_the_process(bad):
     path = next(p for name, p, _ in bad if name == "cut.pth")
     proc = subprocess.run(
@@ -311,6 +316,7 @@ def test_a_bad_file_through_the_process(bad):
 # --- the CLI with --model PATH -----------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_cli_loss_and_dataset_with_the_readers_model(small, tokenizer, capsys):
     model, pth, both = small
     assert main(["loss", *BOOK_TEXTS, "--model", str(both), "--heads", "4", "--json"]) == 0
@@ -328,6 +334,7 @@ def test_cli_loss_and_dataset_with_the_readers_model(small, tokenizer, capsys):
     assert math.isfinite(r["train_loss"]) and 10.0 < r["train_loss"] < 11.5
 
 
+@pytest.mark.slow
 def test_cli_train_continues_from_the_readers_weights(small, capsys):
     _, pth, _ = small
     argv = [
@@ -384,6 +391,7 @@ def _metric(at, label):
     return next(m.value for m in at.metric if m.label == label)
 
 
+@pytest.mark.slow
 def test_app_loads_the_readers_model_for_every_view(loopback_app, small, tokenizer):
     _, pth, both = small
     at = _app_with_own_model(both, heads=4)
@@ -490,6 +498,7 @@ def test_local_server_raises_the_upload_cap_and_offers_a_path(loopback_app, monk
         st_config.set_option("server.maxUploadSize", before)
 
 
+@pytest.mark.slow
 def test_book_names_in_safetensors_and_the_legacy_format(small, tmp_path):
     from safetensors.torch import save_file
 

@@ -69,6 +69,7 @@ def test_memory_is_read_where_the_tensors_live():
     assert describe("cpu") == "CPU"
 
 
+@pytest.mark.slow
 def test_load_model_puts_the_model_on_the_device():
     model = load_model("untrained-124m", 123, "cpu")
     assert model_device(model) == torch.device("cpu") and not model.training
@@ -87,6 +88,7 @@ def run(*args: str) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.slow
 def test_cli_book_numbers_on_the_cpu():
     proc = run("loss", *BOOK_TEXTS, "--device", "cpu", "--json")
     assert proc.returncode == 0, proc.stderr
@@ -95,6 +97,7 @@ def test_cli_book_numbers_on_the_cpu():
     assert s["model"].endswith("seed 123, on CPU") and s["model_key"] == "untrained-124m"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("command", ["loss", "dataset", "train"])
 def test_cli_unknown_model_lists_the_valid_keys(command):
     extra = ["some text here"] if command == "loss" else []
@@ -103,6 +106,7 @@ def test_cli_unknown_model_lists_the_valid_keys(command):
     assert proc.stderr.startswith("error: Unknown model 'gpt5'; choose one of untrained-124m, gpt2-124m")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("command", ["loss", "dataset", "train"])
 def test_cli_unknown_device_exits_2(command):
     extra = ["some text here"] if command == "loss" else []
@@ -111,6 +115,7 @@ def test_cli_unknown_device_exits_2(command):
     assert "Unknown device 'tpu'" in proc.stderr and "Traceback" not in proc.stderr
 
 
+@pytest.mark.slow
 def test_cli_uses_a_trained_model_by_its_key(verdict_path, tmp_path, monkeypatch):
     """Train a tiny model into a cache, then `loss --model trained-NAME` reads it from there."""
     from test_training import TINY
@@ -158,6 +163,7 @@ def test_dataset_loss_on_the_gpu(verdict_path):
     assert r.val_loss == pytest.approx(10.98110580444336, abs=1e-4)
 
 
+@pytest.mark.slow
 def test_a_model_too_big_for_the_devices_free_memory_is_refused(monkeypatch):
     """The check reads the target device's own free memory (a GPU's, not the RAM)."""
     import core.runtime.device

@@ -25,6 +25,7 @@ def test_p3_prints_the_books_e_notation():
     assert a11y.p3(None) == "n/a"
 
 
+@pytest.mark.slow
 def test_the_probability_chart_in_words(book):
     # The book's first prediction: every -> ␣effort, target_probas_1[0] = 7.4541e-05.
     p = book["texts"][0]["positions"][0]
