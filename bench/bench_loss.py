@@ -72,7 +72,7 @@ import json, time
 t0 = time.perf_counter()
 import torch
 from core.lessons.loss import compute_loss
-from core.book.model import build_untrained_model
+from core import build_untrained_model
 from core.runtime.tokenizer_files import get_tokenizer
 tok = get_tokenizer()
 model = build_untrained_model(123)
@@ -208,8 +208,9 @@ def main(argv=None) -> int:
 
     from machine import describe_cpu, read_bandwidth, weight_bytes
 
-    import core.book.model
-    from core.book.model import GPT_CONFIG_124M, build_untrained_model
+    from core import build_untrained_model
+    from core.book.model import GPT_CONFIG_124M
+    from core.fast import accelerate, onednn, panel
     from core.runtime.tokenizer_files import get_tokenizer, seed_tiktoken_cache
     from core.lessons.loss import compute_loss, loss_from_logits, prepare_batch
 
@@ -269,27 +270,24 @@ def main(argv=None) -> int:
         with torch.no_grad():
             reference(ref_inputs)
 
-    # The linear kernels, so a learner sees which one wins on their CPU, on the book batch and on a
-    # 15-token sentence: LossLens's panels (core/fast/panel.py, where it measured faster: the app, the
-    # CLI), oneDNN with the weights packed for it (elsewhere), oneDNN with plain weights (as before
-    # freeze() packed them), and MKL (a pass with gradients).
+    # The kernels, so a learner sees which one wins on their CPU, on the book batch and on a
+    # 15-token sentence: the plug-in with LossLens's panels (core/fast/panel.py, where it measured
+    # faster: the app, the CLI), the plug-in with oneDNN's packed weights (elsewhere), and the book's
+    # own modules on stock PyTorch (LOSSLENS_FAST=0; a deep copy of the app's model is that).
     sentence = torch.tensor([tokenizer.encode(SENTENCE)])
-    onednn = core.book.model.ONEDNN_LINEAR
-    panels = core.book.model.panel.selected()
-    plain = copy.deepcopy(ours)  # a deep copy holds the plain layout
-    dnn = copy.deepcopy(ours)
-    for layer in dnn.modules():
-        if isinstance(layer, core.book.model.CpuLinear):
-            layer.pack(panels=False)  # for oneDNN, as where the panels are not faster
+    use_onednn = onednn.AVAILABLE
+    panels = panel.selected()
+    plain = copy.deepcopy(ours)  # the book's modules and plain weights
+    selected, panel.selected = panel.selected, lambda: False  # oneDNN, as where the panels are not faster
+    try:
+        dnn = accelerate(copy.deepcopy(ours))
+    finally:
+        panel.selected = selected
 
-    def kernel_forward(model, inputs, use_onednn):
+    def kernel_forward(model, inputs):
         def run():
-            core.book.model.ONEDNN_LINEAR = use_onednn
-            try:
-                with torch.inference_mode():
-                    model(inputs)
-            finally:
-                core.book.model.ONEDNN_LINEAR = onednn
+            with torch.inference_mode():
+                model(inputs)
 
         return run
 
@@ -301,7 +299,7 @@ def main(argv=None) -> int:
         ref_logits = reference(ref_inputs)
 
     def ours_after():
-        batch = prepare_batch(TEXTS, ours.context_length, tokenizer)
+        batch = prepare_batch(TEXTS, ours.cfg["context_length"], tokenizer)
         with torch.inference_mode():
             loss_from_logits(our_logits, batch.targets, TOP_K, 1.0, batch)
 
@@ -312,16 +310,10 @@ def main(argv=None) -> int:
 
     fns = {"ours": ours_request, "ref": ref_request, "ours_fwd": ours_forward, "ref_fwd": ref_forward}
     fns |= {"ours_after": ours_after, "ref_after": ref_after}
-    if onednn:
-        fns |= {
-            "dnn_fwd": kernel_forward(dnn, ref_inputs, True),
-            "plain_fwd": kernel_forward(plain, ref_inputs, True),
-            "mkl_fwd": kernel_forward(plain, ref_inputs, False),
-            "app_sentence": kernel_forward(ours, sentence, True),
-            "dnn_sentence": kernel_forward(dnn, sentence, True),
-            "plain_sentence": kernel_forward(plain, sentence, True),
-            "mkl_sentence": kernel_forward(plain, sentence, False),
-        }
+    fns |= {"plain_fwd": kernel_forward(plain, ref_inputs), "app_sentence": kernel_forward(ours, sentence)}
+    fns |= {"plain_sentence": kernel_forward(plain, sentence)}
+    if use_onednn:
+        fns |= {"dnn_fwd": kernel_forward(dnn, ref_inputs), "dnn_sentence": kernel_forward(dnn, sentence)}
     times = {name: [] for name in fns}
     bandwidths = []
     for _ in range(args.warmup):
@@ -352,30 +344,21 @@ def main(argv=None) -> int:
     f_ours, f_ref = statistics.median(times["ours_fwd"]), statistics.median(times["ref_fwd"])
     print(f"  of which the forward pass alone: ours {f_ours * 1e3:.1f} ms, reference {f_ref * 1e3:.1f} ms "
           f"= {f_ref / f_ours:.2f}x")  # fmt: skip
-    if onednn:
-        k = {name: statistics.median(times[name]) for name in fns}
-        if panels:
-            print("  linear kernels, forward pass (the app's model: LossLens's panels, core/fast/panel.py):")
-        else:
-            print(f"  linear kernels, forward pass (the app's model: oneDNN packed; LossLens's panels "
-                  f"off: {core.book.model.panel.reason})")  # fmt: skip
-        n = sentence.shape[1]
-        for label, app, dnn_t, plain_t, mkl in (
-            ("book batch", f_ours, k["dnn_fwd"], k["plain_fwd"], k["mkl_fwd"]),
-            (
-                f"{n}-token sentence",
-                k["app_sentence"],
-                k["dnn_sentence"],
-                k["plain_sentence"],
-                k["mkl_sentence"],
-            ),
-        ):
-            own = f"panels {app * 1e3:6.1f} ms, " if panels else ""
-            print(f"    {label:<18} {own}oneDNN packed {dnn_t * 1e3:6.1f} ms ({dnn_t / app:.2f}x), "
-                  f"oneDNN plain {plain_t * 1e3:6.1f} ms ({plain_t / app:.2f}x), "
-                  f"MKL {mkl * 1e3:6.1f} ms ({mkl / app:.2f}x)")  # fmt: skip
+    k = {name: statistics.median(times[name]) for name in fns}
+    if panels:
+        print("  forward pass by kernel (the app's model: the plug-in on LossLens's panels, core/fast/panel.py):")
     else:
-        print("  linear kernels: MKL only (oneDNN's linear is used on x86-64, unless LOSSLENS_ONEDNN=0)")
+        print(f"  forward pass by kernel (the app's model: the plug-in on oneDNN or torch; LossLens's panels "
+              f"off: {panel.reason})")  # fmt: skip
+    n = sentence.shape[1]
+    for label, app, dnn_t, plain_t in (
+        ("book batch", f_ours, k.get("dnn_fwd"), k["plain_fwd"]),
+        (f"{n}-token sentence", k["app_sentence"], k.get("dnn_sentence"), k["plain_sentence"]),
+    ):
+        own = f"panels {app * 1e3:6.1f} ms, " if panels else f"plug-in {app * 1e3:6.1f} ms, "
+        dnn_s = f"oneDNN packed {dnn_t * 1e3:6.1f} ms ({dnn_t / app:.2f}x), " if dnn_t else ""
+        print(f"    {label:<18} {own}{dnn_s}"
+              f"book's modules on stock torch {plain_t * 1e3:6.1f} ms ({plain_t / app:.2f}x)")  # fmt: skip
     after_ours, after_ref = statistics.median(times["ours_after"]), statistics.median(times["ref_after"])
     extra = (after_ours - after_ref) / f_ours
     print(f"  after the forward pass (tokenizing and the steps, timed alone on each model's logits): "

@@ -92,7 +92,7 @@ def read_bandwidth(runs: int = 5, mib: int = 256, clock=time.perf_counter) -> fl
 def _probe_buffers(mib: int) -> list[torch.Tensor]:
     """Allocated and touched once per process, then kept: mapping and freeing 512 MB at every probe
     slowed the forward pass that came next by ~2.5 ms (32.2 against 34.7 ms here)."""
-    from core.fast.panel import huge_empty
+    from core.fast.memory import huge_empty
 
     n = mib * 2**20 // 4
     buffers = [torch.ones(n)]

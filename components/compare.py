@@ -10,9 +10,9 @@ import math
 
 import plotly.graph_objects as go
 import streamlit as st
+from core.serving.requests import evaluate_dataset
 
 from core.models.loaders import LoaderSettings
-from core.serving.requests import evaluate_dataset
 from core.errors import LossLensError
 from core.models.hub import cached_gpt2_path
 from core.models.registry import available_models

@@ -83,7 +83,7 @@ _LOSSES: dict = {}
 
 def expected_numbers(plans: list[Plan], texts: dict[int, str], seeds: dict[int, int]) -> None:
     """Fill in each plan's expectation with core, in this process, before any visitor starts."""
-    from core.book.model import build_untrained_model
+    from core import build_untrained_model
     from core.errors import LossLensError
     from core.lessons.loss import compute_loss
     from ui.sidebar import split_texts

@@ -76,7 +76,7 @@ def model():
 
     Read-only is checked: a test that unpacked it (gradients), trained it or changed a weight would
     leave every later test on another model, so the session ends with an error naming it."""
-    from core.book.model import build_untrained_model
+    from core import build_untrained_model
 
     shared = build_untrained_model(123)
     before = _fingerprint(shared)

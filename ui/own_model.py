@@ -16,7 +16,7 @@ import streamlit as st
 from streamlit import config as st_config
 from streamlit.runtime.scriptrunner import get_script_run_ctx
 
-from core.book.model import release_free_memory
+from core.serving.frozen import release_free_memory
 from core.errors import LossLensError, WeightsError
 from core.models.own_model import FORMATS, load_own_model, to_device
 from core.models.registry import ModelSpec, register_provider

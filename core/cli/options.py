@@ -73,7 +73,9 @@ def load(args):
         raise InvalidParameterError(f"The seed must be a whole number from 0 to 2**63 - 1, got {args.seed}.")
     device = resolve_device(args.device)
     label = f"{spec.label}, seed {args.seed}" if spec.seeded else spec.label
-    return load_model(args.model, args.seed, device), f"{label}, on {describe(device)}"
+    from core.serving.frozen import freeze  # the CPU plug-in, as the app serves its models
+
+    return freeze(load_model(args.model, args.seed, device)), f"{label}, on {describe(device)}"
 
 
 def warn_unless_bf16_native(device) -> None:

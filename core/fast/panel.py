@@ -1,26 +1,22 @@
-"""LossLens's own linear kernel for inference on x86-64 CPUs with AVX2 (core/fast/kernels/panel_linear.c).
+"""LossLens's own linear kernel for inference on x86-64 CPUs with AVX2 (kernels/panel_linear.c).
 
-Why: for a sentence's few rows, a linear layer is a stream over its weight, and neither MKL nor
-oneDNN streams it at the memory's speed (oneDNN's kernel read 6-9 GB/s on 6-15 rows here, where a
-plain sum reads 14-19 GB/s). This kernel reads each weight as contiguous panels of 8 outputs, two
-at a time, with a prefetch ahead; it is AVX2, so it runs on AMD and Intel alike, and where the CPU
-has AVX-512 a 16-wide tile takes the rows where it measures faster (the same bits either way).
+Why: for a sentence's few rows a linear layer is a stream over its weight, and neither MKL nor
+oneDNN streams it at the memory's speed. This kernel reads each weight as contiguous panels of 8
+outputs, two at a time, with a prefetch ahead; AVX2, so AMD and Intel alike, and where the CPU has
+AVX-512 a 16-wide tile takes the rows where it measures faster (the same bits either way).
 
-It is used only where it measures faster than oneDNN on the machine itself (`selected()`): its
-panels replace oneDNN's packing in `CpuLinear.pack`, side by side on huge pages (`huge_empty`).
-Without a C compiler, on another CPU, or slower there, LossLens keeps oneDNN; `LOSSLENS_PANEL=0`
-switches it off, `=1` on without measuring.
-The C source is compiled once per machine (~1 s) into LossLens's cache folder.
+It is used only where it measures faster than oneDNN on the machine itself (`selected()`).
+Without a C compiler, on another CPU, or slower there, the plug-in keeps oneDNN; `LOSSLENS_PANEL=0`
+switches it off, `=1` on without measuring. The C source is compiled once per machine into
+LossLens's cache folder.
 """
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import functools
 import hashlib
 import math
-import mmap
 import os
 import platform
 import shlex
@@ -28,24 +24,22 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 import torch
 
+from core.fast import onednn
+from core.fast.memory import HUGE_OUTPUT, discard, large_output
+
 SOURCE = Path(__file__).with_name("kernels") / "panel_linear.c"
 FLAGS = ["-O3", "-mavx2", "-mfma", "-fopenmp", "-shared", "-fPIC"]
 PANEL = 8  # outputs per panel, as in the C source (a tile reads two neighbouring panels)
-# On a CPU with AVX-512, LossLens's 16-wide tile (four panels at a time) may run from WIDE_FEW_ROWS
-# rows on, past one AVX2 tile; or from WIDE_MANY_ROWS, past the AVX2 tile's k blocks for a sentence.
-# selected() measures which. Intel Xeon: 1.3-1.5x faster than AVX2 for 16-512 rows, and a forward
-# pass 1.14-1.18x faster for 8-15 rows, four streams at once (for 6 rows both ran alike).
+# On a CPU with AVX-512, the 16-wide tile (four panels at a time) may run from WIDE_FEW_ROWS rows on,
+# past one AVX2 tile, or from WIDE_MANY_ROWS, past the AVX2 tile's k blocks: selected() measures which.
 WIDE_FEW_ROWS = 7
 WIDE_MANY_ROWS = 49
-ALIGN = 16  # floats: freeze() starts each layer's panels on a 64-byte cache line
-HUGE_PAGE = 2 << 20  # bytes in an x86-64 huge page
-HUGE_OUTPUT = 32 << 20  # bytes from which linear() puts its output on huge pages
+ALIGN = 16  # floats: each layer's panels start on a 64-byte cache line
 ENV = "LOSSLENS_PANEL"
 COMPARISONS = 3  # selected(): how many times the kernel may measure against oneDNN before losing
 
@@ -145,85 +139,21 @@ def _transpose_panels_(
                 flat[part].copy_(panels.reshape(-1))  # reshape copies: source and target overlap
             else:
                 out[part].view(e - j, cols, rows).copy_(panels)
-                _discard(flat[part])
+                discard(flat[part])
 
 
 def pack_(w: torch.Tensor) -> torch.Tensor:
-    """Pack a contiguous [N, K] float32 weight into panels in place; returns it flat ([N * K]).
-
-    In place, a few MB at a time: packing a 154 MB out_head adds no memory beside it."""
+    """Pack a contiguous [N, K] float32 weight into panels in place, a few MB at a time (no second
+    copy, even of the out_head); returns it flat ([N * K])."""
     n, k = w.shape
     flat = w.view(-1)
     _transpose_panels_(flat, n, k, PANEL, k)
     return flat
 
 
-def huge_empty(numel: int) -> torch.Tensor | None:
-    """`numel` float32 on fresh memory that the OS is asked to back with 2 MB pages (Linux's
-    transparent huge pages, madvise); None where there is no such advice.
-
-    Why: the kernel streams ~495 MB of weights per forward pass. On 4 KB pages that is a TLB miss
-    every 4 KB, and in a virtual machine each miss walks two page tables. On 2 MB pages a pass over
-    the 124M model's layers read 1.14x faster on two threads and 1.26x on one (AMD EPYC,
-    bench/README.md). Pages are only touched, hence only held, where something is written."""
-    advice = getattr(mmap, "MADV_HUGEPAGE", None)  # Linux only
-    if advice is None or numel <= 0:
-        return None
-    try:
-        memory = mmap.mmap(-1, numel * 4 + HUGE_PAGE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
-        memory.madvise(advice)
-    except (OSError, ValueError, AttributeError):
-        return None
-    raw = torch.frombuffer(memory, dtype=torch.uint8)  # holds the mapping until its last view goes
-    start = -raw.data_ptr() % HUGE_PAGE
-    return raw[start : start + numel * 4].view(torch.float32)
-
-
-_outputs = threading.local()  # .pool while reusing_outputs() is entered on this thread
-
-
-@contextlib.contextmanager
-def reusing_outputs():
-    """While inside, on this thread: linear()'s outputs from HUGE_OUTPUT bytes on (a batch's logits:
-    103 MB for 2 x 256 tokens) reuse the last one's mapping once nothing else holds it. Why: a fresh
-    mapping per call is zeroed by the OS as it is first written, 9 ms of the out_head's 140 ms on a
-    2 x 256 batch (Intel Xeon). For a pass over a data set's batches; the mapping goes on leaving."""
-    if getattr(_outputs, "pool", None) is not None:  # nested: the outer pass keeps its pool
-        yield
-        return
-    _outputs.pool = {}
-    try:
-        yield
-    finally:
-        _outputs.pool = None
-
-
-def _large_output(numel: int) -> torch.Tensor | None:
-    """huge_empty(numel), or inside reusing_outputs() the pool's last one of that size if it is free."""
-    pool = getattr(_outputs, "pool", None)
-    kept = None if pool is None else pool.get(numel)
-    if kept is not None and unshared(kept):
-        return kept
-    y = huge_empty(numel)
-    if pool is not None and y is not None:
-        pool.clear()  # one at a time: a held one stays with its holder and goes with it
-        pool[numel] = y
-    return y
-
-
-def unshared(t: torch.Tensor) -> bool:
-    """No other tensor uses t's memory (a caller's logits, a state dict, a view): the count is t's
-    own reference and the probe's."""
-    try:
-        return torch._C._storage_Use_Count(t.untyped_storage()._cdata) <= 2
-    except (AttributeError, RuntimeError):
-        return False
-
-
 def pack_into_(w: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
     """Pack a contiguous [N, K] float32 weight into `out` ([N * K], e.g. from huge_empty) and
-    return it. w is used up, as by pack_: each part of its memory goes back to the OS once read,
-    so packing the 154 MB out_head holds a few MB beside it, not a second copy."""
+    return it. w is used up, as by pack_: each part of its memory goes back to the OS once read."""
     n, k = w.shape
     src = w.reshape(-1)
     _transpose_panels_(src, n, k, PANEL, k, out)
@@ -231,30 +161,6 @@ def pack_into_(w: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
     with torch.no_grad():
         out[tail:].copy_(src[tail:])
     return out
-
-
-def _discard(t: torch.Tensor) -> None:
-    """Hand the whole pages inside t's memory back to the OS (they read as zeros afterwards)."""
-    madvise = _libc_madvise()
-    if madvise is None:
-        return
-    start = -(-t.data_ptr() // mmap.PAGESIZE) * mmap.PAGESIZE
-    end = (t.data_ptr() + t.numel() * t.element_size()) // mmap.PAGESIZE * mmap.PAGESIZE
-    if end > start:
-        madvise(start, end - start, mmap.MADV_DONTNEED)
-
-
-@functools.cache
-def _libc_madvise():
-    if not hasattr(mmap, "MADV_DONTNEED") or not sys.platform.startswith("linux"):
-        return None
-    try:
-        fn = ctypes.CDLL(None).madvise
-    except (OSError, AttributeError):
-        return None
-    fn.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
-    fn.restype = ctypes.c_int
-    return fn
 
 
 def unpack_(flat: torch.Tensor, n: int, k: int) -> torch.Tensor:
@@ -280,7 +186,7 @@ def linear(
     `gelu`, GPT-2's GELU of that (within float32 rounding of F.gelu(approximate="tanh")), applied
     as the outputs are stored; with `add` (the output's shape), (x @ W^T + bias) + add, the same
     bits as adding it afterwards. With n beyond flat's outputs, the kernel reads on past its end:
-    the packed weights that lie right after it (MultiHeadAttention's query, key and value)."""
+    the packed weights that lie right after it (attention's query, key and value)."""
     k = x.shape[-1]
     x = x if x.is_contiguous() else x.contiguous()
     b = None if bias is None else bias.contiguous()  # held: the C call reads its memory
@@ -289,10 +195,9 @@ def linear(
             raise ValueError(f"add must be float32 of shape {(*x.shape[:-1], n)}, without gelu")
         add = add.contiguous()
     rows = math.prod(x.shape[:-1])
-    # An output past glibc's largest heap block (32 MB: a batch's logits) is a fresh mapping each
-    # call, faulted in 4 KB at a time: on 2 MB pages the 2 x 256-token logits took 151 ms with the
-    # out_head's compute instead of 175 (Intel Xeon); in a pass, one mapping again and again.
-    y = _large_output(rows * n) if rows * n * 4 >= HUGE_OUTPUT else None
+    # An output past glibc's largest heap block (a batch's logits) is a fresh mapping each call,
+    # faulted in 4 KB at a time: on huge pages instead, and in a pass one mapping again and again.
+    y = large_output(rows * n) if rows * n * 4 >= HUGE_OUTPUT else None
     y = torch.empty(*x.shape[:-1], n) if y is None else y.view(*x.shape[:-1], n)
     if y.numel():
         library().losslens_panel_linear(
@@ -327,13 +232,15 @@ def measure(rows: int, layers: int, reps: int) -> tuple[float, float]:
     most L3 caches, so they are read from memory as in a model) with `rows` rows: this kernel, then
     oneDNN on its packed weights."""
     weights = [torch.randn(3072, 768) for _ in range(layers)]
-    onednn = [torch.ops.mkldnn._reorder_linear_weight(w, None) for w in weights]
+    packed = [onednn.reorder(w) for w in weights]
+    if any(w is None for w in packed):
+        raise RuntimeError("oneDNN's linear is not available")
     panels = [pack_(w) for w in weights]
     x = torch.randn(rows, 768)
     ours, theirs = _best(
         (
             lambda: [linear(x, p, None, 3072) for p in panels],
-            lambda: [torch.ops.mkldnn._linear_pointwise(x, w, None, "none", [], "") for w in onednn],
+            lambda: [onednn.linear(x, w, None) for w in packed],
         ),
         reps,
     )
@@ -356,7 +263,7 @@ def measure_wide(rows: int, layers: int, reps: int) -> tuple[float, float]:
 
 @functools.cache
 def selected() -> bool:
-    """Whether CpuLinear packs weights for this kernel: on, built, and faster here than oneDNN for
+    """Whether PackedLinear packs weights for this kernel: on, built, and faster here than oneDNN for
     a sentence (8 rows, by >= 10 %) and not much slower for a full window (256 rows, where an
     AVX-512 CPU's oneDNN kernels run 16 wide). With AVX-512, the kernel's own 16-wide tile runs
     from a sentence's rows or from many rows on, where it measures faster than the AVX2 one
@@ -368,7 +275,7 @@ def selected() -> bool:
         return False
     if library() is None:
         return False
-    try:  # ~0.13 s, once per process, on a CPU with AVX-512 only
+    try:  # once per process, on a CPU with AVX-512 only
         if set_wide_rows(WIDE_FEW_ROWS):
             few_on, few_off = measure_wide(12, layers=4, reps=5)  # 38 MB: from memory on most CPUs
             many_on, many_off = measure_wide(256, layers=1, reps=3)
@@ -376,9 +283,8 @@ def selected() -> bool:
             wide_rows = set_wide_rows(WIDE_FEW_ROWS if rows and few_on < few_off else rows)
         if setting == "1":
             return True
-        # ~0.15-0.3 s, once per process; up to COMPARISONS times on a CPU where it loses. Why: the
-        # choice holds for the process's life, and one busy moment on a shared host could leave a
-        # server on oneDNN (once seen here, not repeated in five reruns: 2x slower per request).
+        # Up to COMPARISONS times on a CPU where it loses: the choice holds for the process's life,
+        # and one busy moment on a shared host could leave a server on the slower kernel.
         for _ in range(COMPARISONS):
             ours_few, onednn_few = measure(8, layers=4, reps=7)
             ours_many, onednn_many = measure(256, layers=1, reps=5)

@@ -63,7 +63,7 @@ def position_losses(
     its count of windows. With the book's loaders (drop_last=True for training, equal windows),
     the count-weighted position means equal the split's loss. Returns {"cancelled": True} when
     cancel() stopped it."""
-    settings = (settings or LoaderSettings()).validate(getattr(model, "context_length", None))
+    settings = (settings or LoaderSettings()).validate(model.cfg["context_length"])
     if model.training:
         raise RuntimeError("position_losses needs a model in eval mode (dropout off)")
     validate_corpus_text(text)

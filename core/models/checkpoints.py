@@ -20,8 +20,9 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from core.book.model import GPTModel, freeze
+from core.book.model import GPTModel
 from core.errors import InvalidParameterError, WeightsError
+from core.models.masks import with_masks, without_masks
 from core.models.model_files import (
     RESUME_SUFFIX,
     WEIGHTS_SUFFIX,
@@ -83,7 +84,7 @@ def save_checkpoint(
         "saved_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "state": state.to_json(),
     }
-    weights = dict(model.state_dict())
+    weights = without_masks(model.state_dict())
     if model.out_head.weight is model.tok_emb.weight:  # tied (from GPT-2): store once
         weights.pop("out_head.weight")
         meta["tied_out_head"] = True
@@ -148,18 +149,19 @@ def load_trained_model(path: str | Path, trainable: bool = False) -> GPTModel:
     tied = meta.get("tied_out_head", False)
     if tied:
         weights["out_head.weight"] = weights["tok_emb.weight"]
+    with_masks(weights, meta["config"])
     try:
         model.load_state_dict(weights, strict=True, assign=True)
     except RuntimeError as e:
         raise WeightsError(f"{Path(path).name} does not fit its own config: {e}") from e
     if tied:
         model.out_head.weight = model.tok_emb.weight
-    del weights  # the model is now the weights' only holder: freeze() may pack them in place
+    del weights  # the model is now the weights' only holder: serving may pack them in place
     if trainable:
         model.train()
         model.requires_grad_(True)
         return model
-    return freeze(model)
+    return model.eval().requires_grad_(False)
 
 
 def _resume_meta(path: Path) -> dict | None:

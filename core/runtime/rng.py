@@ -12,8 +12,7 @@ import threading
 
 import torch
 
-from core.book import model as gpt  # gpt.build_untrained_model looked up per call: tests hand in a built one
-from core.book.model import GPTModel
+from core.book.model import GPT_CONFIG_124M, GPTModel
 
 RNG_LOCK = threading.RLock()
 
@@ -48,10 +47,18 @@ def borrowed_rng():
             torch.set_rng_state(state)
 
 
+def build_untrained_model(seed: int = 123, cfg: dict | None = None) -> GPTModel:
+    """The book's `torch.manual_seed(seed); model = GPTModel(cfg)`, frozen: eval mode, no gradients
+    (safe to share; core.serving.frozen makes it faster where it is served)."""
+    torch.manual_seed(seed)
+    return GPTModel(cfg or GPT_CONFIG_124M).eval().requires_grad_(False)
+
+
 def seeded_untrained_model(seed: int) -> GPTModel:
-    """The book's untrained 124M model; torch.manual_seed(seed) and the init back to back."""
+    """The book's untrained 124M model; the seed and the init back to back under RNG_LOCK.
+    build_untrained_model is looked up per call: tests hand in a built one."""
     with RNG_LOCK:
-        return gpt.build_untrained_model(seed)
+        return build_untrained_model(seed)
 
 
 def seeded_fresh_model(cfg: dict, seed: int, stream) -> GPTModel:

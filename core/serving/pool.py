@@ -16,6 +16,9 @@ from collections import OrderedDict
 from collections.abc import Callable, Collection, Hashable
 from concurrent.futures import ThreadPoolExecutor
 
+import torch.nn as nn
+
+from core.serving.frozen import building, freeze
 from core.serving.priority import FOREGROUND, lower_thread_priority, pausing
 
 WAIT_POLL_S = 0.5  # how often a waiting request hears its place in the queue
@@ -119,5 +122,7 @@ class ModelPool:
                 self._cond.notify_all()
 
     def _build(self, key: tuple):
-        with pausing(FOREGROUND.shared(), self._pause_s, BUILD_QUIET_S):
-            return self._load(*key)
+        # Every module registered on this thread is a point to pause at, the plug-in's swaps too.
+        with pausing(FOREGROUND.shared(), self._pause_s, BUILD_QUIET_S), building():
+            model = self._load(*key)
+            return freeze(model) if isinstance(model, nn.Module) else model

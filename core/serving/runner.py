@@ -111,7 +111,7 @@ def run_training(
             device
         )
         optimizer = torch.optim.AdamW(model.parameters(), lr=preset.lr, weight_decay=preset.weight_decay)
-    if preset.settings.context_length > model.context_length:
+    if preset.settings.context_length > model.cfg["context_length"]:
         raise InvalidParameterError("The loaders' context length exceeds the model's.")
     t0 = time.perf_counter()
     with model_files.training(name, owner=owner):  # no other save's quota evicts this one meanwhile

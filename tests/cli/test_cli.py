@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-import core.book.model
+import core.runtime.rng
 from core.__main__ import main
 from core.lessons.loss import MAX_CHARS, MAX_TEXTS, compute_loss
 from core.lessons.report import summarize
@@ -46,9 +46,9 @@ def strict_json(text: str) -> dict:
 def same_model(model, monkeypatch):
     """The CLI builds `build_untrained_model(seed)`; for seed 123 hand it the session's copy of
     that same model (saves building 163M parameters per call)."""
-    real = core.book.model.build_untrained_model
+    real = core.runtime.rng.build_untrained_model
     monkeypatch.setattr(
-        core.book.model, "build_untrained_model", lambda seed=123: model if seed == 123 else real(seed)
+        core.runtime.rng, "build_untrained_model", lambda seed=123: model if seed == 123 else real(seed)
     )
     return model
 
@@ -60,7 +60,7 @@ def no_model(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("the model was built before the options were checked")
 
-    monkeypatch.setattr(core.book.model, "build_untrained_model", refuse)
+    monkeypatch.setattr(core.runtime.rng, "build_untrained_model", refuse)
 
 
 # --- the book's example -----------------------------------------------------------------

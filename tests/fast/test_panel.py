@@ -13,7 +13,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from core.fast import panel
+from core.book import model as book
+from core.book.model import GPT_CONFIG_124M, GPTModel
+from core.fast import memory, panel, swap
+from core.fast.blocks import FastAttention, FastFeedForward, FastGELU
+from core.fast.linear import PackedLinear, PackedWeight
+from core.fast.memory import HUGE_PAGE
+from core.serving.frozen import freeze
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -110,10 +116,10 @@ def test_no_rows_give_an_empty_result():
 
 def test_a_weight_shared_with_another_tensor_is_not_packed_in_place(monkeypatch):
     """A caller's state dict (or any view) keeps its values: such a weight is left to oneDNN."""
-    from core.book import model as model_module
+    from core.fast import linear as model_module
 
     monkeypatch.setattr(model_module.panel, "selected", lambda: True)
-    layer = model_module.CpuLinear(24, 50, bias=False).requires_grad_(False)
+    layer = model_module.PackedLinear(24, 50, bias=False).requires_grad_(False)
     mine = layer.weight.detach()  # a second tensor on the same memory
     want = mine.clone()
     layer.pack()
@@ -135,7 +141,8 @@ def _run(env: dict, code: str) -> subprocess.CompletedProcess:
 CHECK = """
 import torch
 from core.fast import panel
-from core.book.model import PackedWeight, build_untrained_model
+from core.fast.linear import PackedWeight
+from core import build_untrained_model
 from core.lessons.loss import compute_loss
 m = build_untrained_model(123)
 w = m.trf_blocks[0].ff.layers[0].weight
@@ -174,10 +181,10 @@ def test_the_switch_turns_the_kernel_off_and_on(tmp_path, setting, used):
 def test_unpacking_leaves_the_packed_weight_intact_for_a_request_still_reading_it(monkeypatch):
     """Fast mode unpacks a shared model's layer while another visitor's pass may still be reading
     the packed weight: the plain weight is a copy, the packed one is left as it was."""
-    from core.book import model as model_module
+    from core.fast import linear as model_module
 
     monkeypatch.setattr(model_module.panel, "selected", lambda: True)
-    layer = model_module.CpuLinear(24, 50).requires_grad_(False)
+    layer = model_module.PackedLinear(24, 50).requires_grad_(False)
     plain = layer.weight.detach().clone()
     assert layer.pack()
     held = layer.weight
@@ -206,14 +213,14 @@ def _mapping_flags(address: int) -> list[str]:
 
 @on_linux
 def test_huge_empty_is_aligned_writable_memory_advised_for_huge_pages():
-    t = panel.huge_empty(3_000_000)  # 12 MB: several 2 MB pages
+    t = memory.huge_empty(3_000_000)  # 12 MB: several 2 MB pages
     assert t.dtype == torch.float32 and t.shape == (3_000_000,)
-    assert t.data_ptr() % panel.HUGE_PAGE == 0
+    assert t.data_ptr() % HUGE_PAGE == 0
     t.fill_(2.5)
     assert float(t.sum()) == 7_500_000.0
     assert "hg" in _mapping_flags(t.data_ptr())
     assert "hg" not in _mapping_flags(torch.empty(3_000_000).data_ptr())  # torch's own: plain pages
-    assert panel.huge_empty(0) is None
+    assert memory.huge_empty(0) is None
 
 
 @on_linux
@@ -225,8 +232,8 @@ def test_a_pass_reuses_a_large_output_only_once_nothing_holds_it():
     n, k = 2**17, 8  # 64 rows x 2^17 outputs: 32 MB
     flat, x = panel.pack_(torch.randn(n, k)), torch.randn(2, 64, k)
     want = [panel.linear(x[i], flat, None, n) for i in range(2)]  # outside: fresh mappings
-    assert want[0].numel() * 4 >= panel.HUGE_OUTPUT
-    with panel.reusing_outputs():
+    assert want[0].numel() * 4 >= memory.HUGE_OUTPUT
+    with memory.reusing_outputs():
         first = panel.linear(x[0], flat, None, n)
         held = first.flatten()[5:]  # a view holds the memory as well
         address = first.data_ptr()
@@ -235,17 +242,17 @@ def test_a_pass_reuses_a_large_output_only_once_nothing_holds_it():
         assert second.data_ptr() != address  # held: not overwritten
         assert torch.equal(held, want[0].flatten()[5:]) and torch.equal(second, want[1])
         del held, second
-        with panel.reusing_outputs():  # nested: the same pool
+        with memory.reusing_outputs():  # nested: the same pool
             third = panel.linear(x[0], flat, None, n)
         last = third.data_ptr()
         del third
-        blocker = panel.huge_empty(n * 64)  # a fresh mapping could not land where third's was
+        blocker = memory.huge_empty(n * 64)  # a fresh mapping could not land where third's was
         fourth = panel.linear(x[1], flat, None, n)
         assert fourth.data_ptr() == last != blocker.data_ptr()  # free again: the same mapping
         assert torch.equal(fourth, want[1])
         small = panel.linear(x[0, :3], flat, None, 1000)  # below HUGE_OUTPUT: torch's heap
         assert small.data_ptr() != last
-    assert panel._outputs.pool is None  # let go on leaving
+    assert memory._outputs.pool is None  # let go on leaving
 
 
 def test_pack_into_gives_pack_s_layout_and_hands_the_weight_s_pages_back():
@@ -262,24 +269,21 @@ def test_pack_into_gives_pack_s_layout_and_hands_the_weight_s_pages_back():
 @on_linux
 def test_freeze_lays_every_panel_side_by_side_on_huge_pages(monkeypatch):
     """One mapping per model, advised for huge pages; the same logits as panels packed in place."""
-    from core.book import model as model_module
-    from core.book.model import GPT_CONFIG_124M, GPTModel, PackedWeight
-
     if panel.library() is None:
         pytest.skip(f"LossLens's kernel: {panel.reason}")
-    monkeypatch.setattr(model_module.panel, "selected", lambda: True)
+    monkeypatch.setattr(panel, "selected", lambda: True)
     cfg = {**GPT_CONFIG_124M, "emb_dim": 64, "n_heads": 4, "n_layers": 2, "vocab_size": 500}
     torch.manual_seed(5)
-    model = model_module.freeze(GPTModel(cfg))
+    model = freeze(GPTModel(cfg))
     torch.manual_seed(5)
-    in_place = GPTModel(cfg).eval().requires_grad_(False)
-    for layer in in_place.modules():
-        if isinstance(layer, model_module.CpuLinear):
-            assert layer.pack()  # no `into`: packed on its own memory
-    weights = [m.weight for m in model.modules() if isinstance(m, model_module.CpuLinear)]
+    with monkeypatch.context() as mp:  # no arena: each weight packed on its own memory
+        mp.setattr(swap, "huge_empty", lambda numel: None)
+        in_place = freeze(GPTModel(cfg))
+    assert all(isinstance(m.weight, PackedWeight) for m in in_place.modules() if isinstance(m, PackedLinear))
+    weights = [m.weight for m in model.modules() if isinstance(m, PackedLinear)]
     assert all(isinstance(w, PackedWeight) and not w.is_mkldnn for w in weights)
     starts = [w.data_ptr() for w in weights]
-    assert starts[0] % panel.HUGE_PAGE == 0
+    assert starts[0] % HUGE_PAGE == 0
     padded = [-(-w.numel() // panel.ALIGN) * panel.ALIGN * 4 for w in weights]  # 64-byte multiples
     assert [b - a for a, b in zip(starts, starts[1:], strict=False)] == padded[:-1]
     assert {"hg"} <= set(_mapping_flags(starts[-1]))
@@ -291,22 +295,20 @@ def test_freeze_lays_every_panel_side_by_side_on_huge_pages(monkeypatch):
 def test_without_huge_pages_freeze_packs_each_weight_in_place(monkeypatch):
     """An OS without MADV_HUGEPAGE (macOS, a kernel without THP): the panels stay on each weight's
     own memory, with the same logits."""
-    from core.book import model as model_module
-    from core.book.model import GPT_CONFIG_124M, GPTModel, PackedWeight
-
-    monkeypatch.setattr(model_module.panel, "selected", lambda: True)
-    monkeypatch.delattr(panel.mmap, "MADV_HUGEPAGE", raising=False)
-    assert panel.huge_empty(1000) is None
+    monkeypatch.setattr(panel, "selected", lambda: True)
+    monkeypatch.delattr(memory.mmap, "MADV_HUGEPAGE", raising=False)
+    assert memory.huge_empty(1000) is None
     cfg = {**GPT_CONFIG_124M, "emb_dim": 64, "n_heads": 4, "n_layers": 1, "vocab_size": 500}
     torch.manual_seed(6)
     plain = GPTModel(cfg).eval().requires_grad_(False)
-    before = {id(m): m.weight.data_ptr() for m in plain.modules() if isinstance(m, model_module.CpuLinear)}
+    before = {m.weight.data_ptr() for m in plain.modules() if isinstance(m, torch.nn.Linear)}
     x = torch.randint(0, 500, (1, 7))
     with torch.inference_mode():
         want = plain(x)
-    model_module.freeze(plain)
-    layers = [m for m in plain.modules() if isinstance(m, model_module.CpuLinear)]
-    assert all(isinstance(m.weight, PackedWeight) and m.weight.data_ptr() == before[id(m)] for m in layers)
+    freeze(plain)
+    layers = [m for m in plain.modules() if isinstance(m, PackedLinear)]
+    assert all(isinstance(m.weight, PackedWeight) for m in layers)
+    assert {m.weight.data_ptr() for m in layers} == before  # each on its own memory
     if panel.library() is not None:
         with torch.inference_mode():
             torch.testing.assert_close(plain(x), want, rtol=1e-5, atol=1e-5)
@@ -355,19 +357,14 @@ def test_the_kernel_s_gelu_is_gpt2_s_function_to_float32_rounding():
 
 
 def _tiny_frozen_model(monkeypatch, qkv_bias: bool):
-    from core.book import model as model_module
-    from core.book.model import GPT_CONFIG_124M, GPTModel
-
-    monkeypatch.setattr(model_module.panel, "selected", lambda: True)
+    monkeypatch.setattr(panel, "selected", lambda: True)
     cfg = {**GPT_CONFIG_124M, "emb_dim": 64, "n_heads": 4, "n_layers": 2, "vocab_size": 500}
     torch.manual_seed(7)
-    return model_module.freeze(GPTModel({**cfg, "qkv_bias": qkv_bias}))
+    return freeze(GPTModel({**cfg, "qkv_bias": qkv_bias}))
 
 
 def _same_model(model, qkv_bias: bool):
-    """A frozen model with model's weights, built afresh (its blocks have asked their layers nothing)."""
-    from core.book.model import GPTModel, freeze
-
+    """A frozen model with model's weights, built afresh (its blocks check their layers anew)."""
     other = GPTModel({**model.cfg, "qkv_bias": qkv_bias})
     other.load_state_dict(model.state_dict())
     return freeze(other)
@@ -385,8 +382,6 @@ def _distinct_qkv_biases(model):
 @needs_kernel
 @pytest.mark.parametrize("qkv_bias", [False, True])
 def test_a_block_s_query_key_and_value_come_from_one_kernel_call_with_the_same_bits(monkeypatch, qkv_bias):
-    from core.book.model import MultiHeadAttention
-
     model = _tiny_frozen_model(monkeypatch, qkv_bias)
     if qkv_bias:
         _distinct_qkv_biases(model)
@@ -402,9 +397,9 @@ def test_a_block_s_query_key_and_value_come_from_one_kernel_call_with_the_same_b
     with torch.inference_mode():
         joined = model(x)
         assert calls == [3 * 64, 64, 4 * 64, 64] * 2 + [500]  # one call per block for q, k and v
-        # A model whose query, key and value are not side by side (a block keeps its layers' answer
-        # for the same weights, so a fresh copy of the model is asked)
-        monkeypatch.setattr(MultiHeadAttention, "joinable", lambda self, x: False)
+        # A model whose query, key and value are not side by side (a block checks its layers when
+        # the model is accelerated, so a fresh copy of the model is checked)
+        monkeypatch.setattr(FastAttention, "joinable", lambda self, x: False)
         model = _same_model(model, qkv_bias)
         calls.clear()
         separate = model(x)
@@ -414,17 +409,16 @@ def test_a_block_s_query_key_and_value_come_from_one_kernel_call_with_the_same_b
 
 @needs_kernel
 def test_the_feed_forward_s_gelu_runs_in_the_kernel_for_inference_only(monkeypatch):
-    from core.book.model import GELU, FeedForward
-
     model = _tiny_frozen_model(monkeypatch, qkv_bias=False)
     x = torch.randint(0, 500, (1, 12))
     gelu_calls = []
-    real_gelu = GELU.forward
-    monkeypatch.setattr(GELU, "forward", lambda self, t: gelu_calls.append(1) or real_gelu(self, t))
+    real_gelu = FastGELU.forward
+    monkeypatch.setattr(FastGELU, "forward", lambda self, t: gelu_calls.append(1) or real_gelu(self, t))
     with torch.inference_mode():
         fused = model(x)
         assert gelu_calls == []  # the kernel applied it
-        monkeypatch.setattr(FeedForward, "on_panels", lambda self, t: False)
+        monkeypatch.setattr(FastAttention, "joinable", lambda self, t: False)
+        monkeypatch.setattr(FastFeedForward, "on_panels", lambda self, t: False)
         apart = _same_model(model, qkv_bias=False)(x)
     assert len(gelu_calls) == 2  # once per block, as a module
     torch.testing.assert_close(fused, apart, rtol=1e-5, atol=1e-5)
@@ -432,37 +426,25 @@ def test_the_feed_forward_s_gelu_runs_in_the_kernel_for_inference_only(monkeypat
 
 
 @needs_kernel
-def test_a_block_asks_its_layers_once_and_again_whenever_a_weight_or_layer_changes(monkeypatch):
+def test_a_block_takes_the_module_path_whenever_a_weight_or_layer_changes(monkeypatch):
     import copy
-
-    from core.book.model import CpuLinear, MultiHeadAttention, freeze
 
     model = _tiny_frozen_model(monkeypatch, qkv_bias=True)
     x = torch.randint(0, 500, (1, 7))
-    asked, calls = [], []
-    real_joinable, real_linear = MultiHeadAttention.joinable, panel.linear
-    monkeypatch.setattr(
-        MultiHeadAttention, "joinable", lambda self, t: asked.append(1) or real_joinable(self, t)
-    )
+    calls = []
+    real_linear = panel.linear
     monkeypatch.setattr(
         panel, "linear", lambda x, flat, bias, n, **kw: calls.append(n) or real_linear(x, flat, bias, n, **kw)
     )
     on_panels = [3 * 64, 64, 4 * 64, 64] * 2 + [500]
     with torch.inference_mode():
         first = model(x)
-        assert len(asked) == 2 and calls == on_panels  # each block asked its layers once
-        assert torch.equal(model(x), first) and torch.equal(model(x), first)
-        assert len(asked) == 2  # and kept the answer for the same weights
-    with torch.enable_grad():  # gradients on: asked every time, as before
-        asked.clear()
-        model(x)
-        model(x)
-        assert len(asked) == 4
+        assert calls == on_panels and torch.equal(model(x), first)
 
-    # A layer replaced (here by a plain one with the same weights): that block asks again and runs the
-    # book's path; read as panels, a plain weight would give other numbers
+    # A layer replaced (here by a plain one with the same weights): that block runs the modules;
+    # read as panels, a plain weight would give other numbers
     block = model.trf_blocks[0]
-    plain = CpuLinear(64, 64)
+    plain = torch.nn.Linear(64, 64)
     plain.load_state_dict(block.att.out_proj.state_dict())
     block.att.out_proj = plain.requires_grad_(False).eval()
     calls.clear()
@@ -470,8 +452,8 @@ def test_a_block_asks_its_layers_once_and_again_whenever_a_weight_or_layer_chang
         torch.testing.assert_close(model(x), first, rtol=1e-5, atol=1e-5)
     assert calls == [3 * 64, 4 * 64, 64] + on_panels[4:]  # block 0's out_proj off the kernel
 
-    # Weights unpacked by a state dict: no kernel call at all, the same numbers; packed again: the
-    # very same bits as at first
+    # Weights unpacked by a state dict: no kernel call at all, the same numbers; accelerated again:
+    # the very same bits as at first
     model.load_state_dict(model.state_dict())
     calls.clear()
     with torch.inference_mode():
@@ -481,9 +463,10 @@ def test_a_block_asks_its_layers_once_and_again_whenever_a_weight_or_layer_chang
         assert torch.equal(model(x), first)
         assert calls == on_panels
 
-    # A deep copy (plain weights, for the gradient view) runs right, and what a block kept stays behind
+    # A deep copy (to train, as the gradient view does) holds the book's modules and plain weights
     twin = copy.deepcopy(model)
-    assert all("_panels_key" not in b.__dict__ for b in twin.trf_blocks)
+    assert all(type(b) is book.TransformerBlock and "_panels" not in b.__dict__ for b in twin.trf_blocks)
+    assert not any(isinstance(m, PackedLinear) for m in twin.modules())
     with torch.inference_mode():
         torch.testing.assert_close(twin(x), first, rtol=1e-5, atol=1e-5)
 
@@ -493,18 +476,16 @@ def test_a_block_asks_its_layers_once_and_again_whenever_a_weight_or_layer_chang
 def test_a_block_on_the_kernel_skips_the_module_calls_with_the_same_bits(monkeypatch, qkv_bias):
     from torch import nn
 
-    from core.book.model import MultiHeadAttention
-
     model = _tiny_frozen_model(monkeypatch, qkv_bias)
     x = torch.randint(0, 500, (2, 9))
     called = []
-    for cls in (MultiHeadAttention, nn.Dropout):
+    for cls in (FastAttention, nn.Dropout):
         real_forward = cls.forward
         monkeypatch.setattr(cls, "forward", lambda self, t, f=real_forward: called.append(self) or f(self, t))
     with torch.inference_mode():
         direct = model(x)
         assert len(called) == 1  # the embeddings' dropout only: no attention module, no block dropout
-        monkeypatch.setattr(MultiHeadAttention, "joinable", lambda self, x: False)  # the book's code
+        monkeypatch.setattr(FastAttention, "joinable", lambda self, x: False)  # the modules' path
         model = _same_model(model, qkv_bias)
         called.clear()
         modules = model(x)
@@ -522,14 +503,14 @@ SIMDE = [Path(d, "simde", "x86", "avx512.h") for d in ("/usr/include", "/usr/loc
 
 @pytest.fixture(scope="session")
 def emulated_kernel(tmp_path_factory):
-    """The kernel built with SIMDe's AVX-512 in AVX2 (tests/kernels/avx512_emulated.h): the
+    """The kernel built with SIMDe's AVX-512 in AVX2 (tests/fast/kernels/avx512_emulated.h): the
     AVX-512 tile's code on any AVX2 CPU, so its bits are checked on every machine, not only on
     those with AVX-512. Needs Debian's libsimde-dev (header-only), which .ci/run installs."""
     if not buildable:
         pytest.skip(f"no AVX2 x86-64 CPU or no C compiler: {panel._supported()}")
     if not any(p.exists() for p in SIMDE) and not os.environ.get("CI"):
         pytest.skip("no SIMDe headers to emulate AVX-512 with: sudo apt-get install libsimde-dev")
-    shim = ROOT / "tests" / "kernels" / "avx512_emulated.h"
+    shim = ROOT / "tests" / "fast" / "kernels" / "avx512_emulated.h"
     flags = [*panel.FLAGS, "-DLOSSLENS_AVX512_EMULATED", "-include", str(shim)]
     return panel._load(panel._build(tmp_path_factory.mktemp("kernel"), flags))
 

@@ -7,7 +7,8 @@ import math
 import pytest
 import torch
 
-from core.book.model import GPT_CONFIG_124M, build_untrained_model
+from core.book.model import GPT_CONFIG_124M
+from core.runtime.rng import build_untrained_model
 from core.lessons.divergence import compare_models
 from core.lessons.loss import prepare_batch
 

@@ -9,7 +9,8 @@ import torch
 import torch.nn.functional as F
 from conftest import BOOK_TEXTS
 
-from core.book.model import GPT_CONFIG_124M, build_untrained_model
+from core.book.model import GPT_CONFIG_124M
+from core.runtime.rng import build_untrained_model
 from core.lessons.confidence import BUCKETS, confidence
 from core.lessons.gradient import (
     NotEnoughMemoryError,
@@ -235,10 +236,10 @@ def test_short_memory_falls_back_to_sgd_then_refuses():
 def test_cli_json_has_the_lesson_numbers(model, monkeypatch, capsys, book):
     import json
 
-    import core.book.model
+    import core.runtime.rng
     from core.__main__ import main
 
-    monkeypatch.setattr(core.book.model, "build_untrained_model", lambda seed=123: model)
+    monkeypatch.setattr(core.runtime.rng, "build_untrained_model", lambda seed=123: model)
     assert main(["loss", *BOOK_TEXTS, "--json"]) == 0
     les = json.loads(capsys.readouterr().out)["lessons"]
     _, _, z, y = book

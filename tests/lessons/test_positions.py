@@ -60,12 +60,12 @@ def test_progress_and_stop(model, verdict_path):
 def test_cli_dataset_json_has_the_position_means(model, verdict_path, tmp_path, monkeypatch, capsys):
     import json
 
-    import core.book.model
+    import core.runtime.rng
     from core.__main__ import main
 
     corpus = tmp_path / "c.txt"
     corpus.write_text(verdict_path.read_text(encoding="utf-8")[:3000], encoding="utf-8")
-    monkeypatch.setattr(core.book.model, "build_untrained_model", lambda seed=123: model)
+    monkeypatch.setattr(core.runtime.rng, "build_untrained_model", lambda seed=123: model)
     args = [
         "dataset",
         "--corpus",

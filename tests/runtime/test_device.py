@@ -15,7 +15,9 @@ import pytest
 import torch
 from conftest import BOOK_TEXTS, ROOT
 
-import core.book.model
+import core.fast.linear
+import core.fast.onednn
+import core.fast.panel
 from core.errors import InvalidParameterError
 from core.lessons.loss import compute_loss
 from core.models.registry import available_models, load_model
@@ -74,8 +76,8 @@ def test_load_model_puts_the_model_on_the_device():
     model = load_model("untrained-124m", 123, "cpu")
     assert model_device(model) == torch.device("cpu") and not model.training
     # Kept as freeze() packed it (a .to("cpu") would have unpacked it).
-    packs = core.book.model.ONEDNN_LINEAR or core.book.model.panel.selected()
-    assert isinstance(model.trf_blocks[0].att.W_query.weight, core.book.model.PackedWeight) == packs
+    packs = core.fast.onednn.AVAILABLE or core.fast.panel.selected()
+    assert isinstance(model.trf_blocks[0].att.W_query.weight, core.fast.linear.PackedWeight) == packs
     assert float(compute_loss(model, BOOK_TEXTS).loss) == pytest.approx(10.7940, abs=5e-5)
 
 

@@ -13,7 +13,8 @@ import torch
 
 from core.models.loaders import LoaderSettings
 from core.lessons.dataset import evaluate_dataset
-from core.book.model import GPT_CONFIG_124M, GPTModel, freeze
+from core.book.model import GPT_CONFIG_124M, GPTModel
+from core.serving.frozen import freeze
 from core.runtime.precision import CPU_BF16_FLAGS, FORCE_ENV, autocast, bf16_unavailable, cpu_flags
 
 TINY = {**GPT_CONFIG_124M, "context_length": 32, "emb_dim": 64, "n_heads": 2, "n_layers": 2}
@@ -82,7 +83,8 @@ def test_the_fast_mode_leaves_a_shared_frozen_model_packed(tokens):
     logits are the same bits as autocast on the plain weights."""
     import copy
 
-    from core.book.model import CpuLinear, PackedWeight
+    from core.fast.linear import PackedLinear as CpuLinear
+    from core.fast.linear import PackedWeight
 
     torch.manual_seed(8)
     model = freeze(GPTModel({**TINY, "context_length": 160}))
