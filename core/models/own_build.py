@@ -14,7 +14,7 @@ import torch
 
 from core.book.model import GPT_CONFIG_124M, GPTModel, freeze
 from core.errors import WeightsError
-from core.models.weights import _build, _strip_prefix, infer_config, require_free_ram
+from core.models.weights import build_model, infer_config, require_free_ram, strip_prefix
 
 # GPT-2's widths and their head counts (64-dim heads); any other width needs the count given.
 GPT2_HEADS = {768: 12, 1024: 16, 1280: 20, 1600: 25}
@@ -68,7 +68,7 @@ def from_mapping(sd, name, n_heads, kind, hf_config, mapped) -> OwnModel:
     sd = _strip_wrappers(sd)
     if "tok_emb.weight" in sd:
         return _book_model(sd, name, n_heads, kind, mapped)
-    if "wte.weight" in (sd := _strip_prefix(sd)):
+    if "wte.weight" in (sd := strip_prefix(sd)):
         return hf_model(sd, name, n_heads, hf_config, kind, mapped)
     raise not_a_model(
         name,
@@ -239,7 +239,7 @@ def hf_model(sd, name: str, n_heads, hf_config: dict | None, kind: str, mapped: 
         need = _param_count(cfg) * 4 / 1024**3
         require_free_ram(need * MEMORY_MARGIN, f"{name} ({need:.2f} GB of float32 weights)")
     reading = _Reading(sd, name, cfg)
-    model = _build(reading, cfg, None)
+    model = build_model(reading, cfg, None)
     return OwnModel(model, name, kind, cfg, reading.hash.hexdigest(), [])
 
 

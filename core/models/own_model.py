@@ -23,7 +23,7 @@ from safetensors.torch import load as load_safetensors_bytes
 from core.book.model import GPTModel
 from core.errors import WeightsError
 from core.models.own_build import FEW, MEMORY_MARGIN, OwnModel, from_mapping, hf_model, not_a_model
-from core.models.weights import SAFETENSORS_MAGIC_MAX_HEADER, _LazyTensors, require_free_ram
+from core.models.weights import SAFETENSORS_MAGIC_MAX_HEADER, LazyTensors, require_free_ram
 from core.runtime.device import to_device_with_room
 
 FORMATS = {
@@ -154,7 +154,7 @@ def _from_safetensors_file(path: Path, name: str, n_heads, hf_config: dict | Non
         with safe_open(str(path), framework="pt") as f:
             names = list(f.keys())
             if any(k.removeprefix("transformer.") == "wte.weight" for k in names):
-                return hf_model(_LazyTensors(f), name, n_heads, hf_config, kind, mapped=True)
+                return hf_model(LazyTensors(f), name, n_heads, hf_config, kind, mapped=True)
             # The book's names in a safetensors file (save_file(model.state_dict())). Its tensors
             # are views of the file's mapping: nothing is read until the model copies them.
             sd = {k: f.get_tensor(k) for k in names}

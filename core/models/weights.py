@@ -61,7 +61,7 @@ def read_safetensors(path: str | Path) -> dict[str, torch.Tensor]:
         raise WeightsError(f"{path.name} is not a valid safetensors file: {e}") from e
 
 
-class _LazyTensors:
+class LazyTensors:
     """The tensors of an open safetensors file, read one at a time as the mapping takes them:
     each original is freed right after its transposed copy is made, so loading GPT-2 peaks
     near the model's own size instead of file + model."""
@@ -97,13 +97,13 @@ def _hf_config(path: Path) -> dict | None:
 
 def infer_config(state_dict: Mapping[str, torch.Tensor], hf_config: dict | None = None) -> dict:
     """GPTModel config from the tensor shapes; every GPT-2 size has 64-dim heads."""
-    sd = state_dict if isinstance(state_dict, _LazyTensors) else _strip_prefix(state_dict)
+    sd = state_dict if isinstance(state_dict, LazyTensors) else strip_prefix(state_dict)
     for key in ("wte.weight", "wpe.weight"):
         if key not in sd:
             raise WeightsError(f"Not GPT-2 weights: tensor {key!r} is missing.")
 
     def shape(key):
-        return sd.shape(key) if isinstance(sd, _LazyTensors) else tuple(sd[key].shape)
+        return sd.shape(key) if isinstance(sd, LazyTensors) else tuple(sd[key].shape)
 
     vocab_size, emb_dim = shape("wte.weight")
     layers = {int(m.group(1)) for k in sd if (m := re.match(r"h\.(\d+)\.", k))}
@@ -119,7 +119,7 @@ def infer_config(state_dict: Mapping[str, torch.Tensor], hf_config: dict | None 
     }
 
 
-def _strip_prefix(sd: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def strip_prefix(sd: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     # transformers' GPT2LMHeadModel saves "transformer.h.0..."; the Hub's gpt2 file has "h.0...".
     return {k.removeprefix("transformer."): v for k, v in sd.items()}
 
@@ -132,7 +132,7 @@ def map_gpt2_state_dict(
     consume=True empties `hf` (a dict with the prefix already stripped) as it maps: each
     original is freed once its transposed copy exists, so loading peaks near one model's size.
     """
-    sd = hf if consume else _strip_prefix(hf)
+    sd = hf if consume else strip_prefix(hf)
     d = cfg["emb_dim"]
     out: dict[str, torch.Tensor] = {}
 
@@ -182,17 +182,18 @@ def map_gpt2_state_dict(
 def load_gpt2_weights(source: str | Path | Mapping[str, torch.Tensor], cfg: dict | None = None) -> GPTModel:
     """A frozen GPTModel holding GPT-2 weights from a safetensors path or a state dict."""
     if isinstance(source, Mapping):
-        return _build(_strip_prefix(source), cfg, None)
+        return build_model(strip_prefix(source), cfg, None)
     path = Path(source)
     _check_safetensors_file(path)
     try:
         with safe_open(str(path), framework="pt") as f:
-            return _build(_LazyTensors(f), cfg, _hf_config(path))
+            return build_model(LazyTensors(f), cfg, _hf_config(path))
     except SafetensorError as e:
         raise WeightsError(f"{path.name} is not a valid safetensors file: {e}") from e
 
 
-def _build(sd, cfg: dict | None, hf_config: dict | None) -> GPTModel:
+def build_model(sd, cfg: dict | None, hf_config: dict | None) -> GPTModel:
+    """A frozen GPTModel from GPT-2 tensors in Hugging Face's names (a dict, or LazyTensors of a file)."""
     cfg = dict(cfg) if cfg is not None else infer_config(sd, hf_config)
     lm_head = sd.get("lm_head.weight")
     mapped = map_gpt2_state_dict(sd, cfg, consume=True)
