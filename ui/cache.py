@@ -15,6 +15,7 @@ from core.models.corpus import load_verdict
 from core.models.registry import BOOK_MODEL, BOOK_SEED, effective_seed, load_model, owner_of_key
 from core.models.registry import get_spec as _registry_spec
 from core.runtime.device import available_devices
+from core.serving import shared_weights
 from core.serving.pool import ModelPool, describe_wait
 from ui import own_model, store, visitor
 from ui.state import Inputs
@@ -38,6 +39,7 @@ def _pool() -> ModelPool:
     switch back), built one at a time in arrival order at lower OS priority, so a storm of new
     seeds neither stalls a visitor whose model is kept nor holds more than three models."""
     book = [(BOOK_MODEL, BOOK_SEED, d) for d in available_devices()]
+    shared_weights.install()  # LOSSLENS_SHARED_WEIGHTS=1 (a room): the book's weights, one copy per machine
     return ModelPool(_load, size=2, pinned=book)  # keyed by load_model's (key, seed, device)
 
 
