@@ -152,7 +152,7 @@ def test_env_var_to_a_missing_file_says_so(tmp_path, monkeypatch):
 def test_the_packaged_copy_is_the_default_and_is_the_books(monkeypatch, verdict_bytes):
     monkeypatch.delenv(VERDICT_ENV, raising=False)
     text = load_verdict()
-    assert VERDICT_PACKAGED.parent.name == "data" and VERDICT_PACKAGED.parent.parent.name == "core"
+    assert VERDICT_PACKAGED.parent.name == "data" and VERDICT_PACKAGED.parent.parent.name == "models"
     assert hashlib.sha256(VERDICT_PACKAGED.read_bytes()).hexdigest() == VERDICT_SHA256
     assert len(text) == 20479 and text.encode("utf-8") == verdict_bytes
     assert text.startswith("I HAD always thought Jack Gisburn")

@@ -21,6 +21,11 @@ from core.serving.runner import run_training
 from core.serving.training_slot import TrainingSlot
 
 
+@pytest.fixture(scope="module")
+def text(verdict_path):
+    return verdict_path.read_text(encoding="utf-8")[:6000]
+
+
 def test_stop_and_resume_equals_an_uninterrupted_run(text):
     full = run_training(TINY, text, "uninterrupted", log=None)
     assert full.finished and full.state.global_step + 1 == 2 * full.steps_per_epoch
