@@ -42,9 +42,8 @@ def batch_loss(input_batch, target_batch, model, device):
     return cross_entropy(logits.flatten(0, 1), target_batch.flatten())
 
 
-# Rows per log-softmax in cross_entropy: a block of a few MB that the heap hands out again and again,
-# instead of one fresh [tokens, vocab] mapping per batch (103 MB for 2 x 256 tokens) faulted in 4 KB
-# at a time.
+# Rows per log-softmax in cross_entropy: a block of a few MB that the heap reuses, instead of one
+# fresh [tokens, vocab] mapping per batch that the OS faults in page by page.
 LOG_SOFTMAX_ROWS = 32
 
 
@@ -53,8 +52,8 @@ def cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 
     It is nll_loss of log_softmax, and a row's log-softmax never depends on the other rows; so
     without gradients, in float32 on the CPU, the log-softmax goes LOG_SOFTMAX_ROWS rows at a time
-    and nll_loss takes the picked values as the whole call would: 13 against 33 ms on a 2 x 256
-    batch (Intel Xeon). Elsewhere (training, autocast, a GPU) it is F.cross_entropy itself."""
+    and nll_loss takes the picked values as the whole call would, in less time (bench_dataset.py times it).
+    Elsewhere (training, autocast, a GPU) it is F.cross_entropy itself."""
     if (
         (torch.is_grad_enabled() and logits.requires_grad)
         or logits.device.type != "cpu"
