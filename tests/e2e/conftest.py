@@ -64,11 +64,21 @@ def verdict_file() -> Path:
     return VERDICT_PATH
 
 
+DEAD_PROXY = "http://127.0.0.1:9"  # the discard port: nothing listens, every download fails at once
+
+
 @pytest.fixture(scope="session")
 def server(tmp_path_factory, chromium_path, verdict_file):
-    """The app as a user starts it (The Verdict from the packaged copy) with an empty cache."""
+    """The app as a user starts it (no flags, The Verdict from the packaged copy) with an empty
+    cache, shared by the browser tests; every download goes to a dead loopback proxy, so the
+    network is down for the server even on a machine that has one."""
     work = tmp_path_factory.mktemp("e2e-server")
-    srv = StreamlitServer(server_env(work / "cache"), work).start()
+    env = server_env(work / "cache")
+    for name in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
+        env[name] = DEAD_PROXY
+    env.pop("no_proxy", None)
+    env.pop("NO_PROXY", None)
+    srv = StreamlitServer(env, work).start()
     yield srv
     srv.stop()
 
@@ -142,11 +152,17 @@ def pytest_runtest_makereport(item, call):
     return report
 
 
+# The one test that must find The Verdict not yet computed on the shared server (results are kept
+# for every visitor): it runs first, and the tests after it reuse its result instead of a pass of their own.
+FIRST = "test_e2e_dataset.py::test_the_verdict_losses_with_progress"
+
+
 def pytest_collection_modifyitems(config, items):
     here = Path(__file__).parent
     for item in items:
         if here in Path(str(item.fspath)).parents:
             item.add_marker(pytest.mark.e2e)
+    items.sort(key=lambda item: not item.nodeid.endswith(FIRST))  # stable: the rest keep their order
 
 
 @pytest.fixture(scope="session")

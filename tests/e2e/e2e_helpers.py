@@ -1,4 +1,5 @@
-"""What only the browser tests need on top of devtools.harness: pytest's skip-or-fail on Chromium."""
+"""What only the browser tests need on top of devtools.harness: pytest's skip-or-fail on Chromium,
+and a page whose requests may not leave the machine."""
 
 from __future__ import annotations
 
@@ -21,3 +22,21 @@ def require_chromium() -> str:
             pytest.fail(reason + " (CI is set: the browser tests must run)")
         pytest.skip(reason)
     return path
+
+
+LOOPBACK = ("http://127.0.0.1:", "ws://127.0.0.1:", "data:", "blob:", "about:")
+
+
+def block_the_network(page) -> list[str]:
+    """Abort (and record) every browser request that would leave the machine."""
+    outside: list[str] = []
+
+    def route(r):
+        if r.request.url.startswith(LOOPBACK):
+            r.continue_()
+        else:
+            outside.append(r.request.url)
+            r.abort()
+
+    page.context.route("**/*", route)
+    return outside

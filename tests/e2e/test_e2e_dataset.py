@@ -6,27 +6,17 @@ import pytest
 
 from devtools.harness import (
     HOSTILE_LINES,
-    StreamlitServer,
     alerts,
     choose_corpus,
     injected,
     metric_value,
-    server_env,
     upload,
     wait_for_app,
 )
 
+from .e2e_helpers import block_the_network
+
 SHORT_CORPUS = "A short note about painting and money. " * 10  # ~90 tokens: no 256-token window
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory, chromium_path, verdict_file):
-    """A server of this module's own: results are kept per server for every visitor, and these
-    tests must find The Verdict not yet computed, whatever other modules did before them."""
-    work = tmp_path_factory.mktemp("e2e-dataset-server")
-    srv = StreamlitServer(server_env(work / "cache"), work).start()
-    yield srv
-    srv.stop()
 
 
 def open_dataset(page, server) -> None:
@@ -50,30 +40,24 @@ def assert_verdict_usable(page) -> None:
     page.get_by_text("20,479 characters, 5,145 tokens").wait_for()
 
 
-@pytest.fixture(scope="module")
-def verdict_losses(core_model, verdict_file):
-    """The Verdict's losses computed by core in this process, the book's settings."""
-    from core.lessons.dataset import evaluate_dataset
-    from core.models.corpus import read_corpus_file
-
-    r = evaluate_dataset(core_model, read_corpus_file(verdict_file))
-    return r.train_loss, r.val_loss
-
-
-def test_the_verdict_losses_with_progress(new_page, server, verdict_losses):
+def test_the_verdict_losses_with_progress(new_page, server):
+    """The shared server's first pass over The Verdict (the e2e conftest runs this test first), with
+    the network down: no path, no download, and the book's losses (core's are tests/book's)."""
     page = new_page()
+    outside = block_the_network(page)
     open_dataset(page, server)
     page.get_by_text("20,479 characters, 5,145 tokens").wait_for()
-    page.get_by_role("button", name="Compute", exact=True).click()
+    compute = page.get_by_role("button", name="Compute", exact=True)
+    assert compute.count() == 1, "The Verdict was computed on this server before this test"
+    compute.click()
     # The progress bar shows while the batches run (the pass takes seconds).
     page.locator('[data-testid="stProgress"]').wait_for(timeout=30_000)
     page.get_by_text("batches:").first.wait_for(timeout=30_000)
     page.locator('[data-testid="stMetricLabel"]', has_text="Training loss").wait_for(timeout=300_000)
     wait_for_app(page)
-    train, val = verdict_losses
-    assert 10.5 < train < 11.5 and 10.5 < val < 11.5  # the book prints about 10.98 for both
-    assert metric_value(page, "Training loss") == f"{train:.4f}"
-    assert metric_value(page, "Validation loss") == f"{val:.4f}"
+    assert metric_value(page, "Training loss") == "10.9876"  # the book: 10.98758347829183
+    assert metric_value(page, "Validation loss") == "10.9811"  # the book: 10.98110580444336
+    assert outside == [], f"the page asked the network for {outside}"
     assert page.locator(".js-plotly-plot").count() >= 1  # the per-batch loss chart
     assert page.locator('[data-testid="stProgress"]').count() == 0
     # Back to another view and here again: shown at once, nothing recomputed.
@@ -81,7 +65,7 @@ def test_the_verdict_losses_with_progress(new_page, server, verdict_losses):
     wait_for_app(page)
     page.get_by_role("link", name="Dataset losses").click()
     wait_for_app(page)
-    assert metric_value(page, "Training loss", timeout=10_000) == f"{train:.4f}"
+    assert metric_value(page, "Training loss", timeout=10_000) == "10.9876"
     assert page.get_by_role("button", name="Compute", exact=True).count() == 0
 
 

@@ -9,7 +9,6 @@ from dataclasses import replace
 
 import pytest
 
-from devtools.harness import StreamlitServer, server_env
 from devtools.protocol import Plan, Session, crowd, expected_numbers, visit, visitor_text
 
 TIMEOUT = 180  # s per interaction: the first run builds the 124M model on a busy machine
@@ -22,45 +21,37 @@ def run(coro):
         return pool.submit(asyncio.run, coro).result()
 
 
-@pytest.fixture(scope="module")
-def app_server(tmp_path_factory):
-    """`streamlit run app.py` with .streamlit/config.toml only (no flags): the production set-up."""
-    work = tmp_path_factory.mktemp("protocol-server")
-    srv = StreamlitServer(server_env(work / "cache"), work).start()
-    yield srv
-    srv.stop()
-
-
-def test_three_visitors_each_get_their_own_loss(app_server):
+def test_three_visitors_each_get_their_own_loss(server):
     texts = {i: visitor_text(i) for i in range(3)}
     plans = [Plan("text", {"text": texts[i]}) for i in range(3)]
     expected_numbers(plans, texts, {})
     assert len({round(p.expected, 4) for p in plans}) == 3  # distinct, so cross-talk would show
     assert plans[0].open_expected == pytest.approx(10.7940, abs=5e-4)  # the book's number on opening
 
-    outcomes = run(crowd(app_server.port, plans, ramp=0.5, timeout=TIMEOUT))
+    outcomes = run(crowd(server.port, plans, ramp=0.5, timeout=TIMEOUT))
 
     assert [o.error for o in outcomes] == [None, None, None]
     assert all(o.t_open is not None and o.t_own >= o.t_open for o in outcomes)
 
 
-def test_a_wrong_number_counts_as_an_error(app_server):
+def test_a_wrong_number_counts_as_an_error(server):
     texts = {0: visitor_text(7)}
     [plan] = [Plan("text", {"text": texts[0]})]
     expected_numbers([plan], texts, {})
     wrong = replace(plan, expected=plan.expected + 0.01)
 
-    outcome = run(visit(app_server.port, wrong, TIMEOUT))
+    outcome = run(visit(server.port, wrong, TIMEOUT))
 
     assert outcome.error is not None and "!= own" in outcome.error
     assert outcome.t_own is None
 
 
-def test_running_server_uses_the_production_config(app_server):
-    """The server started without flags reports run-on-save off in its first message."""
+def test_running_server_uses_the_production_config(server):
+    """The shared server, started without flags (.streamlit/config.toml only, the production set-up),
+    reports run-on-save off in its first message."""
 
     async def first_session() -> bool:
-        session = await Session.open(app_server.port, TIMEOUT)
+        session = await Session.open(server.port, TIMEOUT)
         try:
             await session.rerun()
             return session.run_on_save

@@ -1,18 +1,30 @@
-"""A server restart during a training run, in the browser: the page that reconnects says the run was
-lost and offers to resume it from its last save; the server's log stays free of Streamlit's
-"missing ScriptRunContext" warnings over the training starts."""
+"""Server restarts, in the browser: during a training run the page that reconnects says the run was
+lost and offers to resume it from its last save (the server's log stays free of Streamlit's
+"missing ScriptRunContext" warnings over the training starts), and a link loses nothing that the URL
+carries."""
 
 from __future__ import annotations
 
+import urllib.parse
+
 import pytest
 
-from devtools.harness import StreamlitServer, server_env, wait_for_app
+from devtools.harness import (
+    LOSS_LABEL,
+    StreamlitServer,
+    expected_loss,
+    server_env,
+    text_box,
+    wait_for_app,
+    wait_for_metric,
+)
 
 
-@pytest.fixture
-def own_server(tmp_path, chromium_path, verdict_file):
-    """A server of this test's own: it is restarted."""
-    srv = StreamlitServer(server_env(tmp_path / "cache"), tmp_path).start()
+@pytest.fixture(scope="module")
+def own_server(tmp_path_factory, chromium_path, verdict_file):
+    """A server of this module's own: its tests restart it."""
+    work = tmp_path_factory.mktemp("e2e-restart")
+    srv = StreamlitServer(server_env(work / "cache"), work).start()
     yield srv
     srv.stop()
 
@@ -56,3 +68,32 @@ def test_a_restart_during_a_resumed_run_offers_to_resume_from_its_last_save(own_
     assert page.get_by_label("Save as").input_value() == "restart-e2e"
     assert page.get_by_role("button", name="Resume").is_enabled()
     assert "missing ScriptRunContext" not in own_server.log_path.read_text(errors="replace")
+
+
+def test_url_state_survives_a_server_restart(new_page, own_server, core_model):
+    texts = ["Restarts happen in workshops", "the link still opens the same state"]
+    loss, _ = expected_loss(core_model, texts)
+    query = urllib.parse.urlencode(
+        {"text": "\n".join(texts), "step": 3, "top_k": 7}, quote_via=urllib.parse.quote
+    )
+    page = new_page()
+    page.goto(f"{own_server.url}/figure-5-7?{query}")
+    wait_for_app(page)
+    page.get_by_role("heading", name="Step 3 of 6").wait_for()
+    wait_for_metric(page, LOSS_LABEL, f"{loss:.4f}")
+    link = page.url
+
+    page.goto("about:blank")  # leave first: a page left open logs its reconnect attempts
+    own_server.restart()  # same port, new process: every session and cache is gone
+    page.goto(link)
+    wait_for_app(page)
+    page.get_by_role("heading", name="Step 3 of 6").wait_for()
+    assert text_box(page).input_value() == "\n".join(texts)
+    wait_for_metric(page, LOSS_LABEL, f"{loss:.4f}")
+    assert page.get_by_label("Top-k", exact=True).input_value() == "7"
+
+    fresh = new_page()
+    fresh.goto(link)
+    wait_for_app(fresh)
+    fresh.get_by_role("heading", name="Step 3 of 6").wait_for()
+    wait_for_metric(fresh, LOSS_LABEL, f"{loss:.4f}")
