@@ -5,9 +5,9 @@ attention, no layer norms, no Python between them). Alternating in one process, 
 host's noise hits each alike; the paired median of each difference, and the same logits bit for
 bit in every variant.
 
-The two shortcuts (core/book/model.py): a block keeps its layers' answer to "is every layer on the
-kernel?" for the same weights (`TransformerBlock._on_panels`), and a few tokens' attention runs on
-one thread (`ONE_THREAD_ATTENTION`).
+The two shortcuts (core/fast/blocks.py): a block checks once whether every layer is on the kernel
+and keeps weak references to what it checked (`FastBlock.remember_panels`), and a few tokens'
+attention runs on one thread (`ONE_THREAD_ATTENTION`).
 
     python bench/bench_between.py [--runs 300] [--threads 2]
 """
@@ -26,9 +26,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch
 from machine import describe_cpu, read_bandwidth, weight_bytes  # bench/ is the script's folder
 
-import core.book.model
-from core.book.model import TransformerBlock, build_untrained_model
-from core.fast import panel
+from core import build_untrained_model
+from core.fast import blocks, panel
+from core.fast.blocks import FastBlock
 
 INPUTS = {  # the book batch (section 5.1), and a sentence's 15 tokens
     "book batch (2 x 3)": [[16833, 3626, 6100], [40, 1107, 588]],
@@ -38,20 +38,20 @@ INPUTS = {  # the book batch (section 5.1), and a sentence's 15 tokens
 
 def variants(model):
     """name -> a forward pass of model: as LossLens runs it, without each shortcut."""
-    on_panels, limit = TransformerBlock._on_panels, core.book.model.ONE_THREAD_ATTENTION
+    block_forward, limit = FastBlock.forward, blocks.ONE_THREAD_ATTENTION
 
-    def asking(self, x):  # forget the kept answer: the layers are asked at every call
-        self.__dict__.pop("_panels_key", None)
-        return on_panels(self, x)
+    def asking(self, x):  # check the layers at every call instead of once
+        self.remember_panels()
+        return block_forward(self, x)
 
     def run(ask_every_time=False, all_threads=False):
         def forward(idx):
-            TransformerBlock._on_panels = asking if ask_every_time else on_panels
-            core.book.model.ONE_THREAD_ATTENTION = 0 if all_threads else limit
+            FastBlock.forward = asking if ask_every_time else block_forward
+            blocks.ONE_THREAD_ATTENTION = 0 if all_threads else limit
             try:
                 return model(idx)
             finally:
-                TransformerBlock._on_panels, core.book.model.ONE_THREAD_ATTENTION = on_panels, limit
+                FastBlock.forward, blocks.ONE_THREAD_ATTENTION = block_forward, limit
 
         return forward
 

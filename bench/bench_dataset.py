@@ -40,7 +40,8 @@ from machine import describe_cpu, matmul_peak, matmul_sustained
 
 from core.models.loaders import LoaderSettings
 from core.serving.requests import evaluate_dataset
-from core.book.model import GPT_CONFIG_124M, build_untrained_model
+from core import build_untrained_model
+from core.book.model import GPT_CONFIG_124M
 from core.runtime.tokenizer_files import seed_tiktoken_cache
 from core.models.corpus import load_verdict
 from core.runtime.device import available_devices, describe, resolve_device
@@ -86,10 +87,10 @@ def alone(parts: dict, reps: int = 5) -> dict:
     warm (its weights and input just read), its outputs reused as in the pass. Against the same
     layer's calls inside the pass: how much of its speed alone a layer keeps there, on this CPU.
     The model must still be alive (the joined query/key/value reads past its view's end)."""
-    from core.fast import panel
+    from core.fast import panel, reusing_outputs
 
     best = {}
-    with torch.inference_mode(), panel.reusing_outputs():
+    with torch.inference_mode(), reusing_outputs():
         for key, (args, kwargs) in parts["linear"].last.items():
             for _ in range(reps + 1):  # the first call finds its output mapping
                 start = time.perf_counter()
@@ -102,12 +103,12 @@ def alone(parts: dict, reps: int = 5) -> dict:
 @contextlib.contextmanager
 def timed_parts():
     """{part: Part} of the pass's calls while inside: "linear" (every call of LossLens's kernel,
-    core.fast.panel.linear, and of oneDNN's, core.book.model._onednn_linear: the two kernels a frozen model's
-    layers run on the CPU), "attention" (MultiHeadAttention._attend, torch's fused causal kernel)
+    core.fast.panel.linear, and of oneDNN's, core.fast.onednn.linear: the two kernels a served model's
+    layers run on the CPU), "attention" (FastAttention.attend, torch's fused causal kernel)
     and "cross entropy" (core.lessons.dataset.cross_entropy: the log-softmax over the logits)."""
     import core.lessons.dataset
-    import core.book.model
-    from core.fast import panel
+    from core.fast import onednn, panel
+    from core.fast.blocks import FastAttention
 
     parts = {name: Part() for name in ("linear", "attention", "cross entropy")}
 
@@ -131,8 +132,8 @@ def timed_parts():
 
     places = [
         (panel, "linear", parts["linear"], 1),
-        (core.book.model, "_onednn_linear", parts["linear"], 0),
-        (core.book.model.MultiHeadAttention, "_attend", parts["attention"], 0),
+        (onednn, "linear", parts["linear"], 0),
+        (FastAttention, "attend", parts["attention"], 0),
         (core.lessons.dataset, "cross_entropy", parts["cross entropy"], 0),
     ]
     saved = [getattr(owner, name) for owner, name, _, _ in places]
@@ -169,7 +170,7 @@ def reference_pass(text: str):
 
 
 def our_model(device="cpu"):
-    """The app's model on `device`: on the CPU, with its weights as freeze() packed them."""
+    """The app's model on `device`: on the CPU, with the plug-in's packed weights."""
     return build_untrained_model(123).to(device)
 
 

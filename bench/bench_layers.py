@@ -5,7 +5,7 @@ where torch has it), both as GFLOPS and as a share of the large-matmul peak of t
 Why: the Verdict pass (bench_dataset.py) is bound by these layers; this shows which of them is
 short of the CPU's peak, and by how much, on the machine at hand. The out_head is timed twice:
 writing its 103 MB of logits to a fresh mapping each call (as a lone forward pass does) and to the
-same one again (as a pass over a data set does, core.fast.panel.reusing_outputs). Beside each layer, the
+same one again (as a pass over a data set does, core.fast.reusing_outputs). Beside each layer, the
 largest difference between its output and torch's (float32 rounding: ~1e-5). Best of --reps calls,
 alternated.
 
@@ -33,7 +33,8 @@ import torch
 from machine import describe_cpu, matmul_peak  # bench/ is the script's folder
 
 from core.book.model import GPT_CONFIG_124M
-from core.fast import panel
+from core.fast import panel, reusing_outputs
+from core.fast.memory import HUGE_OUTPUT
 
 
 def layer_shapes(cfg: dict) -> list[tuple[str, int, int, str]]:
@@ -67,7 +68,7 @@ def time_layer(
         return torch.nn.functional.gelu(y, approximate="tanh") if gelu else y if add is None else y + add
 
     best = [float("inf"), float("inf")]
-    with torch.inference_mode(), panel.reusing_outputs() if reuse else contextlib.nullcontext():
+    with torch.inference_mode(), reusing_outputs() if reuse else contextlib.nullcontext():
         for _ in range(reps + 1):  # the first round warms up
             for i, run in enumerate((ours, theirs)):
                 start = time.perf_counter()
@@ -106,7 +107,7 @@ def back_to_back(cfg: dict, rows: int, rounds: int) -> tuple[float, float]:
             torch.addmm(b, xs[k], w.t())
 
     shares = ([], [])
-    with torch.inference_mode(), panel.reusing_outputs():
+    with torch.inference_mode(), reusing_outputs():
         ours(), theirs()  # warm-up: the outputs' mapping, torch's buffers
         for r in range(rounds):
             before = matmul_peak(runs=3)
@@ -150,7 +151,7 @@ def main() -> int:
     print(f"{'layer':<28} {'ours':>14} {'torch':>14} {'ours/torch':>10}   max |difference|")
     for name, n, k, then in layer_shapes(GPT_CONFIG_124M):
         runs = [(name, False)] + (
-            [(f"{name}, logits reused", True)] if n * args.rows * 4 >= panel.HUGE_OUTPUT else []
+            [(f"{name}, logits reused", True)] if n * args.rows * 4 >= HUGE_OUTPUT else []
         )
         for label, reuse in runs:
             t_ours, t_torch, gap = time_layer(args.rows, n, k, then, args.reps, reuse)

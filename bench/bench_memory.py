@@ -70,7 +70,7 @@ def main() -> int:
 
     from core.models.loaders import LoaderSettings
     from core.serving.requests import evaluate_dataset
-    from core.book.model import build_untrained_model
+    from core import build_untrained_model
 
     print(describe_cpu())
     text = big_text(load_verdict(args.corpus), args.megabytes)

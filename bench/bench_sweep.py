@@ -15,7 +15,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from core.book.model import build_untrained_model
+from core import build_untrained_model
 from core.lessons.sweep import temperature_sweep
 from core.lessons.views import forward, predictions
 

@@ -74,7 +74,7 @@ def child_ours(path: str) -> None:
     stages = {}
     import streamlit  # noqa: F401  (the server's baseline)
 
-    from core.book.model import build_untrained_model
+    from core import build_untrained_model
     from core.lessons.loss import compute_loss
     from core.models.weights import load_gpt2_weights
 

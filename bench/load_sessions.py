@@ -145,7 +145,7 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def expected_losses(texts: list[str]) -> list[str]:
-    from core.book.model import build_untrained_model
+    from core import build_untrained_model
     from core.lessons.loss import compute_loss
 
     model = build_untrained_model(123)

@@ -12,9 +12,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
 import bench_between
 
-import core.book.model
-from core.book.model import GPT_CONFIG_124M, GPTModel, TransformerBlock, freeze
-from core.fast import panel
+from core.book.model import GPT_CONFIG_124M, GPTModel
+from core.fast import blocks, panel
+from core.fast.blocks import FastBlock
+from core.serving.frozen import freeze
 
 SMALL = {**GPT_CONFIG_124M, "vocab_size": 500, "emb_dim": 64, "n_heads": 4, "n_layers": 2}
 
@@ -24,7 +25,7 @@ def test_each_variant_is_timed_on_the_model_with_the_same_logits(monkeypatch):
     monkeypatch.setattr(panel, "selected", lambda: True)
     torch.manual_seed(3)
     model = freeze(GPTModel(SMALL))
-    on_panels, limit = TransformerBlock._on_panels, core.book.model.ONE_THREAD_ATTENTION
+    forward, limit = FastBlock.forward, blocks.ONE_THREAD_ATTENTION
     calls = []
     real = panel.linear
     monkeypatch.setattr(panel, "linear", lambda *a, **kw: calls.append(a[3]) or real(*a, **kw))
@@ -34,7 +35,7 @@ def test_each_variant_is_timed_on_the_model_with_the_same_logits(monkeypatch):
     assert all(len(ts) == 2 and min(ts) > 0 for ts in times["two"].values())
     # The 4 variants' logits, then 2 rounds of all 5: each 4 kernel calls per block, then the out_head
     assert calls == ([3 * 64, 64, 4 * 64, 64] * 2 + [500]) * (4 + 2 * 5)
-    assert TransformerBlock._on_panels is on_panels and core.book.model.ONE_THREAD_ATTENTION == limit
+    assert FastBlock.forward is forward and blocks.ONE_THREAD_ATTENTION == limit
 
     forward = bench_between.variants(model)["both undone"]
     with torch.inference_mode():

@@ -14,9 +14,12 @@ import bench_dataset
 import bench_layers
 
 import core.lessons.dataset
-import core.book.model
-from core.book.model import GPT_CONFIG_124M, CpuLinear, build_untrained_model
-from core.fast import panel
+from core import build_untrained_model
+from core.book.model import GPT_CONFIG_124M
+from core.fast import onednn, panel
+from core.fast.blocks import FastAttention
+from core.fast.linear import PackedLinear as CpuLinear
+from core.fast.linear import PackedWeight
 
 SMALL = {**GPT_CONFIG_124M, "vocab_size": 1000, "context_length": 64, "emb_dim": 64, "n_heads": 4}
 SMALL["n_layers"] = 2
@@ -34,8 +37,6 @@ def test_linear_flops_are_the_model_s_own_linear_layers():
 
 def test_timed_parts_times_every_linear_attention_and_loss_call_and_restores_them():
     from core.lessons.dataset import batch_loss as calc_loss_batch
-    from core.book.model import MultiHeadAttention
-
     model = build_untrained_model(123, SMALL)
     x = torch.randint(0, SMALL["vocab_size"], (2, 40))  # 80 rows: the cross entropy in blocks
     hidden = torch.zeros(2, 40, SMALL["emb_dim"])
@@ -43,8 +44,8 @@ def test_timed_parts_times_every_linear_attention_and_loss_call_and_restores_the
     def timed_places():
         return (
             panel.linear,
-            core.book.model._onednn_linear,
-            MultiHeadAttention._attend,
+            onednn.linear,
+            FastAttention.attend,
             core.lessons.dataset.cross_entropy,
         )
 
@@ -96,11 +97,11 @@ def test_layer_names_are_bench_layers_own_and_an_unknown_shape_is_spelt_out():
 
 @pytest.mark.slow
 def test_the_timed_pass_runs_the_model_as_the_app_holds_it():
-    """The bench times the app's model: a CPU model keeps the weights freeze() packed (a .to("cpu")
+    """The bench times the app's model: a CPU model keeps the weights the plug-in packed (a .to("cpu")
     that unpacked them once had the bench time oneDNN on plain weights, 1.2x slower than the app)."""
     model = bench_dataset.our_model("cpu")
     layers = [m for m in model.modules() if isinstance(m, CpuLinear)]
-    if not (core.book.model.ONEDNN_LINEAR or panel.selected()):
+    if not (onednn.AVAILABLE or panel.selected()):
         pytest.skip("nothing to pack for on this machine")
-    assert all(isinstance(m.weight, core.book.model.PackedWeight) for m in layers)
+    assert all(isinstance(m.weight, PackedWeight) for m in layers)
     assert model.out_head.on_panels(torch.zeros(2, 256, GPT_CONFIG_124M["emb_dim"])) == panel.selected()

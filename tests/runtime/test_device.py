@@ -18,6 +18,7 @@ from conftest import BOOK_TEXTS, ROOT
 import core.fast.linear
 import core.fast.onednn
 import core.fast.panel
+from core.serving.frozen import freeze
 from core.errors import InvalidParameterError
 from core.lessons.loss import compute_loss
 from core.models.registry import available_models, load_model
@@ -75,7 +76,8 @@ def test_memory_is_read_where_the_tensors_live():
 def test_load_model_puts_the_model_on_the_device():
     model = load_model("untrained-124m", 123, "cpu")
     assert model_device(model) == torch.device("cpu") and not model.training
-    # Kept as freeze() packed it (a .to("cpu") would have unpacked it).
+    # Served, the plug-in packs its weights, and a .to("cpu") keeps them packed.
+    model = freeze(model).to("cpu")
     packs = core.fast.onednn.AVAILABLE or core.fast.panel.selected()
     assert isinstance(model.trf_blocks[0].att.W_query.weight, core.fast.linear.PackedWeight) == packs
     assert float(compute_loss(model, BOOK_TEXTS).loss) == pytest.approx(10.7940, abs=5e-5)

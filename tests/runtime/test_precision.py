@@ -88,7 +88,9 @@ def test_the_fast_mode_leaves_a_shared_frozen_model_packed(tokens):
 
     torch.manual_seed(8)
     model = freeze(GPTModel({**TINY, "context_length": 160}))
-    plain = copy.deepcopy(model)  # a deep copy holds plain float32 weights
+    with pytest.MonkeyPatch.context() as mp:  # the plug-in's modules on plain float32 weights
+        mp.setattr(CpuLinear, "pack", lambda self, *args, **kwargs: False)
+        plain = freeze(copy.deepcopy(model))
     layers = [m for m in model.modules() if isinstance(m, CpuLinear)]
     x = torch.randint(0, TINY["vocab_size"], (2, tokens))
     with torch.inference_mode():
