@@ -12,8 +12,9 @@ from dataclasses import dataclass, field
 
 import torch
 
-from core.book.model import GPT_CONFIG_124M, GPTModel, freeze
+from core.book.model import GPT_CONFIG_124M, GPTModel
 from core.errors import WeightsError
+from core.models.masks import with_masks, without_masks
 from core.models.weights import build_model, infer_config, require_free_ram, strip_prefix
 
 # GPT-2's widths and their head counts (64-dim heads); any other width needs the count given.
@@ -131,7 +132,7 @@ def _book_model(sd: dict, name: str, n_heads, kind: str, mapped: bool) -> OwnMod
     cfg = book_config(sd, n_heads)
     with torch.device("meta"):
         model = GPTModel(cfg)
-    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    expected = {k: tuple(v.shape) for k, v in without_masks(model.state_dict()).items()}
     present = {k for k in sd if not _BOOK_LEFTOVERS.search(k)}
     missing = [k for k in expected if k not in present]
     unexpected = [k for k in sd if k in present and k not in expected]
@@ -168,10 +169,10 @@ def _book_model(sd: dict, name: str, n_heads, kind: str, mapped: bool) -> OwnMod
     # Own float32 memory for each tensor: a mapped file's pages must not stay in the model.
     weights = {k: _own(sd[k], mapped) for k in expected}
     del sd
-    model.load_state_dict(weights, strict=True, assign=True)
     digest = _digest(cfg, weights)
-    del weights  # the model is now the weights' only holder: freeze() may pack them in place
-    return OwnModel(freeze(model), name, kind, cfg, digest, notes)
+    model.load_state_dict(with_masks(weights, cfg), strict=True, assign=True)
+    del weights  # the model is now the weights' only holder: serving may pack them in place
+    return OwnModel(model.eval().requires_grad_(False), name, kind, cfg, digest, notes)
 
 
 def _own(t: torch.Tensor, mapped: bool) -> torch.Tensor:

@@ -18,8 +18,9 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 
-from core.book.model import GPT2_SMALL_CONFIG, GPTModel, freeze
+from core.book.model import GPT2_SMALL_CONFIG, GPTModel
 from core.errors import WeightsError
+from core.models.masks import with_masks
 from core.runtime.device import available_memory_gb, describe
 
 SAFETENSORS_MAGIC_MAX_HEADER = 100_000_000  # safetensors' own limit on the JSON header
@@ -206,11 +207,12 @@ def build_model(sd, cfg: dict | None, hf_config: dict | None) -> GPTModel:
         and torch.equal(lm_head.float(), mapped["tok_emb.weight"])
     )
     mapped["out_head.weight"] = mapped["tok_emb.weight"] if tied else lm_head.float()
+    with_masks(mapped, cfg)
     try:
         model.load_state_dict(mapped, strict=True, assign=True)
     except RuntimeError as e:
         raise WeightsError(f"GPT-2 weights do not fit the model: {e}") from e
     if tied:
         model.out_head.weight = model.tok_emb.weight  # one Parameter, as GPT-2 ties them
-    del mapped, lm_head  # the model is now the weights' only holder: freeze() may pack them in place
-    return freeze(model)
+    del mapped, lm_head  # the model is now the weights' only holder: serving may pack them in place
+    return model.eval().requires_grad_(False)
