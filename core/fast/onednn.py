@@ -20,7 +20,7 @@ import torch.nn.functional as F
 os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "16")
 os.environ.setdefault("LRU_CACHE_CAPACITY", "16")  # ideep's cache in front of oneDNN's
 
-# oneDNN's packing copies a weight before the plain one is freed: the 154 MB out_head would be
+# oneDNN's packing copies a weight before the plain one is freed: the out_head would be
 # held twice for a moment at every build, so weights above this stay plain.
 PACK_MAX_BYTES = 64 * 2**20
 

@@ -228,7 +228,7 @@ def _best(runs, reps: int) -> list[float]:
 
 
 def measure(rows: int, layers: int, reps: int) -> tuple[float, float]:
-    """Seconds for one pass over `layers` GPT-2-sized layers (3072 x 768, 9.4 MB each; four exceed
+    """Seconds for one pass over `layers` GPT-2-sized layers (3072 x 768; four exceed
     most L3 caches, so they are read from memory as in a model) with `rows` rows: this kernel, then
     oneDNN on its packed weights."""
     weights = [torch.randn(3072, 768) for _ in range(layers)]
@@ -277,7 +277,7 @@ def selected() -> bool:
         return False
     try:  # once per process, on a CPU with AVX-512 only
         if set_wide_rows(WIDE_FEW_ROWS):
-            few_on, few_off = measure_wide(12, layers=4, reps=5)  # 38 MB: from memory on most CPUs
+            few_on, few_off = measure_wide(12, layers=4, reps=5)  # from memory on most CPUs
             many_on, many_off = measure_wide(256, layers=1, reps=3)
             rows = WIDE_MANY_ROWS if many_on < many_off else 0
             wide_rows = set_wide_rows(WIDE_FEW_ROWS if rows and few_on < few_off else rows)

@@ -4,8 +4,7 @@
    W is packed in panels of 8 outputs: panel j holds rows 8j..8j+7 of the plain [N, K] weight as
    [K][8], one contiguous stream (24 KB for K = 768), and the N % 8 last rows follow, row-major. A
    tile reads two neighbouring panels at once (16 outputs): two streams from memory per thread,
-   which a CPU keeps more reads in flight for than one (panels of 16 read as one stream were
-   1.04-1.16x slower here for 1-15 rows). Each output sums over k in order 0..K-1 with one FMA per
+   which a CPU keeps more reads in flight for than one (bench/README.md). Each output sums over k in order 0..K-1 with one FMA per
    step, the same way for any M, any row and any thread count: a sentence's logits never depend on
    either (a partial sum kept in y between k blocks is stored and reloaded exactly). With `gelu`
    set, each output goes through the GPT-2 GELU as it is stored (the feed-forward's first layer),
@@ -16,27 +15,20 @@
 #include <omp.h>
 #include <stddef.h>
 
-#define KBLOCK 128 /* k per block for a sentence (6 < M <= 48): its 8 KB of the panels stay in L1 while
-                      every 6-row tile reads them, so the stream from memory never pauses for the later
-                      tiles (a whole panel per tile: 8.2-8.8 GB/s for 15 rows; in blocks: 10.6-11.0).
-                      Many rows are compute-bound: whole panels there (blocks were 0.9x at 256 rows) */
-/* Floats prefetched ahead of each stream. One tile (up to 6 rows, the book batch): 1 KB, which read
-   1.07-1.09x faster than 2 KB with the weights on huge pages (core/fast/panel.py), on one thread and two;
-   more rows spend longer per byte, and 2 KB ahead stays 1.02x faster for them (AMD EPYC). Over the
-   hardware's prefetch alone: 1.2-1.3x per layer on one thread. */
+#define KBLOCK 128 /* k per block for a sentence (6 < M <= 48): its part of the panels stays in L1 while
+                      every 6-row tile reads it, so the stream from memory never pauses for the later
+                      tiles. Many rows are compute-bound: whole panels there */
+/* Floats prefetched ahead of each stream, beyond the hardware's own prefetch: less for one tile
+   (up to 6 rows, the book batch), which reads its bytes fastest; more rows spend longer per byte. */
 #define PREFETCH_ONE_TILE 256
 #define PREFETCH_TILES 512
-/* On Intel Xeon (AVX-512) 4 KB ahead for one tile was 1.03-1.10x faster than 1 KB over a forward
-   pass of 6 rows, and 6-12 KB no faster: its memory is further away in time. */
+/* Intel's AVX-512 server CPUs: memory further away in time, so one tile prefetches further ahead. */
 #define PREFETCH_ONE_TILE_INTEL 1024
-/* Rows per block on the AVX-512 tile's path. With all M rows at once, each quad read the whole input
-   again (1.5 MB for 512 rows of 768: most of a 2 MB L2, beside the outputs passing through it); a
-   block of 96 rows (288 KB) stays in L2 while every quad of the thread reads it. Each quad's weights
-   are then read once per block: only for a weight of at most ROW_BLOCK_WEIGHT bytes (a block's
-   layers, 2.4-9.4 MB), not the out_head, whose 154 MB would come from memory once per block. 512
-   rows, Intel Xeon: query/key/value 1.03x, out_proj and the feed-forward's first layer 1.08x, its
-   second (K = 3072) 1.01x; the out_head in blocks was 0.91x. The bits are the same: each output's
-   sum is the same tile's. */
+/* Rows per block on the AVX-512 tile's path. With all M rows at once, each quad would read the whole
+   input again, most of L2 for many rows; a block of 96 rows stays in L2 while every quad of the
+   thread reads it. Each quad's weights are then read once per block: only for a weight of at most
+   ROW_BLOCK_WEIGHT bytes (a block's layers), not the out_head, which would come from memory once
+   per block. The bits are the same: each output's sum is the same tile's. */
 #define ROW_BLOCK 96
 #define ROW_BLOCK_WEIGHT (32L << 20)
 static long ahead_one = PREFETCH_ONE_TILE;
@@ -95,7 +87,7 @@ static float gelu1(float v) { /* the same arithmetic for one float: lane 0 of ge
 
 /* GELU over a pair's (or a lone panel's) finished outputs, still in L1. Apart from tile(), whose
    loop needs 15 of the 16 ymm registers: inside its epilogue, the GELU's constants made the loop
-   spill (2x slower). */
+   spill. */
 static __attribute__((noinline)) void gelu_panel(float *y, long M, long N, int width) {
     for (long m = 0; m < M; m++, y += N)
         for (int i = 0; i < width; i += 8) _mm256_storeu_ps(y + i, gelu8(_mm256_loadu_ps(y + i)));
@@ -162,10 +154,8 @@ static void run_pair(const job_t *j, long c, int two) {
     const long step = M > 6 && M <= 48 ? KBLOCK : K, first_ahead = M <= 6 ? ahead_one : PREFETCH_TILES;
     /* The first tile takes 6 rows (it computes while the block comes from memory); the rest share
        the other rows evenly: 15 rows as 6 + 5 + 4, not 6 + 6 + 3. A tile of R rows keeps 2R sums
-       going, and under 4 rows (8 sums) it waits on the FMA's latency. 13-15 and 20 rows: 1.06-1.11x
-       per forward pass's layers; 5 + 5 for 10 rows was 0.96x, so the first tile stays whole. Except
-       for 7 rows: 4 + 3, not 6 + 1, whose 1-row tile made the layers 1.10x slower (4 + 4 for 8 rows
-       and 5 + 4 for 9 gained nothing) */
+       going, and under 4 rows (8 sums) it waits on the FMA's latency, so the first tile stays
+       whole. Except for 7 rows: 4 + 3, not 6 + 1, whose 1-row tile would wait on it */
     const long first = M == 7 ? 4 : M < 6 ? M : 6, later = M - first, tiles = (later + 5) / 6;
     for (long k0 = 0; k0 < K; k0 += step) {
         const long k1 = k0 + step < K ? k0 + step : K;
@@ -249,8 +239,8 @@ static void run_quad(const job_t *j, long q, long m0, long M) {
         const float *x = j->x + m * K;
         float *y = j->y + m * N + 32 * q;
         /* The next tile's outputs, asked for with intent to write while this one computes: its 12
-           rows lie N floats apart (a batch's logits: 12 rows over 2.4 MB), and each store that
-           missed then waited for its line at the tile's end. The out_head: 1.02-1.04x. */
+           rows lie N floats apart (a batch's logits), and each store that missed would wait for
+           its line at the tile's end. */
         for (long r = m + 12; r < M && r < m + 24; r++) {
             __builtin_prefetch(j->y + r * N + 32 * q, 1, 3);
             __builtin_prefetch(j->y + r * N + 32 * q + 31, 1, 3);
