@@ -20,6 +20,7 @@ from core.serving.frozen import freeze
 SMALL = {**GPT_CONFIG_124M, "vocab_size": 500, "emb_dim": 64, "n_heads": 4, "n_layers": 2}
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(panel.library() is None, reason=f"LossLens's kernel: {panel.reason}")
 def test_each_variant_is_timed_on_the_model_with_the_same_logits(monkeypatch):
     monkeypatch.setattr(panel, "selected", lambda: True)

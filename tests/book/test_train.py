@@ -77,6 +77,7 @@ def test_generate_text_simple_is_greedy_and_matches_the_book(ch05, tokenizer):
         assert out[0, 4].item() == model(idx)[0, -1].argmax().item()
 
 
+@pytest.mark.slow
 def test_train_model_simple_equals_the_books(ch05, loaders, tokenizer, capsys):
     """Same model, loaders and seed: the same losses to the bit, the same log and samples."""
     train_loader, val_loader = loaders
@@ -109,6 +110,7 @@ def test_train_model_simple_equals_the_books(ch05, loaders, tokenizer, capsys):
     assert lines[-1].startswith("Every effort moves you")  # the epoch's sample
 
 
+@pytest.mark.slow
 def test_evaluate_model_and_the_sample_equal_the_books(ch05, loaders, tokenizer, capsys):
     model, _ = _fresh()
     train_loader, val_loader = loaders

@@ -191,6 +191,7 @@ def test_after_a_restart_a_run_never_saved_is_said_to_be_lost():
     assert "run" not in at.query_params  # said once: a later reload does not say it again
 
 
+@pytest.mark.slow
 def test_after_a_restart_a_run_with_a_save_offers_to_resume_it(verdict_path):
     from core.models.presets import get_preset
 

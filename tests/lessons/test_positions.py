@@ -11,6 +11,7 @@ from core.book.loss import calc_loss_loader
 from core.lessons.positions import position_losses
 
 
+@pytest.mark.slow
 def test_count_weighted_position_means_equal_the_books_split_loss(model, verdict_path):
     text = verdict_path.read_text(encoding="utf-8")
     settings = LoaderSettings()  # the book's: context 256, stride 256, batch 2, drop_last for training
@@ -26,6 +27,7 @@ def test_count_weighted_position_means_equal_the_books_split_loss(model, verdict
         assert p["loss"] == pytest.approx(calc_loss_loader(loader, model, "cpu", num_batches=3), abs=1e-6)
 
 
+@pytest.mark.slow
 def test_position_means_against_window_by_window(model, verdict_path):
     text = verdict_path.read_text(encoding="utf-8")[:3000]
     settings = LoaderSettings(context_length=16, stride=16, batch_size=3)
@@ -44,6 +46,7 @@ def test_position_means_against_window_by_window(model, verdict_path):
         assert r[split]["token_weighted_loss"] == pytest.approx(float(stacked.mean()), abs=1e-5)
 
 
+@pytest.mark.slow
 def test_progress_and_stop(model, verdict_path):
     text = verdict_path.read_text(encoding="utf-8")[:3000]
     seen = []

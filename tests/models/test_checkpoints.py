@@ -209,6 +209,7 @@ def test_a_model_being_trained_is_never_evicted(cache, monkeypatch):
     assert not model_path("training", owner=A).exists()
 
 
+@pytest.mark.slow
 def test_the_size_quota_bounds_repeated_saves(cache, monkeypatch):
     one = _save("probe").stat().st_size + resume_path("probe").stat().st_size
     delete_model("probe")
@@ -220,6 +221,7 @@ def test_the_size_quota_bounds_repeated_saves(cache, monkeypatch):
     assert [u.name for u in saved_units()] == ["run-9", "run-10", "run-11"]
 
 
+@pytest.mark.slow
 def test_a_visitor_over_their_share_loses_their_own_oldest_not_anybody_elses(cache, monkeypatch):
     monkeypatch.delenv("LOSSLENS_MODELS_OWNER_SHARE")  # the default: a quarter of the quota
     monkeypatch.setenv("LOSSLENS_MODELS_MAX_COUNT", "8")  # two models each

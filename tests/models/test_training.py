@@ -45,6 +45,7 @@ def _fresh(preset=TINY):
     return model, torch.optim.AdamW(model.parameters(), lr=preset.lr, weight_decay=preset.weight_decay)
 
 
+@pytest.mark.slow
 def test_a_few_steps_lower_the_loss(text, tokenizer):
     train_loader, val_loader = make_train_loaders(text, TINY.settings, tokenizer)
     model, optimizer = _fresh()
@@ -70,6 +71,7 @@ def test_a_few_steps_lower_the_loss(text, tokenizer):
     assert sum(line.startswith("Every effort moves you") for line in lines) == 2  # a sample per epoch
 
 
+@pytest.mark.slow
 def test_same_log_as_the_books_reference_code(text, tokenizer, capsys):
     """The book's train_model_simple (llms_from_scratch's and core.book's) on the same model, loaders and
     seed gives train_model's numbers, and its log."""
@@ -99,6 +101,7 @@ def test_same_log_as_the_books_reference_code(text, tokenizer, capsys):
         assert capsys.readouterr().out.splitlines() == lines
 
 
+@pytest.mark.slow
 def test_should_stop_ends_after_the_current_step(text, tokenizer):
     train_loader, val_loader = make_train_loaders(text, TINY.settings, tokenizer)
     model, optimizer = _fresh()

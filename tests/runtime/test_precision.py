@@ -50,6 +50,7 @@ def test_autocast_runs_matmuls_in_bfloat16_only_when_fast():
         assert torch.nn.functional.linear(x, w).dtype == torch.bfloat16
 
 
+@pytest.mark.slow
 def test_fast_dataset_pass_says_how_far_it_is_from_float32(tiny_model, verdict_path):
     text = verdict_path.read_text(encoding="utf-8")[:6000]
     exact = evaluate_dataset(tiny_model, text, SETTINGS)
@@ -133,6 +134,7 @@ def test_cli_dataset_fast(tmp_path):
 # --- training in bfloat16 ----------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_fast_training_steps_in_bfloat16_and_records_how_far_on_the_same_batches(verdict_path):
     from dataclasses import replace
 
@@ -170,6 +172,7 @@ def test_fast_training_steps_in_bfloat16_and_records_how_far_on_the_same_batches
     assert stopped.state.bf16_gaps == done.state.bf16_gaps[: len(stopped.state.bf16_gaps)]
 
 
+@pytest.mark.slow
 def test_a_fast_training_child_reports_how_far_bfloat16_is(verdict_path):
     from dataclasses import replace
 
@@ -185,6 +188,7 @@ def test_a_fast_training_child_reports_how_far_bfloat16_is(verdict_path):
     assert snap["bf16_gap"] == run.result.state.bf16_gaps[-1]
 
 
+@pytest.mark.slow
 def test_cli_train_fast(tmp_path, verdict_path, capsys):
     from core.__main__ import main
     from core.models.checkpoints import saved_run

@@ -42,6 +42,7 @@ def _wait_for_step(run, step: int, deadline: float = 180) -> None:
         time.sleep(0.05)
 
 
+@pytest.mark.slow
 def test_an_abandoned_run_stops_and_saves_after_the_grace_period(text):
     run = TrainingRun(LONG, text, "left", nice=1, owner=OWNER, limits=RunLimits(orphan_grace_s=3.0)).start()
     t0 = time.monotonic()
@@ -52,6 +53,7 @@ def test_an_abandoned_run_stops_and_saves_after_the_grace_period(text):
     assert is_resumable("left", owner=OWNER) and not is_resumable("left")  # saved in its owner's folder
 
 
+@pytest.mark.slow
 def test_a_run_whose_page_polls_or_whose_session_is_connected_goes_on(text):
     run = TrainingRun(
         LONG, text, "watched", nice=1, owner=OWNER, limits=RunLimits(orphan_grace_s=1.5)
@@ -70,6 +72,7 @@ def test_a_run_whose_page_polls_or_whose_session_is_connected_goes_on(text):
     assert snap["stop_reason"] == "abandoned" and snap["stopped"]
 
 
+@pytest.mark.slow
 def test_a_local_servers_run_is_nobodys_to_abandon(text):
     run = TrainingRun(LONG, text, "local", nice=1, limits=RunLimits(orphan_grace_s=0.5)).start()
     _wait_for_step(run, 1)
@@ -79,6 +82,7 @@ def test_a_local_servers_run_is_nobodys_to_abandon(text):
     assert _wait(run)["stop_reason"] == "visitor"
 
 
+@pytest.mark.slow
 def test_the_step_cap_stops_a_run_saved_and_resumable(text):
     run = TrainingRun(LONG, text, "capped", nice=1, owner=OWNER, limits=RunLimits(max_steps=3)).start()
     run.touch()
@@ -93,6 +97,7 @@ def test_the_step_cap_stops_a_run_saved_and_resumable(text):
     assert snap["step"] == 5 and snap["stop_reason"] == "steps"
 
 
+@pytest.mark.slow
 def test_the_time_cap_stops_a_run(text):
     run = TrainingRun(LONG, text, "timed", nice=1, limits=RunLimits(max_wall_s=4.0)).start()
     t0 = time.monotonic()
@@ -102,6 +107,7 @@ def test_the_time_cap_stops_a_run(text):
     assert model_path("timed").is_file()
 
 
+@pytest.mark.slow
 def test_only_the_owner_stops_it_and_others_see_the_queue_without_its_name(text):
     slot = TrainingSlot(nice=1, limits=RunLimits())
     run = slot.start(LONG, text, "private-name", owner=OWNER)
@@ -141,6 +147,7 @@ def _children() -> list[int]:
     ]
 
 
+@pytest.mark.slow
 def test_the_estimate_runs_in_a_child_process_that_holds_the_slot(text):
     slot = TrainingSlot(nice=1)
     before = set(_children())
@@ -190,6 +197,7 @@ def test_the_estimate_sentence_counts_one_thread_in_the_singular():
     assert "(3 threads)" in describe_estimate(e | {"threads": 3})
 
 
+@pytest.mark.slow
 def test_a_childs_failure_reads_as_its_message_without_a_type_name(text, monkeypatch):
     # The disk's reserve set beyond any disk: the child's check before training refuses, in words.
     monkeypatch.setenv("LOSSLENS_DISK_RESERVE_MB", str(10**12))

@@ -20,6 +20,7 @@ def cache(tmp_path, monkeypatch):
     return tmp_path
 
 
+@pytest.mark.slow
 def test_a_run_starts_from_the_given_models_weights(cache, verdict_path):
     text = verdict_path.read_text(encoding="utf-8")[:6000]
     first = run_training(replace(TINY, num_epochs=2), text, "first", log=None)
@@ -43,6 +44,7 @@ def train_quick(corpus, *options: str) -> int:
     return main(["train", "--preset", "quick", "--epochs", "1", "--corpus", str(corpus), *options])
 
 
+@pytest.mark.slow
 def test_the_cli_trains_from_a_model_key_on_a_device(cache, verdict_path, capsys, tmp_path):
     corpus = tmp_path / "corpus.txt"
     corpus.write_text(verdict_path.read_text(encoding="utf-8")[:3000], encoding="utf-8")
@@ -53,6 +55,7 @@ def test_the_cli_trains_from_a_model_key_on_a_device(cache, verdict_path, capsys
     assert saved.cfg["emb_dim"] == 768 and saved.cfg["n_layers"] == 12  # the 124M model, not the quick one
 
 
+@pytest.mark.slow
 def test_a_model_that_cannot_read_the_presets_windows_is_a_clear_error(cache, verdict_path, capsys, tmp_path):
     corpus = tmp_path / "corpus.txt"
     corpus.write_text(verdict_path.read_text(encoding="utf-8")[:6000], encoding="utf-8")

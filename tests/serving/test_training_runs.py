@@ -188,6 +188,7 @@ def test_training_run_reports_errors_instead_of_raising(text):
     assert run.snapshot()["error"].startswith("The training split has no batch of 4 x 32 tokens")
 
 
+@pytest.mark.slow
 def test_cli_train_prints_the_book_log_and_saves(tmp_path, verdict_path, capsys):
     from core.__main__ import main
 
