@@ -16,7 +16,7 @@ import streamlit as st
 from streamlit import config as st_config
 from streamlit.runtime.scriptrunner import get_script_run_ctx
 
-from core.serving.frozen import release_free_memory
+from core.serving.frozen import freeze, release_free_memory
 from core.errors import LossLensError, WeightsError
 from core.models.own_model import FORMATS, load_own_model, to_device
 from core.models.registry import ModelSpec, register_provider
@@ -229,6 +229,7 @@ def panel(sb) -> None:
     try:
         with box, st.spinner("Reading and checking the weights…"):
             own = load_own_model(source, n_heads=int(heads) or None, name=name)
+            freeze(own.model)  # served like the app's models: the CPU plug-in, in place
     except LossLensError as err:
         box.error(formats.md(err), icon=":material/error:")
         return
