@@ -69,6 +69,7 @@ def test_book_losses(book_run):
     assert pickle.loads(pickle.dumps(result)).to_dict() == d
 
 
+@pytest.mark.slow
 def test_progress_counts_both_splits(book_run):
     _, calls = book_run
     assert calls == [(0, 10, "train")] + [(i, 10, "train") for i in range(1, 10)] + [(10, 10, "val")]

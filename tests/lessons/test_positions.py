@@ -60,6 +60,7 @@ def test_progress_and_stop(model, verdict_path):
     assert r["cancelled"] and seen[0] == (0, seen[0][1], "train")
 
 
+@pytest.mark.slow
 def test_cli_dataset_json_has_the_position_means(model, verdict_path, tmp_path, monkeypatch, capsys):
     import json
 

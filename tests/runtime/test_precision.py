@@ -111,6 +111,7 @@ def test_the_fast_mode_leaves_a_shared_frozen_model_packed(tokens):
     )
 
 
+@pytest.mark.slow
 def test_cli_dataset_fast(tmp_path):
     corpus = tmp_path / "corpus.txt"
     corpus.write_text(("Every effort moves you, said Gisburn, and so it did. " * 60), encoding="utf-8")

@@ -26,6 +26,7 @@ def text(verdict_path):
     return verdict_path.read_text(encoding="utf-8")[:6000]
 
 
+@pytest.mark.slow
 def test_stop_and_resume_equals_an_uninterrupted_run(text):
     full = run_training(TINY, text, "uninterrupted", log=None)
     assert full.finished and full.state.global_step + 1 == 2 * full.steps_per_epoch
@@ -111,6 +112,7 @@ def _wait_for_step(run, step: int, deadline: float = 180) -> None:
         time.sleep(0.05)
 
 
+@pytest.mark.slow
 def test_training_runs_in_a_child_process_at_lower_priority_and_stop_ends_it_for_certain(text):
     run = TrainingRun(replace(TINY, num_epochs=50), text, "forced", threads=1, nice=10, grace_s=0).start()
     # Born at the lower priority: its imports (seconds of CPU) already yield to the visitors.
@@ -129,6 +131,7 @@ def test_training_runs_in_a_child_process_at_lower_priority_and_stop_ends_it_for
     assert not Path(f"/proc/{run.pid}").exists()  # ended and reaped: nothing left running
 
 
+@pytest.mark.slow
 def test_a_stopped_child_saves_a_resumable_run_and_leaves_nothing(text):
     run = TrainingRun(replace(TINY, num_epochs=50), text, "child", nice=1).start()
     _wait_for_step(run, 3)
@@ -140,6 +143,7 @@ def test_a_stopped_child_saves_a_resumable_run_and_leaves_nothing(text):
     assert model_path("child").is_file() and not Path(f"/proc/{run.pid}").exists()
 
 
+@pytest.mark.slow
 def test_a_training_child_waits_between_steps_while_visitors_requests_run(text):
     run = TrainingRun(replace(TINY, num_epochs=50), text, "yields", nice=1, yield_s=60).start()
     _wait_for_step(run, 2)
@@ -154,6 +158,7 @@ def test_a_training_child_waits_between_steps_while_visitors_requests_run(text):
     run.join(300)
 
 
+@pytest.mark.slow
 def test_a_busy_server_still_trains_a_step_per_yield_limit(text):
     run = TrainingRun(replace(TINY, num_epochs=50), text, "busy", nice=1, yield_s=0.2).start()
     _wait_for_step(run, 1)
@@ -181,6 +186,7 @@ def test_one_training_run_per_server(text):
     assert not first.running and not second.running
 
 
+@pytest.mark.slow
 def test_training_run_reports_errors_instead_of_raising(text):
     run = TrainingRun(TINY, text[:300], "too-short", nice=1).start()
     run.join(180)
@@ -206,6 +212,7 @@ def test_cli_train_prints_the_book_log_and_saves(tmp_path, verdict_path, capsys)
     assert main(["train", "--preset", "quick", "--epochs", "0"]) == 2
 
 
+@pytest.mark.slow
 def test_training_in_a_thread_and_seeded_draws_elsewhere_do_not_disturb_each_other(text):
     """A server trains in one thread while other sessions seed torch to build the untrained
     model: under RNG_LOCK each keeps its own random stream."""
