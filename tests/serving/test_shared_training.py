@@ -181,9 +181,9 @@ def test_a_run_that_would_not_fit_under_the_limit_starts_no_child(text, monkeypa
     monkeypatch.setenv(LIMIT_ENV, f"{tree_rss() // 2**20 + 1600}MB")
     slot = TrainingSlot(nice=1)
     before = set(_children())
-    with pytest.raises(InvalidParameterError, match="Training the book preset needs about 3.6 GB of RAM"):
+    with pytest.raises(InvalidParameterError, match="Training the book preset needs about 4.5 GB of RAM"):
         slot.start(PRESETS["book"], text, "too-big")
-    with pytest.raises(InvalidParameterError, match="Training the book preset needs about 3.6 GB of RAM"):
+    with pytest.raises(InvalidParameterError, match="Training the book preset needs about 4.5 GB of RAM"):
         slot.estimate(PRESETS["book"], text)
     assert set(_children()) == before and slot.run is None
 
