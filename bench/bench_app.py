@@ -44,8 +44,8 @@ def bench_reruns(n: int, views: list[str] = VIEWS) -> None:
     from machine import describe_cpu
     from streamlit.testing.v1 import AppTest
 
-    from core.serving.requests import compute_loss
     from core.lessons.report import summarize
+    from core.serving.requests import compute_loss
     from ui.cache import get_model
 
     print(describe_cpu())

@@ -38,14 +38,14 @@ import torch
 from bench_layers import layer_shapes, print_back_to_back  # bench/ is the script's folder
 from machine import describe_cpu, matmul_peak, matmul_sustained
 
-from core.models.loaders import LoaderSettings
-from core.serving.requests import evaluate_dataset
 from core import build_untrained_model
 from core.book.model import GPT_CONFIG_124M
-from core.runtime.tokenizer_files import seed_tiktoken_cache
 from core.models.corpus import load_verdict
+from core.models.loaders import LoaderSettings
 from core.runtime.device import available_devices, describe, resolve_device
 from core.runtime.precision import bf16_unavailable
+from core.runtime.tokenizer_files import seed_tiktoken_cache
+from core.serving.requests import evaluate_dataset
 
 TARGET_PEAK = 0.85  # our pass's GFLOPS over the large-matmul GFLOPS of the same run
 

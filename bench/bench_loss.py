@@ -211,8 +211,8 @@ def main(argv=None) -> int:
     from core import build_untrained_model
     from core.book.model import GPT_CONFIG_124M
     from core.fast import accelerate, onednn, panel
-    from core.runtime.tokenizer_files import get_tokenizer, seed_tiktoken_cache
     from core.lessons.loss import compute_loss, loss_from_logits, prepare_batch
+    from core.runtime.tokenizer_files import get_tokenizer, seed_tiktoken_cache
 
     cache = tempfile.TemporaryDirectory(prefix="losslens-tiktoken-")
     os.environ["TIKTOKEN_CACHE_DIR"] = str(seed_tiktoken_cache(Path(cache.name)))
@@ -346,7 +346,10 @@ def main(argv=None) -> int:
           f"= {f_ref / f_ours:.2f}x")  # fmt: skip
     k = {name: statistics.median(times[name]) for name in fns}
     if panels:
-        print("  forward pass by kernel (the app's model: the plug-in on LossLens's panels, core/fast/panel.py):")
+        print(
+            "  forward pass by kernel (the app's model: the plug-in on LossLens's panels, "
+            "core/fast/panel.py):"
+        )
     else:
         print(f"  forward pass by kernel (the app's model: the plug-in on oneDNN or torch; LossLens's panels "
               f"off: {panel.reason})")  # fmt: skip

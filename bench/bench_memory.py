@@ -68,9 +68,9 @@ def main() -> int:
     import torch
     from machine import describe_cpu
 
+    from core import build_untrained_model
     from core.models.loaders import LoaderSettings
     from core.serving.requests import evaluate_dataset
-    from core import build_untrained_model
 
     print(describe_cpu())
     text = big_text(load_verdict(args.corpus), args.megabytes)

@@ -63,9 +63,9 @@ def main() -> int:
 
     from core.book.loss import calc_loss_batch
     from core.book.model import GPTModel
-    from core.models.training import make_train_loaders
     from core.models.corpus import load_verdict
     from core.models.presets import estimate_time, get_preset
+    from core.models.training import make_train_loaders
     from core.runtime.device import available_devices, describe, resolve_device
     from core.runtime.precision import bf16_unavailable
 

@@ -10,12 +10,12 @@ import math
 
 import plotly.graph_objects as go
 import streamlit as st
-from core.serving.requests import evaluate_dataset
 
-from core.models.loaders import LoaderSettings
 from core.errors import LossLensError
 from core.models.hub import cached_gpt2_path
+from core.models.loaders import LoaderSettings
 from core.models.registry import available_models
+from core.serving.requests import evaluate_dataset
 from ui import (
     a11y,
     cache,

@@ -6,11 +6,11 @@ from dataclasses import asdict
 
 import plotly.graph_objects as go
 import streamlit as st
-from core.serving.requests import evaluate_dataset
 
-from core.models.loaders import LoaderSettings, make_loaders
 from core.errors import CorpusError
 from core.models.corpus import MAX_CORPUS_BYTES, MAX_CORPUS_LABEL, decode_corpus_bytes, validate_corpus_text
+from core.models.loaders import LoaderSettings, make_loaders
+from core.serving.requests import evaluate_dataset
 from ui import a11y, cache, charts, errors, formats, lesson_nav, position_loss, state, store, style, widgets
 
 SOURCES = ["The Verdict", "Upload a file", "Paste text"]

@@ -141,12 +141,12 @@ def test_the_registry_imports_saved_runs_only_from_checkpoints():
     graph = _graph("core")
     assert "core.models.checkpoints" in graph["core.models.registry"]
     assert not graph["core.models.registry"] & {
-        "core.book.train",
+        "core.models.training",
         "core.serving.runner",
         "core.serving.background",
         "core.models.presets",
     }
-    assert "core.models.registry" not in graph["core.book.train"] | graph["core.models.checkpoints"]
+    assert "core.models.registry" not in graph["core.models.training"] | graph["core.models.checkpoints"]
 
 
 def test_core_never_imports_streamlit_and_pages_never_import_pages():

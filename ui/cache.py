@@ -7,16 +7,16 @@ import time
 
 import streamlit as st
 
-from core.runtime.tokenizer_files import get_tokenizer
 from core.errors import LossLensError, WeightsError
-from core.serving.requests import compute_loss
 from core.lessons.report import summarize
 from core.models.corpus import load_verdict
 from core.models.registry import BOOK_MODEL, BOOK_SEED, effective_seed, load_model, owner_of_key
 from core.models.registry import get_spec as _registry_spec
 from core.runtime.device import available_devices
+from core.runtime.tokenizer_files import get_tokenizer
 from core.serving import shared_weights
 from core.serving.pool import ModelPool, describe_wait
+from core.serving.requests import compute_loss
 from ui import own_model, store, visitor
 from ui.state import Inputs
 

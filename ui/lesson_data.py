@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import streamlit as st
 
-from core.lessons.tokens import token_piece
 from core.lessons.confidence import confidence
 from core.lessons.gradient import gradient_bars
 from core.lessons.sweep import temperature_sweep
+from core.lessons.tokens import token_piece
 from core.lessons.units import loss_units
 from core.lessons.views import forward, predictions
 from ui import cache, state

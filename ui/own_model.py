@@ -16,12 +16,12 @@ import streamlit as st
 from streamlit import config as st_config
 from streamlit.runtime.scriptrunner import get_script_run_ctx
 
-from core.serving.frozen import freeze, release_free_memory
 from core.errors import LossLensError, WeightsError
 from core.models.own_model import FORMATS, load_own_model, to_device
 from core.models.registry import ModelSpec, register_provider
 from core.runtime.deployment import shared_server
 from core.runtime.device import available_memory_gb
+from core.serving.frozen import freeze, release_free_memory
 from ui import formats
 
 log = logging.getLogger("losslens")

@@ -5,8 +5,8 @@ from __future__ import annotations
 import plotly.graph_objects as go
 import streamlit as st
 
-from core.lessons.tokens import token_piece
 from core.lessons.divergence import compare_models
+from core.lessons.tokens import token_piece
 from ui import cache, charts, formats, state, style, widgets
 
 # ColorBrewer PuOr (colour-blind safe, diverging): orange = A more surprised, purple = B more surprised.

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from core.book import model as book
 from core.fast import panel
-from core.fast.linear import PackedLinear, PackedWeight
+from core.fast.linear import PackedLinear
 
 # Up to this b * num_tokens^2, attention runs on one thread: a few tokens' attention is a few
 # microseconds of work, which waking a second thread only slows (bench/README.md).
@@ -78,9 +78,8 @@ class FastFeedForward(book.FeedForward):
 
     def on_panels(self, x) -> bool:
         first, activation, last = self.layers
-        return (
-            isinstance(activation, book.GELU)
-            and all(isinstance(m, PackedLinear) and m.on_panels(x) for m in (first, last))
+        return isinstance(activation, book.GELU) and all(
+            isinstance(m, PackedLinear) and m.on_panels(x) for m in (first, last)
         )
 
     def __deepcopy__(self, memo):
@@ -107,7 +106,10 @@ class FastAttention(nn.Module):
             queries, keys, values = self.qkv(x).split(self.d_out, dim=-1)
         else:
             keys, queries, values = self.W_key(x), self.W_query(x), self.W_value(x)
-        heads = [t.view(b, num_tokens, self.num_heads, self.head_dim).transpose(1, 2) for t in (queries, keys, values)]
+        heads = [
+            t.view(b, num_tokens, self.num_heads, self.head_dim).transpose(1, 2)
+            for t in (queries, keys, values)
+        ]
         return self.out_proj(self.attend(*heads))
 
     def attend(self, queries, keys, values):
@@ -119,7 +121,9 @@ class FastAttention(nn.Module):
             torch.set_num_threads(1)
         try:
             dropout = self.dropout.p if self.training else 0.0
-            context_vec = F.scaled_dot_product_attention(queries, keys, values, dropout_p=dropout, is_causal=True)
+            context_vec = F.scaled_dot_product_attention(
+                queries, keys, values, dropout_p=dropout, is_causal=True
+            )
         finally:
             if alone:
                 torch.set_num_threads(threads)
@@ -202,7 +206,14 @@ class FastBlock(book.TransformerBlock):
         att, ff = m["att"], m["ff"]._modules["layers"]._modules
         a = att._modules
         layers = (a["W_query"], a["W_key"], a["W_value"], a["out_proj"], ff["0"], ff["2"])
-        return (att, m["norm1"], m["norm2"], ff["1"], *layers, *(layer._parameters["weight"] for layer in layers))
+        return (
+            att,
+            m["norm1"],
+            m["norm2"],
+            ff["1"],
+            *layers,
+            *(layer._parameters["weight"] for layer in layers),
+        )
 
     def forward(self, x):
         kept = self.__dict__.get("_panels")
@@ -215,7 +226,8 @@ class FastBlock(book.TransformerBlock):
         ):
             return super().forward(x)
         parts = self._parts()
-        if any(part is not ref() for part, ref in zip(parts, kept)):  # replaced, unpacked or loaded since
+        # a part replaced, unpacked or loaded since the check was kept
+        if any(part is not ref() for part, ref in zip(parts, kept, strict=False)):
             return super().forward(x)
         att, norm1, norm2, _, _, _, _, out_proj, first, last = parts[:10]
         return self._forward_on_panels(x, att, norm1, norm2, out_proj, first, last)

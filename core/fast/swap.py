@@ -41,13 +41,18 @@ def accelerate(model: nn.Module) -> nn.Module:
     packable = [uses[id(child.weight)] == 1 for _, _, child in linears]
     # LossLens's panels go side by side on huge pages, one mapping per model; a part that a layer
     # does not take (oneDNN's, or a plain weight) is never touched, so never held.
-    sizes = [-(-c.weight.numel() // panel.ALIGN) * panel.ALIGN if ok else 0 for (_, _, c), ok in zip(linears, packable)]
+    sizes = [
+        -(-c.weight.numel() // panel.ALIGN) * panel.ALIGN if ok else 0
+        for (_, _, c), ok in zip(linears, packable, strict=True)
+    ]
     arena = huge_empty(sum(sizes)) if sum(sizes) and panel.selected() else None
     offset = 0
     for (parent, name, child), ok, size in zip(linears, packable, sizes, strict=True):
         into = None if arena is None or not ok else arena[offset : offset + child.weight.numel()]
         offset += size
-        contiguous = getattr(child, "contiguous_output", not (isinstance(parent, book.GPTModel) and name == "out_head"))
+        contiguous = getattr(
+            child, "contiguous_output", not (isinstance(parent, book.GPTModel) and name == "out_head")
+        )
         fast = PackedLinear.from_linear(child, contiguous_output=contiguous, pack=ok, into=into)
         if isinstance(fast.weight, PackedWeight):
             release_free_memory()  # a freed plain weight or packing buffer, before the next layer

@@ -37,6 +37,7 @@ def test_linear_flops_are_the_model_s_own_linear_layers():
 
 def test_timed_parts_times_every_linear_attention_and_loss_call_and_restores_them():
     from core.lessons.dataset import batch_loss as calc_loss_batch
+
     model = build_untrained_model(123, SMALL)
     x = torch.randint(0, SMALL["vocab_size"], (2, 40))  # 80 rows: the cross entropy in blocks
     hidden = torch.zeros(2, 40, SMALL["emb_dim"])
@@ -82,7 +83,9 @@ def test_timed_parts_times_every_linear_attention_and_loss_call_and_restores_the
         by_itself = bench_dataset.alone(parts, reps=1)
         assert by_itself.keys() == parts["linear"].layers.keys() and all(t > 0 for t in by_itself.values())
         with torch.inference_mode():
-            assert torch.equal(calc_loss_batch(x, x, model, "cpu"), expected)  # running them again changed nothing
+            assert torch.equal(
+                calc_loss_batch(x, x, model, "cpu"), expected
+            )  # running them again changed nothing
 
 
 def test_layer_names_are_bench_layers_own_and_an_unknown_shape_is_spelt_out():

@@ -12,6 +12,7 @@ import torch
 from core.book import model as model_module
 from core.book.model import GPT2_SMALL_CONFIG, GPT_CONFIG_124M, GPTModel
 from core.runtime.rng import build_untrained_model
+
 BOOK_INPUTS = torch.tensor([[16833, 3626, 6100], [40, 1107, 588]])
 BOOK_ARGMAX = [[16657, 339, 42826], [49906, 29669, 41751]]
 
@@ -58,8 +59,19 @@ def test_the_book_s_classes_compute_the_book_s_logits_to_the_bit(book_model, ref
 
 
 def test_the_module_holds_the_book_s_classes_in_the_book_s_order():
-    classes = [n for n, v in vars(model_module).items() if inspect.isclass(v) and v.__module__ == model_module.__name__]
-    assert classes == ["MultiHeadAttention", "LayerNorm", "GELU", "FeedForward", "TransformerBlock", "GPTModel"]
+    classes = [
+        n
+        for n, v in vars(model_module).items()
+        if inspect.isclass(v) and v.__module__ == model_module.__name__
+    ]
+    assert classes == [
+        "MultiHeadAttention",
+        "LayerNorm",
+        "GELU",
+        "FeedForward",
+        "TransformerBlock",
+        "GPTModel",
+    ]
     assert len(inspect.getsource(model_module).splitlines()) <= 200
 
 
@@ -145,5 +157,3 @@ def test_gpt2_small_shape():
     assert att.W_query.bias.shape == att.W_key.bias.shape == att.W_value.bias.shape == (768,)
     assert len(small.trf_blocks) == 12 and att.num_heads == 12
     assert _n_params(small, skip_out_head=True) == 124_439_808
-
-

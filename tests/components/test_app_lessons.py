@@ -129,8 +129,8 @@ def test_gradient_view_and_a_training_step(model, book):
 
 @pytest.mark.slow
 def test_dataset_view_loss_by_position(model, verdict_path):
-    from core.models.loaders import LoaderSettings
     from core.lessons.positions import position_losses
+    from core.models.loaders import LoaderSettings
 
     text = verdict_path.read_text(encoding="utf-8")[:3000]
     at = app("dataset", pos_split="Validation")

@@ -26,10 +26,7 @@ from core.serving.frozen import build_untrained_model, freeze
 ROOT = Path(__file__).resolve().parents[2]
 
 
-
-needs_onednn = pytest.mark.skipif(
-    not onednn.AVAILABLE, reason="oneDNN's linear is used on x86-64 only"
-)
+needs_onednn = pytest.mark.skipif(not onednn.AVAILABLE, reason="oneDNN's linear is used on x86-64 only")
 
 
 @pytest.fixture

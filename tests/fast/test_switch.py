@@ -26,7 +26,11 @@ def test_switched_off_the_served_model_is_the_book_s_with_one_mask(monkeypatch):
     torch.manual_seed(1)
     model = frozen.freeze(GPTModel(TINY))
     assert not is_accelerated(model) and not model.training
-    assert {type(m) for m in model.modules()} >= {book.TransformerBlock, book.MultiHeadAttention, torch.nn.Linear}
+    assert {type(m) for m in model.modules()} >= {
+        book.TransformerBlock,
+        book.MultiHeadAttention,
+        torch.nn.Linear,
+    }
     masks = {id(b.att.mask) for b in model.trf_blocks}
     assert len(masks) == 1  # one tensor for every block
     monkeypatch.setenv(frozen.FAST_ENV, "1")
@@ -61,6 +65,8 @@ def test_the_book_number_tests_pass_without_the_plug_in():
         "'tests/book/test_model.py', 'tests/lessons/test_loss.py']))"
     )
     env = {**os.environ, frozen.FAST_ENV: "0"}
-    run = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=1500)
+    run = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=1500
+    )
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-2000:]
     assert " passed" in run.stdout and "failed" not in run.stdout

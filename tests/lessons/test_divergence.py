@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from core.book.model import GPT_CONFIG_124M
-from core.runtime.rng import build_untrained_model
 from core.lessons.divergence import compare_models
 from core.lessons.loss import prepare_batch
+from core.runtime.rng import build_untrained_model
 
 SMALL = {**GPT_CONFIG_124M, "context_length": 16, "emb_dim": 32, "n_heads": 2, "n_layers": 2}
 TEXTS = ["every effort moves you", "I really like chocolate and cake"]

@@ -10,7 +10,6 @@ import torch.nn.functional as F
 from conftest import BOOK_TEXTS
 
 from core.book.model import GPT_CONFIG_124M
-from core.runtime.rng import build_untrained_model
 from core.lessons.confidence import BUCKETS, confidence
 from core.lessons.gradient import (
     NotEnoughMemoryError,
@@ -24,6 +23,7 @@ from core.lessons.loss import compute_loss
 from core.lessons.sweep import grid, temperature_sweep
 from core.lessons.units import loss_units, predicted_counts
 from core.lessons.views import forward, predictions
+from core.runtime.rng import build_untrained_model
 
 SMALL = {**GPT_CONFIG_124M, "context_length": 16, "emb_dim": 32, "n_heads": 2, "n_layers": 2}
 

@@ -6,9 +6,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from core.models.loaders import LoaderSettings, make_loaders
 from core.book.loss import calc_loss_loader
 from core.lessons.positions import position_losses
+from core.models.loaders import LoaderSettings, make_loaders
 
 
 @pytest.mark.slow

@@ -17,9 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from core.models.loaders import LoaderSettings
 from core.book.model import GPTModel
-from core.models.training import TrainState
 from core.errors import InvalidParameterError, StorageError, WeightsError
 from core.models import checkpoints, model_files, storage
 from core.models.checkpoints import (
@@ -31,9 +29,11 @@ from core.models.checkpoints import (
     save_checkpoint,
     saved_run,
 )
+from core.models.loaders import LoaderSettings
 from core.models.model_files import delete_model, model_path, pin_model, resume_path, saved_units
 from core.models.presets import Preset
 from core.models.storage import save_problem
+from core.models.training import TrainState
 
 SMALL_CFG = {  # a few hundred KB a save: quotas in fractions of a MB
     "vocab_size": 320,

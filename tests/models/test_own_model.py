@@ -16,8 +16,8 @@ from conftest import BOOK_TEXTS, ROOT
 
 import core.models.weights
 from core.__main__ import main
-from core.lessons.dataset import batch_loss as losslens_calc_loss_batch
 from core.errors import WeightsError
+from core.lessons.dataset import batch_loss as losslens_calc_loss_batch
 from core.lessons.loss import compute_loss
 from core.models.own_build import GPT2_HEADS
 from core.models.own_model import load_own_model
@@ -418,9 +418,9 @@ def test_app_loads_the_readers_model_for_every_view(loopback_app, small, tokeniz
     at.multiselect(key="cmp_models").set_value([own.key]).run()
     at.button(key="cmp_dataset").click().run()
     assert not at.exception, at.exception
-    from core.models.loaders import LoaderSettings
     from core.lessons.dataset import evaluate_dataset
     from core.models.corpus import load_verdict
+    from core.models.loaders import LoaderSettings
 
     r = evaluate_dataset(
         own.model, load_verdict(), LoaderSettings(context_length=64, stride=64), tokenizer=tokenizer

@@ -18,7 +18,6 @@ from conftest import BOOK_TEXTS, ROOT
 import core.fast.linear
 import core.fast.onednn
 import core.fast.panel
-from core.serving.frozen import freeze
 from core.errors import InvalidParameterError
 from core.lessons.loss import compute_loss
 from core.models.registry import available_models, load_model
@@ -30,6 +29,7 @@ from core.runtime.device import (
     model_device,
     resolve_device,
 )
+from core.serving.frozen import freeze
 
 HAS_CUDA = torch.cuda.is_available()
 gpu = pytest.mark.gpu

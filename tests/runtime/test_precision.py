@@ -11,11 +11,11 @@ import sys
 import pytest
 import torch
 
-from core.models.loaders import LoaderSettings
-from core.lessons.dataset import evaluate_dataset
 from core.book.model import GPT_CONFIG_124M, GPTModel
-from core.serving.frozen import freeze
+from core.lessons.dataset import evaluate_dataset
+from core.models.loaders import LoaderSettings
 from core.runtime.precision import CPU_BF16_FLAGS, FORCE_ENV, autocast, bf16_unavailable, cpu_flags
+from core.serving.frozen import freeze
 
 TINY = {**GPT_CONFIG_124M, "context_length": 32, "emb_dim": 64, "n_heads": 2, "n_layers": 2}
 SETTINGS = LoaderSettings(context_length=32, stride=32, batch_size=2)

@@ -10,7 +10,6 @@ import time
 import pytest
 
 from core.serving.priority import (
-    FOREGROUND,
     Foreground,
     lower_thread_priority,
     pause_point,
