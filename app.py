@@ -12,7 +12,7 @@ from core.serving.priority import FOREGROUND
 from ui import errors, lesson_nav, sidebar, state, style
 
 # One intra-op thread per script run: visitors already run in parallel sessions, and on shared
-# cores torch's spinning worker threads cost several times the CPU per pass (bench/README.md).
+# cores torch's spinning worker threads cost several times the CPU per pass (docs/performance.md).
 torch.set_num_threads(1)
 
 # An emoji favicon is drawn locally; a :material/...: one is fetched from a font CDN (fails offline).

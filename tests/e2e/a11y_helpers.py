@@ -7,7 +7,7 @@ import json
 from devtools.harness import ARTIFACTS
 
 # axe-core as bundled by axe-playwright-python (pinned in requirements-dev.txt). A different
-# bundled version fails the audit until the pin, this constant and the README move together.
+# bundled version fails the audit until the pin, this constant and docs/accessibility.md move together.
 AXE_VERSION = "4.12.1"
 WCAG_TAGS = ["wcag2a", "wcag2aa", "wcag21a", "wcag21aa"]
 AXE_OPTIONS = {"runOnly": {"type": "tag", "values": WCAG_TAGS}, "resultTypes": ["violations"]}

@@ -4,7 +4,7 @@
    W is packed in panels of 8 outputs: panel j holds rows 8j..8j+7 of the plain [N, K] weight as
    [K][8], one contiguous stream (24 KB for K = 768), and the N % 8 last rows follow, row-major. A
    tile reads two neighbouring panels at once (16 outputs): two streams from memory per thread,
-   which a CPU keeps more reads in flight for than one (bench/README.md). Each output sums over k in order 0..K-1 with one FMA per
+   which a CPU keeps more reads in flight for than one (docs/performance.md). Each output sums over k in order 0..K-1 with one FMA per
    step, the same way for any M, any row and any thread count: a sentence's logits never depend on
    either (a partial sum kept in y between k blocks is stored and reloaded exactly). With `gelu`
    set, each output goes through the GPT-2 GELU as it is stored (the feed-forward's first layer),
