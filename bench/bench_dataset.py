@@ -241,9 +241,7 @@ def main() -> int:
         f"matmul peak {peak:6.1f} GFLOPS "
         f"(float32 2048^3 torch.mm, best of {len(peaks)} probes between passes)"
     )
-    print(
-        f"ours at {share:.1%} of the peak, reference at {flops / t_ref / 1e9 / peak:.1%}"
-    )
+    print(f"ours at {share:.1%} of the peak, reference at {flops / t_ref / 1e9 / peak:.1%}")
     cpu_peak = max(cpu_peaks)
     cpu_share = flops / min(our_cpu) / 1e9 / cpu_peak
     print(
