@@ -18,6 +18,7 @@ Streamlit app (bench/minimal_app.py: a title, 4 metrics, a text area) as the flo
     python bench/load_protocol.py --flags "--runner.postScriptGC true"   # e.g. Streamlit's default GC
     python bench/load_protocol.py --scenarios room --room 2 --sweep 30,60 --plot docs/deploy-p95.png
     python bench/load_protocol.py --scenarios kill --room 2 --visitors 30
+    python bench/load_protocol.py --scenarios upload --room 2 [--no-affinity]
     python bench/load_protocol.py --scenarios burst --url http://127.0.0.1:8500   # a running room
 
 `room` runs each burst against one process directly and against a room of --room processes behind
@@ -354,12 +355,14 @@ def live_rss_mib(pids: list[int]) -> float:
 class RoomUnderTest:
     """A room started here (as `deploy/room.py start` does, supervised by a thread), or a URL."""
 
-    def __init__(self, work: Path, n: int, env: dict, flags: tuple = (), url: str | None = None):
+    def __init__(
+        self, work: Path, n: int, env: dict, flags: tuple = (), url: str | None = None, affinity: bool = True
+    ):
         self.room = None
         if url is None:
             base = room_client.free_block(n)
             config = RoomConfig(processes=n, port=base, first_port=base + 1, run_dir=work / f"room-{n}",
-                                env=env, flags=flags)  # fmt: skip
+                                env=env, flags=flags, affinity=affinity)  # fmt: skip
             self.room = Room(config).start()
             url = self.room.url
         self.target = room_client.Target.parse(url)
@@ -492,6 +495,38 @@ async def kill_one(room: RoomUnderTest, args) -> list[str]:
     ]
 
 
+async def uploads(room: RoomUnderTest, args) -> list[str]:
+    """Visitors upload a corpus each through the proxy and press Compute: is it their own?"""
+    from core.lessons.dataset import evaluate_dataset
+    from core.models.corpus import load_verdict
+    from core.models.loaders import LoaderSettings
+    from devtools.protocol import _MODELS, BOOK_SEED
+
+    expected_numbers([Plan("fresh")], {}, {})  # the book's model, kept in _MODELS
+    verdict = load_verdict().encode()
+    ok, refused, wrong = 0, [], []
+    for k in range(args.uploads):
+        data = verdict[: 12_000 - 500 * k]  # a corpus of its own per visitor
+        r = evaluate_dataset(_MODELS[BOOK_SEED], data.decode(errors="ignore"), LoaderSettings())
+        want = {room_client.TRAIN_LOSS: r.train_loss, room_client.VAL_LOSS: r.val_loss}
+        out = await room_client.upload_corpus(room.target, f"corpus-{k}.txt", data, args.timeout)
+        if out.error:
+            refused.append(f"HTTP {out.status}: {out.error[:90]}")
+        elif all(abs(float(out.losses[key]) - want[key]) <= 1.5e-4 for key in want):
+            ok += 1
+        else:
+            wrong.append(f"{out.losses} != {want}")
+    mode = (
+        "with affinity (route cookie)"
+        if room.room is None or room.room.config.affinity
+        else "WITHOUT affinity"
+    )
+    return [
+        f"uploads through the proxy, {mode}: {ok} of {args.uploads} computed with the visitor's own "
+        f"numbers; refused {len(refused)} {refused[:2]}; wrong numbers {len(wrong)}"
+    ]
+
+
 def plot_room(direct: list[Figures], behind: list[Figures], n: int, path: Path) -> None:
     import matplotlib
 
@@ -526,7 +561,7 @@ async def room_main(args) -> int:
     flags = tuple(shlex.split(args.flags))
     lines = [f"LossLens room load, {os.cpu_count()} cores, load before {os.getloadavg()[0]:.1f}"]
     app = None
-    room = RoomUnderTest(work, args.room, env, flags, args.url)
+    room = RoomUnderTest(work, args.room, env, flags, args.url, affinity=not args.no_affinity)
     try:
         room.supervise()
         if "room" in args.scenarios:
@@ -546,6 +581,9 @@ async def room_main(args) -> int:
             lines.append(f"warm-up: errors {[o.error for o in outs]}")
             lines += await kill_one(room, args)
             print("\n".join(lines[-6:]), flush=True)
+        if "upload" in args.scenarios:
+            lines += await uploads(room, args)
+            print(lines[-1], flush=True)
         if "burst" in args.scenarios and args.url:
             plans, texts = text_plans(args.visitors, 95_000)
             expected_numbers(plans, texts, {})
@@ -631,7 +669,7 @@ def main() -> int:
     parser.add_argument("--scenarios", type=lambda s: s.split(","),
                         default=["reference", "burst", "hostile", "seeds", "training"],
                         help="comma-separated: reference,burst,sweep,hostile,seeds,training; "
-                             "with --room or --url: room,kill,burst")  # fmt: skip
+                             "with --room or --url: room,kill,upload,burst")  # fmt: skip
     parser.add_argument("--visitors", type=int, default=30, help="visitors per burst (default 30)")
     parser.add_argument(
         "--ramp", type=float, default=10.0, help="seconds over which a burst arrives (default 10)"
@@ -650,6 +688,8 @@ def main() -> int:
         "--room", type=int, default=0, help="processes of a room behind nginx, for the room/kill scenarios"
     )
     parser.add_argument("--url", help="visit this running server or room instead of starting one")
+    parser.add_argument("--uploads", type=int, default=4, help="corpus uploads in the upload scenario")
+    parser.add_argument("--no-affinity", action="store_true", help="the room spreads requests round-robin")
     args = parser.parse_args()
     if (
         not 1 <= args.visitors <= 100

@@ -33,7 +33,6 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from core.book import model as book
 from core.runtime.paths import cache_dir
 from core.runtime.rng import seeded_untrained_model
 
@@ -60,50 +59,68 @@ def _mappable(t: torch.Tensor) -> bool:
     return t.device.type == "cpu" and not t.is_mkldnn and not t.is_sparse and t.is_contiguous()
 
 
-def signature(model: nn.Module) -> list[dict]:
-    """What the file must hold for this model: each mappable tensor's place, class, dtype and shape."""
-    out, seen = [], set()
+def layout(model: nn.Module) -> tuple[list[dict], list[tuple]]:
+    """Each mappable tensor's place (its storage, and offset within the part of it in use) and
+    each storage's part in use. Tensors keep their neighbours: the fast kernel reads the query,
+    key and value panels, side by side in one mapping, as one weight."""
+    found, storages = [], {}
     for mod_name, table, attr, t in _tensors(model):
-        if not _mappable(t) or (t.data_ptr(), t.numel()) in seen:
-            continue  # a tied or opaque tensor stays as it is (packed panels share one arena: not tied)
-        seen.add((t.data_ptr(), t.numel()))
-        out.append({"name": f"{mod_name}:{table}:{attr}", "dtype": str(t.dtype).removeprefix("torch."),
-                    "shape": list(t.shape), "nbytes": t.numel() * t.element_size()})  # fmt: skip
-    return out
+        if not _mappable(t):
+            continue  # oneDNN's opaque layout has no bytes to map: it stays private
+        st = t.untyped_storage()
+        start = t.data_ptr() - st.data_ptr()
+        nbytes = t.numel() * t.element_size()
+        lo, hi, _ = storages.get(st.data_ptr(), (start, start + nbytes, st))
+        storages[st.data_ptr()] = (min(lo, start), max(hi, start + nbytes), st)
+        found.append((f"{mod_name}:{table}:{attr}", st.data_ptr(), start, nbytes, t))
+    order = {ptr: i for i, ptr in enumerate(storages)}
+    entries = [
+        {"name": name, "storage": order[ptr], "offset": start - storages[ptr][0], "nbytes": nbytes,
+         "dtype": str(t.dtype).removeprefix("torch."), "shape": list(t.shape)}
+        for name, ptr, start, nbytes, t in found
+    ]  # fmt: skip
+    return entries, list(storages.values())
 
 
-def weights_path(seed: int, sig: list[dict]) -> Path:
-    what = json.dumps(
-        {"seed": seed, "sig": sig, "torch": torch.__version__, "format": FORMAT}, sort_keys=True
-    )
-    digest = hashlib.sha256(what.encode()).hexdigest()[:20]
+def weights_path(seed: int, entries: list[dict], storages: list[tuple]) -> Path:
+    sizes = [hi - lo for lo, hi, _ in storages]
+    what = {"seed": seed, "entries": entries, "sizes": sizes, "torch": torch.__version__, "format": FORMAT}
+    digest = hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:20]
     return cache_dir() / "shared-weights" / f"untrained-seed{seed}-{digest}.bin"
 
 
-def _bytes(t: torch.Tensor) -> torch.Tensor:
-    return t.detach().reshape(-1).view(torch.uint8)
+def _storage_bytes(st, lo: int, hi: int) -> torch.Tensor:
+    return torch.empty(0, dtype=torch.uint8).set_(st, 0, (st.nbytes(),), (1,))[lo:hi]
 
 
-def write_weights(model: nn.Module, sig: list[dict], path: Path) -> None:
-    """Write the model's mappable tensors, in their in-memory layout, to `path` (atomically)."""
-    tensors = {f"{m}:{table}:{a}": t for m, table, a, t in _tensors(model)}
-    entries, offset = [], 0
-    for e in sig:
-        entries.append(e | {"offset": offset})
-        offset += -(-e["nbytes"] // ALIGN) * ALIGN
-    head = json.dumps({"format": FORMAT, "entries": entries}).encode()
-    start = -(-(len(head) + 8) // ALIGN) * ALIGN
+def _blob_starts(sizes: list[int], header_bytes: int) -> list[int]:
+    at, starts = -(-(header_bytes + 8) // ALIGN) * ALIGN, []
+    for size in sizes:
+        starts.append(at)
+        at += -(-size // ALIGN) * ALIGN
+    return starts + [at]
+
+
+def write_weights(entries: list[dict], storages: list[tuple], path: Path) -> None:
+    """Write each storage's part in use, as it is in memory, to `path` (atomically)."""
+    sizes = [hi - lo for lo, hi, _ in storages]
+    head = json.dumps({"format": FORMAT, "entries": entries, "sizes": sizes}).encode()
+    starts = _blob_starts(sizes, len(head))
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     with open(tmp, "wb") as f:
         f.write(len(head).to_bytes(8, "little") + head)
-        for e in entries:
-            f.seek(start + e["offset"])
-            f.write(memoryview(_bytes(tensors[e["name"]]).numpy()))
-        f.truncate(start + offset)
+        for (lo, hi, st), start in zip(storages, starts, strict=False):
+            f.seek(start)
+            f.write(memoryview(_storage_bytes(st, lo, hi).numpy()))
+        f.truncate(starts[-1])
         f.flush()
         os.fsync(f.fileno())
     tmp.replace(path)
+
+
+def _bytes(t: torch.Tensor) -> torch.Tensor:
+    return t.detach().reshape(-1).view(torch.uint8)
 
 
 def adopt(model: nn.Module, path: Path) -> int:
@@ -114,18 +131,18 @@ def adopt(model: nn.Module, path: Path) -> int:
         meta = json.loads(f.read(size))
         if meta.get("format") != FORMAT:
             return 0
-        start = -(-(size + 8) // ALIGN) * ALIGN
         memory = mmap.mmap(f.fileno(), 0, flags=mmap.MAP_PRIVATE, prot=mmap.PROT_READ | mmap.PROT_WRITE)
     raw = torch.frombuffer(memory, dtype=torch.uint8)  # holds the mapping while a view lives
+    starts = _blob_starts(meta["sizes"], size)
     where = {e["name"]: e for e in meta["entries"]}
     modules = dict(model.named_modules())
     shared = 0
     for mod_name, table, attr, t in list(_tensors(model)):
         e = where.get(f"{mod_name}:{table}:{attr}")
-        nbytes = t.numel() * t.element_size()
-        if e is None or not _mappable(t) or e["nbytes"] != nbytes or e["shape"] != list(t.shape):
+        if e is None or not _mappable(t) or e["shape"] != list(t.shape) or e["dtype"] != str(t.dtype)[6:]:
             continue
-        view = raw[start + e["offset"] : start + e["offset"] + nbytes]
+        at = starts[e["storage"]] + e["offset"]
+        view = raw[at : at + e["nbytes"]]
         if not torch.equal(view, _bytes(t)):
             continue
         data = view.view(t.dtype).view(t.shape)
@@ -135,7 +152,11 @@ def adopt(model: nn.Module, path: Path) -> int:
         else:
             new = data
         getattr(modules[mod_name], table)[attr] = new
-        shared += nbytes
+        shared += e["nbytes"]
+    for module in model.modules():  # a block that keeps references to its weights takes the new ones
+        remember = getattr(module, "remember_panels", None)
+        if callable(remember):
+            remember()
     return shared
 
 
@@ -151,25 +172,49 @@ def _locked(path: Path):
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
-def share(model: nn.Module, seed: int) -> nn.Module:
-    """`model` (built for `seed`) with its tensors on the machine's shared file where they match."""
-    sig = signature(model)
-    path = weights_path(seed, sig)
+def _served(model: nn.Module) -> nn.Module:
+    """The model as serving hands it out (core.serving.frozen: the fast plug-in's modules)."""
+    try:
+        from core.serving.frozen import freeze
+    except ImportError:  # a book model that packs itself
+        return model
+    return freeze(model)
+
+
+def _release() -> None:
+    for where in ("core.serving.frozen", "core.book.model"):
+        try:
+            release = getattr(__import__(where, fromlist=["x"]), "release_free_memory", None)
+        except ImportError:
+            continue
+        if release is not None:
+            release()  # the freed private copy goes back to the OS now, not at the next malloc
+            return
+
+
+def share(model: nn.Module, seed: int) -> int:
+    """Put `model`'s tensors (built for `seed`, as served) on the machine's shared file where
+    they match it, writing the file first if no process has; returns the bytes shared."""
+    entries, storages = layout(model)
+    path = weights_path(seed, entries, storages)
     if not path.exists():
         with _locked(path):
             if not path.exists():
-                write_weights(model, sig, path)
-    if adopt(model, path):
-        release = getattr(book, "release_free_memory", None)
-        if release is not None:
-            release()  # the freed private copy goes back to the OS now, not at the next malloc
-    return model
+                write_weights(entries, storages, path)
+    del storages  # the private storages go once no tensor holds them
+    shared = adopt(model, path)
+    _release()
+    return shared
 
 
 def untrained_model(seed: int = SHARED_SEED) -> nn.Module:
-    """The book's untrained model for `seed`, built as always; the book's seed then shared."""
-    model = seeded_untrained_model(seed)
-    return share(model, seed) if seed == SHARED_SEED else model
+    """The book's untrained model for `seed`, built and served as always; the book's seed then
+    shared (the pool's own freeze() after this finds it done)."""
+    if seed != SHARED_SEED:
+        return seeded_untrained_model(seed)
+    model = _served(seeded_untrained_model(seed))
+    share(model, seed)
+    return model
 
 
 def install() -> bool:
