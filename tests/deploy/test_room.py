@@ -5,6 +5,7 @@ its own numbers against core's, computed here. Bounded: each wait has its own ti
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import json
 import os
 import shutil
@@ -46,6 +47,13 @@ def _state(port: int, run_dir: Path, env: dict) -> dict:
     out = _room("status", "--json", "--port", str(port), "--run-dir", str(run_dir), env=env, timeout=30)
     assert out.returncode == 0, out.stdout + out.stderr
     return json.loads(out.stdout)
+
+
+def _run(coro):
+    """asyncio.run on a thread of its own: the suite's browser tests may leave an event loop
+    running on this one, where asyncio.run refuses to start."""
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, coro).result()
 
 
 @pytest.fixture(scope="module")
@@ -90,7 +98,7 @@ def test_a_burst_through_the_proxy_gives_every_visitor_its_own_loss(room):
     plans = [Plan("text", {"text": visitor_text(700 + i)}) for i in range(6)]
     expected_numbers(plans, {i: p.edits["text"] for i, p in enumerate(plans)}, {})
     assert len({p.expected for p in plans}) == 6  # distinct texts, distinct losses
-    outs = asyncio.run(crowd(_target(room), plans, ramp=3.0, timeout=TIMEOUT))
+    outs = _run(crowd(_target(room), plans, ramp=3.0, timeout=TIMEOUT))
     assert [o.error for o in outs] == [None] * 6
     # Each visitor's cookie names the process that served it; round-robin used both.
     assert {o.route for o in outs} == {"p0", "p1"}
@@ -119,7 +127,7 @@ def test_a_corpus_uploaded_through_the_proxy_is_computed_by_its_own_process(room
     for k in range(2):  # new visitors alternate between the processes
         data = corpus if k == 0 else corpus[:-2000]
         expected = want if k == 0 else _corpus_losses(model, data.decode())
-        out = asyncio.run(upload_corpus(_target(room), f"corpus-{k}.txt", data, TIMEOUT))
+        out = _run(upload_corpus(_target(room), f"corpus-{k}.txt", data, TIMEOUT))
         assert out.error is None and out.status in (200, 204)
         assert {k_: float(v) for k_, v in out.losses.items()} == pytest.approx(expected, abs=1.5e-4)
         routes.add(out.route_at_open)
@@ -144,7 +152,7 @@ def test_an_upload_that_reaches_the_other_process_is_refused(room, corpus):
         finally:
             await session.close()
 
-    status, own, other = asyncio.run(go())
+    status, own, other = _run(go())
     assert own != other
     assert status == 400  # Streamlit: "Invalid session_id ... without sticky sessions"
 
@@ -159,7 +167,7 @@ def test_a_killed_process_is_restarted_and_its_visitors_are_served_again(room):
     os.kill(victim["pid"], signal.SIGKILL)
     # A visitor of the killed process reloads at once: its cookie names p0, a backup answers.
     jar = Jar({"losslens_route": "p0"})
-    out = asyncio.run(visit(_target(room), plan, TIMEOUT, jar=jar))
+    out = _run(visit(_target(room), plan, TIMEOUT, jar=jar))
     assert out.error is None
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
@@ -171,5 +179,5 @@ def test_a_killed_process_is_restarted_and_its_visitors_are_served_again(room):
         pytest.fail(f"process 0 not back: {p}")
     assert p["pid"] != victim["pid"]
     # Back in the proxy: a visitor whose cookie names p0 is served by the new process.
-    out = asyncio.run(visit(_target(room), plan, TIMEOUT, jar=Jar({"losslens_route": "p0"})))
+    out = _run(visit(_target(room), plan, TIMEOUT, jar=Jar({"losslens_route": "p0"})))
     assert out.error is None and out.route == "p0"

@@ -53,7 +53,7 @@ def test_the_verdict_losses_with_progress(new_page, server):
     # The progress bar shows while the batches run (the pass takes seconds).
     page.locator('[data-testid="stProgress"]').wait_for(timeout=30_000)
     page.get_by_text("batches:").first.wait_for(timeout=30_000)
-    page.locator('[data-testid="stMetricLabel"]', has_text="Training loss").wait_for(timeout=300_000)
+    page.locator('[data-testid="stMetricLabel"]', has_text="Training loss").first.wait_for(timeout=300_000)
     wait_for_app(page)
     assert metric_value(page, "Training loss") == "10.9876"  # the book: 10.98758347829183
     assert metric_value(page, "Validation loss") == "10.9811"  # the book: 10.98110580444336

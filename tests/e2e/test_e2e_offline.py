@@ -35,7 +35,7 @@ def test_the_verdict_losses_offline_with_no_file_provided(new_page, server):
     compute = page.get_by_role("button", name="Compute", exact=True)
     if compute.count():  # the dataset test's pass on this server is kept for every visitor
         compute.click()
-    page.locator('[data-testid="stMetricLabel"]', has_text="Training loss").wait_for(timeout=300_000)
+    page.locator('[data-testid="stMetricLabel"]', has_text="Training loss").first.wait_for(timeout=300_000)
     wait_for_app(page)
     assert metric_value(page, "Training loss") == "10.9876"  # the book: 10.98758347829183
     assert metric_value(page, "Validation loss") == "10.9811"  # the book: 10.98110580444336
