@@ -3,7 +3,7 @@
 Playwright's own browser download cannot work here, so the PyPI `playwright` package drives
 Debian's Chromium through `executable_path`. Every page records console errors, uncaught
 page errors and dialogs; a test fails if any occurred or a Streamlit exception box is on the
-page, and leaves a screenshot in test-artifacts/.
+page, and leaves a screenshot in test-artifacts/ (every test's with LOSSLENS_E2E_SCREENSHOTS=1).
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from devtools.harness import (
     StreamlitServer,
     server_env,
     wait_for_app,
+    watch_runs,
 )
 
 from .e2e_helpers import require_chromium
@@ -64,6 +65,9 @@ def verdict_file() -> Path:
     return VERDICT_PATH
 
 
+# A failed test leaves its pages' screenshots; LOSSLENS_E2E_SCREENSHOTS=1 keeps every test's.
+SCREENSHOTS = os.environ.get("LOSSLENS_E2E_SCREENSHOTS") == "1"
+
 DEAD_PROXY = "http://127.0.0.1:9"  # the discard port: nothing listens, every download fails at once
 
 
@@ -89,44 +93,68 @@ def _artifact_name(request) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]", lambda m: f"x{ord(m.group(0)):x}", name)[:120] + ".png"
 
 
+VIEWPORT = {"width": 1400, "height": 1000}
+
+
+@pytest.fixture(scope="session")
+def shared_context(browser):
+    """One browser context for the tests' pages: its cache keeps the compiled scripts of
+    Streamlit and Plotly from page to page, where a fresh context spends seconds of CPU compiling
+    them again. Each page is still a Streamlit session of its own: a visitor of its own."""
+    context = browser.new_context(viewport=VIEWPORT)
+    watch_runs(context)
+    yield context
+    context.close()
+
+
 @pytest.fixture
-def new_page(browser, request):
-    """Factory: a fresh browser context + page whose problems are checked after the test.
+def new_page(browser, shared_context, request):
+    """Factory: a fresh page whose problems are checked after the test; in a context of its own
+    where the test asks for context options (a device scale, say).
 
     Several pages (or pages of different servers) can be opened in one test.
     """
     opened = []
 
     def make(viewport=None, **options):
-        context = browser.new_context(viewport=viewport or {"width": 1400, "height": 1000}, **options)
+        if options:
+            context = browser.new_context(viewport=viewport or VIEWPORT, **options)
+            watch_runs(context)
+        else:
+            context = shared_context
         page = context.new_page()
+        if not options:
+            page.set_viewport_size(viewport or VIEWPORT)
         page.set_default_timeout(APP_TIMEOUT)
         problems = PageProblems()
         problems.attach(page)
         page.problems = problems
-        opened.append((context, page, problems))
+        opened.append((context if options else None, page, problems))
         return page
 
     yield make
 
-    ARTIFACTS.mkdir(exist_ok=True)
     failures = []
     for n, (context, page, problems) in enumerate(opened):
-        name = _artifact_name(request)
-        if n:
-            name = name[:-4] + f"-{n + 1}.png"
-        try:
-            page.screenshot(path=str(ARTIFACTS / name), full_page=True)
-        except Exception as error:
-            failures.append(f"screenshot failed: {error}")
+        found = []
         try:
             exceptions = page.locator('[data-testid="stException"]')
             if exceptions.count():
-                failures.append("Streamlit exception box: " + exceptions.first.inner_text()[:2000])
+                found.append("Streamlit exception box: " + exceptions.first.inner_text()[:2000])
         except Exception:
             pass
-        failures += problems.report()
-        context.close()
+        found += problems.report()
+        if SCREENSHOTS or found or getattr(request.node, "_e2e_failed", False):
+            name = _artifact_name(request)
+            if n:
+                name = name[:-4] + f"-{n + 1}.png"
+            ARTIFACTS.mkdir(exist_ok=True)
+            try:
+                page.screenshot(path=str(ARTIFACTS / name), full_page=True)
+            except Exception as error:
+                found.append(f"screenshot failed: {error}")
+        failures += found
+        (context or page).close()
     if failures:
         message = "browser problems:\n" + "\n".join(failures)
         if getattr(request.node, "_e2e_failed", False):
@@ -157,11 +185,23 @@ def pytest_runtest_makereport(item, call):
 FIRST = "test_e2e_dataset.py::test_the_verdict_losses_with_progress"
 
 
+# Under pytest-xdist each worker has a server of its own: the tests that need The Verdict's losses
+# on theirs share one worker (--dist loadgroup), so that it is computed once, by FIRST.
+VERDICT_GROUP = (
+    "test_e2e_dataset.py::",
+    "test_e2e_offline.py::",
+    "test_e2e_lessons.py::test_dataset_loss_by_position",
+    "test_e2e_a11y.py::test_axe_dataset_result",
+)
+
+
 def pytest_collection_modifyitems(config, items):
     here = Path(__file__).parent
     for item in items:
         if here in Path(str(item.fspath)).parents:
             item.add_marker(pytest.mark.e2e)
+            if any(part in item.nodeid for part in VERDICT_GROUP):
+                item.add_marker(pytest.mark.xdist_group("the-verdict"))
     items.sort(key=lambda item: not item.nodeid.endswith(FIRST))  # stable: the rest keep their order
 
 

@@ -38,5 +38,5 @@ def block_the_network(page) -> list[str]:
             outside.append(r.request.url)
             r.abort()
 
-    page.context.route("**/*", route)
+    page.route("**/*", route)
     return outside

@@ -105,16 +105,16 @@ def test_hostile_text_from_a_link(new_page, server, hostile_expected):
     assert injected(page) == []
 
 
-@pytest.mark.parametrize("text", ["**", "$", "#", "`", "<|endoftext|>"])
-def test_single_token_hostile_text_gets_a_literal_message(page, text):
-    set_text(page, text)
-    page.locator('[data-testid="stAlert"]', has_text="single token").wait_for()
-    message = alerts(page)
-    assert repr(text.strip()) in message, message
-    assert injected(page) == []
-    set_text(page, "every effort moves you")
-    page.locator('[data-testid="stMetric"]').first.wait_for()
-    assert "single token" not in alerts(page)
+def test_single_token_hostile_text_gets_a_literal_message(page):
+    for text in ["**", "$", "#", "`", "<|endoftext|>"]:  # one after the other, in one visit
+        set_text(page, text)
+        page.locator('[data-testid="stAlert"]', has_text="single token").wait_for()
+        message = alerts(page)
+        assert repr(text.strip()) in message, (text, message)
+        assert injected(page) == [], text
+        set_text(page, "every effort moves you")
+        page.locator('[data-testid="stMetric"]').first.wait_for()
+        assert "single token" not in alerts(page), text
 
 
 def test_a_100_kb_paste_is_refused_with_a_clear_message(page, core_model):

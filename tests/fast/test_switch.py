@@ -61,7 +61,7 @@ def test_the_book_number_tests_pass_without_the_plug_in():
     not importable: what deleting the plug-in folder would leave."""
     code = (
         "import sys; sys.modules['core.fast'] = None; import pytest; "
-        "sys.exit(pytest.main(['-q', '-x', '-p', 'no:cacheprovider', "
+        "sys.exit(pytest.main(['-q', '-x', '-n', '0', '-p', 'no:cacheprovider', "
         "'tests/book/test_model.py', 'tests/lessons/test_loss.py']))"
     )
     env = {**os.environ, frozen.FAST_ENV: "0"}
