@@ -9,6 +9,15 @@ from pathlib import Path
 
 import pytest
 
+# pytest-xdist's workers share the cores: OpenMP's idle threads sleep instead of spinning (set before
+# torch loads it; the servers and children the tests start inherit it), and each worker computes on
+# one thread, or their thread pools crowd each other out.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    import torch
+
+    torch.set_num_threads(1)
+
 ROOT = Path(__file__).resolve().parents[1]
 VERDICT_PATH = ROOT / "core" / "models" / "data" / "the-verdict.txt"  # the copy LossLens ships
 BOOK_TEXTS = ["every effort moves you", "I really like chocolate"]

@@ -146,7 +146,7 @@ def test_fast_training_steps_in_bfloat16_and_records_how_far_on_the_same_batches
     from core.models.presets import preset_of
     from core.serving.runner import run_training
 
-    text = verdict_path.read_text(encoding="utf-8")[:6000]
+    text = verdict_path.read_text(encoding="utf-8")[:3000]  # 8 steps, 4 evaluations
     exact = run_training(TINY, text, "exact-f32", log=None)
     lines = []
     fast = run_training(replace(TINY, fast=True), text, "fast-bf16", log=lines.append)
@@ -181,7 +181,7 @@ def test_a_fast_training_child_reports_how_far_bfloat16_is(verdict_path):
 
     from core.serving.background import TrainingRun
 
-    text = verdict_path.read_text(encoding="utf-8")[:6000]
+    text = verdict_path.read_text(encoding="utf-8")[:3000]  # 8 steps, 4 evaluations
     run = TrainingRun(replace(TINY, fast=True), text, "fast-child", nice=1).start()
     run.join(300)
     snap = run.snapshot()
