@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 
 import streamlit as st
@@ -9,7 +10,18 @@ import streamlit as st
 from core.lessons.report import STEPS, step_code
 from ui import a11y, cache, charts, errors, formats, lesson_nav, state, style, surprisal, widgets
 
-PLAY_SECONDS = 5.0  # long enough to say a sentence about each step
+
+def _play_seconds() -> float:
+    """Play's pace: 5 s, long enough to say a sentence about each step; LOSSLENS_PLAY_SECONDS sets
+    another (1 to 60 s; anything else keeps 5)."""
+    try:
+        seconds = float(os.environ.get("LOSSLENS_PLAY_SECONDS", "5"))
+    except ValueError:
+        return 5.0
+    return seconds if 1 <= seconds <= 60 else 5.0
+
+
+PLAY_SECONDS = _play_seconds()
 EXPLAIN = [
     "The model scores every one of the 50,257 vocabulary tokens at every input position: "
     "unnormalized numbers (logits). The bars show the highest score and the one the actual next token got.",

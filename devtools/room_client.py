@@ -276,9 +276,11 @@ class UploadOutcome:
     error: str | None = None
 
 
-async def upload_corpus(target: Target, name: str, data: bytes, timeout: float) -> UploadOutcome:
+async def upload_corpus(
+    target: Target, name: str, data: bytes, timeout: float, jar: Jar | None = None
+) -> UploadOutcome:
     """Open the dataset view, upload `data` as a corpus, press Compute; the losses it shows."""
-    out, jar = UploadOutcome(), Jar()
+    out, jar = UploadOutcome(), jar if jar is not None else Jar()
     session = None
     query = "corpus=" + quote("Upload a file")
     try:

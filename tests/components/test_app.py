@@ -685,3 +685,17 @@ def test_presentation_mode_leaves_out_hardware_notes():
     assert "bfloat16" not in shown and "AVX" not in shown and "AMX" not in shown
     at = app("dataset")  # on the laptop the switch is there (offered or with the reason why not)
     assert [t for t in at.toggle if t.key == "ds_fast"]
+
+
+PACES = [(None, 5.0), ("2", 2.0), ("60", 60.0), ("0", 5.0), ("61", 5.0), ("fast", 5.0), ("nan", 5.0)]
+
+
+@pytest.mark.parametrize("value,seconds", PACES)
+def test_plays_pace_is_five_seconds_unless_set_within_bounds(monkeypatch, value, seconds):
+    from components import figure57
+
+    if value is None:
+        monkeypatch.delenv("LOSSLENS_PLAY_SECONDS", raising=False)
+    else:
+        monkeypatch.setenv("LOSSLENS_PLAY_SECONDS", value)
+    assert figure57._play_seconds() == seconds

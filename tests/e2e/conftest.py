@@ -27,7 +27,7 @@ from devtools.harness import (
     watch_runs,
 )
 
-from .e2e_helpers import require_chromium
+from .e2e_helpers import PLAY_SECONDS, require_chromium
 
 # ---------------------------------------------------------------------------------------
 # Fixtures
@@ -78,6 +78,7 @@ def server(tmp_path_factory, chromium_path, verdict_file):
     network is down for the server even on a machine that has one."""
     work = tmp_path_factory.mktemp("e2e-server")
     env = server_env(work / "cache")
+    env["LOSSLENS_PLAY_SECONDS"] = str(PLAY_SECONDS)
     for name in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
         env[name] = DEAD_PROXY
     env.pop("no_proxy", None)

@@ -24,6 +24,8 @@ def require_chromium() -> str:
     return path
 
 
+PLAY_SECONDS = 2  # figure 5.7's Play on the shared server: 2 s a step (5 s by default), same logic
+
 LOOPBACK = ("http://127.0.0.1:", "ws://127.0.0.1:", "data:", "blob:", "about:")
 
 

@@ -12,6 +12,7 @@ from core.lessons.report import format_perplexity
 from devtools.harness import BOOK_TEXTS, LOSS_LABEL, expected_loss, set_text, wait_for_app, wait_for_metric
 
 from .a11y_helpers import app_views, audit, lowest_contrast
+from .e2e_helpers import PLAY_SECONDS
 
 VIEWS = app_views()
 STEP_TITLES = [
@@ -212,7 +213,7 @@ def test_keyboard_only_walks_figure_5_7(new_page, server, book_summary):
     page.get_by_role("button", name=re.compile("^Play")).wait_for(timeout=60_000)
     wait_for_app(page)
     stopped_at = page.locator("li.ll-step.now").inner_text()
-    page.wait_for_timeout(11_000)  # two Play intervals: a running Play would have moved on
+    page.wait_for_timeout(2 * PLAY_SECONDS * 1000 + 1000)  # a running Play would have moved on
     wait_for_app(page)
     assert page.locator("li.ll-step.now").inner_text() == stopped_at
     assert not stopped_at.startswith("6.")
