@@ -118,19 +118,16 @@ def new_page(browser, shared_context, request):
     opened = []
 
     def make(viewport=None, **options):
-        if options:
-            context = browser.new_context(viewport=viewport or VIEWPORT, **options)
-            watch_runs(context)
-        else:
-            context = shared_context
-        page = context.new_page()
-        if not options:
-            page.set_viewport_size(viewport or VIEWPORT)
+        own = browser.new_context(viewport=viewport or VIEWPORT, **options) if options else None
+        if own:
+            watch_runs(own)
+        page = (own or shared_context).new_page()
+        page.set_viewport_size(viewport or VIEWPORT)
         page.set_default_timeout(APP_TIMEOUT)
         problems = PageProblems()
         problems.attach(page)
         page.problems = problems
-        opened.append((context if options else None, page, problems))
+        opened.append((own, page, problems))
         return page
 
     yield make
