@@ -13,6 +13,9 @@ from core.book import model as model_module
 from core.book.model import GPT2_SMALL_CONFIG, GPT_CONFIG_124M, GPTModel
 from core.runtime.rng import build_untrained_model
 
+# Its module fixtures are built once: under pytest-xdist the module runs in one worker.
+pytestmark = pytest.mark.xdist_group("book-model")
+
 BOOK_INPUTS = torch.tensor([[16833, 3626, 6100], [40, 1107, 588]])
 BOOK_ARGMAX = [[16657, 339, 42826], [49906, 29669, 41751]]
 

@@ -14,6 +14,9 @@ import torch
 from core.__main__ import main
 from core.models.corpus import VERDICT_ENV
 
+# Its module fixtures are built once: under pytest-xdist the module runs in one worker.
+pytestmark = pytest.mark.xdist_group("cli-dataset")
+
 ROOT = Path(__file__).resolve().parents[2]
 
 

@@ -20,7 +20,8 @@ import pytest
 from devtools.harness import free_port, http_get
 from devtools.protocol import Plan, expected_numbers, visitor_text
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
+# One room (its module fixture) for all its tests: under pytest-xdist the module runs in one worker.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600), pytest.mark.xdist_group("room")]
 
 ROOT = Path(__file__).resolve().parents[2]
 ROOM = ROOT / "deploy" / "room.py"

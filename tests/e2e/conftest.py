@@ -188,7 +188,6 @@ FIRST = "test_e2e_dataset.py::test_the_verdict_losses_with_progress"
 VERDICT_GROUP = (
     "test_e2e_dataset.py::",
     "test_e2e_offline.py::",
-    "test_e2e_lessons.py::test_dataset_loss_by_position",
     "test_e2e_a11y.py::test_axe_dataset_result",
 )
 

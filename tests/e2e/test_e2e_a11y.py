@@ -10,6 +10,7 @@ import pytest
 
 from core.lessons.report import format_perplexity
 from devtools.harness import BOOK_TEXTS, LOSS_LABEL, expected_loss, set_text, wait_for_app, wait_for_metric
+from ui.lesson_nav import view
 
 from .a11y_helpers import app_views, audit, lowest_contrast
 from .e2e_helpers import PLAY_SECONDS
@@ -48,13 +49,25 @@ def book_summary(core_model):
 # --- axe-core --------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("path,title", VIEWS, ids=[p or "start" for p, _ in VIEWS])
-def test_axe_every_view_on_the_book_example(new_page, server, path, title):
+def sidebar_link(page, title: str):
+    return page.locator('[data-testid="stSidebar"]').get_by_role("link", name=title, exact=True)
+
+
+def test_axe_every_view_on_the_book_example(new_page, server):
+    """Every view, reached by the sidebar's links in one page as a learner moves: a view added to
+    ui/lesson_nav.py's VIEWS is audited without editing this test."""
     page = new_page()
-    open_url(page, server, path)
-    heading = "LossLens" if path == "" else title  # the start page's heading names the app
-    page.get_by_role("heading", name=heading, exact=False).first.wait_for()
-    assert audit(page, f"view-{path or 'start'}") == []
+    open_url(page, server)
+    found = {}
+    for path, title in VIEWS:
+        if path:
+            sidebar_link(page, title).click()
+            page.wait_for_url(f"**/{path}*")
+        heading = "LossLens" if path == "" else title  # the start page's heading names the app
+        page.get_by_role("heading", name=heading, exact=False).first.wait_for()
+        wait_for_app(page)
+        found[path or "start"] = audit(page, f"view-{path or 'start'}")
+    assert found == {path or "start": [] for path, _ in VIEWS}
 
 
 STATES = [
@@ -62,13 +75,8 @@ STATES = [
     ("per-token-ragged-batch", "per-token-loss", {"preset": RAGGED}, "Text 2"),
     ("figure-5-7-ragged-batch", "figure-5-7", {"preset": RAGGED, "step": 3}, "Step 3 of 6"),
     ("error-message", "", {"text": "Hi"}, None),
-    ("presentation-tokens", "tokens", {"presentation": "true"}, "Text 1"),
-    ("presentation-start", "", {"presentation": "true"}, "Begin"),
     ("book-notice", "figure-5-7", {"temperature": "2"}, "Not the book's example"),
-    ("presentation-cross-entropy", "cross-entropy", {"presentation": "true"}, "Loss is the mean surprisal"),
-    ("presentation-figure-5-7", "figure-5-7", {"presentation": "true", "step": 6}, "Step 6 of 6"),
-    ("presentation-per-token-loss", "per-token-loss", {"presentation": "true"}, "Text 1"),
-]
+]  # presentation mode's states: test_presentation_mode_on_a_projector
 
 
 @pytest.mark.parametrize("state,path,params,marker", STATES, ids=[s[0] for s in STATES])
@@ -345,25 +353,27 @@ NO_SIDEWAYS_SCROLL_JS = (
 )
 
 
-@pytest.mark.parametrize("path,params", [("figure-5-7", {"step": 3}), ("tokens", {}), ("per-token-loss", {})])
-def test_200_percent_zoom_at_1280x720(new_page, server, path, params):
+def test_200_percent_zoom_at_1280x720(new_page, server):
     # 200 % zoom in a 1280x720 window is a 640x360 CSS-pixel viewport at device scale 2.
     page = new_page(viewport={"width": 640, "height": 360}, device_scale_factor=2)
-    open_url(page, server, path, **params)
-    page.locator('[data-testid="stMainBlockContainer"] h2').first.wait_for()
-    assert page.evaluate(NO_SIDEWAYS_SCROLL_JS), "the page scrolls sideways at 200 %"
-    if path == "figure-5-7":
-        heading(page, 3).scroll_into_view_if_needed()
-        assert heading(page, 3).is_visible()
-        nxt = page.get_by_role("button", name=re.compile("^Next"))
-        nxt.scroll_into_view_if_needed()
-        box = nxt.bounding_box()
-        assert box and box["x"] >= 0 and box["x"] + box["width"] <= 640
-        nxt.click()
-        heading(page, 4).wait_for()
-        wait_for_app(page)
-        assert page.evaluate(NO_SIDEWAYS_SCROLL_JS)
-    assert audit(page, f"zoom-200-{path or 'start'}") == []
+    found = {}
+    for path, params in (("figure-5-7", {"step": 3}), ("tokens", {}), ("per-token-loss", {})):
+        open_url(page, server, path, **params)
+        page.locator('[data-testid="stMainBlockContainer"] h2', has_text=view(path).title).wait_for()
+        assert page.evaluate(NO_SIDEWAYS_SCROLL_JS), f"{path} scrolls sideways at 200 %"
+        if path == "figure-5-7":
+            heading(page, 3).scroll_into_view_if_needed()
+            assert heading(page, 3).is_visible()
+            nxt = page.get_by_role("button", name=re.compile("^Next"))
+            nxt.scroll_into_view_if_needed()
+            box = nxt.bounding_box()
+            assert box and box["x"] >= 0 and box["x"] + box["width"] <= 640
+            nxt.click()
+            heading(page, 4).wait_for()
+            wait_for_app(page)
+            assert page.evaluate(NO_SIDEWAYS_SCROLL_JS)
+        found[path] = audit(page, f"zoom-200-{path}")
+    assert found == dict.fromkeys(["figure-5-7", "tokens", "per-token-loss"], [])
 
 
 def _projector_checks(page) -> None:
@@ -378,21 +388,36 @@ def _projector_checks(page) -> None:
     assert page.evaluate(NO_SIDEWAYS_SCROLL_JS)
 
 
-@pytest.mark.parametrize("path", ["", "tokens", "probabilities", "cross-entropy", "per-token-loss"])
-def test_presentation_mode_on_a_projector(new_page, server, path):
+def test_presentation_mode_on_a_projector(new_page, server):
+    """The lesson on a 1280x720 projector, walked by the pages' Next links as a presenter does:
+    each view, and figure 5.7 at steps 1, 3 and 6, passes the projector checks and axe."""
     page = new_page(viewport={"width": 1280, "height": 720})
-    open_url(page, server, path, presentation="true")
-    _projector_checks(page)
-
-
-def test_presentation_mode_on_a_projector_through_figure_5_7(new_page, server):
-    """Steps 1, 3 and 6, walked with Next on the projector."""
-    page = new_page(viewport={"width": 1280, "height": 720})
-    open_url(page, server, "figure-5-7", presentation="true", step=1)
-    for step in range(1, 7):
-        if step > 1:
-            page.get_by_role("button", name=re.compile("^Next")).click()
-            heading(page, step).wait_for()
+    open_url(page, server, "", presentation="true")
+    found = {}
+    for path in ("", "tokens", "probabilities", "figure-5-7", "cross-entropy"):
+        if path:
+            page.get_by_role("link", name=re.compile("^Next: ")).click()
+            page.wait_for_url(f"**/{path}?*presentation=true*")
+            page.locator('[data-testid="stMainBlockContainer"] h2', has_text=view(path).title).wait_for()
             wait_for_app(page)
-        if step in (1, 3, 6):
+        if path != "figure-5-7":
             _projector_checks(page)
+            found[path or "start"] = audit(page, f"presentation-{path or 'start'}")
+            continue
+        heading(page, 1).wait_for()  # a new visit starts at step 1
+        for step in range(1, 7):
+            if step > 1:
+                page.get_by_role("button", name=re.compile("^Next")).click()
+                heading(page, step).wait_for()
+                wait_for_app(page)
+            if step in (1, 3, 6):
+                _projector_checks(page)
+        found[path] = audit(page, "presentation-figure-5-7-step-6")
+    # Beyond the lesson, so not on its Next path: from a link.
+    open_url(page, server, "per-token-loss", presentation="true")
+    page.get_by_text("Text 1").first.wait_for()
+    _projector_checks(page)
+    found["per-token-loss"] = audit(page, "presentation-per-token-loss")
+    assert found == dict.fromkeys(
+        ["start", "tokens", "probabilities", "figure-5-7", "cross-entropy", "per-token-loss"], []
+    )

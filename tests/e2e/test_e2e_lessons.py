@@ -7,6 +7,8 @@ import urllib.parse
 
 from devtools.harness import BOOK_TEXTS, metric_value, wait_for_app
 
+from .test_e2e_dataset import open_dataset, set_number
+
 
 def open_url(page, server, path: str, **params) -> None:
     query = urllib.parse.urlencode(params, quote_via=urllib.parse.quote)
@@ -68,17 +70,21 @@ def test_gradient_and_one_training_step(new_page, server, core_model):
 
 
 def test_dataset_loss_by_position(new_page, server):
+    """On The Verdict's first batch of each split: the position pass gives back the Dataset view's
+    loss (the book's calc_loss_loader, from a separate pass). The whole split's 10.9876 is checked
+    in tests/components/test_app_lessons.py and tests/lessons/test_positions.py."""
     page = new_page()
-    open_url(page, server, "dataset")
-    compute = page.get_by_role("button", name="Compute", exact=True)
-    if compute.count():  # another test on this server may have computed The Verdict already: kept
-        compute.click()
-        wait_for_app(page, timeout=600_000)
+    open_dataset(page, server)
+    set_number(page, "Batches per split (0 = all)", 1)
+    page.get_by_role("button", name="Compute", exact=True).click()
+    loss = metric_value(page, "Training loss", timeout=600_000)
+    assert 10.8 < float(loss) < 11.1  # untrained: near ln(50257) = 10.825
+    wait_for_app(page)
     page.get_by_role("button", name="Compute loss by position").click()
     wait_for_app(page, timeout=600_000)
-    # Section 5.1.3: training loss 10.9876; the position means, count-weighted, give it back.
-    assert metric_value(page, "Training, by position", timeout=600_000) == "10.9876"
-    assert metric_value(page, "Training loss (book)") == "10.9876"
+    assert metric_value(page, "Training, by position", timeout=600_000) == loss
+    assert metric_value(page, "Training loss (book)") == loss
+    assert metric_value(page, "Validation, by position") == metric_value(page, "Validation loss (book)")
     assert page.locator(".js-plotly-plot").count() == 2
 
 

@@ -99,27 +99,30 @@ def test_play_runs_figure_5_7_to_the_end(new_page, server):
     assert metric_value(page, LOSS_LABEL) == "10.7940"
 
 
-@pytest.mark.parametrize("path,has_charts", VIEWS)
-def test_each_view_renders(new_page, server, path, has_charts):
-    page = new_page()
-    open_url(page, server, path)
-    assert page.locator('[data-testid="stHeader"], h1, h2').count() >= 1
-    assert page.locator('[data-testid="stMainBlockContainer"] h2').first.inner_text().strip()
-    if has_charts:
-        page.locator(".js-plotly-plot").first.wait_for()
-        plot = page.locator(".js-plotly-plot").first
-        assert plot.bounding_box()["height"] > 100
-        assert plot.locator("g.point, g.trace, path.point").count() >= 1  # the bars were drawn
-    if path != "cross-entropy":
-        assert metric_value(page, LOSS_LABEL) == "10.7940"
+def test_each_view_renders(new_page, server):
+    """The start page from its URL, then every other view by the sidebar's links in one page."""
+    from ui.lesson_nav import view
 
-
-@pytest.mark.parametrize("path", OTHER_PAGES)
-def test_other_pages_open_cleanly(new_page, server, path):
     page = new_page()
-    open_url(page, server, path)
-    assert page.locator('[data-testid="stMainBlockContainer"] h2').first.inner_text().strip()
-    assert "does not seem to exist" not in page.locator("body").inner_text()
+    open_url(page, server)
+    for path, has_charts in [*VIEWS, *((p, None) for p in OTHER_PAGES)]:
+        if path:
+            title = view(path).title
+            page.locator('[data-testid="stSidebar"]').get_by_role("link", name=title, exact=True).click()
+            page.wait_for_url(f"**/{path}*")
+            page.locator('[data-testid="stMainBlockContainer"] h2', has_text=title).first.wait_for()
+        wait_for_app(page)
+        assert page.locator('[data-testid="stMainBlockContainer"] h2').first.inner_text().strip(), path
+        if has_charts is None:  # the pages without the loss metrics on top: open cleanly
+            assert "does not seem to exist" not in page.locator("body").inner_text(), path
+            continue
+        if has_charts:
+            plot = page.locator(".js-plotly-plot").first
+            plot.wait_for()
+            assert plot.bounding_box()["height"] > 100, path
+            assert plot.locator("g.point, g.trace, path.point").count() >= 1, path  # the bars were drawn
+        if path != "cross-entropy":
+            assert metric_value(page, LOSS_LABEL) == "10.7940", path
 
 
 def test_a_shared_url_reopens_the_same_view_step_and_text(new_page, server, core_model):

@@ -21,6 +21,9 @@ from core.fast.linear import PackedLinear, PackedWeight
 from core.fast.memory import HUGE_PAGE
 from core.serving.frozen import freeze
 
+# Its module fixtures are built once: under pytest-xdist the module runs in one worker.
+pytestmark = pytest.mark.xdist_group("panel")
+
 ROOT = Path(__file__).resolve().parents[2]
 
 # Where the kernel is supported and a C compiler exists (as on CI), it must build: no silent skip.

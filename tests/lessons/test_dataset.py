@@ -16,6 +16,9 @@ from core.lessons.dataset import LOG_SOFTMAX_ROWS, cross_entropy, evaluate_datas
 from core.models.loaders import LoaderSettings, make_loaders
 from core.serving.frozen import freeze
 
+# Its module fixtures are built once: under pytest-xdist the module runs in one worker.
+pytestmark = pytest.mark.xdist_group("book-run")
+
 # Printed by the book's ch05 notebook for the untrained seed-123 model on The Verdict,
 # and reproduced to every printed digit by the book's code (llms_from_scratch) here.
 BOOK_TRAIN_LOSS = 10.98758347829183

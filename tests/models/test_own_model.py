@@ -22,6 +22,9 @@ from core.lessons.loss import compute_loss
 from core.models.own_build import GPT2_HEADS
 from core.models.own_model import load_own_model
 
+# Its module fixtures are built once: under pytest-xdist the module runs in one worker.
+pytestmark = pytest.mark.xdist_group("own-model-files")
+
 ch04 = pytest.importorskip(
     "llms_from_scratch.ch04", reason="the book's code (llms-from-scratch) is a dev dependency"
 )
