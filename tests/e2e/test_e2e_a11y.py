@@ -1,5 +1,6 @@
 """Accessibility in the browser: axe-core on every view and state, a keyboard-only and a
-screen-reader walk of figure 5.7, live regions, reduced motion, 200 % zoom and the projector."""
+screen-reader walk of figure 5.7, live regions, reduced motion, 200 % zoom and the projector.
+A training run's states are audited where the run is: test_e2e_training.py."""
 
 from __future__ import annotations
 
@@ -115,27 +116,6 @@ def test_axe_dataset_result(new_page, server):
     page.get_by_text("Chart values as a table").first.click()  # the table is audited too
     wait_for_app(page)
     assert audit(page, "dataset-result") == []
-
-
-def test_axe_live_training_run_then_comparison(new_page, server):
-    page = new_page()
-    open_url(page, server, "training")
-    name = page.get_by_label("Save as")
-    name.fill("a11y-quick")
-    name.press("Enter")
-    wait_for_app(page)
-    page.get_by_role("button", name="Train").click()
-    page.locator('[data-testid="stPlotlyChart"]').first.wait_for(timeout=600_000)
-    assert audit(page, "training-live-run") == []  # while the fragment redraws every second
-    page.get_by_role("button", name="Stop").click()
-    page.get_by_text("Stopped after").wait_for(timeout=300_000)
-    wait_for_app(page)
-    assert audit(page, "training-stopped") == []
-    open_url(page, server, "compare")
-    page.locator('[data-testid="stMetricLabel"]', has_text="a11y-quick").first.wait_for(timeout=300_000)
-    wait_for_app(page)
-    assert page.locator('[data-testid="stMetricLabel"]').count() >= 2  # two models side by side
-    assert audit(page, "comparison-two-models") == []
 
 
 # --- keyboard only ---------------------------------------------------------------------------
