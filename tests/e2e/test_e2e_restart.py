@@ -22,14 +22,30 @@ from devtools.harness import (
 
 @pytest.fixture(scope="module")
 def own_server(tmp_path_factory, chromium_path, verdict_file):
-    """A server of this module's own: its tests restart it."""
+    """A server of this module's own: its test restarts it."""
     work = tmp_path_factory.mktemp("e2e-restart")
     srv = StreamlitServer(server_env(work / "cache"), work).start()
     yield srv
     srv.stop()
 
 
-def test_a_restart_during_a_resumed_run_offers_to_resume_from_its_last_save(own_server, new_page):
+def test_a_restart_loses_the_run_but_not_what_the_url_carries(own_server, new_page, core_model):
+    """One restart (same port, new process: every session, run and cache gone) seen by two pages:
+    the page of a resumed run reconnects by itself and offers to resume from its last save; a link
+    opened again reopens the same view, step and text, in its old tab and in a new one."""
+    texts = ["Restarts happen in workshops", "the link still opens the same state"]
+    loss, _ = expected_loss(core_model, texts)
+    query = urllib.parse.urlencode(
+        {"text": "\n".join(texts), "step": 3, "top_k": 7}, quote_via=urllib.parse.quote
+    )
+    linked = new_page()
+    linked.goto(f"{own_server.url}/figure-5-7?{query}")
+    wait_for_app(linked)
+    linked.get_by_role("heading", name="Step 3 of 6").wait_for()
+    wait_for_metric(linked, LOSS_LABEL, f"{loss:.4f}")
+    link = linked.url
+    linked.goto("about:blank")  # leave first: a page left open logs its reconnect attempts
+
     page = new_page()
     page.goto(f"{own_server.url}/training")
     wait_for_app(page)
@@ -69,28 +85,12 @@ def test_a_restart_during_a_resumed_run_offers_to_resume_from_its_last_save(own_
     assert page.get_by_role("button", name="Resume").is_enabled()
     assert "missing ScriptRunContext" not in own_server.log_path.read_text(errors="replace")
 
-
-def test_url_state_survives_a_server_restart(new_page, own_server, core_model):
-    texts = ["Restarts happen in workshops", "the link still opens the same state"]
-    loss, _ = expected_loss(core_model, texts)
-    query = urllib.parse.urlencode(
-        {"text": "\n".join(texts), "step": 3, "top_k": 7}, quote_via=urllib.parse.quote
-    )
-    page = new_page()
-    page.goto(f"{own_server.url}/figure-5-7?{query}")
-    wait_for_app(page)
-    page.get_by_role("heading", name="Step 3 of 6").wait_for()
-    wait_for_metric(page, LOSS_LABEL, f"{loss:.4f}")
-    link = page.url
-
-    page.goto("about:blank")  # leave first: a page left open logs its reconnect attempts
-    own_server.restart()  # same port, new process: every session and cache is gone
-    page.goto(link)
-    wait_for_app(page)
-    page.get_by_role("heading", name="Step 3 of 6").wait_for()
-    assert text_box(page).input_value() == "\n".join(texts)
-    wait_for_metric(page, LOSS_LABEL, f"{loss:.4f}")
-    assert page.get_by_label("Top-k", exact=True).input_value() == "7"
+    linked.goto(link)
+    wait_for_app(linked)
+    linked.get_by_role("heading", name="Step 3 of 6").wait_for()
+    assert text_box(linked).input_value() == "\n".join(texts)
+    wait_for_metric(linked, LOSS_LABEL, f"{loss:.4f}")
+    assert linked.get_by_label("Top-k", exact=True).input_value() == "7"
 
     fresh = new_page()
     fresh.goto(link)
