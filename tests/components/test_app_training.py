@@ -81,6 +81,7 @@ def test_training_view_fast_mode_only_where_offered_and_how_far_from_float32(mon
     snap = run.snapshot()
     assert snap["error"] is None and snap["fast"] and snap["bf16_gap"] is not None
     gap = snap["bf16_gap"]
+    assert gap == run.result.state.bf16_gaps[-1]  # the child reported its last evaluation's gap
     assert f"bfloat16 on the same batches gave {gap[0]:+.4f} (training) and {gap[1]:+.4f}" in text_of(at)
     assert saved_run("app-fast")["hyperparameters"]["fast"] is True
 

@@ -174,22 +174,6 @@ def test_fast_training_steps_in_bfloat16_and_records_how_far_on_the_same_batches
 
 
 @pytest.mark.slow
-def test_a_fast_training_child_reports_how_far_bfloat16_is(verdict_path):
-    from dataclasses import replace
-
-    from test_training import TINY
-
-    from core.serving.background import TrainingRun
-
-    text = verdict_path.read_text(encoding="utf-8")[:3000]  # 8 steps, 4 evaluations
-    run = TrainingRun(replace(TINY, fast=True), text, "fast-child", nice=1).start()
-    run.join(300)
-    snap = run.snapshot()
-    assert snap["error"] is None and snap["finished"] and snap["fast"]
-    assert snap["bf16_gap"] == run.result.state.bf16_gaps[-1]
-
-
-@pytest.mark.slow
 def test_cli_train_fast(tmp_path, verdict_path, capsys):
     from core.__main__ import main
     from core.models.checkpoints import saved_run
