@@ -1,5 +1,5 @@
 """What only the browser tests need on top of devtools.harness: pytest's skip-or-fail on Chromium,
-and a page whose requests may not leave the machine."""
+a page whose requests may not leave the machine, and the sidebar's link to a view."""
 
 from __future__ import annotations
 
@@ -42,3 +42,14 @@ def block_the_network(page) -> list[str]:
 
     page.route("**/*", route)
     return outside
+
+
+def open_from_sidebar(page, path: str) -> None:
+    """Open a view as a visitor does, by its link in the sidebar: a page switch inside the app,
+    without the seconds of a fresh load. Returns once the view's heading is drawn."""
+    from ui.lesson_nav import view
+
+    title = view(path).title
+    page.locator('[data-testid="stSidebar"]').get_by_role("link", name=title, exact=True).click()
+    page.wait_for_url(f"**/{path}*")
+    page.locator('[data-testid="stMainBlockContainer"] h2', has_text=title).first.wait_for()

@@ -19,6 +19,8 @@ from devtools.harness import (
     wait_for_metric,
 )
 
+from .e2e_helpers import open_from_sidebar
+
 BOOK_TEXT = "every effort moves you\nI really like chocolate"
 # (URL path, whether the view draws Plotly charts)
 VIEWS = [
@@ -101,16 +103,11 @@ def test_play_runs_figure_5_7_to_the_end(new_page, server):
 
 def test_each_view_renders(new_page, server):
     """The start page from its URL, then every other view by the sidebar's links in one page."""
-    from ui.lesson_nav import view
-
     page = new_page()
     open_url(page, server)
     for path, has_charts in [*VIEWS, *((p, None) for p in OTHER_PAGES)]:
         if path:
-            title = view(path).title
-            page.locator('[data-testid="stSidebar"]').get_by_role("link", name=title, exact=True).click()
-            page.wait_for_url(f"**/{path}*")
-            page.locator('[data-testid="stMainBlockContainer"] h2', has_text=title).first.wait_for()
+            open_from_sidebar(page, path)
         wait_for_app(page)
         assert page.locator('[data-testid="stMainBlockContainer"] h2').first.inner_text().strip(), path
         if has_charts is None:  # the pages without the loss metrics on top: open cleanly
