@@ -44,12 +44,18 @@ def block_the_network(page) -> list[str]:
     return outside
 
 
+def wait_for_view(page, path: str) -> None:
+    """Until the view's own heading is drawn (not the one of the view before it)."""
+    from ui.lesson_nav import view
+
+    page.locator('[data-testid="stMainBlockContainer"] h2', has_text=view(path).title).first.wait_for()
+
+
 def open_from_sidebar(page, path: str) -> None:
     """Open a view as a visitor does, by its link in the sidebar: a page switch inside the app,
     without the seconds of a fresh load. Returns once the view's heading is drawn."""
     from ui.lesson_nav import view
 
-    title = view(path).title
-    page.locator('[data-testid="stSidebar"]').get_by_role("link", name=title, exact=True).click()
+    page.locator('[data-testid="stSidebar"]').get_by_role("link", name=view(path).title, exact=True).click()
     page.wait_for_url(f"**/{path}*")
-    page.locator('[data-testid="stMainBlockContainer"] h2', has_text=title).first.wait_for()
+    wait_for_view(page, path)

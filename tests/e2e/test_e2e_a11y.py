@@ -11,10 +11,9 @@ import pytest
 
 from core.lessons.report import format_perplexity
 from devtools.harness import BOOK_TEXTS, LOSS_LABEL, expected_loss, set_text, wait_for_app, wait_for_metric
-from ui.lesson_nav import view
 
 from .a11y_helpers import app_views, audit, lowest_contrast
-from .e2e_helpers import PLAY_SECONDS, open_from_sidebar
+from .e2e_helpers import PLAY_SECONDS, open_from_sidebar, wait_for_view
 
 VIEWS = app_views()
 STEP_TITLES = [
@@ -334,7 +333,7 @@ def test_200_percent_zoom_at_1280x720(new_page, server):
     found = {}
     for path, params in (("figure-5-7", {"step": 3}), ("tokens", {}), ("per-token-loss", {})):
         open_url(page, server, path, **params)
-        page.locator('[data-testid="stMainBlockContainer"] h2', has_text=view(path).title).wait_for()
+        wait_for_view(page, path)
         assert page.evaluate(NO_SIDEWAYS_SCROLL_JS), f"{path} scrolls sideways at 200 %"
         if path == "figure-5-7":
             heading(page, 3).scroll_into_view_if_needed()
@@ -373,7 +372,7 @@ def test_presentation_mode_on_a_projector(new_page, server):
         if path:
             page.get_by_role("link", name=re.compile("^Next: ")).click()
             page.wait_for_url(f"**/{path}?*presentation=true*")
-            page.locator('[data-testid="stMainBlockContainer"] h2', has_text=view(path).title).wait_for()
+            wait_for_view(page, path)
             wait_for_app(page)
         if path != "figure-5-7":
             _projector_checks(page)
