@@ -267,9 +267,21 @@ class PageProblems:
         self.dialogs: list[str] = []
 
     def attach(self, page) -> None:
-        page.on("console", self._on_console)
-        page.on("pageerror", lambda error: self.page_errors.append(str(error)))
-        page.on("dialog", self._on_dialog)
+        # The same handler objects for detach: a page handed on to the next test stops reporting here.
+        self._handlers = {
+            "console": self._on_console,
+            "pageerror": self._on_page_error,
+            "dialog": self._on_dialog,
+        }
+        for event, handler in self._handlers.items():
+            page.on(event, handler)
+
+    def detach(self, page) -> None:
+        for event, handler in self._handlers.items():
+            page.remove_listener(event, handler)
+
+    def _on_page_error(self, error) -> None:
+        self.page_errors.append(str(error))
 
     def _on_console(self, message) -> None:
         if message.type == "error" and not self.benign(message.text, message.location.get("url", "")):
