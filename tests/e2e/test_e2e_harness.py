@@ -51,3 +51,27 @@ def test_without_chromium_skip_with_install_hint_but_fail_in_ci(monkeypatch):
     monkeypatch.setenv("CI", "true")
     with pytest.raises(pytest.fail.Exception, match="CI is set"):
         e2e_helpers.require_chromium()
+
+
+def test_a_tab_handed_on_keeps_nothing_of_its_test(shared_context, server):
+    """A finished test's tab goes to the next test (conftest._hand_on): it must arrive as a new tab
+    would, or one test's state would reach the next."""
+    from .conftest import _hand_on
+
+    page = shared_context.new_page()
+    problems = harness.PageProblems()
+    problems.attach(page)
+    page.goto(f"{server.url}/_stcore/health")  # a document of the server's origin, without the app
+    page.evaluate("sessionStorage.setItem('left', 'over')")
+    page.emulate_media(reduced_motion="reduce")
+    page.route("**/*", lambda route: route.abort())
+    tabs = []
+    _hand_on(page, problems, tabs)
+    assert tabs == [page] and page.url == "about:blank"
+    page.goto(f"{server.url}/_stcore/health")  # refused if the route were still there
+    assert page.evaluate("sessionStorage.getItem('left')") is None
+    assert page.evaluate("matchMedia('(prefers-reduced-motion: reduce)').matches") is False
+    page.evaluate("console.error('after the hand-on')")
+    page.wait_for_timeout(200)
+    assert problems.report() == []
+    page.close()
