@@ -221,9 +221,6 @@ CUT_OFF_JS = """() => {
   return cut; }"""
 
 
-PICKER = '[data-testid="stSidebar"] [data-testid="stSelectbox"] input'
-
-
 @pytest.mark.parametrize(
     "width,height,presentation",
     [(1280, 720, True), (1920, 1080, True), (1440, 900, False)],
@@ -239,10 +236,10 @@ def test_the_lesson_walks_from_start_to_training_by_next_alone(new_page, server,
         size = page.evaluate("parseFloat(getComputedStyle(document.documentElement).fontSize)")
         assert size == pytest.approx(22 * width / 1280, abs=0.5)
     if not presentation:  # the model picker shows the whole name of the book's model
-        picker = page.locator(PICKER).first
+        picker = page.locator('[data-testid="stSidebar"] [data-testid="stSelectbox"] input').first
         fits = "e => e.scrollWidth <= e.clientWidth"
         with contextlib.suppress(Exception):  # the sidebar may still be sliding open to its width
-            page.wait_for_function(f"() => ({fits})(document.querySelector({PICKER!r}))", timeout=5_000)
+            page.wait_for_function(fits, arg=picker.element_handle(), timeout=5_000)
         assert picker.evaluate(fits), picker.input_value()
     for n, title in enumerate(titles):
         heading = page.locator('[data-testid="stMainBlockContainer"] h2').first
