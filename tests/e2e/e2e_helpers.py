@@ -1,13 +1,15 @@
 """What only the browser tests need on top of devtools.harness: pytest's skip-or-fail on Chromium,
-a page whose requests may not leave the machine, and the sidebar's link to a view."""
+a view opened from its URL or by the sidebar's link, and a page whose requests may not leave the
+machine."""
 
 from __future__ import annotations
 
 import os
+import urllib.parse
 
 import pytest
 
-from devtools.harness import find_chromium
+from devtools.harness import find_chromium, wait_for_app
 
 
 def require_chromium() -> str:
@@ -59,3 +61,10 @@ def open_from_sidebar(page, path: str) -> None:
     page.locator('[data-testid="stSidebar"]').get_by_role("link", name=view(path).title, exact=True).click()
     page.wait_for_url(f"**/{path}*")
     wait_for_view(page, path)
+
+
+def open_url(page, server, path: str = "", **params) -> None:
+    """A fresh visit to a view, with its settings in the query string, waited for."""
+    query = urllib.parse.urlencode(params, quote_via=urllib.parse.quote)
+    page.goto(f"{server.url}/{path}" + (f"?{query}" if query else ""))
+    wait_for_app(page)

@@ -5,7 +5,6 @@ A training run's states are audited where the run is: test_e2e_training.py."""
 from __future__ import annotations
 
 import re
-import urllib.parse
 
 import pytest
 
@@ -13,7 +12,7 @@ from core.lessons.report import format_perplexity
 from devtools.harness import BOOK_TEXTS, LOSS_LABEL, expected_loss, set_text, wait_for_app, wait_for_metric
 
 from .a11y_helpers import app_views, audit, lowest_contrast
-from .e2e_helpers import PLAY_SECONDS, open_from_sidebar, wait_for_view
+from .e2e_helpers import PLAY_SECONDS, open_from_sidebar, open_url, wait_for_view
 
 VIEWS = app_views()
 STEP_TITLES = [
@@ -25,12 +24,6 @@ STEP_TITLES = [
     "Negative average = loss",
 ]
 RAGGED = "Ragged batch (padding)"
-
-
-def open_url(page, server, path: str = "", **params) -> None:
-    query = urllib.parse.urlencode(params, quote_via=urllib.parse.quote)
-    page.goto(f"{server.url}/{path}" + (f"?{query}" if query else ""))
-    wait_for_app(page)
 
 
 def heading(page, step: int):

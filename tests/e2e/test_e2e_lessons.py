@@ -3,17 +3,11 @@
 from __future__ import annotations
 
 import math
-import urllib.parse
 
 from devtools.harness import BOOK_TEXTS, metric_value, wait_for_app
 
+from .e2e_helpers import open_url
 from .test_e2e_dataset import open_dataset, set_number
-
-
-def open_url(page, server, path: str, **params) -> None:
-    query = urllib.parse.urlencode(params, quote_via=urllib.parse.quote)
-    page.goto(f"{server.url}/{path}" + (f"?{query}" if query else ""))
-    wait_for_app(page)
 
 
 def test_temperature_sweep(new_page, server, core_model):

@@ -20,7 +20,7 @@ from devtools.harness import (
     wait_for_metric,
 )
 
-from .e2e_helpers import open_from_sidebar
+from .e2e_helpers import open_from_sidebar, open_url
 
 BOOK_TEXT = "every effort moves you\nI really like chocolate"
 # (URL path, whether the view draws Plotly charts)
@@ -34,12 +34,6 @@ VIEWS = [
 ]
 # Pages without the loss metrics on top; they must still open cleanly.
 OTHER_PAGES = ["dataset", "training", "compare"]
-
-
-def open_url(page, server, path: str = "", **params) -> None:
-    query = urllib.parse.urlencode(params, quote_via=urllib.parse.quote)
-    page.goto(f"{server.url}/{path}" + (f"?{query}" if query else ""))
-    wait_for_app(page)
 
 
 def step_heading(page, step: int):
