@@ -244,20 +244,6 @@ def test_cross_entropy_view_compares_manual_and_builtin(model):
     assert metric(at, "F.cross_entropy (stable), T = 0.001") == f"{float(low.loss):.4f}"
 
 
-@pytest.mark.slow
-def test_dataset_view_on_the_verdict_gives_the_books_losses():
-    at = app("dataset")
-    assert "5,145 tokens" in " ".join(m.value for m in at.markdown)
-    at.button(key="ds_compute").click().run()
-    assert not at.exception and not at.error
-    # Section 5.1.3 of the book: training loss 10.98758347, validation loss 10.98110580.
-    assert metric(at, "Training loss") == "10.9876"
-    assert metric(at, "Validation loss") == "10.9811"
-    at.switch_page("components/tokens.py").run()
-    at.switch_page("components/dataset.py").run()  # back again: kept, no Compute needed
-    assert metric(at, "Training loss") == "10.9876"
-
-
 def _pasted_corpus() -> tuple[str, AppTest]:
     """The Dataset view on 3000 characters of The Verdict, pasted, in windows of 32 tokens."""
     text = VERDICT_PATH.read_text(encoding="utf-8")[:3000]
