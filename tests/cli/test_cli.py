@@ -96,11 +96,10 @@ def test_json_shows_the_book_numbers():
         assert p["rank"] >= 1 and math.isclose(p["log_proba"], math.log(p["target_proba"]), rel_tol=1e-5)
 
 
-@pytest.mark.slow
-def test_tables_show_every_step(tokenizer):
-    proc = run_cli(*BOOK_TEXTS)
-    assert proc.returncode == 0, proc.stderr
-    out = proc.stdout
+def test_tables_show_every_step(same_model, tokenizer, capsys):
+    """The tables in process (test_output_to_an_ascii_pipe prints them from a real process)."""
+    assert main(["loss", *BOOK_TEXTS]) == 0
+    out = capsys.readouterr().out
     for line in (
         "inputs              [[16833, 3626, 6100], [40, 1107, 588]]",
         "targets             [[3626, 6100, 345], [1107, 588, 11311]]",

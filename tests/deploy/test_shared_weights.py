@@ -37,12 +37,18 @@ def _private(seed: int = 123):
     return shared_weights._served(shared_weights.seeded_untrained_model(seed))
 
 
-def test_the_shared_model_is_the_served_book_model_byte_for_byte(cache):
+@pytest.fixture(scope="module")
+def served_book():
+    """_private() for the tests that only read it (test_every_weight_is_a_view_of_the_file maps its own)."""
+    return _private()
+
+
+def test_the_shared_model_is_the_served_book_model_byte_for_byte(cache, served_book):
     first = shared_weights.untrained_model(123)  # writes the file
     files = list((cache / "shared-weights").glob("untrained-seed123-*.bin"))
     assert len(files) == 1
     second = shared_weights.untrained_model(123)  # maps it
-    private = _private()
+    private = served_book
     for m in (first, second):
         assert _same_tensors(m, private)
         assert not m.training and not any(p.requires_grad for p in m.parameters())
@@ -64,12 +70,11 @@ def test_every_weight_is_a_view_of_the_file(cache):
     assert float(compute_loss(m, BOOK_TEXTS).loss) == float(before)
 
 
-def test_a_tensor_whose_bytes_differ_keeps_its_own_memory(cache):
-    book = _private()
-    entries, storages = shared_weights.layout(book)
+def test_a_tensor_whose_bytes_differ_keeps_its_own_memory(cache, served_book):
+    entries, storages = shared_weights.layout(served_book)
     path = shared_weights.weights_path(123, entries, storages)
     shared_weights.write_weights(entries, storages, path)
-    del book, storages
+    del storages
     other = _private(124)
     before = compute_loss(other, BOOK_TEXTS).loss
     emb = other.tok_emb.weight

@@ -9,6 +9,8 @@ from test_checkpoints import _mounted
 
 from devtools.harness import StreamlitServer, metric_value, server_env, wait_for_app
 
+from .e2e_helpers import open_from_sidebar
+
 
 @pytest.fixture(scope="module")
 def read_only_server(tmp_path_factory, chromium_path, verdict_file):
@@ -24,9 +26,8 @@ def test_a_read_only_cache_keeps_the_lessons_and_says_why_saving_is_off(new_page
     wait_for_app(page)
     assert metric_value(page, "Loss (cross entropy)") == "10.7940"
     page.locator('[data-testid="stSidebar"]').get_by_text("Model", exact=True).wait_for()
-    page.goto(f"{read_only_server.url}/training")
+    open_from_sidebar(page, "training")
     wait_for_app(page)
-    page.get_by_role("heading", name="Training").wait_for()
     warning = page.locator('[data-testid="stAlert"]', has_text="cannot be written")
     warning.wait_for()
     text = warning.inner_text()
