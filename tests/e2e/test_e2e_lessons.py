@@ -66,7 +66,8 @@ def test_gradient_and_one_training_step(new_page, server, core_model):
 def test_dataset_loss_by_position(new_page, server):
     """On The Verdict's first batch of each split: the position pass gives back the Dataset view's
     loss (the book's calc_loss_loader, from a separate pass). The whole split's 10.9876 is checked
-    in tests/components/test_app_lessons.py and tests/lessons/test_positions.py."""
+    in tests/lessons/test_dataset.py and test_e2e_dataset.py, position means against the book's
+    batches in tests/lessons/test_positions.py."""
     page = new_page()
     open_dataset(page, server)
     set_number(page, "Batches per split (0 = all)", 1)
