@@ -23,11 +23,10 @@ from devtools.harness import (
     PageProblems,
     StreamlitServer,
     server_env,
-    wait_for_app,
     watch_runs,
 )
 
-from .e2e_helpers import PLAY_SECONDS, require_chromium
+from .e2e_helpers import PLAY_SECONDS, open_url, require_chromium
 
 # ---------------------------------------------------------------------------------------
 # Fixtures
@@ -194,8 +193,7 @@ def new_page(browser, shared_context, idle_tabs, request):
 def page(new_page, server):
     """A page of the default server, opened on the Tokens view (the lesson's first) and waited for."""
     page = new_page()
-    page.goto(f"{server.url}/tokens")
-    wait_for_app(page)
+    open_url(page, server, "tokens")
     return page
 
 

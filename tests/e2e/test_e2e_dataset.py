@@ -12,14 +12,13 @@ from devtools.harness import (
     wait_for_app,
 )
 
-from .e2e_helpers import block_the_network
+from .e2e_helpers import block_the_network, open_url
 
 SHORT_CORPUS = "A short note about painting and money. " * 10  # ~90 tokens: no 256-token window
 
 
 def open_dataset(page, server) -> None:
-    page.goto(f"{server.url}/dataset")
-    wait_for_app(page)
+    open_url(page, server, "dataset")
     page.get_by_role("heading", name="Dataset losses").wait_for()
 
 

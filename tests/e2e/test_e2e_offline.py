@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from devtools.harness import LOSS_LABEL, PERPLEXITY_LABEL, choose_corpus, metric_value, wait_for_app
 
-from .e2e_helpers import block_the_network, open_from_sidebar
+from .e2e_helpers import block_the_network, open_from_sidebar, open_url
 
 TEXT_VIEWS = ["", "probabilities", "figure-5-7", "cross-entropy", "per-token-loss"]
 
@@ -13,8 +13,7 @@ TEXT_VIEWS = ["", "probabilities", "figure-5-7", "cross-entropy", "per-token-los
 def test_the_default_path_works_completely_offline(new_page, server):
     page = new_page()
     outside = block_the_network(page)
-    page.goto(server.url)
-    wait_for_app(page)
+    open_url(page, server)
     for path in TEXT_VIEWS:
         if path:  # a view's own requests are those of a page switch: the app is loaded once
             open_from_sidebar(page, path)
@@ -32,8 +31,7 @@ def test_the_verdict_losses_offline_with_no_file_provided(new_page, server):
     """The Verdict ships with the app: no path, no cache, no network, and the book's losses."""
     page = new_page()
     outside = block_the_network(page)
-    page.goto(f"{server.url}/dataset")
-    wait_for_app(page)
+    open_url(page, server, "dataset")
     page.get_by_text("20,479 characters, 5,145 tokens").wait_for()
     compute = page.get_by_role("button", name="Compute", exact=True)
     if compute.count():  # the dataset test's pass on this server is kept for every visitor

@@ -8,6 +8,8 @@ import torch
 
 from devtools.harness import LOSS_LABEL, wait_for_app, wait_for_metric
 
+from .e2e_helpers import open_url
+
 BOOK_TEXTS = ["every effort moves you", "I really like chocolate"]
 # 2 layers, width 64: a 27 MB model.pth, above the 20 MB that .streamlit/config.toml allows
 # every other upload, so a local server must have raised the cap for this uploader.
@@ -80,15 +82,13 @@ def _sidebar_alerts(page) -> str:
 
 def test_bad_files_get_a_message_while_another_visitor_is_served(new_page, server, files):
     a, b = new_page(), new_page()
-    a.goto(server.url)
-    wait_for_app(a)
+    open_url(a, server)
     _choose_own(a)
     _load(a, upload=files["nan"])
     said = _sidebar_alerts(a)
     assert "diverged.pth has NaN weights" in said and "trf_blocks.0.att.W_query.weight" in said, said
     # Meanwhile another visitor gets the book's numbers from the same server.
-    b.goto(server.url)
-    wait_for_app(b)
+    open_url(b, server)
     wait_for_metric(b, LOSS_LABEL, "10.7940")
     # A truncated file, by its path (the test server listens on 127.0.0.1 only, so it is offered).
     _load(a, path=files["cut"])
@@ -103,8 +103,7 @@ def test_bad_files_get_a_message_while_another_visitor_is_served(new_page, serve
 
 def test_a_loaded_model_is_never_offered_to_another_visitor(new_page, server, files):
     a, b = new_page(), new_page()
-    a.goto(server.url)
-    wait_for_app(a)
+    open_url(a, server)
     _choose_own(a)
     _load(a, upload=files["good"])
     assert (
@@ -117,8 +116,7 @@ def test_a_loaded_model_is_never_offered_to_another_visitor(new_page, server, fi
     assert sorted(options.all_inner_texts()) == ["Your own model…", "Your own: model.pth"]
     a.keyboard.press("Escape")
     # Visitor B, on the same server right after: the picker offers the loader, not A's model.
-    b.goto(server.url)
-    wait_for_app(b)
+    open_url(b, server)
     options = _open_picker(b, "Your own")
     options.first.wait_for()
     names = options.all_inner_texts()

@@ -19,6 +19,8 @@ from devtools.harness import (
     wait_for_metric,
 )
 
+from .e2e_helpers import open_url
+
 
 @pytest.fixture(scope="module")
 def own_server(tmp_path_factory, chromium_path, verdict_file):
@@ -47,8 +49,7 @@ def test_a_restart_loses_the_run_but_not_what_the_url_carries(own_server, new_pa
     linked.goto("about:blank")  # leave first: a page left open logs its reconnect attempts
 
     page = new_page()
-    page.goto(f"{own_server.url}/training")
-    wait_for_app(page)
+    open_url(page, own_server, "training")
     name = page.get_by_label("Save as")
     name.fill("restart-e2e")
     name.press("Enter")

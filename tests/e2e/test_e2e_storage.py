@@ -9,7 +9,7 @@ from test_checkpoints import _mounted
 
 from devtools.harness import StreamlitServer, metric_value, server_env, wait_for_app
 
-from .e2e_helpers import open_from_sidebar
+from .e2e_helpers import open_from_sidebar, open_url
 
 
 @pytest.fixture(scope="module")
@@ -22,8 +22,7 @@ def read_only_server(tmp_path_factory, chromium_path, verdict_file):
 
 def test_a_read_only_cache_keeps_the_lessons_and_says_why_saving_is_off(new_page, read_only_server):
     page = new_page()
-    page.goto(f"{read_only_server.url}/figure-5-7")
-    wait_for_app(page)
+    open_url(page, read_only_server, "figure-5-7")
     assert metric_value(page, "Loss (cross entropy)") == "10.7940"
     page.locator('[data-testid="stSidebar"]').get_by_text("Model", exact=True).wait_for()
     open_from_sidebar(page, "training")

@@ -6,12 +6,12 @@ from __future__ import annotations
 from devtools.harness import wait_for_app
 
 from .a11y_helpers import audit
+from .e2e_helpers import open_url
 
 
 def test_train_live_stop_and_pick(new_page, server):
     page = new_page()
-    page.goto(f"{server.url}/training")
-    wait_for_app(page)
+    open_url(page, server, "training")
     page.get_by_role("heading", name="Training").wait_for()
     name = page.get_by_label("Save as")
     name.fill("e2e-quick")
@@ -35,8 +35,7 @@ def test_train_live_stop_and_pick(new_page, server):
     page.get_by_role("option", name="Trained: e2e-quick", exact=False).wait_for(timeout=30_000)
     page.keyboard.press("Escape")
     # The comparison puts it beside the untrained model: the book's 10.7940 next to its loss.
-    page.goto(f"{server.url}/compare")
-    wait_for_app(page)
+    open_url(page, server, "compare")
     page.get_by_role("heading", name="Compare models").wait_for()
     page.locator('[data-testid="stMetricValue"]', has_text="10.7940").first.wait_for(timeout=300_000)
     page.locator('[data-testid="stMetricLabel"]', has_text="e2e-quick").first.wait_for(timeout=300_000)
