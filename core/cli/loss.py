@@ -38,7 +38,9 @@ def cmd_loss(args) -> int:
 
     # Fail fast, before building the model (a few seconds).
     validate_options(args.top_k, args.temperature, GPT_CONFIG_124M["vocab_size"])
-    model, label = load(args)
+    # A few texts take milliseconds on the book's modules: packing the weights for the plug-in
+    # would cost the process seconds it never earns back (a corpus pass does).
+    model, label = load(args, accelerate=False)
     from core.lessons.views import lessons_report
 
     result = compute_loss(model, args.texts, args.top_k, args.temperature)

@@ -60,8 +60,9 @@ def is_path(args) -> bool:
     return args.model is not None and args.model not in available_models() and is_model_path(args.model)
 
 
-def load(args):
-    """Check the key, the seed and the device first (a build takes seconds), then load the model."""
+def load(args, accelerate: bool = True):
+    """Check the key, the seed and the device first (a build takes seconds), then load the model;
+    `accelerate` hands it to the CPU plug-in as the app serves its models."""
     from core.models.registry import get_spec, load_model
 
     if is_path(args):
@@ -73,9 +74,12 @@ def load(args):
         raise InvalidParameterError(f"The seed must be a whole number from 0 to 2**63 - 1, got {args.seed}.")
     device = resolve_device(args.device)
     label = f"{spec.label}, seed {args.seed}" if spec.seeded else spec.label
-    from core.serving.frozen import freeze  # the CPU plug-in, as the app serves its models
+    model = load_model(args.model, args.seed, device)
+    if accelerate:
+        from core.serving.frozen import freeze
 
-    return freeze(load_model(args.model, args.seed, device)), f"{label}, on {describe(device)}"
+        model = freeze(model)
+    return model, f"{label}, on {describe(device)}"
 
 
 def warn_unless_bf16_native(device) -> None:

@@ -122,6 +122,22 @@ def test_tables_show_every_step(same_model, tokenizer, capsys):
     assert "␣effort" in row and argmax_piece in row and "top-5" in out
 
 
+def test_only_a_corpus_pass_hands_the_model_to_the_plug_in(same_model, monkeypatch, tmp_path, capsys):
+    """`loss` (a few texts) runs the registry's model as built; `dataset` freezes it for the plug-in."""
+    import core.serving.frozen
+
+    handed = []
+    real = core.serving.frozen.freeze
+    monkeypatch.setattr(core.serving.frozen, "freeze", lambda m: handed.append(m) or real(m))
+    assert main(["loss", *BOOK_TEXTS, "--json"]) == 0
+    assert handed == [] and round(json.loads(capsys.readouterr().out)["loss"], 4) == 10.7940
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("every effort moves you, and I really like chocolate. " * 6, encoding="utf-8")
+    assert main(["dataset", "--corpus", str(corpus), "--context-length", "8", "--stride", "8", "--json"]) == 0
+    assert handed == [same_model]
+    assert json.loads(capsys.readouterr().out)["train_loss"] > 0
+
+
 def test_options_change_the_numbers(same_model, capsys):
     assert main(["loss", *BOOK_TEXTS, "--top-k", "3", "--temperature", "2", "--json"]) == 0
     s = strict_json(capsys.readouterr().out)
