@@ -341,15 +341,21 @@ def set_text(page, text: str) -> None:
     wait_for_app(page)
 
 
-def wait_for_metric(page, label: str, expected: str, timeout: float = APP_TIMEOUT) -> None:
-    """Wait until the metric `label` reads `expected` (Streamlit reruns asynchronously)."""
+def wait_for_metric(page, label: str, expected: str | float, timeout: float = APP_TIMEOUT) -> None:
+    """Wait until the metric `label` reads `expected` (Streamlit reruns asynchronously): a text as
+    written, or a value computed in another process, to within one unit of the 4th decimal the page
+    shows (the server may round a float32 the other way)."""
     page.wait_for_function(
         """([label, expected]) => [...document.querySelectorAll('[data-testid="stMetric"]')].some(m => {
             const l = m.querySelector('[data-testid="stMetricLabel"]');
             const v = m.querySelector('[data-testid="stMetricValue"]');
-            return l && v && l.innerText.includes(label) && v.innerText.replace(/,/g, '').includes(expected);
+            if (!l || !v || !l.innerText.includes(label)) return false;
+            const shown = v.innerText.replace(/,/g, '');
+            return typeof expected === 'number'
+                ? Math.abs(parseFloat(shown) - expected) <= 1.0001e-4
+                : shown.includes(expected);
         })""",
-        arg=[label, expected],
+        arg=[label, expected if isinstance(expected, str) else float(expected)],
         timeout=timeout,
         polling=POLL_MS,
     )

@@ -5,6 +5,7 @@ machine."""
 from __future__ import annotations
 
 import os
+import re
 import urllib.parse
 
 import pytest
@@ -24,6 +25,32 @@ def require_chromium() -> str:
             pytest.fail(reason + " (CI is set: the browser tests must run)")
         pytest.skip(reason)
     return path
+
+
+# A number as the app writes one: 50,257, 10.7940, -9.5042, 7.4541e-05.
+NUMBER = r"-?\d[\d,]*(?:\.\d+)?(?:e[-+]\d+)?"
+
+
+def assert_said(expected: str, heard: str, rel: float = 2e-4) -> None:
+    """`expected` (a sentence core's numbers give) is in `heard` (what the page says), word for word,
+    each count exact and each value up to float32 rounding: the server and this process may compute
+    on other kernels or thread counts, so a last printed digit can differ."""
+    parts = re.split(f"({NUMBER})", expected)
+    words, numbers = parts[0::2], parts[1::2]
+    pattern = f"({NUMBER})".join(re.escape(w) for w in words)
+    found = re.search(pattern, heard)
+    assert found, f"{expected!r} not said in {heard!r}"
+    said = found.groups()
+    counts = [(a, b) for a, b in zip(said, numbers, strict=True) if not re.search(r"[.e]", b)]
+    assert all(a == b for a, b in counts), (expected, heard)  # counts and shapes exactly
+    assert [float(x.replace(",", "")) for x in said] == pytest.approx(
+        [float(x.replace(",", "")) for x in numbers], rel=rel
+    ), (expected, heard)
+
+
+def shown_value(shown: str, value: float, rel: float = 2e-4) -> bool:
+    """A metric as the page writes it (10.7940, 3.1061e-05, 48,726) is `value` up to float32 rounding."""
+    return float(shown.replace(",", "")) == pytest.approx(value, rel=rel)
 
 
 PLAY_SECONDS = 2  # figure 5.7's Play on the shared server: 2 s a step (5 s by default), same logic

@@ -12,7 +12,7 @@ from core.lessons.report import format_perplexity
 from devtools.harness import BOOK_TEXTS, LOSS_LABEL, expected_loss, set_text, wait_for_app, wait_for_metric
 
 from .a11y_helpers import app_views, audit, lowest_contrast
-from .e2e_helpers import PLAY_SECONDS, open_from_sidebar, open_url, wait_for_view
+from .e2e_helpers import PLAY_SECONDS, assert_said, open_from_sidebar, open_url, wait_for_view
 
 VIEWS = app_views()
 STEP_TITLES = [
@@ -162,7 +162,7 @@ def test_keyboard_only_walks_figure_5_7(new_page, server, book_summary):
         wait_for_app(page)
         announced = " ".join(live_text(page))
         assert f"Step {step} of 6: {STEP_TITLES[step - 1]}" in announced
-        assert describe_step(book_summary, step) in announced  # the step's values, from core
+        assert_said(describe_step(book_summary, step), announced)  # the step's values, from core
         if step < 6:
             assert focused_name(page).startswith("Next"), "focus left Next after the step changed"
     assert "10.7940" in " ".join(live_text(page))  # the book's loss, heard at the last step
@@ -271,7 +271,7 @@ def test_live_regions_announce_the_step_and_the_new_loss(new_page, server, core_
     texts = ["The projector is on", "every learner can hear it"]
     loss, perplexity = expected_loss(core_model, texts)
     set_text(page, "\n".join(texts))
-    wait_for_metric(page, LOSS_LABEL, f"{loss:.4f}")
+    wait_for_metric(page, LOSS_LABEL, loss)
     predicted = sum(len(core_model_tokens(t)) - 1 for t in texts)
     announced = live_text(page)
     assert announced == [

@@ -52,7 +52,7 @@ def test_hostile_text_is_shown_literally_in_every_view(page, hostile_expected):
     loss, pieces = hostile_expected
     set_text(page, "\n".join(HOSTILE_LINES))
     # The numbers are core's for exactly these characters (zero-width and special token included).
-    wait_for_metric(page, LOSS_LABEL, f"{loss:.4f}")
+    wait_for_metric(page, LOSS_LABEL, loss)
     assert injected(page) == []
 
     # Tokens: each text printed as it is, and its chips are core's pieces, as text.
@@ -100,7 +100,7 @@ def test_hostile_text_from_a_link(new_page, server, hostile_expected):
     query = urllib.parse.urlencode({"text": "\n".join(HOSTILE_LINES)}, quote_via=urllib.parse.quote)
     page.goto(f"{server.url}/per-token-loss?{query}")
     wait_for_app(page)
-    wait_for_metric(page, LOSS_LABEL, f"{loss:.4f}")
+    wait_for_metric(page, LOSS_LABEL, loss)
     assert text_box(page).input_value() == "\n".join(HOSTILE_LINES)
     assert injected(page) == []
 
@@ -128,7 +128,7 @@ def test_a_100_kb_paste_is_refused_with_a_clear_message(page, core_model):
     texts = ["Shorter is better", "for a model with 256 positions"]
     loss, _ = expected_loss(core_model, texts)
     set_text(page, "\n".join(texts))
-    wait_for_metric(page, LOSS_LABEL, f"{loss:.4f}")
+    wait_for_metric(page, LOSS_LABEL, loss)
 
 
 def test_a_paste_over_the_character_limit_is_refused(page):

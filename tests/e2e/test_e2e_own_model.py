@@ -32,11 +32,11 @@ def files(tmp_path_factory):
     return {"good": good, "nan": folder / "diverged.pth", "cut": cut}
 
 
-def _expected(path) -> str:
+def _expected(path) -> float:
     from core.lessons.loss import compute_loss
     from core.models.own_model import load_own_model
 
-    return f"{compute_loss(load_own_model(path, n_heads=4).model, BOOK_TEXTS, 10, 1.0).loss:.4f}"
+    return compute_loss(load_own_model(path, n_heads=4).model, BOOK_TEXTS, 10, 1.0).loss
 
 
 def _sidebar(page):

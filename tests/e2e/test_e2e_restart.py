@@ -44,7 +44,7 @@ def test_a_restart_loses_the_run_but_not_what_the_url_carries(own_server, new_pa
     linked.goto(f"{own_server.url}/figure-5-7?{query}")
     wait_for_app(linked)
     linked.get_by_role("heading", name="Step 3 of 6").wait_for()
-    wait_for_metric(linked, LOSS_LABEL, f"{loss:.4f}")
+    wait_for_metric(linked, LOSS_LABEL, loss)
     link = linked.url
     linked.goto("about:blank")  # leave first: a page left open logs its reconnect attempts
 
@@ -90,11 +90,11 @@ def test_a_restart_loses_the_run_but_not_what_the_url_carries(own_server, new_pa
     wait_for_app(linked)
     linked.get_by_role("heading", name="Step 3 of 6").wait_for()
     assert text_box(linked).input_value() == "\n".join(texts)
-    wait_for_metric(linked, LOSS_LABEL, f"{loss:.4f}")
+    wait_for_metric(linked, LOSS_LABEL, loss)
     assert linked.get_by_label("Top-k", exact=True).input_value() == "7"
 
     fresh = new_page()
     fresh.goto(link)
     wait_for_app(fresh)
     fresh.get_by_role("heading", name="Step 3 of 6").wait_for()
-    wait_for_metric(fresh, LOSS_LABEL, f"{loss:.4f}")
+    wait_for_metric(fresh, LOSS_LABEL, loss)

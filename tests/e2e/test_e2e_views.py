@@ -55,7 +55,7 @@ def test_typing_new_text_updates_the_numbers(page, core_model):
     texts = ["The quick brown fox jumps over the lazy dog", "Hello world, this is a test"]
     loss, perplexity = expected_loss(core_model, texts)
     set_text(page, "\n".join(texts))
-    wait_for_metric(page, LOSS_LABEL, f"{loss:.4f}")
+    wait_for_metric(page, LOSS_LABEL, loss)
     assert metric_value(page, PERPLEXITY_LABEL) == format_perplexity(perplexity)
     assert f"{loss:.4f}" != "10.7940"
     # The text travels in the URL, so the state can be shared.
@@ -123,7 +123,7 @@ def test_a_shared_url_reopens_the_same_view_step_and_text(new_page, server, core
     first = new_page()
     open_url(first, server, "figure-5-7", text="\n".join(texts), step=4)
     step_heading(first, 4).wait_for()
-    wait_for_metric(first, LOSS_LABEL, f"{loss:.4f}")
+    wait_for_metric(first, LOSS_LABEL, loss)
     link = first.url
     # Somebody else opens the link in a fresh browser.
     second = new_page()
@@ -131,7 +131,7 @@ def test_a_shared_url_reopens_the_same_view_step_and_text(new_page, server, core
     wait_for_app(second)
     step_heading(second, 4).wait_for()
     assert text_box(second).input_value() == "\n".join(texts)
-    wait_for_metric(second, LOSS_LABEL, f"{loss:.4f}")
+    wait_for_metric(second, LOSS_LABEL, loss)
     assert second.locator(".ll-step.now").inner_text().startswith("4.")
 
 
