@@ -343,7 +343,7 @@ def set_text(page, text: str) -> None:
 
 def wait_for_metric(page, label: str, expected: str | float, timeout: float = APP_TIMEOUT) -> None:
     """Wait until the metric `label` reads `expected` (Streamlit reruns asynchronously): a text as
-    written, or a value computed in another process, to within one unit of the 4th decimal the page
+    written, or a value computed in another process, to within one unit of the last digit the page
     shows (the server may round a float32 the other way)."""
     page.wait_for_function(
         """([label, expected]) => [...document.querySelectorAll('[data-testid="stMetric"]')].some(m => {
@@ -351,8 +351,9 @@ def wait_for_metric(page, label: str, expected: str | float, timeout: float = AP
             const v = m.querySelector('[data-testid="stMetricValue"]');
             if (!l || !v || !l.innerText.includes(label)) return false;
             const shown = v.innerText.replace(/,/g, '');
+            const unit = 10 ** -(shown.split('.')[1] || '').length;  // the last digit shown
             return typeof expected === 'number'
-                ? Math.abs(parseFloat(shown) - expected) <= 1.0001e-4
+                ? Math.abs(parseFloat(shown) - expected) <= 1.0001 * unit
                 : shown.includes(expected);
         })""",
         arg=[label, expected if isinstance(expected, str) else float(expected)],
