@@ -341,20 +341,28 @@ def set_text(page, text: str) -> None:
     wait_for_app(page)
 
 
+def shown_value(shown: str, value: float) -> bool:
+    """A number as the page writes it (10.7940, 3.1061e-05, 48,726) is `value` computed in another
+    process to within one unit of its last digit: the server may round a float32 the other way.
+    wait_for_metric's page-side check is this one in JavaScript."""
+    mantissa, _, exponent = shown.replace(",", "").partition("e")
+    unit = 10.0 ** (int(exponent or 0) - len(mantissa.partition(".")[2]))
+    return abs(float(mantissa) * 10.0 ** int(exponent or 0) - value) <= 1.0001 * unit
+
+
 def wait_for_metric(page, label: str, expected: str | float, timeout: float = APP_TIMEOUT) -> None:
     """Wait until the metric `label` reads `expected` (Streamlit reruns asynchronously): a text as
-    written, or a value computed in another process, to within one unit of the last digit the page
-    shows (the server may round a float32 the other way)."""
+    written, or a value computed in another process as shown_value compares it."""
     page.wait_for_function(
         """([label, expected]) => [...document.querySelectorAll('[data-testid="stMetric"]')].some(m => {
             const l = m.querySelector('[data-testid="stMetricLabel"]');
             const v = m.querySelector('[data-testid="stMetricValue"]');
             if (!l || !v || !l.innerText.includes(label)) return false;
             const shown = v.innerText.replace(/,/g, '');
-            const unit = 10 ** -(shown.split('.')[1] || '').length;  // the last digit shown
-            return typeof expected === 'number'
-                ? Math.abs(parseFloat(shown) - expected) <= 1.0001 * unit
-                : shown.includes(expected);
+            if (typeof expected !== 'number') return shown.includes(expected);
+            const [mantissa, exponent = '0'] = shown.split('e');
+            const unit = 10 ** (Number(exponent) - (mantissa.split('.')[1] || '').length);
+            return Math.abs(Number(shown) - expected) <= 1.0001 * unit;
         })""",
         arg=[label, expected if isinstance(expected, str) else float(expected)],
         timeout=timeout,

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import math
 
-from devtools.harness import BOOK_TEXTS, metric_value, wait_for_app
+from devtools.harness import BOOK_TEXTS, metric_value, shown_value, wait_for_app
 
-from .e2e_helpers import open_url, shown_value
+from .e2e_helpers import open_url
 from .test_e2e_dataset import open_dataset, set_number
 
 
